@@ -1,0 +1,10 @@
+"""Users, organizations, access tokens, and the one permission check every endpoint uses."""
+
+from keephub.accounts.service import (
+    Accounts,
+    Actor,
+    AccountError,
+    Role,
+)
+
+__all__ = ["Accounts", "Actor", "AccountError", "Role"]

@@ -1,0 +1,72 @@
+"""`build_app(settings)`: the whole server as data — routes, middleware, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from keephub import hub, web
+from keephub.config import Settings
+from keephub.storage.blobs import LocalBlobStore
+from keephub.storage.db import Database
+from keephub.wire.errors import HubError, render_hub_error
+
+log = logging.getLogger("keephub")
+JANITOR_INTERVAL_SECONDS = 3600
+
+
+def open_hub(settings: Settings) -> hub.Hub:
+    """Open (and migrate) the stores named by `settings`; used by the server and the admin CLI alike."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.sqlalchemy_url)
+    db.migrate()
+    return hub.Hub(settings, db, LocalBlobStore(settings.data_dir / "blobs"))
+
+
+async def _janitor(store: LocalBlobStore, max_age: float) -> None:
+    """Sweep temporary files and abandoned multipart uploads so interrupted uploads never pile up."""
+    while True:
+        removed = await asyncio.to_thread(store.sweep_stale, max_age)
+        if removed:
+            log.info("janitor removed %d stale upload file(s)", removed)
+        await asyncio.sleep(JANITOR_INTERVAL_SECONDS)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}; see docs/api.md for what keephub serves"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers={"X-Error-Message": message})
+
+
+def build_app(settings: Settings) -> Starlette:
+    settings = settings.with_signing_key()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        the_hub = await asyncio.to_thread(open_hub, settings)
+        app.state.hub = the_hub
+        janitor = asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds))
+        try:
+            yield
+        finally:
+            janitor.cancel()
+            the_hub.db.close()
+
+    return Starlette(
+        routes=hub.routes() + web.routes(),
+        middleware=[Middleware(hub.EncodedSlashes)],
+        exception_handlers={HubError: render_hub_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )

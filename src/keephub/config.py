@@ -1,0 +1,119 @@
+"""Settings: one frozen object built from a TOML file, the environment and flags, passed explicitly.
+
+Nothing reads the environment at import time; `Settings.load()` is called once by the CLI (or a
+test) and the result is handed to `build_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "KEEPHUB_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value keephub cannot use; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a keephub server needs to know. Defaults give the embedded single-machine setup."""
+
+    data_dir: Path = Path("keephub-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The URL clients reach the server at; used in links the API returns (commit URLs, LFS hrefs).
+    public_url: str = ""
+    # SQLAlchemy URL; empty means a SQLite file inside data_dir.
+    database_url: str = ""
+    # Largest regular (non-LFS) file accepted in a commit, and the threshold above which preupload says "lfs".
+    max_regular_file_bytes: int = 10 * 1024 * 1024
+    # Largest NDJSON commit body (regular files travel inline, base64-encoded).
+    max_commit_body_bytes: int = 64 * 1024 * 1024
+    # Part size offered to clients for multipart LFS uploads.
+    lfs_multipart_chunk_bytes: int = 64 * 1024 * 1024
+    # Upload URLs are signed and expire after this many seconds.
+    upload_url_ttl_seconds: int = 24 * 3600
+    # Unfinished uploads older than this are deleted by the janitor.
+    stale_upload_seconds: int = 24 * 3600
+    # Entries per page of a tree listing.
+    tree_page_size: int = 1000
+    # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
+    signing_key: str = field(default="", repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'keephub.db').resolve()}"
+
+    @classmethod
+    def load(
+        cls,
+        config_file: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "Settings":
+        """Merge, in rising priority: defaults, the TOML file, KEEPHUB_* variables, explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = config_file or (Path(environ["KEEPHUB_CONFIG"]) if environ.get("KEEPHUB_CONFIG") else None)
+        if config_file is not None:
+            try:
+                with open(config_file, "rb") as fh:
+                    values.update(tomllib.load(fh))
+            except FileNotFoundError:
+                raise ConfigError(f"config file {config_file} does not exist; create it or drop --config")
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {config_file} is not valid TOML: {exc}")
+        known = {f.name for f in fields(cls)}
+        for name in known:
+            env_value = environ.get(ENV_PREFIX + name.upper())
+            if env_value is not None:
+                values[name] = env_value
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(known))}")
+        return cls()._with(values)
+
+    def _with(self, values: Mapping[str, Any]) -> "Settings":
+        converted: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            default = getattr(self, f.name)
+            try:
+                if isinstance(default, Path):
+                    converted[f.name] = Path(raw).expanduser()
+                elif isinstance(default, int):
+                    converted[f.name] = int(raw)
+                else:
+                    converted[f.name] = str(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"setting {f.name}={raw!r} must be {type(default).__name__}")
+        return replace(self, **converted)
+
+    def with_signing_key(self) -> "Settings":
+        """Return settings whose signing key is set, creating and persisting one in data_dir if needed."""
+        if self.signing_key:
+            return self
+        key_file = self.data_dir / "signing.key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = key_file.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, key_file)
+        return replace(self, signing_key=key_file.read_text().strip())

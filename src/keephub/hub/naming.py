@@ -1,0 +1,100 @@
+"""Validation of repo ids, revisions and paths, with messages that name the broken rule."""
+
+from __future__ import annotations
+
+import re
+
+from keephub.wire import BadRequest
+
+REPO_TYPES = ("model", "dataset", "space")
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+MAX_NAME = 96
+_NAME_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+_REF_BAD = re.compile(r"[\x00-\x20~^:?*\[\\\x7f]")
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def repo_type_from_plural(plural: str) -> str:
+    singular = plural.removesuffix("s")
+    if singular not in REPO_TYPES:
+        raise BadRequest(f"unknown repo type {plural!r} in the URL; use models, datasets or spaces")
+    return singular
+
+
+def check_repo_type(value: object) -> str:
+    value = value or "model"
+    if value not in REPO_TYPES:
+        raise BadRequest(f"invalid repo type {value!r}; use one of {', '.join(REPO_TYPES)}")
+    return str(value)
+
+
+def check_repo_name(name: object, what: str = "repo name") -> str:
+    """Apply the Hub's rules to one half of a repo id and say which rule was broken."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"the {what} is missing; pass it as namespace/name")
+    if len(name) > MAX_NAME:
+        raise BadRequest(f"the {what} {name!r} is {len(name)} characters long; the limit is {MAX_NAME}")
+    if not _NAME_CHARS.match(name):
+        raise BadRequest(
+            f"the {what} {name!r} contains characters that are not allowed; use letters, digits, '-', '_' and '.'"
+        )
+    if name[0] in "-." or name[-1] in "-.":
+        raise BadRequest(f"the {what} {name!r} must not start or end with '-' or '.'")
+    if "--" in name or ".." in name:
+        raise BadRequest(f"the {what} {name!r} must not contain '--' or '..'")
+    if name.endswith(".git"):
+        raise BadRequest(f"the {what} {name!r} must not end with '.git'")
+    return name
+
+
+def split_repo_id(repo_id: object) -> tuple[str, str]:
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise BadRequest(f"invalid repo id {repo_id!r}: it must be namespace/name, e.g. alice/my-model")
+    namespace, name = repo_id.split("/")
+    return check_repo_name(namespace, "namespace"), check_repo_name(name)
+
+
+def is_commit_sha(value: str) -> bool:
+    return bool(_SHA1.match(value))
+
+
+def check_ref_name(name: object, what: str = "branch") -> str:
+    """git's rules for ref names (check-ref-format), in a form a user can act on."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"the {what} name is missing")
+    problems = []
+    if len(name) > 200:
+        problems.append("is longer than 200 characters")
+    if _REF_BAD.search(name):
+        problems.append("contains a space, a control character or one of ~ ^ : ? * [ \\")
+    if ".." in name or "@{" in name or "//" in name:
+        problems.append("contains '..', '@{' or '//'")
+    if name.startswith(("/", "-", ".")) or name.endswith(("/", ".", ".lock")):
+        problems.append("starts with '/', '-' or '.', or ends with '/', '.' or '.lock'")
+    if any(part.startswith(".") for part in name.split("/")):
+        problems.append("has a path component starting with '.'")
+    if is_commit_sha(name):
+        problems.append("looks like a commit id")
+    if problems:
+        raise BadRequest(f"invalid {what} name {name!r}: it " + "; it ".join(problems))
+    return name
+
+
+def check_path(path: object, what: str = "path") -> str:
+    """A path inside a repo: relative, forward slashes, no '..', no '.git', no NUL."""
+    if not isinstance(path, str) or not path:
+        raise BadRequest(f"the {what} is missing or empty")
+    if "\x00" in path:
+        raise BadRequest(f"the {what} {path!r} contains a NUL byte")
+    if "\\" in path:
+        raise BadRequest(f"the {what} {path!r} contains a backslash; use '/' to separate folders")
+    if path.startswith("/"):
+        raise BadRequest(f"the {what} {path!r} is absolute; paths in a repo are relative, e.g. 'config.json'")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise BadRequest(f"the {what} {path!r} has an empty, '.' or '..' component; use a plain relative path")
+    if any(part == ".git" for part in parts):
+        raise BadRequest(f"the {what} {path!r} is inside '.git', which a repo cannot contain")
+    if len(path.encode()) > 1024:
+        raise BadRequest(f"the {what} is longer than 1024 bytes")
+    return path

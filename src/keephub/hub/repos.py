@@ -1,0 +1,261 @@
+"""Repos as the Hub models them: lookup with access control, create/delete/move/settings, refs and history.
+
+Access rules follow the Hub: a private repo is invisible (404) to anyone without read access,
+writes without a token are 401, and writes with a token that lacks access are 403 naming the
+namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dulwich.objects import Commit
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from keephub.accounts import Actor
+from keephub.hub import naming
+from keephub.storage import gitobjects
+from keephub.storage.schema import Account, Ref, Repo, RepoCommit
+from keephub.wire import BadRequest, Conflict, Forbidden, RepoNotFound, RevisionNotFound, Unauthorized
+
+DEFAULT_BRANCH = "main"
+INITIAL_GITATTRIBUTES = "\n".join(
+    f"{pattern} filter=lfs diff=lfs merge=lfs -text"
+    for pattern in (
+        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*",
+        "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
+        "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*",
+        "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
+    )
+) + "\n"
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """A repo looked up for a caller, with the names the wire uses."""
+
+    id: int
+    type: str
+    namespace: str
+    name: str
+    private: bool
+    space_sdk: str | None
+    created_at: datetime
+    last_modified: datetime
+
+    @property
+    def repo_id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def url_path(self) -> str:
+        return f"{naming.URL_PREFIX[self.type]}{self.repo_id}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def require_actor(actor: Actor | None, action: str) -> Actor:
+    if actor is None:
+        raise Unauthorized(
+            f"you must be authenticated to {action}: pass a token (HF_TOKEN, or `hf auth login`) "
+            "created with `keephub token create USER --role write`"
+        )
+    return actor
+
+
+def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
+    """The repo if the caller may read it; otherwise RepoNotFound, never revealing that a private repo exists."""
+    row = session.execute(
+        select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
+        .where(Repo.type == repo_type, Account.name == namespace, Repo.name == name)
+    ).one_or_none()
+    if row is None or (row[0].private and (actor is None or not actor.can_read_namespace(namespace))):
+        hint = "" if actor else " If it is private, pass a token with read access."
+        raise RepoNotFound(f"{repo_type.capitalize()} repository {namespace}/{name} not found.{hint}")
+    repo, owner = row
+    return RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
+                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+
+
+def find_repo_for_write(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
+    actor = require_actor(actor, f"write to {namespace}/{name}")
+    repo = find_repo(session, repo_type, namespace, name, actor)
+    if not actor.can_write_namespace(namespace):
+        raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+    return repo
+
+
+def find_repo_for_admin(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
+    repo = find_repo_for_write(session, repo_type, namespace, name, actor)
+    assert actor is not None
+    if not actor.can_admin_namespace(namespace):
+        raise Forbidden(f"403 Forbidden: only admins of '{namespace}' can change the settings of {repo.repo_id}.")
+    return repo
+
+
+def resolve_revision(session: Session, repo: RepoRef, revision: str) -> str:
+    """Branch, tag or full commit id of this repo -> commit sha."""
+    for kind in ("branch", "tag"):
+        ref = session.get(Ref, (repo.id, kind, revision))
+        if ref is not None:
+            return ref.commit_sha
+    if naming.is_commit_sha(revision) and session.get(RepoCommit, (repo.id, revision)) is not None:
+        return revision
+    raise RevisionNotFound(
+        f"Invalid rev id: {revision!r} is not a branch, tag or commit of {repo.repo_id}; "
+        "list them with `HfApi().list_repo_refs(...)`"
+    )
+
+
+def branch_head(session: Session, repo: RepoRef, branch: str) -> str:
+    ref = session.get(Ref, (repo.id, "branch", branch))
+    if ref is None:
+        if session.get(Ref, (repo.id, "tag", branch)) is not None or naming.is_commit_sha(branch):
+            raise BadRequest(f"{branch!r} is not a branch; commits can only be made to a branch of {repo.repo_id}")
+        raise RevisionNotFound(
+            f"branch {branch!r} does not exist in {repo.repo_id}; create it first with `HfApi().create_branch(...)`"
+        )
+    return ref.commit_sha
+
+
+def make_commit(tree_sha: str, parents: list[str], author: str, summary: str, description: str) -> Commit:
+    commit = Commit()
+    commit.tree = tree_sha.encode()
+    commit.parents = [p.encode() for p in parents]
+    identity = f"{author} <{author}@users.keephub>".encode()
+    commit.author = commit.committer = identity
+    now = int(utcnow().timestamp())
+    commit.author_time = commit.commit_time = now
+    commit.author_timezone = commit.commit_timezone = 0
+    message = summary.strip() or "Update"
+    if description.strip():
+        message += "\n\n" + description.strip()
+    commit.message = (message + "\n").encode()
+    return commit
+
+
+def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace: str, name: str,
+                private: bool, space_sdk: str | None, base_url: str) -> RepoRef:
+    actor = require_actor(actor, f"create {namespace}/{name}")
+    owner = session.execute(select(Account).where(Account.name == namespace)).scalar_one_or_none()
+    if owner is None:
+        raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; create it or push to '{actor.name}/...'.")
+    if not actor.can_write_namespace(namespace):
+        raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+    existing = session.execute(
+        select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == name)
+    ).scalar_one_or_none()
+    if existing is not None:
+        raise Conflict(f"You already created this {repo_type} repo: {namespace}/{name}",
+                       extra_body={"url": f"{base_url}/{naming.URL_PREFIX[repo_type]}{namespace}/{name}"})
+    now = utcnow()
+    repo = Repo(type=repo_type, owner_id=owner.id, name=name, private=private, space_sdk=space_sdk,
+                created_at=now, last_modified=now)
+    session.add(repo)
+    session.flush()
+    writer = gitobjects.ObjectWriter()
+    blob_sha = writer.add(gitobjects.new_blob(INITIAL_GITATTRIBUTES.encode()))
+    tree_sha = gitobjects.apply_changes(session, writer, None, {".gitattributes": blob_sha})
+    commit = make_commit(tree_sha, [], actor.name, "initial commit", "")
+    commit_sha = writer.add(commit)
+    writer.flush(session)
+    session.add(RepoCommit(repo_id=repo.id, sha=commit_sha))
+    session.add(Ref(repo_id=repo.id, kind="branch", name=DEFAULT_BRANCH, commit_sha=commit_sha))
+    return RepoRef(id=repo.id, type=repo_type, namespace=namespace, name=name, private=private,
+                   space_sdk=space_sdk, created_at=now, last_modified=now)
+
+
+def delete_repo(session: Session, actor: Actor | None, repo_type: str, namespace: str, name: str) -> None:
+    repo = find_repo_for_admin(session, repo_type, namespace, name, actor)
+    session.delete(session.get(Repo, repo.id))
+
+
+def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tuple[str, str],
+              target: tuple[str, str]) -> RepoRef:
+    repo = find_repo_for_admin(session, repo_type, *source, actor)
+    assert actor is not None
+    new_namespace, new_name = target
+    owner = session.execute(select(Account).where(Account.name == new_namespace)).scalar_one_or_none()
+    if owner is None or not actor.can_write_namespace(new_namespace):
+        raise Forbidden(f"403 Forbidden: cannot move to '{new_namespace}': "
+                        + (f"namespace '{new_namespace}' does not exist" if owner is None
+                           else actor.write_denial(new_namespace)) + ".")
+    clash = session.execute(
+        select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == new_name)
+    ).scalar_one_or_none()
+    if clash is not None:
+        raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists")
+    row = session.get(Repo, repo.id)
+    assert row is not None
+    row.owner_id, row.name, row.last_modified = owner.id, new_name, utcnow()
+    return RepoRef(id=repo.id, type=repo_type, namespace=new_namespace, name=new_name, private=repo.private,
+                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=row.last_modified)
+
+
+def set_visibility(session: Session, repo: RepoRef, private: bool) -> None:
+    row = session.get(Repo, repo.id)
+    assert row is not None
+    row.private = private
+
+
+def create_branch(session: Session, repo: RepoRef, branch: str, starting_point: str | None) -> None:
+    naming.check_ref_name(branch, "branch")
+    if session.get(Ref, (repo.id, "branch", branch)) is not None:
+        raise Conflict(f"branch {branch!r} already exists in {repo.repo_id}")
+    target = resolve_revision(session, repo, starting_point or DEFAULT_BRANCH)
+    session.add(Ref(repo_id=repo.id, kind="branch", name=branch, commit_sha=target))
+
+
+def delete_branch(session: Session, repo: RepoRef, branch: str) -> None:
+    if branch == DEFAULT_BRANCH:
+        raise BadRequest(f"the default branch {DEFAULT_BRANCH!r} cannot be deleted; delete the repo instead")
+    ref = session.get(Ref, (repo.id, "branch", branch))
+    if ref is None:
+        raise RevisionNotFound(f"branch {branch!r} does not exist in {repo.repo_id}")
+    session.delete(ref)
+
+
+def create_tag(session: Session, repo: RepoRef, tag: str, revision: str) -> None:
+    naming.check_ref_name(tag, "tag")
+    if session.get(Ref, (repo.id, "tag", tag)) is not None:
+        raise Conflict(f"tag {tag!r} already exists in {repo.repo_id}")
+    session.add(Ref(repo_id=repo.id, kind="tag", name=tag, commit_sha=resolve_revision(session, repo, revision)))
+
+
+def delete_tag(session: Session, repo: RepoRef, tag: str) -> None:
+    ref = session.get(Ref, (repo.id, "tag", tag))
+    if ref is None:
+        raise RevisionNotFound(f"tag {tag!r} does not exist in {repo.repo_id}")
+    session.delete(ref)
+
+
+def list_refs(session: Session, repo: RepoRef) -> list[Ref]:
+    return list(session.execute(select(Ref).where(Ref.repo_id == repo.id).order_by(Ref.kind, Ref.name)).scalars())
+
+
+def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, author: str | None,
+                  search: str | None) -> list[RepoRef]:
+    query = select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
+    if repo_type:
+        query = query.where(Repo.type == repo_type)
+    if author:
+        query = query.where(Account.name == author)
+    if search:
+        query = query.where((Account.name + "/" + Repo.name).contains(search))
+    repos = []
+    for repo, owner in session.execute(query.order_by(Repo.last_modified.desc())):
+        if repo.private and (actor is None or not actor.can_read_namespace(owner)):
+            continue
+        repos.append(RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
+                             space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified))
+    return repos
+
+
+def touch(session: Session, repo: RepoRef) -> None:
+    row = session.get(Repo, repo.id)
+    assert row is not None
+    row.last_modified = utcnow()

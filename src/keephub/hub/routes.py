@@ -1,0 +1,440 @@
+"""HTTP handlers of the Hub API. Each one parses, calls `Hub` in a worker thread, and renders.
+
+Revisions arrive URL-quoted (`refs%2Fpr%2F1`, `rescue%2Fjob-1`); `EncodedSlashes` keeps `%2F`
+encoded while routing so a branch name with a slash stays one path segment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+from urllib.parse import unquote, urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from keephub.accounts import Actor
+from keephub.hub import lfs, naming
+from keephub.hub.service import Hub
+from keephub.storage.blobs import iter_file
+from keephub.wire import BadRequest, RangeNotSatisfiable, TooLarge, Unauthorized, headers
+
+JSON_LIMIT = 8 * 1024 * 1024
+_FLUSH_BYTES = 4 * 1024 * 1024
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+
+
+class EncodedSlashes:
+    """Route on the raw path with `%2F` left encoded, so quoted revisions stay one segment."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw and b"%2f" in raw.lower():
+            path = raw.split(b"?", 1)[0].decode("latin-1")
+            path = re.sub("%2[fF]", "%252F", path)
+            scope = dict(scope, path=unquote(path))
+        await self.app(scope, receive, send)
+
+
+def hub_of(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+async def actor_of(request: Request) -> Actor | None:
+    """The caller, from `Authorization: Bearer <token>`; a token that is present but unknown is a 401."""
+    value = request.headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, secret = value.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized(INVALID_CREDENTIALS)
+    actor = await run_in_threadpool(hub_of(request).accounts.authenticate, secret.strip())
+    if actor is None:
+        raise Unauthorized(INVALID_CREDENTIALS)
+    return actor
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint")
+    return bytes(body)
+
+
+async def read_json(request: Request) -> Any:
+    body = await read_body(request, JSON_LIMIT)
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}")
+
+
+async def read_json_object(request: Request) -> dict:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def repo_params(request: Request) -> tuple[str, str, str]:
+    params = request.path_params
+    repo_type = naming.repo_type_from_plural(params["plural"]) if "plural" in params else params["repo_type"]
+    return repo_type, params["namespace"], params["name"]
+
+
+def revision_param(request: Request, key: str = "revision") -> str:
+    revision = unquote(request.path_params[key])
+    if not revision or "\x00" in revision:
+        raise BadRequest("the revision in the URL is empty or malformed")
+    return revision
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    return run_in_threadpool(fn, *args)
+
+
+# -- account ---------------------------------------------------------------------------------------
+async def whoami(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if actor is None:
+        raise Unauthorized(INVALID_CREDENTIALS)
+    orgs = await call(hub_of(request).accounts.org_fullnames, list(actor.org_roles))
+    return JSONResponse({
+        "type": "user",
+        "id": str(actor.user_id),
+        "name": actor.name,
+        "fullname": actor.fullname,
+        "email": None,
+        "emailVerified": False,
+        "isPro": False,
+        "canPay": False,
+        "avatarUrl": "",
+        "orgs": [{"type": "org", "name": n, "fullname": orgs.get(n, n), "roleInOrg": r}
+                 for n, r in actor.org_roles.items()],
+        "auth": {"type": "access_token",
+                 "accessToken": {"displayName": actor.token_name, "role": actor.token_role,
+                                 "createdAt": actor.token_created_at.isoformat()}},
+    })
+
+
+# -- repos ------------------------------------------------------------------------------------------
+async def create_repo(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(hub_of(request).create_repo, actor, await read_json_object(request)))
+
+
+async def delete_repo(request: Request) -> Response:
+    actor = await actor_of(request)
+    await call(hub_of(request).delete_repo, actor, await read_json_object(request))
+    return JSONResponse({})
+
+
+async def move_repo(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(hub_of(request).move_repo, actor, await read_json_object(request)))
+
+
+async def repo_settings(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    return JSONResponse(await call(hub_of(request).update_settings, actor, *repo_params(request), body))
+
+
+async def repo_info(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    revision = revision_param(request) if "revision" in request.path_params else None
+    with_metadata = request.query_params.get("blobs", "").lower() in ("1", "true")
+    info = await call(hub_of(request).repo_info, actor, *repo_params(request), revision, with_metadata)
+    return JSONResponse(info)
+
+
+async def list_repos(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    repo_type = naming.repo_type_from_plural(request.path_params["plural"])
+    query = request.query_params
+    limit = query.get("limit")
+    if limit is not None and not limit.isdigit():
+        raise BadRequest("'limit' must be a non-negative integer")
+    found = await call(hub_of(request).list_repos, actor, repo_type, query.get("author"), query.get("search"),
+                       int(limit) if limit else None)
+    return JSONResponse(found)
+
+
+async def tree(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    path = request.path_params.get("path", "").strip("/")
+    if path:
+        naming.check_path(path)
+    recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
+    cursor = request.query_params.get("cursor", "0")
+    if not cursor.isdigit():
+        raise BadRequest("'cursor' must come from the Link header of the previous page")
+    sha, entries = await call(hub_of(request).tree, actor, *repo_params(request), revision_param(request), path,
+                              recursive)
+    start, size = int(cursor), hub_of(request).settings.tree_page_size
+    page = entries[start : start + size]
+    link_headers = {}
+    if start + size < len(entries):
+        repo_type, namespace, name = repo_params(request)
+        params = urlencode({"recursive": str(recursive).lower(), "cursor": start + size})
+        next_url = (f"{hub_of(request).settings.base_url}/api/{repo_type}s/{namespace}/{name}/tree/{sha}/{path}"
+                    f"?{params}")
+        link_headers["Link"] = f'<{next_url}>; rel="next"'
+    return JSONResponse(page, headers=link_headers)
+
+
+async def paths_info(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await read_json_object(request)
+        paths = body.get("paths")
+    else:
+        form = await request.form()
+        paths = form.getlist("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise BadRequest("'paths' must be a list of file or folder paths")
+    result = await call(hub_of(request).paths_info, actor, *repo_params(request), revision_param(request), paths)
+    return JSONResponse(result)
+
+
+async def list_commits(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    found = await call(hub_of(request).commits, actor, *repo_params(request), revision_param(request))
+    return JSONResponse(found)
+
+
+async def list_refs(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(hub_of(request).refs, actor, *repo_params(request)))
+
+
+async def branch(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    name = revision_param(request, "branch")
+    if request.method == "DELETE":
+        await call(hub_of(request).delete_branch, actor, *repo_params(request), name)
+    else:
+        body = await read_json_object(request)
+        starting_point = body.get("startingPoint")
+        if starting_point is not None and not isinstance(starting_point, str):
+            raise BadRequest("'startingPoint' must be a branch, tag or commit id")
+        await call(hub_of(request).create_branch, actor, *repo_params(request), name, starting_point)
+    return JSONResponse({})
+
+
+async def tag(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.method == "DELETE":
+        await call(hub_of(request).delete_tag, actor, *repo_params(request), revision_param(request))
+        return JSONResponse({})
+    body = await read_json_object(request)
+    if not isinstance(body.get("tag"), str):
+        raise BadRequest("the body must name the new tag: {\"tag\": \"v1.0\"}")
+    await call(hub_of(request).create_tag, actor, *repo_params(request), revision_param(request), body["tag"])
+    return JSONResponse({})
+
+
+async def preupload(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.query_params.get("create_pr") in ("1", "true"):
+        raise BadRequest("pull requests are not supported by keephub; push to a branch instead (revision=...)")
+    body = await read_json_object(request)
+    return JSONResponse(await call(hub_of(request).preupload, actor, *repo_params(request), revision_param(request),
+                                   body))
+
+
+async def commit(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.query_params.get("create_pr") in ("1", "true"):
+        raise BadRequest("pull requests are not supported by keephub; commit to a branch instead (create_branch, "
+                         "then revision=...)")
+    body = await read_body(request, hub_of(request).settings.max_commit_body_bytes)
+    return JSONResponse(await call(hub_of(request).commit, actor, *repo_params(request), revision_param(request),
+                                   body))
+
+
+async def validate_yaml(request: Request) -> JSONResponse:
+    body = await read_json_object(request)
+    content = body.get("content")
+    if content is not None and not isinstance(content, str):
+        raise BadRequest("'content' must be the README text")
+    return JSONResponse({"errors": [], "warnings": []})
+
+
+# -- LFS --------------------------------------------------------------------------------------------
+async def lfs_batch(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    body = await read_json(request)
+    result = await call(hub_of(request).lfs_batch, actor, *repo_params(request), body)
+    return JSONResponse(result, media_type="application/vnd.git-lfs+json")
+
+
+async def lfs_verify(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    await call(hub_of(request).lfs_verify, actor, *repo_params(request), await read_json(request))
+    return JSONResponse({})
+
+
+async def lfs_download(request: Request) -> Response:
+    actor = await actor_of(request)
+    oid = request.path_params["oid"]
+    hub = hub_of(request)
+    size = await call(hub.lfs_object, actor, *repo_params(request), oid)
+    return StreamingResponse(iter_file(await call(hub.open_lfs, oid)), headers={"Content-Length": str(size)},
+                             media_type="application/octet-stream")
+
+
+async def _receive_into(request: Request, pending, limit: int) -> None:  # type: ignore[no-untyped-def]
+    buffer = bytearray()
+    async for chunk in request.stream():
+        buffer += chunk
+        if pending.size + len(buffer) > limit:
+            raise BadRequest(f"received more than the announced {limit} bytes; nothing was stored")
+        if len(buffer) >= _FLUSH_BYTES:
+            await call(pending.write, bytes(buffer))
+            buffer.clear()
+    if buffer:
+        await call(pending.write, bytes(buffer))
+
+
+async def lfs_upload(request: Request) -> Response:
+    """Single PUT of a whole object (basic transfer), or POST completing a multipart upload."""
+    hub = hub_of(request)
+    oid = request.path_params["oid"]
+    grant = lfs.check_grant(hub.settings, oid, dict(request.query_params))
+    if request.method == "POST":
+        await call(lfs.complete_multipart, hub.blobs, grant, await read_body(request, JSON_LIMIT))
+    else:
+        pending = hub.blobs.begin()
+        try:
+            await _receive_into(request, pending, grant.size)
+            await call(lfs.commit_verified, pending, grant)
+        finally:
+            await call(pending.abort)
+    await call(lfs.link, hub.db, grant.repo_id, oid, grant.size)
+    return JSONResponse({})
+
+
+async def lfs_upload_part(request: Request) -> Response:
+    hub = hub_of(request)
+    grant = lfs.check_grant(hub.settings, request.path_params["oid"], dict(request.query_params))
+    number = request.path_params["part"]
+    chunk_size = hub.settings.lfs_multipart_chunk_bytes
+    if number < 1 or (number - 1) * chunk_size >= max(grant.size, 1):
+        raise BadRequest(f"part number {number} is outside this upload")
+    pending = await call(hub.blobs.begin_part, grant.upload_id, number)
+    try:
+        await _receive_into(request, pending, chunk_size)
+        etag = pending.sha256
+        await call(pending.commit, etag, None)
+    finally:
+        await call(pending.abort)
+    return Response(status_code=200, headers={"ETag": f'"{etag}"'})
+
+
+# -- files ------------------------------------------------------------------------------------------
+def _parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) for a single `bytes=` range; None means serve the whole file."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
+    if not match or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.groups()
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    else:
+        start, end = max(size - int(last), 0), size - 1
+    if start >= size or start > end:
+        raise RangeNotSatisfiable(f"range {value!r} is outside the file's {size} bytes",
+                                  extra_headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def resolve(request: Request) -> Response:
+    actor = await actor_of(request)
+    hub = hub_of(request)
+    target = await call(hub.file_target, actor, *repo_params(request), revision_param(request),
+                        request.path_params["path"])
+    base_headers = {
+        headers.X_REPO_COMMIT: target.commit_sha,
+        "ETag": f'"{target.etag}"',
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"inline; filename*=UTF-8''{request.path_params['path'].rsplit('/', 1)[-1]}",
+    }
+    if target.is_lfs:
+        base_headers[headers.X_LINKED_ETAG] = f'"{target.etag}"'
+        base_headers[headers.X_LINKED_SIZE] = str(target.size)
+    status, start, length = 200, 0, target.size
+    range_header = request.headers.get("range")
+    if range_header and target.size > 0:
+        span = _parse_range(range_header, target.size)
+        if span is not None:
+            status, start, length = 206, span[0], span[1] - span[0] + 1
+            base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"
+    base_headers["Content-Length"] = str(length)
+    media_type = "application/octet-stream"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=base_headers, media_type=media_type)
+    if target.inline is not None:
+        return Response(target.inline[start : start + length], status_code=status, headers=base_headers,
+                        media_type=media_type)
+    handle = await call(hub.open_lfs, target.etag)
+    return StreamingResponse(iter_file(handle, start, length), status_code=status, headers=base_headers,
+                             media_type=media_type)
+
+
+def _typed(prefix: str, repo_type: str, path: str, endpoint: Callable, methods: list[str]) -> Route:
+    async def bound(request: Request) -> Response:
+        request.path_params["repo_type"] = repo_type
+        return await endpoint(request)
+
+    return Route(f"{prefix}{path}", bound, methods=methods, name=f"{endpoint.__name__}_{repo_type}")
+
+
+def routes() -> list[BaseRoute]:
+    api = "/api/{plural}/{namespace}/{name}"
+    table: list[BaseRoute] = [
+        Route("/api/whoami-v2", whoami, methods=["GET"]),
+        Route("/api/repos/create", create_repo, methods=["POST"]),
+        Route("/api/repos/delete", delete_repo, methods=["DELETE"]),
+        Route("/api/repos/move", move_repo, methods=["POST"]),
+        Route("/api/validate-yaml", validate_yaml, methods=["POST"]),
+        Route("/api/lfs/objects/{oid}", lfs_upload, methods=["PUT", "POST"]),
+        Route("/api/lfs/objects/{oid}/parts/{part:int}", lfs_upload_part, methods=["PUT"]),
+        Route("/api/{plural}", list_repos, methods=["GET"]),
+        Route(api, repo_info, methods=["GET"]),
+        Route(api + "/revision/{revision}", repo_info, methods=["GET"]),
+        Route(api + "/settings", repo_settings, methods=["PUT"]),
+        Route(api + "/tree/{revision}", tree, methods=["GET"]),
+        Route(api + "/tree/{revision}/{path:path}", tree, methods=["GET"]),
+        Route(api + "/paths-info/{revision}", paths_info, methods=["POST"]),
+        Route(api + "/commits/{revision}", list_commits, methods=["GET"]),
+        Route(api + "/refs", list_refs, methods=["GET"]),
+        Route(api + "/branch/{branch}", branch, methods=["POST", "DELETE"]),
+        Route(api + "/tag/{revision}", tag, methods=["POST", "DELETE"]),
+        Route(api + "/preupload/{revision}", preupload, methods=["POST"]),
+        Route(api + "/commit/{revision}", commit, methods=["POST"]),
+    ]
+    for repo_type, prefix in (("dataset", "/datasets"), ("space", "/spaces"), ("model", "")):
+        table += [
+            _typed(prefix, repo_type, "/{namespace}/{name}.git/info/lfs/objects/batch", lfs_batch, ["POST"]),
+            _typed(prefix, repo_type, "/{namespace}/{name}.git/info/lfs/objects/verify", lfs_verify, ["POST"]),
+            _typed(prefix, repo_type, "/{namespace}/{name}.git/info/lfs/objects/{oid}", lfs_download, ["GET"]),
+            _typed(prefix, repo_type, "/{namespace}/{name}/resolve/{revision}/{path:path}", resolve, ["GET", "HEAD"]),
+        ]
+    return table
+

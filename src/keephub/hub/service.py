@@ -1,0 +1,312 @@
+"""The Hub as plain method calls: each one is a whole operation in one transaction, testable without HTTP.
+
+HTTP handlers (hub/routes.py) parse the request, call one of these in a worker thread, and render.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import stat
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from keephub.accounts import Accounts, Actor
+from keephub.config import Settings
+from keephub.hub import commits, lfs, naming, repos, wireformat
+from keephub.hub.repos import RepoRef
+from keephub.storage import gitobjects
+from keephub.storage.blobs import BlobStore
+from keephub.storage.db import Database
+from keephub.wire import BadRequest, EntryNotFound, PreconditionFailed
+
+_COMMIT_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class FileTarget:
+    """Everything resolve needs to answer HEAD or GET for one file at one revision."""
+
+    commit_sha: str
+    etag: str
+    size: int
+    is_lfs: bool
+    inline: bytes | None
+
+
+class Hub:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.blobs = blobs
+        self.accounts = Accounts(db)
+
+    # -- repos -----------------------------------------------------------------------------------
+    def create_repo(self, actor: Actor | None, body: dict) -> dict:
+        repo_type = naming.check_repo_type(body.get("type"))
+        name = body.get("name")
+        namespace = body.get("organization") or (actor.name if actor else None)
+        if isinstance(name, str) and "/" in name:
+            namespace, name = naming.split_repo_id(name)
+        naming.check_repo_name(name)
+        if namespace is None:
+            repos.require_actor(actor, f"create {name}")
+        naming.check_repo_name(namespace, "namespace")
+        private = _visibility(body)
+        sdk = body.get("sdk")
+        if repo_type == "space" and sdk not in ("gradio", "docker", "static", "streamlit"):
+            raise BadRequest("a space needs 'sdk': one of gradio, docker, static, streamlit")
+        with self.db.write() as session:
+            repo = repos.create_repo(session, actor, repo_type, str(namespace), str(name), bool(private),
+                                     sdk if repo_type == "space" else None, self.settings.base_url)
+        return {"url": f"{self.settings.base_url}/{repo.url_path}", "name": repo.repo_id, "id": f"{repo.type}-{repo.id}"}
+
+    def delete_repo(self, actor: Actor | None, body: dict) -> None:
+        repo_type, namespace, name = _repo_from_body(body, actor)
+        with self.db.write() as session:
+            repos.delete_repo(session, actor, repo_type, namespace, name)
+
+    def move_repo(self, actor: Actor | None, body: dict) -> dict:
+        repo_type = naming.check_repo_type(body.get("type"))
+        source = naming.split_repo_id(body.get("fromRepo"))
+        target = naming.split_repo_id(body.get("toRepo"))
+        with self.db.write() as session:
+            repo = repos.move_repo(session, actor, repo_type, source, target)
+        return {"url": f"{self.settings.base_url}/{repo.url_path}"}
+
+    def update_settings(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: dict) -> dict:
+        private = _visibility(body)
+        if "gated" in body and body["gated"] not in (False, None, "false"):
+            raise BadRequest("gated repos are not supported by keephub; control access with private repos and orgs")
+        with self.db.write() as session:
+            repo = repos.find_repo_for_admin(session, repo_type, namespace, name, actor)
+            if private is not None:
+                repos.set_visibility(session, repo, private)
+        return {"private": private if private is not None else repo.private}
+
+    def repo_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,
+                  with_file_metadata: bool) -> dict:
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sha = repos.resolve_revision(session, repo, revision or repos.DEFAULT_BRANCH)
+            tree = gitobjects.load_commit(session, sha).tree.decode()
+            files = gitobjects.list_entries(session, tree, "", recursive=True)
+            readme = self._read_small(session, tree, "README.md")
+            return wireformat.repo_info(repo, sha, files, readme, with_file_metadata, self.settings.base_url)
+
+    def list_repos(self, actor: Actor | None, repo_type: str, author: str | None, search: str | None,
+                   limit: int | None) -> list[dict]:
+        with self.db.read() as session:
+            found = repos.visible_repos(session, actor, repo_type, author, search)[:limit]
+            result = []
+            for repo in found:
+                sha = repos.resolve_revision(session, repo, repos.DEFAULT_BRANCH)
+                result.append(wireformat.repo_info(repo, sha, None, None, False, self.settings.base_url))
+            return result
+
+    # -- reading trees and history ---------------------------------------------------------------
+    def tree(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str, path: str,
+             recursive: bool) -> tuple[str, list[dict]]:
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sha = repos.resolve_revision(session, repo, revision)
+            tree = gitobjects.load_commit(session, sha).tree.decode()
+            found = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
+            if found is None or not stat.S_ISDIR(found[0]):
+                raise EntryNotFound(f"folder {path!r} does not exist at revision {revision!r} of {repo.repo_id}")
+            entries = gitobjects.list_entries(session, found[1], path, recursive)
+            return sha, [wireformat.tree_entry(e) for e in entries]
+
+    def paths_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                   paths: list[str]) -> list[dict]:
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sha = repos.resolve_revision(session, repo, revision)
+            tree = gitobjects.load_commit(session, sha).tree.decode()
+            result = []
+            for path in paths:
+                found = gitobjects.lookup(session, tree, path.strip("/"))
+                if found is not None:
+                    result.append(wireformat.tree_entry(gitobjects.entry_for(session, path.strip("/"), *found)))
+            return result
+
+    def commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str) -> list[dict]:
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sha = repos.resolve_revision(session, repo, revision)
+            result = []
+            for commit in gitobjects.iter_history(session, sha):
+                result.append(wireformat.commit_entry(commit.id.decode(), commit))
+            return result
+
+    def refs(self, actor: Actor | None, repo_type: str, namespace: str, name: str) -> dict:
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            return wireformat.refs(repos.list_refs(session, repo))
+
+    # -- branches and tags -----------------------------------------------------------------------
+    def create_branch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str,
+                      starting_point: str | None) -> None:
+        with self.db.write() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repos.create_branch(session, repo, branch, starting_point)
+
+    def delete_branch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str) -> None:
+        with self.db.write() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repos.delete_branch(session, repo, branch)
+
+    def create_tag(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                   tag: str) -> None:
+        with self.db.write() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repos.create_tag(session, repo, tag, revision)
+
+    def delete_tag(self, actor: Actor | None, repo_type: str, namespace: str, name: str, tag: str) -> None:
+        with self.db.write() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repos.delete_tag(session, repo, tag)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def preupload(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                  body: dict) -> dict:
+        files = body.get("files") if isinstance(body, dict) else None
+        if not isinstance(files, list):
+            raise BadRequest("preupload body must be JSON {files: [{path, size, sample}]}")
+        with self.db.read() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            sha = repos.branch_head(session, repo, revision)
+            tree = gitobjects.load_commit(session, sha).tree.decode()
+            lfs_patterns = _lfs_patterns(self._read_small(session, tree, ".gitattributes"))
+            answers = []
+            for index, item in enumerate(files):
+                if not isinstance(item, dict):
+                    raise BadRequest(f"preupload files[{index}] must be an object {{path, size, sample}}")
+                path = naming.check_path(item.get("path"), f"path of preupload files[{index}]")
+                size = item.get("size")
+                if not isinstance(size, int) or size < 0:
+                    raise BadRequest(f"preupload files[{index}] ({path}): 'size' must be a non-negative integer")
+                try:
+                    sample = base64.b64decode(item.get("sample") or "", validate=True)
+                except ValueError:
+                    raise BadRequest(f"preupload files[{index}] ({path}): 'sample' must be base64")
+                existing = gitobjects.lookup(session, tree, path)
+                oid = None
+                if existing is not None and not stat.S_ISDIR(existing[0]):
+                    entry = gitobjects.entry_for(session, path, *existing)
+                    oid = entry.lfs_oid or entry.sha
+                mode = "lfs" if self._wants_lfs(path, size, sample, lfs_patterns) else "regular"
+                answers.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+            return {"files": answers, "commitOid": sha}
+
+    def _wants_lfs(self, path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
+        if size == 0:
+            return False
+        if size > self.settings.max_regular_file_bytes or b"\x00" in sample:
+            return True
+        base = path.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(base, p) or fnmatch.fnmatch(path, p) for p in patterns)
+
+    def commit(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str,
+               body: bytes) -> dict:
+        request = commits.parse_ndjson(body, self.settings.max_regular_file_bytes)
+        for attempt in range(_COMMIT_RETRIES):
+            try:
+                with self.db.write() as session:
+                    repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+                    assert actor is not None
+                    result = commits.apply_commit(session, repo, branch, request, actor)
+                break
+            except PreconditionFailed:
+                if request.parent_commit is not None or attempt == _COMMIT_RETRIES - 1:
+                    raise
+        return {
+            "commitUrl": f"{self.settings.base_url}/{repo.url_path}/commit/{result.sha}",
+            "commitOid": result.sha,
+            "commitMessage": request.summary,
+            "pullRequestUrl": None,
+        }
+
+    # -- LFS -------------------------------------------------------------------------------------
+    def lfs_batch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> dict:
+        with self.db.read() as session:
+            if isinstance(body, dict) and body.get("operation") == "download":
+                repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            else:
+                repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            return lfs.batch(session, self.settings, repo, body)
+
+    def lfs_verify(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> None:
+        with self.db.read() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            lfs.verify(session, repo, body)
+
+    def lfs_object(self, actor: Actor | None, repo_type: str, namespace: str, name: str, oid: str) -> int:
+        """Size of an LFS object the caller may download from this repo."""
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sizes = lfs._linked_sizes(session, repo, [oid])
+        if oid not in sizes:
+            raise EntryNotFound(f"LFS object {oid} is not part of {repo.repo_id}")
+        return sizes[oid]
+
+    # -- files -----------------------------------------------------------------------------------
+    def file_target(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                    path: str) -> FileTarget:
+        naming.check_path(path)
+        with self.db.read() as session:
+            repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            sha = repos.resolve_revision(session, repo, revision)
+            tree = gitobjects.load_commit(session, sha).tree.decode()
+            found = gitobjects.lookup(session, tree, path)
+            if found is None or stat.S_ISDIR(found[0]):
+                raise EntryNotFound(
+                    f"{path} does not exist at revision {revision!r} of {repo.repo_id}",
+                    extra_headers={"X-Repo-Commit": sha},
+                )
+            entry = gitobjects.entry_for(session, path, *found)
+            if entry.lfs_oid is not None:
+                return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None)
+            return FileTarget(sha, entry.sha, entry.size, False, gitobjects.read_blob(session, entry.sha))
+
+    def open_lfs(self, oid: str) -> BinaryIO:
+        return self.blobs.open(oid)
+
+    def _read_small(self, session, tree: str, path: str) -> bytes | None:  # type: ignore[no-untyped-def]
+        found = gitobjects.lookup(session, tree, path)
+        if found is None or stat.S_ISDIR(found[0]):
+            return None
+        data = gitobjects.read_blob(session, found[1])
+        return None if gitobjects.parse_lfs_pointer(data) else data
+
+
+def _visibility(body: dict) -> bool | None:
+    visibility = body.get("visibility")
+    if visibility is not None:
+        if visibility not in ("public", "private"):
+            raise BadRequest(f"invalid visibility {visibility!r}; use 'public' or 'private'")
+        return visibility == "private"
+    private = body.get("private")
+    if private is not None and not isinstance(private, bool):
+        raise BadRequest("'private' must be true or false")
+    return private
+
+
+def _repo_from_body(body: dict, actor: Actor | None) -> tuple[str, str, str]:
+    repo_type = naming.check_repo_type(body.get("type"))
+    name = body.get("name")
+    namespace = body.get("organization") or (actor.name if actor else None)
+    if isinstance(name, str) and "/" in name:
+        namespace, name = naming.split_repo_id(name)
+    repos.require_actor(actor, "manage repos")
+    return repo_type, naming.check_repo_name(namespace, "namespace"), naming.check_repo_name(name)
+
+
+def _lfs_patterns(gitattributes: bytes | None) -> list[str]:
+    patterns = []
+    for line in (gitattributes or b"").decode("utf-8", "replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and "filter=lfs" in fields[1:]:
+            patterns.append(fields[0])
+    return patterns
+

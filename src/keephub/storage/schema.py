@@ -1,0 +1,129 @@
+"""The metadata schema. Alembic migrations under storage/migrations create exactly these tables.
+
+Git objects live in the database (not the blob store) so that a commit's objects and the ref
+update that makes them visible are one transaction: a crash leaves either all or none.
+Large file contents (LFS) live in the blob store, keyed by their verified sha256.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    """A user or an organization: both own a namespace."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "user" | "org"
+    fullname: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(200), default="")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    org_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))  # "read" | "write" | "admin"
+
+
+class Token(Base):
+    """An access token. Only the sha256 of the secret is stored; the secret is shown once."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(8))  # "read" | "write"
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Repo(Base):
+    __tablename__ = "repos"
+    __table_args__ = (UniqueConstraint("type", "owner_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(8))  # "model" | "dataset" | "space"
+    owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(96))
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    space_sdk: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Ref(Base):
+    """A branch or a tag, pointing at a commit. Branch updates are compare-and-swap on `commit_sha`."""
+
+    __tablename__ = "refs"
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(6), primary_key=True)  # "branch" | "tag"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    commit_sha: Mapped[str] = mapped_column(String(40))
+
+
+class GitObject(Base):
+    """A real git object (blob, tree or commit) by its SHA-1.
+
+    For blobs, `size` and the LFS pointer fields are denormalised so that tree listings of large
+    repos need no object bodies.
+    """
+
+    __tablename__ = "git_objects"
+    sha: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type_num: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    lfs_oid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lfs_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LfsObject(Base):
+    """Verified large-file content in the blob store (key = sha256)."""
+
+    __tablename__ = "lfs_objects"
+    oid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LfsLink(Base):
+    """Which repo may reference which LFS object: content is linked to a repo only after a verified upload."""
+
+    __tablename__ = "lfs_links"
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    oid: Mapped[str] = mapped_column(ForeignKey("lfs_objects.oid"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RepoCommit(Base):
+    """Commits reachable in a repo: a commit sha is only resolvable through repos that contain it."""
+
+    __tablename__ = "repo_commits"
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    sha: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -1,0 +1,105 @@
+"""HTML pages: the repo a training script prints the URL of, a namespace's repos, and the front page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.templating import Jinja2Templates
+
+from keephub.hub.routes import actor_of, call, hub_of
+from keephub.hub.wireformat import card_data
+from keephub.wire import EntryNotFound
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _wants_json(request: Request) -> bool:
+    return request.query_params.get("format") == "json" or "application/json" in request.headers.get("accept", "")
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def render_readme(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    if card_data(raw) is not None:
+        text = text[text.find("\n---", 3) + 4 :]
+    return _markdown.render(text)
+
+
+async def repo_page(request: Request) -> Response:
+    actor = await actor_of(request)
+    hub = hub_of(request)
+    repo_type = request.path_params["repo_type"]
+    namespace, name = request.path_params["namespace"], request.path_params["name"]
+    info = await call(hub.repo_info, actor, repo_type, namespace, name, None, True)
+    if _wants_json(request):
+        return JSONResponse(info, headers={"Link": f'<{request.url.path}?format=json>; rel="alternate"'})
+    history = await call(hub.commits, actor, repo_type, namespace, name, "main")
+    try:
+        target = await call(hub.file_target, actor, repo_type, namespace, name, "main", "README.md")
+        readme_html = render_readme(target.inline) if target.inline is not None else ""
+    except EntryNotFound:
+        readme_html = ""
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[repo_type]
+    return templates.TemplateResponse(request, "repo.html", {
+        "info": info,
+        "repo_type": repo_type,
+        "files": sorted(info["siblings"], key=lambda s: s["rfilename"]),
+        "latest": history[0] if history else None,
+        "commit_count": len(history),
+        "readme_html": readme_html,
+        "human_size": human_size,
+        "download_base": f"/{prefix}{info['id']}/resolve/main/",
+    })
+
+
+async def namespace_page(request: Request) -> Response:
+    actor = await actor_of(request)
+    hub = hub_of(request)
+    namespace = request.path_params["namespace"]
+    found = []
+    for repo_type in ("model", "dataset", "space"):
+        found += await call(hub.list_repos, actor, repo_type, namespace, None, None)
+    if _wants_json(request):
+        return JSONResponse(found)
+    return templates.TemplateResponse(request, "namespace.html", {"namespace": namespace, "repos": found})
+
+
+async def index_page(request: Request) -> Response:
+    actor = await actor_of(request)
+    hub = hub_of(request)
+    found = []
+    for repo_type in ("model", "dataset", "space"):
+        found += await call(hub.list_repos, actor, repo_type, None, None, 100)
+    if _wants_json(request):
+        return JSONResponse(found)
+    return templates.TemplateResponse(request, "namespace.html", {"namespace": None, "repos": found})
+
+
+def _repo_route(prefix: str, repo_type: str, suffix: str = "") -> Route:
+    async def page(request: Request) -> Response:
+        request.path_params["repo_type"] = repo_type
+        return await repo_page(request)
+
+    return Route(f"{prefix}/{{namespace}}/{{name}}{suffix}", page, methods=["GET"], name=f"repo_{repo_type}{suffix}")
+
+
+def routes() -> list[BaseRoute]:
+    table: list[BaseRoute] = [Route("/", index_page, methods=["GET"])]
+    for prefix, repo_type in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
+        table.append(_repo_route(prefix, repo_type))
+        table.append(_repo_route(prefix, repo_type, "/commit/{sha}"))
+    table.append(Route("/{namespace}", namespace_page, methods=["GET"]))
+    return table
