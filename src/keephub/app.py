@@ -10,14 +10,14 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
-from keephub import hub, web
+from keephub import hub, jobs, web
 from keephub.config import Settings
 from keephub.storage.blobs import LocalBlobStore
 from keephub.storage.db import Database
-from keephub.wire.errors import HubError, render_hub_error
+from keephub.wire.errors import HubError, header_safe, render_hub_error
 
 log = logging.getLogger("keephub")
 JANITOR_INTERVAL_SECONDS = 3600
@@ -47,7 +47,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no such endpoint: {request.method} {request.url.path}; see docs/api.md for what keephub serves"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
-    return JSONResponse({"error": message}, status_code=exc.status_code, headers={"X-Error-Message": message})
+    return JSONResponse({"error": message}, status_code=exc.status_code,
+                        headers={**(exc.headers or {}), "X-Error-Message": header_safe(message)})
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """A client that hangs up mid-body (an interrupted upload) is not a server error: no traceback, no 500."""
+    return Response(status_code=400)
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -57,16 +63,23 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         the_hub = await asyncio.to_thread(open_hub, settings)
         app.state.hub = the_hub
-        janitor = asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds))
+        app.state.jobs = jobs.JobService(settings, the_hub.db, the_hub.accounts)
+        app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
+        background = [
+            asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds)),
+            asyncio.create_task(app.state.scheduler.run()),
+        ]
         try:
             yield
         finally:
-            janitor.cancel()
+            for task in background:
+                task.cancel()
             the_hub.db.close()
 
     return Starlette(
-        routes=hub.routes() + web.routes(),
+        routes=jobs.routes() + hub.routes() + web.routes(),
         middleware=[Middleware(hub.EncodedSlashes)],
-        exception_handlers={HubError: render_hub_error, HTTPException: _http_error},
+        exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
+                            ClientDisconnect: _client_gone},
         lifespan=lifespan,
     )

@@ -43,6 +43,14 @@ class Settings:
     stale_upload_seconds: int = 24 * 3600
     # Entries per page of a tree listing.
     tree_page_size: int = 1000
+    # CPU cores jobs may use in total (0: all of this machine's).
+    job_cpus: int = 0
+    # GPU device ids jobs may use, comma-separated (e.g. "0,1"); empty: no GPU flavors.
+    job_gpus: str = ""
+    # After SIGTERM (timeout or cancel), a job gets this long to save its work before SIGKILL.
+    job_grace_seconds: int = 60
+    # Timeout of a job that names none.
+    job_default_timeout_seconds: int = 1800
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
 

@@ -150,9 +150,17 @@ class Accounts:
                               expires_at=expires_at, revoked=False))
         return secret
 
+    @staticmethod
+    def token_hash(secret: str) -> str:
+        return hash_secret(secret)
+
     def revoke_token(self, secret: str) -> bool:
+        return self.revoke_by_hash(hash_secret(secret))
+
+    def revoke_by_hash(self, secret_sha256: str) -> bool:
+        """Revoke a token known only by its hash (job tokens: the job keeps no clear copy outside its secrets)."""
         with self.db.write() as session:
-            token = session.execute(select(Token).where(Token.secret_sha256 == hash_secret(secret))).scalar_one_or_none()
+            token = session.execute(select(Token).where(Token.secret_sha256 == secret_sha256)).scalar_one_or_none()
             if token is None:
                 return False
             token.revoked = True

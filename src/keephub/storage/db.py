@@ -90,7 +90,6 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read() as session:
             yield session
-            session.rollback()
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -127,3 +128,37 @@ class RepoCommit(Base):
     __tablename__ = "repo_commits"
     repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
     sha: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+class Job(Base):
+    """A submitted job. The spec is stored without secret values; those live encrypted in `secrets_sealed`."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(96), index=True)
+    owner: Mapped[str] = mapped_column(String(96))
+    spec_json: Mapped[str] = mapped_column(Text)
+    secrets_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    flavor: Mapped[str] = mapped_column(String(40))
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(12), index=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    job_token_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class JobAttempt(Base):
+    """One run of a job in its own sandbox; a failed attempt may be followed by another."""
+
+    __tablename__ = "job_attempts"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(12))  # RUNNING | COMPLETED | ERROR | CANCELED | TIMEOUT
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)

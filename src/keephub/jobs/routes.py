@@ -1,0 +1,104 @@
+"""HTTP handlers of the Jobs API (`/api/jobs/...`), as huggingface_hub's run_job, fetch_job_logs & co. call them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from keephub.hub.routes import actor_of, call, read_json
+from keephub.jobs.logs import LogCursor
+from keephub.jobs.scheduler import Scheduler
+from keephub.jobs.service import TERMINAL, JobService
+from keephub.wire import BadRequest
+
+KEEPALIVE_SECONDS = 15.0
+POLL_SECONDS = 0.2
+
+
+def jobs_of(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def scheduler_of(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+async def hardware(request: Request) -> JSONResponse:
+    return JSONResponse(jobs_of(request).hardware())
+
+
+async def jobs_collection(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    namespace = request.path_params["namespace"]
+    service = jobs_of(request)
+    if request.method == "POST":
+        info = await call(service.submit, actor, namespace, await read_json(request))
+        scheduler_of(request).poke()
+        return JSONResponse(info)
+    stages = request.query_params.getlist("stage")
+    labels = request.query_params.getlist("label")
+    return JSONResponse(await call(service.list, actor, namespace, stages, labels))
+
+
+async def job_info(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    params = request.path_params
+    return JSONResponse(await call(jobs_of(request).get, actor, params["namespace"], params["job_id"]))
+
+
+async def cancel(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    params = request.path_params
+    await call(jobs_of(request).cancel, actor, params["namespace"], params["job_id"])
+    scheduler_of(request).request_cancel(params["job_id"])
+    return JSONResponse({})
+
+
+async def logs(request: Request) -> StreamingResponse:
+    """Server-sent events, one per log line; the stream stays open until the job ends (follow)."""
+    actor = await actor_of(request)
+    namespace, job_id = request.path_params["namespace"], request.path_params["job_id"]
+    service = jobs_of(request)
+    await call(service.get, actor, namespace, job_id)
+    tail = request.query_params.get("tail")
+    if tail is not None and not tail.isdigit():
+        raise BadRequest("'tail' must be a non-negative number of lines")
+    cursor = LogCursor(service.jobs_dir, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        backlog = await asyncio.to_thread(cursor.read_new)
+        if tail is not None:
+            backlog = backlog[-int(tail):] if int(tail) else []
+        for event in backlog:
+            yield f"data: {json.dumps(event)}\n\n"
+        quiet = 0.0
+        while True:
+            finished = (await call(service.load, namespace, job_id)).job.stage in TERMINAL
+            events = await asyncio.to_thread(cursor.read_new)
+            for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+            if finished:
+                return
+            quiet = 0.0 if events else quiet + POLL_SECONDS
+            if quiet >= KEEPALIVE_SECONDS:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(POLL_SECONDS)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/jobs/hardware", hardware, methods=["GET"]),
+        Route("/api/jobs/{namespace}", jobs_collection, methods=["GET", "POST"]),
+        Route("/api/jobs/{namespace}/{job_id}", job_info, methods=["GET"]),
+        Route("/api/jobs/{namespace}/{job_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/jobs/{namespace}/{job_id}/logs", logs, methods=["GET"]),
+    ]

@@ -1,0 +1,167 @@
+"""Throwaway sandboxes for job attempts, built with bubblewrap.
+
+Each attempt sees a read-only host system (/usr, /etc, the Python installation with the training
+stack), a private writable /workspace and /tmp, its own PID namespace (when the attempt's main
+process ends, everything it started ends with it), and nothing else: not keephub's data
+directory, not other jobs' workspaces. Secrets reach the job through the environment of the
+bwrap process, never its command line (which other local users could read in /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keephub
+
+WORKSPACE = "/workspace"
+TOOLS_DIR = "/opt/keephub/bin"
+UV_CACHE = "/opt/keephub/uv-cache"
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here; jobs are refused rather than run unsandboxed."""
+
+
+@dataclass(frozen=True)
+class SandboxLayout:
+    """Host paths the sandbox exposes read-only, and the shared writable uv cache."""
+
+    readonly: tuple[Path, ...]
+    tools_dir: Path
+    uv_cache: Path
+    python: Path
+
+    @classmethod
+    def for_this_host(cls, jobs_dir: Path) -> "SandboxLayout":
+        venv = Path(sys.prefix)
+        paths = {Path(sys.base_prefix).resolve(), venv.resolve(), Path(keephub.__file__).resolve().parents[1]}
+        tools_dir = jobs_dir / "bin"
+        tools_dir.mkdir(parents=True, exist_ok=True)
+        shim = tools_dir / "uv"
+        shim.write_text(f"#!/bin/sh\nexec {venv / 'bin' / 'python'} -m keephub.jobs.uvshim \"$@\"\n")
+        shim.chmod(0o755)
+        uv_cache = jobs_dir / "uv-cache"
+        uv_cache.mkdir(parents=True, exist_ok=True)
+        return cls(readonly=tuple(sorted(paths)), tools_dir=tools_dir, uv_cache=uv_cache, python=venv / "bin" / "python")
+
+    def check_isolated_from(self, data_dir: Path) -> None:
+        data = data_dir.resolve()
+        for path in self.readonly:
+            if data == path or path in data.parents:
+                raise SandboxUnavailable(
+                    f"the data directory {data} lies inside {path}, which job sandboxes can read; "
+                    "move the data directory elsewhere"
+                )
+
+
+def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str]) -> list[str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+    argv = [
+        bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", "keephub-job",
+        "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+        "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+        "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+    ]
+    for path in layout.readonly:
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += [
+        "--ro-bind", str(layout.tools_dir), TOOLS_DIR,
+        "--bind", str(layout.uv_cache), UV_CACHE,
+        "--bind", str(workspace), WORKSPACE,
+        "--chdir", WORKSPACE,
+        "--",
+    ]
+    return argv + command
+
+
+def sandbox_env(layout: SandboxLayout, values: dict[str, str]) -> dict[str, str]:
+    venv_bin = layout.python.parent
+    base = {
+        "PATH": f"{TOOLS_DIR}:{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": WORKSPACE,
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "UV_CACHE_DIR": UV_CACHE,
+        "UV_PYTHON": str(layout.python),
+        "KEEPHUB_JOB_PYTHON": str(layout.python),
+    }
+    return {**base, **values}
+
+
+async def start(argv: list[str], env: dict[str, str], cpus: list[int]) -> asyncio.subprocess.Process:
+    """Start the sandbox in its own session, pinned to `cpus`, with stdout and stderr merged."""
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=pin,
+    )
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, frontier = [], [pid]
+    while frontier:
+        kids = children.get(frontier.pop(), [])
+        found += kids
+        frontier += kids
+    return found
+
+
+def terminate_sandbox(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to every process inside the sandbox, but not to bwrap itself: killing bwrap would take the
+    whole sandbox down at once and leave the job no grace period to save its work."""
+    for pid in _descendants(process.pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def kill_sandbox(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL bwrap; its PID namespace, and so every process in the sandbox, dies with it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def pump_output(process: asyncio.subprocess.Process, emit: Callable[[str], None]) -> None:
+    """Forward the sandbox's output line by line (long lines are split rather than buffered without bound)."""
+    assert process.stdout is not None
+    while True:
+        try:
+            raw = await process.stdout.readuntil(b"\n")
+        except asyncio.IncompleteReadError as partial:
+            if partial.partial:
+                emit(partial.partial.decode("utf-8", "replace"))
+            return
+        except asyncio.LimitOverrunError as overrun:
+            raw = await process.stdout.readexactly(overrun.consumed)
+        for piece in raw.decode("utf-8", "replace").rstrip("\n").split("\r"):
+            if piece:
+                emit(piece)

@@ -1,0 +1,296 @@
+"""The local scheduler: start SCHEDULING jobs when their flavor's cores and GPUs are free, run each attempt
+in a fresh sandbox, enforce timeout and cancel (SIGTERM, grace, SIGKILL), retry failed attempts, and
+recover after a restart.
+
+Every transition is written to the database before it is acted on. Sandboxes die with the server
+(bwrap --die-with-parent), so after a restart no attempt can still be running: those recorded as
+RUNNING are marked ERROR with the reason and retried if attempts remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from keephub.config import Settings
+from keephub.jobs import sandbox
+from keephub.jobs.logs import LogWriter, attempt_log, timestamp
+from keephub.jobs.secrets import Redactor
+from keephub.jobs.service import JobService, human_duration, mark_interrupted, utcnow
+from keephub.storage.db import Database
+from keephub.storage.schema import Job, JobAttempt
+
+log = logging.getLogger("keephub.jobs")
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class Allocation:
+    cpus: list[int]
+    gpus: list[str]
+
+
+@dataclass
+class Running:
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # COMPLETED | ERROR | CANCELED | TIMEOUT
+    message: str
+    exit_code: int | None = None
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, db: Database, service: JobService) -> None:
+        self.settings = settings
+        self.db = db
+        self.service = service
+        self.jobs_dir = service.jobs_dir
+        self.layout = sandbox.SandboxLayout.for_this_host(self.jobs_dir)
+        self.layout.check_isolated_from(settings.data_dir)
+        available = sorted(os.sched_getaffinity(0))
+        self.free_cpus: list[int] = available[: settings.job_cpus or len(available)]
+        self.free_gpus: list[str] = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
+        self.running: dict[str, Running] = {}
+        self.wake = asyncio.Event()
+
+    # -- main loop -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        await asyncio.to_thread(self.recover)
+        while True:
+            try:
+                await self.schedule_once()
+            except Exception:  # noqa: BLE001 - the loop must survive any single job's failure
+                log.exception("scheduler pass failed")
+            try:
+                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    async def schedule_once(self) -> None:
+        waiting = await asyncio.to_thread(self._waiting_jobs)
+        for job_id, flavor_name, cancel_by in waiting:
+            if job_id in self.running:
+                continue
+            if cancel_by:
+                await asyncio.to_thread(self.service.finish, job_id, "CANCELED", f"canceled by {cancel_by}")
+                continue
+            flavor = self.service.flavors.get(flavor_name)
+            if flavor is None:
+                await asyncio.to_thread(self.service.finish, job_id, "ERROR",
+                                        f"flavor {flavor_name!r} is no longer configured on this keephub")
+                continue
+            allocation = self._allocate(flavor.cpus, flavor.gpus)
+            if allocation is None:
+                continue
+            handle = Running()
+            self.running[job_id] = handle
+            handle.task = asyncio.create_task(self._run_job(job_id, allocation, handle))
+
+    def _waiting_jobs(self) -> list[tuple[str, str, str | None]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Job.id, Job.flavor, Job.cancel_requested_by).where(Job.stage == "SCHEDULING")
+                .order_by(Job.created_at)
+            ).all()
+            return [(r[0], r[1], r[2]) for r in rows]
+
+    def _allocate(self, cpus: int, gpus: int) -> Allocation | None:
+        if len(self.free_cpus) < cpus or len(self.free_gpus) < gpus:
+            return None
+        allocation = Allocation(self.free_cpus[:cpus], self.free_gpus[:gpus])
+        self.free_cpus = self.free_cpus[cpus:]
+        self.free_gpus = self.free_gpus[gpus:]
+        return allocation
+
+    def _release(self, allocation: Allocation) -> None:
+        self.free_cpus = sorted(self.free_cpus + allocation.cpus)
+        self.free_gpus = self.free_gpus + allocation.gpus
+
+    def request_cancel(self, job_id: str) -> None:
+        handle = self.running.get(job_id)
+        if handle is not None:
+            handle.cancel.set()
+        self.poke()
+
+    # -- one job -------------------------------------------------------------------------------------
+    async def _run_job(self, job_id: str, allocation: Allocation, handle: Running) -> None:
+        try:
+            record = await asyncio.to_thread(self.service.load, None, job_id)
+            number = (record.attempts[-1].number if record.attempts else 0) + 1
+            while True:
+                outcome = await self._run_attempt(job_id, number, allocation, handle)
+                if outcome.kind == "COMPLETED":
+                    await asyncio.to_thread(self.service.finish, job_id, "COMPLETED", outcome.message)
+                    return
+                if outcome.kind == "CANCELED":
+                    await asyncio.to_thread(self.service.finish, job_id, "CANCELED", outcome.message)
+                    return
+                if outcome.kind == "TIMEOUT":
+                    await asyncio.to_thread(self.service.finish, job_id, "ERROR", outcome.message)
+                    return
+                if number >= record.job.max_attempts:
+                    suffix = f" (attempt {number} of {record.job.max_attempts})" if record.job.max_attempts > 1 else ""
+                    await asyncio.to_thread(self.service.finish, job_id, "ERROR", outcome.message + suffix)
+                    return
+                number += 1
+        except Exception as exc:  # noqa: BLE001 - a job must never be left RUNNING by a keephub bug
+            log.exception("job %s failed inside keephub", job_id)
+            await asyncio.to_thread(self.service.finish, job_id, "ERROR", f"keephub failed to run the job: {exc}")
+        finally:
+            self._release(allocation)
+            self.running.pop(job_id, None)
+            self.poke()
+
+    async def _run_attempt(self, job_id: str, number: int, allocation: Allocation, handle: Running) -> Outcome:
+        record = await asyncio.to_thread(self.service.load, None, job_id)
+        job, spec = record.job, record.spec
+        secrets = await asyncio.to_thread(self.service.secrets_of, job)
+        redact = Redactor(list(secrets.values()))
+        workspace = self.jobs_dir / "workspaces" / f"{job_id}-{number}"
+        workspace.mkdir(parents=True, mode=0o700)
+        writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
+        try:
+            if number == 1:
+                writer.write(f"===== Job started at {timestamp()} =====")
+            else:
+                writer.write(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
+            deadline = await asyncio.to_thread(self._mark_running, job_id, number)
+            env = sandbox.sandbox_env(self.layout, {
+                "HF_ENDPOINT": self.settings.base_url,
+                "HF_HUB_DISABLE_XET": "1",
+                "JOB_ID": job_id,
+                "KEEPHUB_JOB_ID": job_id,
+                "KEEPHUB_ATTEMPT": str(number),
+                "OMP_NUM_THREADS": str(max(1, len(allocation.cpus))),
+                "CUDA_VISIBLE_DEVICES": ",".join(allocation.gpus),
+                **spec["environment"],
+                **secrets,
+            })
+            try:
+                process = await sandbox.start(sandbox.bwrap_argv(self.layout, workspace, spec["command"]), env,
+                                              allocation.cpus)
+            except (sandbox.SandboxUnavailable, OSError) as exc:
+                outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
+                writer.write(f"keephub: {outcome.message}")
+                await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
+                return outcome
+            pump = asyncio.create_task(sandbox.pump_output(process, lambda line: writer.write(redact(line))))
+            outcome = await self._supervise(process, handle, deadline, job)
+            try:
+                await asyncio.wait_for(pump, 10)
+            except TimeoutError:
+                pump.cancel()
+            writer.write(f"===== {outcome.message} =====")
+            await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
+            return outcome
+        finally:
+            writer.close()
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    async def _supervise(self, process: asyncio.subprocess.Process, handle: Running, deadline: float,
+                         job: Job) -> Outcome:
+        waiter = asyncio.create_task(process.wait())
+        canceller = asyncio.create_task(handle.cancel.wait())
+        remaining = max(0.0, deadline - time.monotonic())
+        done, _ = await asyncio.wait({waiter, canceller}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        canceller.cancel()
+        if waiter in done:
+            code = waiter.result()
+            if code == 0:
+                return Outcome("COMPLETED", "completed", 0)
+            if code < 0:
+                return Outcome("ERROR", f"killed by signal {signal.Signals(-code).name}", code)
+            return Outcome("ERROR", f"exited with status {code}", code)
+        if handle.cancel.is_set():
+            cancel_by = await asyncio.to_thread(self._canceller, job.id)
+            result = Outcome("CANCELED", f"canceled by {cancel_by}")
+        else:
+            result = Outcome("TIMEOUT", f"timed out after {human_duration(job.timeout_seconds)}")
+        await self._stop(process, waiter)
+        return Outcome(result.kind, result.message, process.returncode)
+
+    async def _stop(self, process: asyncio.subprocess.Process, waiter: asyncio.Task) -> None:
+        sandbox.terminate_sandbox(process)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.settings.job_grace_seconds)
+        except TimeoutError:
+            sandbox.kill_sandbox(process)
+            await waiter
+
+    # -- persistence helpers (run in threads) --------------------------------------------------------
+    def _mark_running(self, job_id: str, number: int) -> float:
+        """Record the attempt as running; returns the job's deadline on the monotonic clock.
+
+        The timeout covers the whole job, retries included, counted from its first start.
+        """
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            now = utcnow()
+            if job.started_at is None:
+                job.started_at = now
+            job.stage, job.message = "RUNNING", None
+            session.add(JobAttempt(job_id=job_id, number=number, started_at=now, outcome="RUNNING"))
+            started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=now.tzinfo)
+            elapsed = (now - started).total_seconds()
+        return time.monotonic() + job.timeout_seconds - elapsed
+
+    def _finish_attempt(self, job_id: str, number: int, outcome: Outcome) -> None:
+        with self.db.write() as session:
+            attempt = session.get(JobAttempt, (job_id, number))
+            assert attempt is not None
+            attempt.outcome, attempt.message = outcome.kind, outcome.message
+            attempt.exit_code, attempt.finished_at = outcome.exit_code, utcnow()
+
+    def _canceller(self, job_id: str) -> str:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+            return (job.cancel_requested_by if job else None) or "an admin"
+
+    def recover(self) -> None:
+        """After a restart: interrupted attempts become ERROR; their jobs are retried if attempts remain."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(JobAttempt.job_id, JobAttempt.number, Job.max_attempts)
+                .join(Job, Job.id == JobAttempt.job_id).where(JobAttempt.outcome == "RUNNING")
+            ).all()
+            stuck = session.execute(select(Job.id).where(Job.stage == "RUNNING")).scalars().all()
+        reason = "keephub restarted while this attempt was running; its sandbox was stopped"
+        handled = set()
+        for job_id, number, max_attempts in rows:
+            handled.add(job_id)
+            mark_interrupted(self.db, job_id, number, reason)
+            writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
+            writer.write(f"===== {reason} =====")
+            writer.close()
+            shutil.rmtree(self.jobs_dir / "workspaces" / f"{job_id}-{number}", ignore_errors=True)
+            if number < max_attempts:
+                with self.db.write() as session:
+                    job = session.get(Job, job_id)
+                    assert job is not None
+                    job.stage, job.message = "SCHEDULING", f"attempt {number} was interrupted by a restart; retrying"
+            else:
+                self.service.finish(job_id, "ERROR", reason)
+        for job_id in stuck:
+            if job_id not in handled:
+                self.service.finish(job_id, "ERROR", reason)
+        leftovers = self.jobs_dir / "workspaces"
+        if leftovers.is_dir():
+            for path in leftovers.iterdir():
+                shutil.rmtree(path, ignore_errors=True)
+

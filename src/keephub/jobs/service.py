@@ -1,0 +1,228 @@
+"""Jobs as plain method calls: submit, list, inspect, cancel — with access control as for repos.
+
+Every stage transition is saved before it is acted on, so a restarted server knows exactly which
+attempts were running and can mark them and retry (see scheduler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as random_secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, update
+
+from keephub.accounts import Accounts, Actor
+from keephub.config import Settings
+from keephub.hub.repos import require_actor
+from keephub.jobs.flavors import Flavor, machine_flavors
+from keephub.jobs.secrets import SecretBox
+from keephub.jobs.spec import parse_spec
+from keephub.storage.db import Database
+from keephub.storage.schema import Account, Job, JobAttempt
+from keephub.wire import BadRequest, Forbidden
+from keephub.wire.errors import NotFound
+
+TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+HF_TOKEN_PLACEHOLDER = "$HF_TOKEN"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    moment = _aware(moment)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if moment else None
+
+
+def human_duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job row with its attempts, detached from the session."""
+
+    job: Job
+    attempts: list[JobAttempt]
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.job.spec_json)
+
+
+class JobService:
+    def __init__(self, settings: Settings, db: Database, accounts: Accounts) -> None:
+        self.settings = settings
+        self.db = db
+        self.accounts = accounts
+        self.jobs_dir = settings.data_dir / "jobs"
+        self.box = SecretBox(self.jobs_dir / "secrets.key")
+        gpu_ids = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
+        self.flavors: dict[str, Flavor] = machine_flavors(settings.job_cpus, gpu_ids)
+
+    # -- access ------------------------------------------------------------------------------------
+    def _check_read(self, actor: Actor | None, namespace: str) -> Actor:
+        actor = require_actor(actor, f"see jobs in {namespace}")
+        if not actor.can_read_namespace(namespace):
+            raise NotFound(f"no jobs namespace {namespace!r} visible to {actor.name}")
+        return actor
+
+    def _check_write(self, actor: Actor | None, namespace: str) -> Actor:
+        actor = require_actor(actor, f"run jobs in {namespace}")
+        with self.db.read() as session:
+            exists = session.execute(select(Account.id).where(Account.name == namespace)).scalar_one_or_none()
+        if exists is None:
+            raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; run jobs in '{actor.name}'.")
+        if not actor.can_write_namespace(namespace):
+            raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+        return actor
+
+    # -- API operations ------------------------------------------------------------------------------
+    def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
+        actor = self._check_write(actor, namespace)
+        spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
+        job_id = random_secrets.token_hex(12)
+        token_hash = None
+        if any(v == HF_TOKEN_PLACEHOLDER for v in secret_values.values()):
+            expires = utcnow() + timedelta(seconds=spec.timeout_seconds * spec.attempts + 7 * 86400)
+            job_token = self.accounts.create_token(actor.name, name=f"job-{job_id}", role=actor.token_role,
+                                                   expires_at=expires)
+            secret_values = {k: job_token if v == HF_TOKEN_PLACEHOLDER else v for k, v in secret_values.items()}
+            token_hash = self.accounts.token_hash(job_token)
+        with self.db.write() as session:
+            session.add(Job(
+                id=job_id, namespace=namespace, owner=actor.name, spec_json=json.dumps(spec.to_wire()),
+                secrets_sealed=self.box.seal(secret_values) if secret_values else None, flavor=spec.flavor,
+                timeout_seconds=spec.timeout_seconds, max_attempts=spec.attempts, stage="SCHEDULING",
+                message="waiting for a free " + spec.flavor + " slot", created_at=utcnow(),
+                job_token_sha256=token_hash,
+            ))
+        return self.get(actor, namespace, job_id)
+
+    def get(self, actor: Actor | None, namespace: str, job_id: str) -> dict:
+        self._check_read(actor, namespace)
+        return self.to_wire(self.load(namespace, job_id))
+
+    def load(self, namespace: str | None, job_id: str) -> JobRecord:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+            if job is None or (namespace is not None and job.namespace != namespace):
+                raise NotFound(f"job {job_id} not found in {namespace}; list jobs with `hf jobs ps`")
+            attempts = list(session.execute(
+                select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number)).scalars())
+            return JobRecord(job, attempts)
+
+    def list(self, actor: Actor | None, namespace: str, stages: list[str], labels: list[str]) -> list[dict]:
+        self._check_read(actor, namespace)
+        wanted_labels = {}
+        for label in labels:
+            key, sep, value = label.partition("=")
+            if not sep:
+                raise BadRequest(f"label filter {label!r} must be key=value")
+            wanted_labels[key] = value
+        with self.db.read() as session:
+            query = select(Job.id).where(Job.namespace == namespace).order_by(Job.created_at.desc()).limit(1000)
+            if stages:
+                query = query.where(Job.stage.in_([s.upper() for s in stages]))
+            ids = list(session.execute(query).scalars())
+        result = []
+        for job_id in ids:
+            info = self.to_wire(self.load(namespace, job_id))
+            if all((info.get("labels") or {}).get(k) == v for k, v in wanted_labels.items()):
+                result.append(info)
+        return result
+
+    def cancel(self, actor: Actor | None, namespace: str, job_id: str) -> None:
+        actor = self._check_write(actor, namespace)
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.namespace != namespace:
+                raise NotFound(f"job {job_id} not found in {namespace}")
+            if job.stage in TERMINAL:
+                return
+            job.cancel_requested_by = actor.name
+            if job.stage == "SCHEDULING" and not _has_running_attempt(session, job_id):
+                job.stage, job.message, job.finished_at = "CANCELED", f"canceled by {actor.name}", utcnow()
+                self._revoke(job)
+
+    def hardware(self) -> list[dict]:
+        return [f.to_wire() for f in self.flavors.values()]
+
+    # -- used by the scheduler -------------------------------------------------------------------
+    def secrets_of(self, job: Job) -> dict[str, str]:
+        return self.box.open(job.secrets_sealed)
+
+    def _revoke(self, job: Job) -> None:
+        if job.job_token_sha256:
+            self.accounts.revoke_by_hash(job.job_token_sha256)
+
+    def finish(self, job_id: str, stage: str, message: str) -> None:
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.stage, job.message, job.finished_at = stage, message, utcnow()
+        self._revoke(job)
+
+    def to_wire(self, record: JobRecord) -> dict:
+        job = record.job
+        spec = record.spec
+        now = utcnow()
+        created, started, finished = _aware(job.created_at), _aware(job.started_at), _aware(job.finished_at)
+        end = finished or now
+        durations = {
+            "schedulingSecs": int(((started or end) - created).total_seconds()) if created else None,
+            "runningSecs": int((end - started).total_seconds()) if started else None,
+            "totalSecs": int((end - created).total_seconds()) if created else None,
+        }
+        owner = {"id": job.owner, "name": job.namespace, "type": "user" if job.namespace == job.owner else "org"}
+        return {
+            "id": job.id,
+            "createdAt": _iso(created),
+            "startedAt": _iso(started),
+            "finishedAt": _iso(finished),
+            "dockerImage": spec["dockerImage"],
+            "spaceId": None,
+            "command": spec["command"],
+            "arguments": [],
+            "environment": spec["environment"],
+            "secrets": {name: "<hidden>" for name in spec["secrets"]},
+            "flavor": job.flavor,
+            "labels": spec["labels"] or None,
+            "timeoutSeconds": job.timeout_seconds,
+            "retry": job.max_attempts - 1,
+            "status": {"stage": job.stage, "message": job.message},
+            "durations": durations,
+            "owner": owner,
+            "initiator": {"type": "user", "id": job.owner, "name": job.owner},
+            "startedBy": job.owner,
+            "attempts": [
+                {"number": a.number, "outcome": a.outcome, "exitCode": a.exit_code, "message": a.message,
+                 "startedAt": _iso(a.started_at), "finishedAt": _iso(a.finished_at)}
+                for a in record.attempts
+            ],
+        }
+
+
+def _has_running_attempt(session, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+    return session.execute(
+        select(JobAttempt.number).where(JobAttempt.job_id == job_id, JobAttempt.outcome == "RUNNING")
+    ).first() is not None
+
+
+def mark_interrupted(db: Database, job_id: str, number: int, message: str) -> None:
+    with db.write() as session:
+        session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number)
+                        .values(outcome="ERROR", message=message, finished_at=utcnow()))
+

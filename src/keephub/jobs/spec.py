@@ -1,0 +1,133 @@
+"""Job specs as the Jobs API sends them, validated into a `JobSpec` with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from keephub.jobs.flavors import Flavor
+from keephub.wire import BadRequest, TooLarge
+from keephub.wire.errors import Unprocessable
+
+# The images the clients send by default; keephub runs them on the host's Python with uv.
+SUPPORTED_IMAGES = (
+    "ghcr.io/astral-sh/uv:python3.12-bookworm",
+    "ghcr.io/astral-sh/uv:python3.11-bookworm",
+    "ghcr.io/astral-sh/uv:latest",
+    "python:3.11",
+    "python:3.12",
+    "python:3.11-slim",
+    "python:3.12-slim",
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TIMEOUT_SECONDS = 7 * 86400
+MAX_ATTEMPTS = 10
+MAX_COMMAND_BYTES = 512 * 1024
+MAX_ENTRIES = 200
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    command: list[str]
+    image: str
+    flavor: str
+    timeout_seconds: int
+    attempts: int = 1
+    environment: dict[str, str] = field(default_factory=dict)
+    secret_names: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_wire(self) -> dict:
+        return {
+            "command": self.command,
+            "arguments": [],
+            "dockerImage": self.image,
+            "environment": self.environment,
+            "secrets": self.secret_names,
+            "flavor": self.flavor,
+            "timeoutSeconds": self.timeout_seconds,
+            "attempts": self.attempts,
+            "labels": self.labels,
+        }
+
+
+def parse_timeout(value: object, default: int) -> int:
+    """Seconds from `300`, `"300"`, `"5m"`, `"2h"` or `"1d"`."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise BadRequest("timeout must be a number of seconds or a string like '30m', '2h', '1d'")
+    if isinstance(value, (int, float)):
+        seconds = int(value)
+    else:
+        match = _TIMEOUT.match(str(value))
+        if not match:
+            raise BadRequest(f"timeout {value!r} is malformed; use seconds (300) or a duration like '5m', '2h', '1d'")
+        seconds = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if seconds <= 0 or seconds > MAX_TIMEOUT_SECONDS:
+        raise BadRequest(f"timeout must be between 1 second and 7 days, not {seconds} s")
+    return seconds
+
+
+def _string_map(body: dict, key: str, check_names: bool) -> dict[str, str]:
+    value = body.get(key) or {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{key}' must be an object of NAME: value strings")
+    if len(value) > MAX_ENTRIES:
+        raise TooLarge(f"'{key}' has {len(value)} entries; at most {MAX_ENTRIES} are allowed")
+    result = {}
+    for name, item in value.items():
+        if check_names and not _ENV_NAME.match(str(name)):
+            raise BadRequest(
+                f"'{key}' name {name!r} is not a valid environment variable name; use letters, digits and '_', "
+                "not starting with a digit"
+            )
+        if not isinstance(item, (str, int, float, bool)):
+            raise BadRequest(f"'{key}.{name}' must be a string")
+        result[str(name)] = str(item)
+    return result
+
+
+def parse_spec(body: object, flavors: dict[str, Flavor], default_timeout: int) -> tuple[JobSpec, dict[str, str]]:
+    """Validate a job spec; returns it and the secret values (kept apart so they are never stored in clear)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the job spec must be a JSON object")
+    command = body.get("command")
+    arguments = body.get("arguments") or []
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+        raise BadRequest("'command' must be a non-empty list of strings, e.g. [\"python\", \"train.py\"]")
+    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
+        raise BadRequest("'arguments' must be a list of strings")
+    command = command + arguments
+    if not command[0].strip():
+        raise BadRequest("'command' starts with an empty program name")
+    if sum(len(c) for c in command) > MAX_COMMAND_BYTES:
+        raise TooLarge(f"'command' is longer than {MAX_COMMAND_BYTES} bytes; ship large scripts as a file in a repo")
+    if body.get("spaceId"):
+        raise Unprocessable("jobs from a Space image are not supported; use one of: " + ", ".join(SUPPORTED_IMAGES))
+    image = body.get("dockerImage") or SUPPORTED_IMAGES[0]
+    if image not in SUPPORTED_IMAGES:
+        raise Unprocessable(
+            f"image {image!r} cannot be run here: keephub runs jobs on the host's Python with uv, "
+            f"for these images: {', '.join(SUPPORTED_IMAGES)}"
+        )
+    flavor = body.get("flavor") or "cpu-basic"
+    if flavor not in flavors:
+        raise BadRequest(f"unknown flavor {flavor!r}; this keephub offers: {', '.join(flavors)}")
+    if body.get("volumes"):
+        raise Unprocessable(
+            "volumes (buckets, repos mounted at a path) are not supported yet: download what you need inside the "
+            "job with huggingface_hub, or pass the script by URL (e.g. a keephub resolve URL) or inline"
+        )
+    attempts = body.get("attempts", 1)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= MAX_ATTEMPTS:
+        raise BadRequest(f"'attempts' must be an integer from 1 to {MAX_ATTEMPTS}")
+    labels = _string_map(body, "labels", check_names=False)
+    environment = _string_map(body, "environment", check_names=True)
+    secrets = _string_map(body, "secrets", check_names=True)
+    timeout = parse_timeout(body.get("timeoutSeconds", body.get("timeout")), default_timeout)
+    spec = JobSpec(command=command, image=image, flavor=flavor, timeout_seconds=timeout, attempts=attempts,
+                   environment=environment, secret_names=sorted(secrets), labels=labels)
+    return spec, secrets

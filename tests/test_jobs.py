@@ -1,0 +1,283 @@
+"""Jobs through the real huggingface_hub Jobs client: lifecycle, sandbox isolation, ephemerality, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
+from conftest import SESSION_DIR, Server, free_port
+
+UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+
+
+@pytest.fixture(scope="module")
+def jobs_server() -> Iterator[Server]:
+    """A dedicated server with a short grace period and two job cores, so timing tests stay fast."""
+    srv = Server(data_dir=SESSION_DIR / f"jobs-{uuid.uuid4().hex[:6]}", port=free_port(),
+                 env={"KEEPHUB_JOB_GRACE_SECONDS": "3", "KEEPHUB_JOB_CPUS": "2"})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def user(jobs_server: Server) -> tuple[str, HfApi, str]:
+    name, token = jobs_server.user()
+    return name, HfApi(endpoint=jobs_server.url, token=token), token
+
+
+def python_job(api: HfApi, code: str, **kwargs):  # type: ignore[no-untyped-def]
+    return api.run_job(image=UV_IMAGE, command=["python", "-c", textwrap.dedent(code)], **kwargs)
+
+
+def logs(api: HfApi, job_id: str) -> list[str]:
+    return list(api.fetch_job_logs(job_id=job_id, follow=True))
+
+
+def test_run_job_streams_logs_and_completes(user) -> None:
+    name, api, _ = user
+    job = python_job(api, "print('hello from the sandbox')", labels={"team": "nlp"})
+    assert job.status.stage in ("SCHEDULING", "RUNNING")
+    assert job.owner.name == name
+    lines = logs(api, job.id)
+    assert "hello from the sandbox" in lines
+    done = api.wait_for_job(job_id=job.id, timeout=30)
+    assert done.status.stage == "COMPLETED"
+    assert done.durations is not None and done.durations.total_secs is not None
+    # list_jobs needs an explicit namespace: without one it calls the module-level whoami, not this HfApi's.
+    assert [j.id for j in api.list_jobs(namespace=name, labels={"team": "nlp"})] == [job.id]
+    assert job.id in [j.id for j in api.list_jobs(namespace=name)]
+
+
+def test_failed_attempt_is_retried_in_a_fresh_sandbox(user) -> None:
+    _, api, _ = user
+    code = """
+        import os, pathlib, sys
+        marker = pathlib.Path('/workspace/previous-attempt')
+        print('attempt', os.environ['KEEPHUB_ATTEMPT'], 'sees leftover:', marker.exists())
+        marker.write_text('x')
+        sys.exit(0 if os.environ['KEEPHUB_ATTEMPT'] == '3' else 1)
+    """
+    job = api.run_job(image=UV_IMAGE, command=["python", "-c", textwrap.dedent(code)], attempts=3)
+    lines = logs(api, job.id)
+    assert [line for line in lines if line.startswith("attempt")] == [
+        "attempt 1 sees leftover: False", "attempt 2 sees leftover: False", "attempt 3 sees leftover: False"]
+    assert api.inspect_job(job_id=job.id).status.stage == "COMPLETED"
+
+
+def test_exhausted_attempts_end_in_error_with_reason(user) -> None:
+    _, api, _ = user
+    job = api.run_job(image=UV_IMAGE, command=["python", "-c", "raise SystemExit(3)"], attempts=2)
+    info = api.wait_for_job(job_id=job.id, timeout=30)
+    assert info.status.stage == "ERROR"
+    assert "exited with status 3" in info.status.message and "attempt 2 of 2" in info.status.message
+
+
+def test_sandbox_isolation_and_ephemerality(jobs_server: Server, user) -> None:
+    _, api, _ = user
+    data_dir = jobs_server.data_dir.resolve()
+    code = f"""
+        import os, subprocess, pathlib
+        subprocess.Popen(['sleep', '1234'])
+        pathlib.Path('/workspace/scratch.bin').write_bytes(b'x' * 100)
+        print('data dir visible:', os.path.exists({str(data_dir)!r}))
+        print('pids:', sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
+        try:
+            open('/usr/keephub-was-here', 'w')
+            print('usr writable: True')
+        except OSError:
+            print('usr writable: False')
+        print('workspace:', os.getcwd())
+    """
+    job = python_job(api, code)
+    lines = logs(api, job.id)
+    assert "data dir visible: False" in lines
+    assert "usr writable: False" in lines
+    assert "workspace: /workspace" in lines
+    assert any(line.startswith("pids: [1, 2") for line in lines), lines
+    assert api.wait_for_job(job_id=job.id, timeout=30).status.stage == "COMPLETED"
+    assert list((data_dir / "jobs" / "workspaces").iterdir()) == [], "the workspace is deleted with the attempt"
+    leftover = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "no process outlives its attempt"
+
+
+def test_timeout_sends_sigterm_then_reports(user) -> None:
+    _, api, _ = user
+    code = """
+        import signal, sys, time
+        def on_term(*_):
+            print('got SIGTERM, saving', flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        print('working', flush=True)
+        time.sleep(120)
+    """
+    job = python_job(api, code, timeout=2)
+    lines = logs(api, job.id)
+    assert "got SIGTERM, saving" in lines
+    info = api.inspect_job(job_id=job.id)
+    assert info.status.stage == "ERROR" and info.status.message == "timed out after 2s"
+
+
+def test_cancel_kills_after_grace_and_names_who(user) -> None:
+    name, api, _ = user
+    job = python_job(api, """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('ignoring SIGTERM', flush=True)
+        time.sleep(300)
+    """)
+    for line in api.fetch_job_logs(job_id=job.id, follow=True):
+        if line == "ignoring SIGTERM":
+            break
+    started = time.monotonic()
+    api.cancel_job(job_id=job.id)
+    info = api.wait_for_job(job_id=job.id, timeout=30, poll_interval=0.2)
+    assert info.status.stage == "CANCELED" and info.status.message == f"canceled by {name}"
+    assert 2 <= time.monotonic() - started < 15, "SIGKILL follows the 3 s grace period"
+
+
+def test_secrets_are_redacted_and_hf_token_is_job_scoped(jobs_server: Server, user) -> None:
+    name, api, _ = user
+    repo = f"{name}/from-job-{uuid.uuid4().hex[:6]}"
+    code = f"""
+        import os
+        from huggingface_hub import HfApi
+        token = os.environ['HF_TOKEN']
+        print('my secret is', os.environ['MY_SECRET'])
+        print('token reversed', token[::-1])
+        api = HfApi()
+        print('whoami', api.whoami()['name'])
+        api.create_repo({repo!r})
+        api.upload_file(path_or_fileobj=b'made in a job', path_in_repo='job.txt', repo_id={repo!r})
+    """
+    job = python_job(api, code, secrets={"HF_TOKEN": "$HF_TOKEN", "MY_SECRET": "s3cr3t-value-42"})
+    lines = logs(api, job.id)
+    assert api.wait_for_job(job_id=job.id, timeout=60).status.stage == "COMPLETED", lines
+    assert "my secret is ***" in lines
+    assert f"whoami {name}" in lines
+    assert api.hf_hub_download(repo, "job.txt", cache_dir=str(jobs_server.data_dir.parent / "dl"))
+    info = httpx.get(f"{jobs_server.url}/api/jobs/{name}/{job.id}", headers={"authorization": f"Bearer {api.token}"})
+    assert "s3cr3t-value-42" not in info.text
+    job_token = next(line for line in lines if line.startswith("token reversed")).split()[-1][::-1]
+    assert job_token != api.token, "the job gets its own token, not the user's"
+    revoked = httpx.get(f"{jobs_server.url}/api/whoami-v2", headers={"authorization": f"Bearer {job_token}"})
+    assert revoked.status_code == 401, "the job token is revoked when the job ends"
+    stored = (jobs_server.data_dir / "keephub.db").read_bytes()
+    assert b"s3cr3t-value-42" not in stored and job_token.encode() not in stored
+
+
+def test_uv_run_script_from_keephub_url_with_inline_dependencies(jobs_server: Server, user) -> None:
+    name, api, _ = user
+    repo = f"{name}/scripts"
+    api.create_repo(repo)
+    script = textwrap.dedent("""
+        # /// script
+        # dependencies = ["huggingface_hub>=1.0", "packaging"]
+        # ///
+        import sys
+        import huggingface_hub
+        print("args", sys.argv[1:], "hub", huggingface_hub.__version__)
+    """)
+    api.upload_file(path_or_fileobj=script.encode(), path_in_repo="train.py", repo_id=repo)
+    job = api.run_uv_job(f"{jobs_server.url}/{repo}/resolve/main/train.py", script_args=["--epochs", "1"],
+                         secrets={"HF_TOKEN": "$HF_TOKEN"})
+    lines = logs(api, job.id)
+    assert any(line.startswith("args ['--epochs', '1'] hub ") for line in lines), lines
+    assert any("reusing host packages: huggingface_hub" in line for line in lines), lines
+    assert api.inspect_job(job_id=job.id).status.stage == "COMPLETED"
+
+
+def test_bad_specs_are_refused_with_the_field_named(jobs_server: Server, user) -> None:
+    name, api, token = user
+    url = f"{jobs_server.url}/api/jobs/{name}"
+    auth = {"authorization": f"Bearer {token}"}
+    cases = [
+        ({"command": [], "flavor": "cpu-basic"}, "command"),
+        ({"command": ["python"], "flavor": "gpu-9000"}, "flavor"),
+        ({"command": ["python"], "timeoutSeconds": "soon"}, "timeout"),
+        ({"command": ["python"], "secrets": {"1BAD NAME": "x"}}, "environment variable name"),
+        ({"command": ["python"], "dockerImage": "nvidia/cuda:12"}, "image"),
+        ({"command": ["python"], "attempts": 0}, "attempts"),
+        ({"command": ["x" * 600_000]}, "bytes"),
+    ]
+    before = len(list(api.list_jobs(namespace=name)))
+    for body, word in cases:
+        response = httpx.post(url, json=body, headers=auth)
+        assert 400 <= response.status_code < 500, (body, response.text)
+        assert word in response.json()["error"], (word, response.json())
+    assert len(list(api.list_jobs(namespace=name))) == before, "nothing is stored for a refused spec"
+    other, other_token = jobs_server.user()
+    with pytest.raises(HfHubHTTPError) as info:
+        HfApi(endpoint=jobs_server.url, token=other_token).run_job(
+            image=UV_IMAGE, command=["true"], namespace=name)
+    assert info.value.response.status_code == 403 and name in str(info.value)
+
+
+def test_hardware_lists_configured_flavors(user) -> None:
+    _, api, _ = user
+    names = [h.name for h in api.list_jobs_hardware()]
+    assert "cpu-basic" in names and "cpu-upgrade" in names
+
+
+def test_many_jobs_never_exceed_capacity(user) -> None:
+    _, api, _ = user
+    code = """
+        import os, time
+        print('start', time.time(), flush=True)
+        time.sleep(0.3)
+        print('end', time.time(), flush=True)
+    """
+    jobs = [python_job(api, code) for _ in range(8)]
+    spans = []
+    for job in jobs:
+        info = api.wait_for_job(job_id=job.id, timeout=120, poll_interval=0.3)
+        assert info.status.stage == "COMPLETED"
+        lines = list(api.fetch_job_logs(job_id=job.id))
+        start = float(next(line for line in lines if line.startswith("start")).split()[1])
+        end = float(next(line for line in lines if line.startswith("end")).split()[1])
+        spans.append((start, end))
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most <= 2, f"{most} cpu-basic jobs ran at once on 2 job cores"
+
+
+def test_restart_marks_running_attempt_and_retries(jobs_server: Server, user) -> None:
+    _, api, _ = user
+    code = """
+        import os, time
+        print('attempt', os.environ['KEEPHUB_ATTEMPT'], flush=True)
+        if os.environ['KEEPHUB_ATTEMPT'] == '1':
+            time.sleep(300)
+    """
+    job = python_job(api, code, attempts=2)
+    for line in api.fetch_job_logs(job_id=job.id, follow=True):
+        if line == "attempt 1":
+            break
+    jobs_server.kill()
+    jobs_server.start()
+    info = api.wait_for_job(job_id=job.id, timeout=60, poll_interval=0.3)
+    assert info.status.stage == "COMPLETED"
+    lines = list(api.fetch_job_logs(job_id=job.id))
+    assert "attempt 2" in lines
+    assert any("keephub restarted while this attempt was running" in line for line in lines)
+    leftover = subprocess.run(["pgrep", "-f", "KEEPHUB_ATTEMPT"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_log_files_survive_restart(jobs_server: Server, user) -> None:
+    _, api, _ = user
+    job = python_job(api, "print('persisted line')")
+    assert "persisted line" in logs(api, job.id)
+    jobs_server.stop()
+    jobs_server.start()
+    assert "persisted line" in list(api.fetch_job_logs(job_id=job.id))
+    assert Path(jobs_server.data_dir, "jobs", "logs", job.id).is_dir()
