@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,109 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs_api(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """An HfApi for the server named by --endpoint/HF_ENDPOINT, with --token/HF_TOKEN or the saved token."""
+    from huggingface_hub import HfApi
+
+    endpoint = args.endpoint or os.environ.get("HF_ENDPOINT") or "http://127.0.0.1:8080"
+    return HfApi(endpoint=endpoint.rstrip("/"), token=args.token or None)
+
+
+def _namespace(api, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
+    return args.namespace or api.whoami()["name"]
+
+
+def cmd_jobs_uv_run(args: argparse.Namespace) -> int:
+    from keephub.jobs import client
+
+    api = _jobs_api(args)
+    run = client.UvRun(script=args.script, script_args=args.script_args, flavor=args.flavor, timeout=args.timeout,
+                       secrets=args.secrets, env=args.env, with_deps=args.with_deps, labels=args.label,
+                       attempts=args.attempts, namespace=args.namespace)
+    job = client.submit_uv(api, run)
+    namespace = job.owner.name
+    print(f"job {job.id} submitted: {api.endpoint}/jobs/{namespace}/{job.id}", flush=True)
+    if args.detach:
+        return 0
+    client.follow_logs(api, job.id, namespace)
+    final = api.wait_for_job(job_id=job.id, namespace=namespace, poll_interval=0.5)
+    print(f"job {job.id}: {final.status.stage} ({final.status.message})", flush=True)
+    return client.exit_code_for(final.status.stage)
+
+
+def cmd_jobs_ps(args: argparse.Namespace) -> int:
+    from keephub.jobs import client
+
+    api = _jobs_api(args)
+    jobs = list(api.list_jobs(namespace=_namespace(api, args)))
+    if not args.all:
+        jobs = [j for j in jobs if j.status.stage in ("SCHEDULING", "RUNNING")]
+    client.print_table(jobs)
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    from keephub.jobs import client
+
+    api = _jobs_api(args)
+    client.follow_logs(api, args.job_id, _namespace(api, args), tail=args.tail, follow=args.follow)
+    return 0
+
+
+def cmd_jobs_inspect(args: argparse.Namespace) -> int:
+    from keephub.jobs import client
+
+    api = _jobs_api(args)
+    print(client.inspect_json(api, args.job_id, _namespace(api, args)))
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    api = _jobs_api(args)
+    api.cancel_job(job_id=args.job_id, namespace=_namespace(api, args))
+    print(f"cancel requested for job {args.job_id}")
+    return 0
+
+
+def _add_jobs(commands) -> None:  # type: ignore[no-untyped-def]
+    jobs = commands.add_parser("jobs", help="run and follow jobs on a keephub server")
+    jobs.add_argument("--endpoint", help="keephub URL (default: HF_ENDPOINT, else http://127.0.0.1:8080)")
+    jobs.add_argument("--token", help="access token (default: HF_TOKEN or the token saved by `hf auth login`)")
+    jobs.add_argument("--namespace", help="user or organization to run in (default: the token's user)")
+    actions = jobs.add_subparsers(dest="action", required=True)
+
+    uv = actions.add_parser("uv", help="run a uv script").add_subparsers(dest="uv_action", required=True)
+    run = uv.add_parser("run", help="run a local script (sent inline) or a script URL as a job")
+    run.add_argument("script", help="local .py file or http(s) URL")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    run.add_argument("--flavor", default="cpu-basic", help="hardware flavor (see /api/jobs/hardware)")
+    run.add_argument("--timeout", help="e.g. 300, 30m, 2h, 1d (default 30m)")
+    run.add_argument("--secrets", "-s", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="secret env var; HF_TOKEN alone gets a job-scoped token, NAME alone reads your env")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--with", dest="with_deps", action="append", default=[], metavar="REQ",
+                     help="extra requirement (host packages are reused)")
+    run.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--attempts", type=int, default=1, help="attempts before the job is marked ERROR")
+    run.add_argument("--detach", "-d", action="store_true", help="print the job id and return")
+    run.set_defaults(func=cmd_jobs_uv_run)
+
+    ps = actions.add_parser("ps", help="list running jobs")
+    ps.add_argument("--all", "-a", action="store_true", help="include finished jobs")
+    ps.set_defaults(func=cmd_jobs_ps)
+    logs = actions.add_parser("logs", help="print a job's logs")
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
+    logs.add_argument("--tail", type=int, help="only the last N lines")
+    logs.set_defaults(func=cmd_jobs_logs)
+    inspect = actions.add_parser("inspect", help="print a job's full record as JSON")
+    inspect.add_argument("job_id")
+    inspect.set_defaults(func=cmd_jobs_inspect)
+    cancel = actions.add_parser("cancel", help="cancel a job (SIGTERM, grace period, SIGKILL)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_jobs_cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keephub", description="Self-hosted hub and jobs where results are never lost.")
     parser.add_argument("--config", type=Path, help="TOML config file (also KEEPHUB_CONFIG)")
@@ -102,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--role", default="read", choices=["read", "write"])
     token_create.add_argument("--quiet", action="store_true", help="print only the token")
     token_create.set_defaults(func=cmd_token_create)
+    _add_jobs(commands)
     return parser
 
 
@@ -112,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     except (AccountError, ConfigError) as exc:
         print(f"keephub: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from keephub.jobs.client import ClientError
+
+        if isinstance(exc, (HfHubHTTPError, ClientError)):
+            print(f"keephub: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

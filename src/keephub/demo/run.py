@@ -70,29 +70,38 @@ def main(argv: list[str] | None = None) -> int:
         token = _keephub(data_dir, "token", "create", "alice", "--role", "write", "--name", "demo", "--quiet")
         print("▶ created user alice and a write token", flush=True)
 
-        from keephub.demo.tiny import build_tiny_base, write_chat_dataset_jsonl
-
-        base = build_tiny_base(inputs / "tiny-base")
-        dataset = write_chat_dataset_jsonl(inputs / "chats.jsonl", n=400)
-        print(f"▶ built a tiny base model ({base}) and {dataset.name}; nothing downloaded", flush=True)
-
-        model_id = "alice/tiny-sft-demo"
-        env = dict(os.environ, HF_ENDPOINT=url, HF_TOKEN=token, HF_HUB_DISABLE_XET="1",
-                   HF_HOME=str(workdir / "hf-home"), KEEPHUB_DEMO_BASE_MODEL=str(base),
-                   KEEPHUB_DEMO_DATASET=str(dataset), KEEPHUB_DEMO_MODEL_ID=model_id, TOKENIZERS_PARALLELISM="false")
-        script = Path(__file__).with_name("production_train.py")
-        print(f"▶ running {script.name} (TRL SFTTrainer, push_to_hub=True)\n", flush=True)
-        result = subprocess.run([sys.executable, str(script)], cwd=run_dir, env=env)
-        if result.returncode != 0:
-            print(f"\n✗ training exited with status {result.returncode}", flush=True)
-            return result.returncode
-
+        # huggingface_hub reads these when first imported; keephub does not speak Xet yet.
+        os.environ.update(HF_HUB_DISABLE_XET="1", HF_HOME=str(workdir / "hf-home"))
         from huggingface_hub import HfApi
 
+        from keephub.demo.tiny import build_tiny_base, write_chat_dataset_jsonl
+        from keephub.jobs import client
+
         api = HfApi(endpoint=url, token=token)
+        base = build_tiny_base(inputs / "tiny-qwen2")
+        dataset = write_chat_dataset_jsonl(inputs / "capybara-tiny" / "train.jsonl", n=400)
+        api.create_repo("alice/tiny-qwen2")
+        api.upload_folder(folder_path=base, repo_id="alice/tiny-qwen2")
+        api.create_repo("alice/capybara-tiny", repo_type="dataset")
+        api.upload_folder(folder_path=dataset.parent, repo_id="alice/capybara-tiny", repo_type="dataset")
+        print("▶ pushed a tiny base model (alice/tiny-qwen2) and chat data (alice/capybara-tiny) to keephub; "
+              "nothing downloaded", flush=True)
+
+        script = Path(__file__).with_name("production_train.py")
+        run = client.UvRun(script=str(script), flavor="cpu-upgrade", timeout="30m", secrets=["HF_TOKEN"])
+        job = client.submit_uv(api, run)
+        print(f"▶ submitted {script.name} as job {job.id} (flavor cpu-upgrade, timeout 30m, "
+              "secrets HF_TOKEN=$HF_TOKEN); its log:\n", flush=True)
+        client.follow_logs(api, job.id, "alice")
+        final = api.wait_for_job(job_id=job.id, namespace="alice", poll_interval=0.5)
+        if final.status.stage != "COMPLETED":
+            print(f"\n✗ job {job.id} ended {final.status.stage}: {final.status.message}", flush=True)
+            return 1
+
+        model_id = "alice/qwen-capybara-sft"
         files = {f.path: f.size for f in api.list_repo_tree(model_id, recursive=True) if hasattr(f, "size")}
         commits = api.list_repo_commits(model_id)
-        print(f"\n✅ results saved in keephub: {url}/{model_id}")
+        print(f"\n✅ job {job.id} {final.status.stage}; results saved in keephub: {url}/{model_id}")
         print(f"   latest commit {commits[0].commit_id[:12]} \"{commits[0].title}\" ({len(commits)} commits)")
         for path, size in sorted(files.items()):
             print(f"   {size:>10,d}  {path}")
