@@ -281,3 +281,44 @@ def test_log_files_survive_restart(jobs_server: Server, user) -> None:
     jobs_server.start()
     assert "persisted line" in list(api.fetch_job_logs(job_id=job.id))
     assert Path(jobs_server.data_dir, "jobs", "logs", job.id).is_dir()
+
+
+def test_scheduled_job_runs_on_trigger_and_can_be_suspended(user) -> None:
+    name, api, _ = user
+    scheduled = api.create_scheduled_job(image=UV_IMAGE, command=["python", "-c", "print('scheduled run')"],
+                                         schedule="@hourly", secrets={"HF_TOKEN": "$HF_TOKEN"})
+    assert scheduled.schedule == "@hourly" and scheduled.status.next_job_run_at is not None
+    job = api.trigger_scheduled_job(scheduled_job_id=scheduled.id)
+    assert "scheduled run" in logs(api, job.id)
+    assert api.inspect_scheduled_job(scheduled_job_id=scheduled.id).status.last_job.id == job.id
+    api.suspend_scheduled_job(scheduled_job_id=scheduled.id)
+    assert api.inspect_scheduled_job(scheduled_job_id=scheduled.id).suspend is True
+    api.resume_scheduled_job(scheduled_job_id=scheduled.id)
+    assert [s.id for s in api.list_scheduled_jobs(namespace=name)] == [scheduled.id]
+    api.delete_scheduled_job(scheduled_job_id=scheduled.id)
+    assert list(api.list_scheduled_jobs(namespace=name)) == []
+
+
+def test_scheduled_job_fires_when_due(user) -> None:
+    name, api, _ = user
+    scheduled = api.create_scheduled_job(image=UV_IMAGE, command=["python", "-c", "print('cron fired')"],
+                                         schedule="* * * * *")
+    deadline = time.time() + 75
+    while time.time() < deadline:
+        info = api.inspect_scheduled_job(scheduled_job_id=scheduled.id)
+        if info.status.last_job is not None:
+            break
+        time.sleep(1)
+    assert info.status.last_job is not None, "a '* * * * *' schedule fires within a minute"
+    assert "cron fired" in logs(api, info.status.last_job.id)
+    api.delete_scheduled_job(scheduled_job_id=scheduled.id)
+
+
+def test_run_uv_job_with_local_file_explains_what_works(user, tmp_path: Path) -> None:
+    _, api, _ = user
+    script = tmp_path / "local.py"
+    script.write_text("print('hi')\n")
+    with pytest.raises(HfHubHTTPError) as info:
+        api.run_uv_job(str(script))
+    assert info.value.response.status_code == 422
+    assert "keephub jobs uv run" in str(info.value)

@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> Starlette:
         app.state.hub = the_hub
         app.state.jobs = jobs.JobService(settings, the_hub.db, the_hub.accounts)
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
+        app.state.scheduled_jobs = app.state.scheduler.scheduled
         background = [
             asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds)),
             asyncio.create_task(app.state.scheduler.run()),

@@ -12,9 +12,11 @@ from starlette.routing import BaseRoute, Route
 
 from keephub.hub.routes import actor_of, call, read_json
 from keephub.jobs.logs import LogCursor
+from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.scheduler import Scheduler
 from keephub.jobs.service import TERMINAL, JobService
 from keephub.wire import BadRequest
+from keephub.wire.errors import Unprocessable
 
 KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 0.2
@@ -94,8 +96,59 @@ async def logs(request: Request) -> StreamingResponse:
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
+def scheduled_of(request: Request) -> ScheduledJobs:
+    return request.app.state.scheduled_jobs
+
+
+async def scheduled_collection(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    namespace = request.path_params["namespace"]
+    if request.method == "POST":
+        return JSONResponse(await call(scheduled_of(request).create, actor, namespace, await read_json(request)))
+    return JSONResponse(await call(scheduled_of(request).list, actor, namespace))
+
+
+async def scheduled_item(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    namespace, scheduled_id = request.path_params["namespace"], request.path_params["scheduled_id"]
+    service = scheduled_of(request)
+    if request.method == "DELETE":
+        await call(service.delete, actor, namespace, scheduled_id)
+        return JSONResponse({})
+    return JSONResponse(await call(service.get, actor, namespace, scheduled_id))
+
+
+async def scheduled_action(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    namespace, scheduled_id = request.path_params["namespace"], request.path_params["scheduled_id"]
+    action = request.path_params["action"]
+    service = scheduled_of(request)
+    if action in ("suspend", "resume"):
+        result = await call(service.set_suspended, actor, namespace, scheduled_id, action == "suspend")
+    elif action == "schedule":
+        result = await call(service.set_schedule, actor, namespace, scheduled_id, await read_json(request))
+    elif action == "run":
+        result = await call(service.trigger, actor, namespace, scheduled_id)
+        scheduler_of(request).poke()
+    else:
+        raise BadRequest(f"unknown scheduled-job action {action!r}; use suspend, resume, schedule or run")
+    return JSONResponse(result)
+
+
+async def buckets(request: Request) -> JSONResponse:
+    raise Unprocessable(
+        "keephub does not host buckets yet (they are Xet-backed), so run_uv_job cannot upload a local script: "
+        "run it with `keephub jobs uv run train.py` (the script travels inline), or upload it to a repo and pass "
+        "its URL, e.g. run_uv_job(f'{HF_ENDPOINT}/alice/scripts/resolve/main/train.py')"
+    )
+
+
 def routes() -> list[BaseRoute]:
     return [
+        Route("/api/buckets/{rest:path}", buckets, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/api/scheduled-jobs/{namespace}", scheduled_collection, methods=["GET", "POST"]),
+        Route("/api/scheduled-jobs/{namespace}/{scheduled_id}", scheduled_item, methods=["GET", "DELETE"]),
+        Route("/api/scheduled-jobs/{namespace}/{scheduled_id}/{action}", scheduled_action, methods=["POST"]),
         Route("/api/jobs/hardware", hardware, methods=["GET"]),
         Route("/api/jobs/{namespace}", jobs_collection, methods=["GET", "POST"]),
         Route("/api/jobs/{namespace}/{job_id}", job_info, methods=["GET"]),

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from keephub.config import Settings
 from keephub.jobs import sandbox
 from keephub.jobs.logs import LogWriter, attempt_log, timestamp
+from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.secrets import Redactor
 from keephub.jobs.service import JobService, human_duration, mark_interrupted, utcnow
 from keephub.storage.db import Database
@@ -62,6 +63,7 @@ class Scheduler:
         self.free_cpus: list[int] = available[: settings.job_cpus or len(available)]
         self.free_gpus: list[str] = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
         self.running: dict[str, Running] = {}
+        self.scheduled = ScheduledJobs(service)
         self.wake = asyncio.Event()
 
     # -- main loop -----------------------------------------------------------------------------------
@@ -82,6 +84,7 @@ class Scheduler:
         self.wake.set()
 
     async def schedule_once(self) -> None:
+        await asyncio.to_thread(self.scheduled.run_due)
         waiting = await asyncio.to_thread(self._waiting_jobs)
         for job_id, flavor_name, cancel_by in waiting:
             if job_id in self.running:

@@ -18,7 +18,7 @@ from keephub.config import Settings
 from keephub.hub.repos import require_actor
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
-from keephub.jobs.spec import parse_spec
+from keephub.jobs.spec import JobSpec, parse_spec
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Job, JobAttempt
 from keephub.wire import BadRequest, Forbidden
@@ -73,13 +73,13 @@ class JobService:
         self.flavors: dict[str, Flavor] = machine_flavors(settings.job_cpus, gpu_ids)
 
     # -- access ------------------------------------------------------------------------------------
-    def _check_read(self, actor: Actor | None, namespace: str) -> Actor:
+    def check_read(self, actor: Actor | None, namespace: str) -> Actor:
         actor = require_actor(actor, f"see jobs in {namespace}")
         if not actor.can_read_namespace(namespace):
             raise NotFound(f"no jobs namespace {namespace!r} visible to {actor.name}")
         return actor
 
-    def _check_write(self, actor: Actor | None, namespace: str) -> Actor:
+    def check_write(self, actor: Actor | None, namespace: str) -> Actor:
         actor = require_actor(actor, f"run jobs in {namespace}")
         with self.db.read() as session:
             exists = session.execute(select(Account.id).where(Account.name == namespace)).scalar_one_or_none()
@@ -91,28 +91,33 @@ class JobService:
 
     # -- API operations ------------------------------------------------------------------------------
     def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
-        actor = self._check_write(actor, namespace)
+        actor = self.check_write(actor, namespace)
         spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
+        job_id = self.create_job(actor.name, actor.token_role, namespace, spec, secret_values)
+        return self.get(actor, namespace, job_id)
+
+    def create_job(self, owner: str, token_role: str, namespace: str, spec: JobSpec,
+                   secret_values: dict[str, str]) -> str:
+        """Store a new SCHEDULING job; a `$HF_TOKEN` secret becomes a token for this job alone."""
         job_id = random_secrets.token_hex(12)
         token_hash = None
         if any(v == HF_TOKEN_PLACEHOLDER for v in secret_values.values()):
             expires = utcnow() + timedelta(seconds=spec.timeout_seconds * spec.attempts + 7 * 86400)
-            job_token = self.accounts.create_token(actor.name, name=f"job-{job_id}", role=actor.token_role,
-                                                   expires_at=expires)
+            job_token = self.accounts.create_token(owner, name=f"job-{job_id}", role=token_role, expires_at=expires)
             secret_values = {k: job_token if v == HF_TOKEN_PLACEHOLDER else v for k, v in secret_values.items()}
             token_hash = self.accounts.token_hash(job_token)
         with self.db.write() as session:
             session.add(Job(
-                id=job_id, namespace=namespace, owner=actor.name, spec_json=json.dumps(spec.to_wire()),
+                id=job_id, namespace=namespace, owner=owner, spec_json=json.dumps(spec.to_wire()),
                 secrets_sealed=self.box.seal(secret_values) if secret_values else None, flavor=spec.flavor,
                 timeout_seconds=spec.timeout_seconds, max_attempts=spec.attempts, stage="SCHEDULING",
                 message="waiting for a free " + spec.flavor + " slot", created_at=utcnow(),
                 job_token_sha256=token_hash,
             ))
-        return self.get(actor, namespace, job_id)
+        return job_id
 
     def get(self, actor: Actor | None, namespace: str, job_id: str) -> dict:
-        self._check_read(actor, namespace)
+        self.check_read(actor, namespace)
         return self.to_wire(self.load(namespace, job_id))
 
     def load(self, namespace: str | None, job_id: str) -> JobRecord:
@@ -125,7 +130,7 @@ class JobService:
             return JobRecord(job, attempts)
 
     def list(self, actor: Actor | None, namespace: str, stages: list[str], labels: list[str]) -> list[dict]:
-        self._check_read(actor, namespace)
+        self.check_read(actor, namespace)
         wanted_labels = {}
         for label in labels:
             key, sep, value = label.partition("=")
@@ -145,7 +150,7 @@ class JobService:
         return result
 
     def cancel(self, actor: Actor | None, namespace: str, job_id: str) -> None:
-        actor = self._check_write(actor, namespace)
+        actor = self.check_write(actor, namespace)
         with self.db.write() as session:
             job = session.get(Job, job_id)
             if job is None or job.namespace != namespace:

@@ -53,6 +53,13 @@ class JobSpec:
         }
 
 
+def spec_from_wire(data: dict) -> JobSpec:
+    """The stored form back into a JobSpec (it was validated when first submitted)."""
+    return JobSpec(command=data["command"], image=data["dockerImage"], flavor=data["flavor"],
+                   timeout_seconds=data["timeoutSeconds"], attempts=data["attempts"],
+                   environment=data["environment"], secret_names=data["secrets"], labels=data["labels"])
+
+
 def parse_timeout(value: object, default: int) -> int:
     """Seconds from `300`, `"300"`, `"5m"`, `"2h"` or `"1d"`."""
     if value is None or value == "":

@@ -162,3 +162,22 @@ class JobAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(12))  # RUNNING | COMPLETED | ERROR | CANCELED | TIMEOUT
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ScheduledJob(Base):
+    """A job spec run on a cron schedule; each run is an ordinary job."""
+
+    __tablename__ = "scheduled_jobs"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(96), index=True)
+    owner: Mapped[str] = mapped_column(String(96))
+    owner_token_role: Mapped[str] = mapped_column(String(8))
+    spec_json: Mapped[str] = mapped_column(Text)
+    secrets_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    schedule: Mapped[str] = mapped_column(String(100))
+    suspend: Mapped[bool] = mapped_column(Boolean, default=False)
+    concurrency: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_job_id: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    last_job_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,161 @@
+"""Scheduled jobs: a job spec and a cron schedule; each due run becomes an ordinary job.
+
+Secrets are sealed once at creation; a `$HF_TOKEN` secret stays a placeholder here and becomes a
+fresh job-scoped token for every run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as random_secrets
+from datetime import datetime
+
+from croniter import croniter
+from sqlalchemy import select
+
+from keephub.accounts import Actor
+from keephub.jobs.service import TERMINAL, JobService, _aware, _iso, utcnow
+from keephub.jobs.spec import parse_spec, spec_from_wire
+from keephub.storage.schema import Job, ScheduledJob
+from keephub.wire import BadRequest, Conflict
+from keephub.wire.errors import NotFound
+
+
+def next_run(schedule: str, after: datetime) -> datetime:
+    return croniter(schedule, after).get_next(datetime)
+
+
+def check_schedule(schedule: object) -> str:
+    if not isinstance(schedule, str) or not croniter.is_valid(schedule):
+        raise BadRequest(
+            f"schedule {schedule!r} is not valid; use a cron expression like '*/5 * * * *' or one of "
+            "@hourly, @daily, @weekly, @monthly, @yearly"
+        )
+    return schedule
+
+
+class ScheduledJobs:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.db = jobs.db
+
+    def create(self, actor: Actor | None, namespace: str, body: object) -> dict:
+        actor = self.jobs.check_write(actor, namespace)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be {jobSpec: {...}, schedule: '...'}")
+        schedule = check_schedule(body.get("schedule"))
+        spec, secret_values = parse_spec(body.get("jobSpec"), self.jobs.flavors,
+                                         self.jobs.settings.job_default_timeout_seconds)
+        scheduled_id = random_secrets.token_hex(12)
+        with self.db.write() as session:
+            session.add(ScheduledJob(
+                id=scheduled_id, namespace=namespace, owner=actor.name, owner_token_role=actor.token_role,
+                spec_json=json.dumps(spec.to_wire()),
+                secrets_sealed=self.jobs.box.seal(secret_values) if secret_values else None,
+                schedule=schedule, suspend=bool(body.get("suspend", False)),
+                concurrency=bool(body.get("concurrency", False)), created_at=utcnow(),
+                next_run_at=next_run(schedule, utcnow()),
+            ))
+        return self.get(actor, namespace, scheduled_id)
+
+    def _load(self, namespace: str, scheduled_id: str) -> ScheduledJob:
+        with self.db.read() as session:
+            row = session.get(ScheduledJob, scheduled_id)
+        if row is None or row.namespace != namespace:
+            raise NotFound(f"scheduled job {scheduled_id} not found in {namespace}")
+        return row
+
+    def get(self, actor: Actor | None, namespace: str, scheduled_id: str) -> dict:
+        self.jobs.check_read(actor, namespace)
+        return self.to_wire(self._load(namespace, scheduled_id))
+
+    def list(self, actor: Actor | None, namespace: str) -> list[dict]:
+        self.jobs.check_read(actor, namespace)
+        with self.db.read() as session:
+            rows = session.execute(select(ScheduledJob).where(ScheduledJob.namespace == namespace)
+                                   .order_by(ScheduledJob.created_at)).scalars().all()
+        return [self.to_wire(row) for row in rows]
+
+    def delete(self, actor: Actor | None, namespace: str, scheduled_id: str) -> None:
+        self.jobs.check_write(actor, namespace)
+        self._load(namespace, scheduled_id)
+        with self.db.write() as session:
+            session.delete(session.get(ScheduledJob, scheduled_id))
+
+    def set_suspended(self, actor: Actor | None, namespace: str, scheduled_id: str, suspend: bool) -> dict:
+        self.jobs.check_write(actor, namespace)
+        self._load(namespace, scheduled_id)
+        with self.db.write() as session:
+            row = session.get(ScheduledJob, scheduled_id)
+            assert row is not None
+            row.suspend = suspend
+            if not suspend:
+                row.next_run_at = next_run(row.schedule, utcnow())
+        return self.get(actor, namespace, scheduled_id)
+
+    def set_schedule(self, actor: Actor | None, namespace: str, scheduled_id: str, body: object) -> dict:
+        self.jobs.check_write(actor, namespace)
+        schedule = check_schedule(body.get("schedule") if isinstance(body, dict) else None)
+        self._load(namespace, scheduled_id)
+        with self.db.write() as session:
+            row = session.get(ScheduledJob, scheduled_id)
+            assert row is not None
+            row.schedule, row.next_run_at = schedule, next_run(schedule, utcnow())
+        return self.get(actor, namespace, scheduled_id)
+
+    def trigger(self, actor: Actor | None, namespace: str, scheduled_id: str) -> dict:
+        """Run now, whatever the schedule says (409 if a run is still going and concurrency is off)."""
+        actor = self.jobs.check_write(actor, namespace)
+        row = self._load(namespace, scheduled_id)
+        job_id = self._start_run(row, respect_concurrency=True)
+        if job_id is None:
+            raise Conflict(f"scheduled job {scheduled_id}'s previous run {row.last_job_id} is still running and "
+                           "concurrency is off; wait for it or cancel it")
+        return self.jobs.get(actor, namespace, job_id)
+
+    def run_due(self) -> int:
+        """Start every run that is due (called by the scheduler loop); returns how many started."""
+        now = utcnow()
+        with self.db.read() as session:
+            due = session.execute(select(ScheduledJob).where(ScheduledJob.suspend.is_(False))).scalars().all()
+        started = 0
+        for row in due:
+            if _aware(row.next_run_at) > now:
+                continue
+            if self._start_run(row, respect_concurrency=True) is not None:
+                started += 1
+            with self.db.write() as session:
+                fresh = session.get(ScheduledJob, row.id)
+                if fresh is not None:
+                    fresh.next_run_at = next_run(fresh.schedule, now)
+        return started
+
+    def _start_run(self, row: ScheduledJob, respect_concurrency: bool) -> str | None:
+        if respect_concurrency and not row.concurrency and row.last_job_id:
+            with self.db.read() as session:
+                last = session.get(Job, row.last_job_id)
+            if last is not None and last.stage not in TERMINAL:
+                return None
+        spec = spec_from_wire(json.loads(row.spec_json))
+        secrets = self.jobs.box.open(row.secrets_sealed)
+        job_id = self.jobs.create_job(row.owner, row.owner_token_role, row.namespace, spec, secrets)
+        with self.db.write() as session:
+            fresh = session.get(ScheduledJob, row.id)
+            if fresh is not None:
+                fresh.last_job_id, fresh.last_job_at = job_id, utcnow()
+        return job_id
+
+    def to_wire(self, row: ScheduledJob) -> dict:
+        spec = json.loads(row.spec_json)
+        spec["secrets"] = {name: "<hidden>" for name in spec["secrets"]}
+        last = {"id": row.last_job_id, "at": _iso(row.last_job_at)} if row.last_job_id else None
+        return {
+            "id": row.id,
+            "createdAt": _iso(row.created_at),
+            "jobSpec": spec,
+            "schedule": row.schedule,
+            "suspend": row.suspend,
+            "concurrency": row.concurrency,
+            "status": {"lastJob": last, "nextJobRunAt": None if row.suspend else _iso(row.next_run_at)},
+            "owner": {"id": row.owner, "name": row.namespace, "type": "user" if row.owner == row.namespace else "org"},
+        }
