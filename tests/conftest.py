@@ -61,6 +61,8 @@ class Server:
     data_dir: Path
     port: int
     process: subprocess.Popen | None = None
+    # Extra environment for the server process, e.g. KEEPHUB_* settings for a dedicated server.
+    env: dict[str, str] = field(default_factory=dict)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +77,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
              "--port", str(self.port), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         deadline = time.time() + 30
         while time.time() < deadline:

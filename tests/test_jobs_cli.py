@@ -13,6 +13,7 @@ import pytest
 from conftest import Server
 
 pytestmark = pytest.mark.training
+HF_CLI = str(Path(sys.executable).with_name("hf"))
 
 
 def keephub_jobs(server: Server, token: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -74,3 +75,19 @@ def test_readme_run_command_trains_as_a_job_and_saves_to_keephub(tmp_path: Path)
     assert "🚀 Starting training..." in out and "✅ Training complete!" in out
     assert "COMPLETED; results saved in keephub" in out
     assert "last-checkpoint/adapter_model.safetensors" in out and "adapter_model.safetensors" in out
+
+
+def test_hf_jobs_cli_runs_against_keephub(server: Server) -> None:
+    """The unmodified `hf jobs` CLI works with only HF_ENDPOINT and HF_TOKEN pointed at keephub."""
+    _, token = server.user()
+    env = dict(os.environ, HF_ENDPOINT=server.url, HF_TOKEN=token)
+    run = subprocess.run([HF_CLI, "jobs", "run", "python:3.12", "python", "-c", "print('from the hf cli')"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "from the hf cli" in run.stdout
+    listing = subprocess.run([HF_CLI, "jobs", "ps", "-a", "--format", "json"], capture_output=True, text=True,
+                             env=env, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "COMPLETED" in listing.stdout
+    hardware = subprocess.run([HF_CLI, "jobs", "hardware"], capture_output=True, text=True, env=env, timeout=60)
+    assert "cpu-basic" in hardware.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from email.utils import formatdate
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -56,6 +57,31 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+class FreshDate:
+    """A `Date` header exact to the second on every response.
+
+    uvicorn's own is refreshed about once a second, and huggingface_hub's `fetch_job_logs(follow=False)` drops
+    log lines stamped more than a second after the response's Date, so a stale Date loses a job's last lines.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_date(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", formatdate(usegmt=True).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
+
+
 def build_app(settings: Settings) -> Starlette:
     settings = settings.with_signing_key()
 
@@ -79,7 +105,7 @@ def build_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=jobs.routes() + hub.routes() + web.routes(),
-        middleware=[Middleware(hub.EncodedSlashes)],
+        middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},
         lifespan=lifespan,

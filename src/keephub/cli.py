@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, date_header=False)
     return 0
 
 

@@ -65,7 +65,7 @@ def parse_ndjson(body: bytes, max_regular_bytes: int) -> CommitRequest:
             continue
         try:
             line = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
             raise BadRequest(f"commit body line {number} is not valid JSON ({exc}); send one JSON object per line")
         if not isinstance(line, dict) or not isinstance(line.get("value"), dict):
             raise BadRequest(f"commit body line {number} must be an object with 'key' and an object 'value'")
@@ -97,12 +97,17 @@ def _parse_header(value: dict, number: int) -> CommitRequest:
         raise BadRequest(f"commit header (line {number}) needs a non-empty 'summary' (the commit message)")
     if not isinstance(description, str):
         raise BadRequest(f"commit header (line {number}): 'description' must be a string")
+    naming.check_text(summary, f"commit summary (line {number})")
+    naming.check_text(description, f"commit description (line {number})")
     if parent is not None and not (isinstance(parent, str) and naming.is_commit_sha(parent)):
         raise BadRequest(f"commit header (line {number}): 'parentCommit' must be a 40-character commit id")
     return CommitRequest(summary=summary, description=description, parent_commit=parent)
 
 
 def _parse_operation(key: object, value: dict, number: int, max_regular_bytes: int) -> Operation:
+    if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
+        raise BadRequest(f"commit body line {number}: unknown key {key!r}; "
+                         "expected header, file, lfsFile, deletedFile or deletedFolder")
     where = f"commit body line {number} ({key})"
     raw_path = value.get("path")
     if key == "deletedFolder" and isinstance(raw_path, str):
@@ -128,11 +133,7 @@ def _parse_operation(key: object, value: dict, number: int, max_regular_bytes: i
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise BadRequest(f"{where}: 'size' must be a non-negative integer")
         return AddLfs(path=path, oid=str(oid), size=size)
-    if key in ("deletedFile", "deletedFolder"):
-        return Delete(path=path, is_folder=key == "deletedFolder")
-    raise BadRequest(
-        f"commit body line {number}: unknown key {key!r}; expected header, file, lfsFile, deletedFile or deletedFolder"
-    )
+    return Delete(path=path, is_folder=key == "deletedFolder")
 
 
 @dataclass(frozen=True)
@@ -191,18 +192,26 @@ def _build_tree(session: Session, repo: RepoRef, writer: gitobjects.ObjectWriter
 
 
 def _reject_file_folder_clashes(session: Session, base_tree: str, changes: dict[str, str | None]) -> None:
-    """Adding 'a/b' where 'a' is a file (or 'a' where 'a/' is a folder) would silently drop data: refuse it."""
-    added = [p for p, sha in changes.items() if sha is not None]
-    for path in added:
+    """Adding 'a/b' where 'a' is a file (or 'a' where 'a/' is a folder) would silently drop data: refuse it.
+
+    Operations apply in order, so below a folder deleted earlier in this commit the old tree no longer counts.
+    """
+    order = {path: index for index, path in enumerate(changes)}
+    for path, sha in changes.items():
+        if sha is None:
+            continue
         parts = path.split("/")
+        wiped = False
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
-            if changes.get(parent, "") is None:
+            change = changes.get(parent, "")
+            if change is None and order[parent] < order[path]:
+                wiped = True
                 continue
-            found = gitobjects.lookup(session, base_tree, parent)
-            if parent in changes or (found is not None and not gitobjects.stat.S_ISDIR(found[0])):
+            found = None if wiped else gitobjects.lookup(session, base_tree, parent)
+            if change or (found is not None and not gitobjects.stat.S_ISDIR(found[0])):
                 raise BadRequest(f"cannot add {path!r}: {parent!r} is a file; delete it in the same commit first")
-        found = gitobjects.lookup(session, base_tree, path)
+        found = None if wiped else gitobjects.lookup(session, base_tree, path)
         if found is not None and gitobjects.stat.S_ISDIR(found[0]):
             raise BadRequest(f"cannot add file {path!r}: a folder with that name exists; delete the folder first")
 

@@ -23,7 +23,7 @@ from keephub.config import Settings
 from keephub.hub.repos import RepoRef
 from keephub.storage.blobs import BlobStore, HashMismatch, PendingBlob, SizeMismatch, is_sha256, iter_file
 from keephub.storage.db import Database
-from keephub.storage.schema import LfsLink, LfsObject
+from keephub.storage.schema import LfsLink, LfsObject, Repo
 from keephub.wire import BadRequest, Forbidden, TooLarge
 from keephub.wire.errors import NotFound, Unprocessable
 
@@ -80,6 +80,8 @@ def _validate_batch(body: object) -> list[tuple[str, int]]:
         raise TooLarge(f"an LFS batch may name at most {MAX_BATCH_OBJECTS} objects; send several batches")
     if body.get("hash_algo", "sha256") != "sha256":
         raise BadRequest("only hash_algo 'sha256' is supported")
+    if not isinstance(body.get("transfers") or [], list):
+        raise BadRequest("LFS batch 'transfers' must be a list of transfer names, e.g. [\"basic\", \"multipart\"]")
     result = []
     for index, obj in enumerate(objects):
         oid = obj.get("oid") if isinstance(obj, dict) else None
@@ -142,6 +144,8 @@ def _linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str,
 def link(db: Database, repo_id: int, oid: str, size: int) -> None:
     """Record a verified object and make it referable from `repo_id`, idempotently."""
     with db.write() as session:
+        if session.get(Repo, repo_id) is None:
+            raise NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked")
         if session.get(LfsObject, oid) is None:
             session.add(LfsObject(oid=oid, size=size))
             session.flush()
@@ -156,7 +160,7 @@ def complete_multipart(blobs: BlobStore, grant: UploadGrant, body: bytes) -> Non
         parts = payload["parts"]
         numbers = [int(p["partNumber"]) for p in parts]
         etags = [str(p["etag"]).strip('"') for p in parts]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise BadRequest("the completion body must be JSON {oid, parts: [{partNumber, etag}, ...]}")
     if payload.get("oid") != grant.oid:
         raise BadRequest("the completion body's oid does not match the upload URL")

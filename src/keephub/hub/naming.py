@@ -5,19 +5,22 @@ from __future__ import annotations
 import re
 
 from keephub.wire import BadRequest
+from keephub.wire.errors import NotFound
 
 REPO_TYPES = ("model", "dataset", "space")
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 MAX_NAME = 96
 _NAME_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 _REF_BAD = re.compile(r"[\x00-\x20~^:?*\[\\\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
 
 def repo_type_from_plural(plural: str) -> str:
+    """`/api/{plural}/...` matches any word, so an unknown one is an unknown endpoint (404), not a bad request."""
     singular = plural.removesuffix("s")
     if singular not in REPO_TYPES:
-        raise BadRequest(f"unknown repo type {plural!r} in the URL; use models, datasets or spaces")
+        raise NotFound(f"no such endpoint: unknown repo type {plural!r} in the URL; use models, datasets or spaces")
     return singular
 
 
@@ -54,6 +57,15 @@ def split_repo_id(repo_id: object) -> tuple[str, str]:
     return check_repo_name(namespace, "namespace"), check_repo_name(name)
 
 
+def check_text(value: str, what: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800") that no UTF-8 database, git object or header can hold."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"the {what} {value!r} is not valid Unicode (it holds a lone surrogate); send UTF-8 text")
+    return value
+
+
 def is_commit_sha(value: str) -> bool:
     return bool(_SHA1.match(value))
 
@@ -62,6 +74,7 @@ def check_ref_name(name: object, what: str = "branch") -> str:
     """git's rules for ref names (check-ref-format), in a form a user can act on."""
     if not isinstance(name, str) or not name:
         raise BadRequest(f"the {what} name is missing")
+    check_text(name, f"{what} name")
     problems = []
     if len(name) > 200:
         problems.append("is longer than 200 characters")
@@ -81,11 +94,18 @@ def check_ref_name(name: object, what: str = "branch") -> str:
 
 
 def check_path(path: object, what: str = "path") -> str:
-    """A path inside a repo: relative, forward slashes, no '..', no '.git', no NUL."""
+    """A path inside a repo: relative, forward slashes, no '..', no '.git', no control characters.
+
+    A newline in a name would be stored but could never be downloaded (URL routes stop at it), so
+    control characters are refused at commit time rather than accepted into an unreadable file.
+    """
     if not isinstance(path, str) or not path:
         raise BadRequest(f"the {what} is missing or empty")
+    check_text(path, what)
     if "\x00" in path:
         raise BadRequest(f"the {what} {path!r} contains a NUL byte")
+    if _CONTROL.search(path):
+        raise BadRequest(f"the {what} {path!r} contains a control character (e.g. a newline); rename the file")
     if "\\" in path:
         raise BadRequest(f"the {what} {path!r} contains a backslash; use '/' to separate folders")
     if path.startswith("/"):

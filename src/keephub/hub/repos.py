@@ -237,6 +237,35 @@ def list_refs(session: Session, repo: RepoRef) -> list[Ref]:
     return list(session.execute(select(Ref).where(Ref.repo_id == repo.id).order_by(Ref.kind, Ref.name)).scalars())
 
 
+def last_changes(session: Session, head: str, paths: list[str]) -> dict[str, Commit]:
+    """For each path present at `head`, the newest commit of its first-parent history that changed the path.
+
+    A commit changed a path when the path's (mode, sha) differs from its parent's. Paths whose folder is
+    identical in both commits are skipped without looking inside, which keeps long histories cheap.
+    """
+    pending, found = set(paths), {}
+    sha: str | None = head
+    while sha is not None and pending:
+        commit = gitobjects.load_commit(session, sha)
+        parent = commit.parents[0].decode() if commit.parents else None
+        tree = commit.tree.decode()
+        parent_tree = gitobjects.load_commit(session, parent).tree.decode() if parent else None
+        folder_unchanged: dict[str, bool] = {}
+        for path in sorted(pending):
+            if parent_tree is not None:
+                folder = path.rpartition("/")[0]
+                if folder not in folder_unchanged:
+                    folder_unchanged[folder] = (gitobjects.lookup(session, tree, folder)
+                                                == gitobjects.lookup(session, parent_tree, folder))
+                if folder_unchanged[folder] or (gitobjects.lookup(session, tree, path)
+                                                == gitobjects.lookup(session, parent_tree, path)):
+                    continue
+            found[path] = commit
+            pending.discard(path)
+        sha = parent
+    return found
+
+
 def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, author: str | None,
                   search: str | None) -> list[RepoRef]:
     query = select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)

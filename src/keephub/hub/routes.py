@@ -6,10 +6,11 @@ encoded while routing so a branch name with a slash stays one path segment.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any, Callable
-from urllib.parse import unquote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from keephub.storage.blobs import iter_file
 from keephub.wire import BadRequest, RangeNotSatisfiable, TooLarge, Unauthorized, headers
 
 JSON_LIMIT = 8 * 1024 * 1024
+EXPANDED_TREE_PAGE_SIZE = 50
 _FLUSH_BYTES = 4 * 1024 * 1024
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
@@ -61,15 +63,16 @@ async def actor_of(request: Request) -> Actor | None:
     return actor
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, advice: str = "") -> bytes:
+    """The whole body, refused with 413 (plus `advice`, the way around the limit) once it passes `limit`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint")
+        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint{advice}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint")
+            raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint{advice}")
     return bytes(body)
 
 
@@ -79,7 +82,7 @@ async def read_json(request: Request) -> Any:
         return {}
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
         raise BadRequest(f"the request body is not valid JSON: {exc}")
 
 
@@ -180,19 +183,25 @@ async def tree(request: Request) -> JSONResponse:
     if path:
         naming.check_path(path)
     recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
+    expand = request.query_params.get("expand", "").lower() in ("1", "true")
     cursor = request.query_params.get("cursor", "0")
     if not cursor.isdigit():
         raise BadRequest("'cursor' must come from the Link header of the previous page")
     sha, entries = await call(hub_of(request).tree, actor, *repo_params(request), revision_param(request), path,
                               recursive)
     start, size = int(cursor), hub_of(request).settings.tree_page_size
+    if expand:  # as on the Hub, expanded pages are small: each entry costs a walk back through history
+        size = min(size, EXPANDED_TREE_PAGE_SIZE)
     page = entries[start : start + size]
+    if expand:
+        page = await call(hub_of(request).last_commits, actor, *repo_params(request), sha, page)
     link_headers = {}
     if start + size < len(entries):
         repo_type, namespace, name = repo_params(request)
-        params = urlencode({"recursive": str(recursive).lower(), "cursor": start + size})
-        next_url = (f"{hub_of(request).settings.base_url}/api/{repo_type}s/{namespace}/{name}/tree/{sha}/{path}"
-                    f"?{params}")
+        params = urlencode({"recursive": str(recursive).lower(), "expand": str(expand).lower(),
+                            "cursor": start + size})
+        next_url = (f"{hub_of(request).settings.base_url}/api/{repo_type}s/{namespace}/{name}/tree/{sha}/"
+                    f"{quote(path)}?{params}")
         link_headers["Link"] = f'<{next_url}>; rel="next"'
     return JSONResponse(page, headers=link_headers)
 
@@ -201,13 +210,14 @@ async def paths_info(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await read_json_object(request)
-        paths = body.get("paths")
+        paths, expand = body.get("paths"), body.get("expand")
     else:
         form = await request.form()
-        paths = form.getlist("paths")
+        paths, expand = form.getlist("paths"), form.get("expand")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise BadRequest("'paths' must be a list of file or folder paths")
-    result = await call(hub_of(request).paths_info, actor, *repo_params(request), revision_param(request), paths)
+    result = await call(hub_of(request).paths_info, actor, *repo_params(request), revision_param(request), paths,
+                        str(expand).lower() in ("1", "true"))
     return JSONResponse(result)
 
 
@@ -262,9 +272,17 @@ async def commit(request: Request) -> JSONResponse:
     if request.query_params.get("create_pr") in ("1", "true"):
         raise BadRequest("pull requests are not supported by keephub; commit to a branch instead (create_branch, "
                          "then revision=...)")
-    body = await read_body(request, hub_of(request).settings.max_commit_body_bytes)
+    body = await read_body(request, hub_of(request).settings.max_commit_body_bytes,
+                           "; split the files over several commits (regular files travel inside the commit body)")
     return JSONResponse(await call(hub_of(request).commit, actor, *repo_params(request), revision_param(request),
                                    body))
+
+
+async def super_squash(request: Request) -> JSONResponse:
+    """Refused rather than 404: keephub keeps every commit, so any revision once recorded stays downloadable."""
+    await actor_of(request)
+    raise BadRequest("super_squash_history is not supported by keephub, which keeps every commit so that older "
+                     "revisions stay downloadable; to start over with a single commit, upload to a new repo")
 
 
 async def validate_yaml(request: Request) -> JSONResponse:
@@ -299,16 +317,38 @@ async def lfs_download(request: Request) -> Response:
 
 
 async def _receive_into(request: Request, pending, limit: int) -> None:  # type: ignore[no-untyped-def]
-    buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
-        if pending.size + len(buffer) > limit:
-            raise BadRequest(f"received more than the announced {limit} bytes; nothing was stored")
-        if len(buffer) >= _FLUSH_BYTES:
-            await call(pending.write, bytes(buffer))
-            buffer.clear()
-    if buffer:
-        await call(pending.write, bytes(buffer))
+    """Stream the body into `pending`, hashing and writing one buffer in a worker thread while the next arrives.
+
+    Awaiting each write before reading on would stall the socket (uvicorn stops reading once 64 KiB wait
+    unconsumed), so network and disk would take turns; overlapping them is what lets a large upload go at
+    disk speed. Memory stays bounded: one buffer being written, one filling.
+    """
+    received = buffered = 0
+    chunks: list[bytes] = []
+    writing: asyncio.Future | None = None
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise BadRequest(f"received more than the announced {limit} bytes; nothing was stored")
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if buffered >= _FLUSH_BYTES:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(call(pending.write, b"".join(chunks)))
+                chunks, buffered = [], 0
+        if writing is not None:
+            await writing
+        if chunks:
+            await call(pending.write, b"".join(chunks))
+    finally:
+        if writing is not None and not writing.done():
+            # The caller aborts `pending` next: let the write in flight finish before its file is closed. Its
+            # own error, if any, is consumed here: the one already propagating is what the client hears.
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()
 
 
 async def lfs_upload(request: Request) -> Response:
@@ -369,11 +409,13 @@ async def resolve(request: Request) -> Response:
     hub = hub_of(request)
     target = await call(hub.file_target, actor, *repo_params(request), revision_param(request),
                         request.path_params["path"])
+    # RFC 5987 percent-encoding: a raw non-latin-1 file name cannot go into a header at all.
+    filename = quote(request.path_params["path"].rsplit("/", 1)[-1], safe="")
     base_headers = {
         headers.X_REPO_COMMIT: target.commit_sha,
         "ETag": f'"{target.etag}"',
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f"inline; filename*=UTF-8''{request.path_params['path'].rsplit('/', 1)[-1]}",
+        "Content-Disposition": f"inline; filename*=UTF-8''{filename}",
     }
     if target.is_lfs:
         base_headers[headers.X_LINKED_ETAG] = f'"{target.etag}"'
@@ -428,6 +470,7 @@ def routes() -> list[BaseRoute]:
         Route(api + "/tag/{revision}", tag, methods=["POST", "DELETE"]),
         Route(api + "/preupload/{revision}", preupload, methods=["POST"]),
         Route(api + "/commit/{revision}", commit, methods=["POST"]),
+        Route(api + "/super-squash/{revision}", super_squash, methods=["POST"]),
     ]
     for repo_type, prefix in (("dataset", "/datasets"), ("space", "/spaces"), ("model", "")):
         table += [

@@ -118,17 +118,25 @@ class Hub:
             return sha, [wireformat.tree_entry(e) for e in entries]
 
     def paths_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
-                   paths: list[str]) -> list[dict]:
+                   paths: list[str], expand: bool = False) -> list[dict]:
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
             sha = repos.resolve_revision(session, repo, revision)
             tree = gitobjects.load_commit(session, sha).tree.decode()
             result = []
-            for path in paths:
-                found = gitobjects.lookup(session, tree, path.strip("/"))
+            for index, raw in enumerate(paths):
+                path = naming.check_path(raw.strip("/"), f"'paths' entry {index}")
+                found = gitobjects.lookup(session, tree, path)
                 if found is not None:
-                    result.append(wireformat.tree_entry(gitobjects.entry_for(session, path.strip("/"), *found)))
-            return result
+                    result.append(wireformat.tree_entry(gitobjects.entry_for(session, path, *found)))
+            return _with_last_commits(session, sha, result) if expand else result
+
+    def last_commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, sha: str,
+                     entries: list[dict]) -> list[dict]:
+        """`entries` of commit `sha`'s tree with their `lastCommit`, for expand=true (fsspec's modified())."""
+        with self.db.read() as session:
+            repos.find_repo(session, repo_type, namespace, name, actor)
+            return _with_last_commits(session, sha, entries)
 
     def commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str) -> list[dict]:
         with self.db.read() as session:
@@ -188,7 +196,7 @@ class Hub:
                     raise BadRequest(f"preupload files[{index}] ({path}): 'size' must be a non-negative integer")
                 try:
                     sample = base64.b64decode(item.get("sample") or "", validate=True)
-                except ValueError:
+                except (TypeError, ValueError):
                     raise BadRequest(f"preupload files[{index}] ({path}): 'sample' must be base64")
                 existing = gitobjects.lookup(session, tree, path)
                 oid = None
@@ -300,6 +308,11 @@ def _repo_from_body(body: dict, actor: Actor | None) -> tuple[str, str, str]:
         namespace, name = naming.split_repo_id(name)
     repos.require_actor(actor, "manage repos")
     return repo_type, naming.check_repo_name(namespace, "namespace"), naming.check_repo_name(name)
+
+
+def _with_last_commits(session, sha: str, entries: list[dict]) -> list[dict]:  # type: ignore[no-untyped-def]
+    changed = repos.last_changes(session, sha, [entry["path"] for entry in entries])
+    return [entry | {"lastCommit": wireformat.last_commit(changed[entry["path"]])} for entry in entries]
 
 
 def _lfs_patterns(gitattributes: bytes | None) -> list[str]:

@@ -102,6 +102,12 @@ def commit_entry(sha: str, commit: Commit) -> dict:
     }
 
 
+def last_commit(commit: Commit) -> dict:
+    """The `lastCommit` of a tree entry listed with expand=true."""
+    entry = commit_entry(commit.id.decode(), commit)
+    return {"id": entry["id"], "title": entry["title"], "date": entry["date"]}
+
+
 def refs(all_refs: list[Ref]) -> dict:
     def item(ref: Ref, prefix: str) -> dict:
         return {"name": ref.name, "ref": f"refs/{prefix}/{ref.name}", "targetCommit": ref.commit_sha}

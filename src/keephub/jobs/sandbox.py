@@ -45,7 +45,11 @@ class SandboxLayout:
         tools_dir = jobs_dir / "bin"
         tools_dir.mkdir(parents=True, exist_ok=True)
         shim = tools_dir / "uv"
-        shim.write_text(f"#!/bin/sh\nexec {venv / 'bin' / 'python'} -m keephub.jobs.uvshim \"$@\"\n")
+        # The shim runs as a file, not `-m keephub.jobs.uvshim`: that would import the keephub.jobs package,
+        # and with it the whole server stack (~0.8 s on every uv job). -P keeps this directory, whose
+        # secrets.py and logs.py would shadow the standard library's, off the shim's sys.path.
+        uvshim = Path(__file__).resolve().with_name("uvshim.py")
+        shim.write_text(f"#!/bin/sh\nexec {venv / 'bin' / 'python'} -P {uvshim} \"$@\"\n")
         shim.chmod(0o755)
         uv_cache = jobs_dir / "uv-cache"
         uv_cache.mkdir(parents=True, exist_ok=True)

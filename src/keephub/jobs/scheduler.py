@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from keephub.config import Settings
+from keephub.durability import record as durability_record
 from keephub.jobs import sandbox
 from keephub.jobs.logs import LogWriter, attempt_log, timestamp
 from keephub.jobs.scheduled import ScheduledJobs
@@ -133,8 +134,9 @@ class Scheduler:
     # -- one job -------------------------------------------------------------------------------------
     async def _run_job(self, job_id: str, allocation: Allocation, handle: Running) -> None:
         try:
-            record = await asyncio.to_thread(self.service.load, None, job_id)
-            number = (record.attempts[-1].number if record.attempts else 0) + 1
+            loaded = await asyncio.to_thread(self.service.load, None, job_id)
+            max_attempts = loaded.job.max_attempts
+            number = (loaded.attempts[-1].number if loaded.attempts else 0) + 1
             while True:
                 outcome = await self._run_attempt(job_id, number, allocation, handle)
                 if outcome.kind == "COMPLETED":
@@ -146,8 +148,8 @@ class Scheduler:
                 if outcome.kind == "TIMEOUT":
                     await asyncio.to_thread(self.service.finish, job_id, "ERROR", outcome.message)
                     return
-                if number >= record.job.max_attempts:
-                    suffix = f" (attempt {number} of {record.job.max_attempts})" if record.job.max_attempts > 1 else ""
+                if number >= max_attempts:
+                    suffix = f" (attempt {number} of {max_attempts})" if max_attempts > 1 else ""
                     await asyncio.to_thread(self.service.finish, job_id, "ERROR", outcome.message + suffix)
                     return
                 number += 1
@@ -160,8 +162,8 @@ class Scheduler:
             self.poke()
 
     async def _run_attempt(self, job_id: str, number: int, allocation: Allocation, handle: Running) -> Outcome:
-        record = await asyncio.to_thread(self.service.load, None, job_id)
-        job, spec = record.job, record.spec
+        loaded = await asyncio.to_thread(self.service.load, None, job_id)
+        job, spec = loaded.job, loaded.spec
         secrets = await asyncio.to_thread(self.service.secrets_of, job)
         redact = Redactor(list(secrets.values()))
         workspace = self.jobs_dir / "workspaces" / f"{job_id}-{number}"
@@ -170,6 +172,8 @@ class Scheduler:
         try:
             if number == 1:
                 writer.write(f"===== Job started at {timestamp()} =====")
+                for note in spec.get("preflightNotes", []):
+                    writer.write(note)
             else:
                 writer.write(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
             deadline = await asyncio.to_thread(self._mark_running, job_id, number)
@@ -185,14 +189,21 @@ class Scheduler:
                 **secrets,
             })
             try:
-                process = await sandbox.start(sandbox.bwrap_argv(self.layout, workspace, spec["command"]), env,
+                command = self._with_sidecar(spec, job_id, number)
+                process = await sandbox.start(sandbox.bwrap_argv(self.layout, workspace, command), env,
                                               allocation.cpus)
             except (sandbox.SandboxUnavailable, OSError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
                 writer.write(f"keephub: {outcome.message}")
                 await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
                 return outcome
-            pump = asyncio.create_task(sandbox.pump_output(process, lambda line: writer.write(redact(line))))
+            def emit(line: str) -> None:
+                if durability_record.is_record_line(line):
+                    durability_record.store(self.db, job_id, number, redact(line))
+                else:
+                    writer.write(redact(line))
+
+            pump = asyncio.create_task(sandbox.pump_output(process, emit))
             outcome = await self._supervise(process, handle, deadline, job)
             try:
                 await asyncio.wait_for(pump, 10)
@@ -204,6 +215,18 @@ class Scheduler:
         finally:
             writer.close()
             shutil.rmtree(workspace, ignore_errors=True)
+
+    def _with_sidecar(self, spec: dict, job_id: str, number: int) -> list[str]:
+        """Wrap the user's command in the durability sidecar when keephub guards this job's results."""
+        plan = spec.get("durability")
+        if not plan:
+            return spec["command"]
+        wrapper = [str(self.layout.python), "-m", "keephub.durability.sidecar", "--repo", plan["repo"],
+                   "--output-dir", plan["outputDir"], "--job-id", job_id, "--attempt", str(number),
+                   "--grace", str(max(1, self.settings.job_grace_seconds - 5))]
+        if plan.get("resume"):
+            wrapper.append("--resume")
+        return [*wrapper, "--", *spec["command"]]
 
     async def _supervise(self, process: asyncio.subprocess.Process, handle: Running, deadline: float,
                          job: Job) -> Outcome:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets as random_secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from keephub.accounts import Accounts, Actor
 from keephub.config import Settings
 from keephub.hub.repos import require_actor
+from keephub.durability import record as durability_record
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
 from keephub.jobs.spec import JobSpec, parse_spec
@@ -93,6 +94,7 @@ class JobService:
     def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
         actor = self.check_write(actor, namespace)
         spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
+        spec = replace(spec, durability=durability_plan(spec.labels))
         job_id = self.create_job(actor.name, actor.token_role, namespace, spec, secret_values)
         return self.get(actor, namespace, job_id)
 
@@ -212,12 +214,22 @@ class JobService:
             "owner": owner,
             "initiator": {"type": "user", "id": job.owner, "name": job.owner},
             "startedBy": job.owner,
+            "durability": durability_record.summary(self.db, job.id, (spec.get("durability") or {}).get("repo"),
+                                                    self.settings.base_url),
             "attempts": [
                 {"number": a.number, "outcome": a.outcome, "exitCode": a.exit_code, "message": a.message,
                  "startedAt": _iso(a.started_at), "finishedAt": _iso(a.finished_at)}
                 for a in record.attempts
             ],
         }
+
+
+def durability_plan(labels: dict[str, str]) -> dict | None:
+    """Where the sidecar pushes: the target repo and training output directory named by `keephub.*` labels."""
+    repo, output_dir = labels.get("keephub.repo"), labels.get("keephub.output-dir")
+    if not repo or not output_dir:
+        return None
+    return {"repo": repo, "outputDir": output_dir, "resume": labels.get("keephub.resume") in ("1", "true")}
 
 
 def _has_running_attempt(session, job_id: str) -> bool:  # type: ignore[no-untyped-def]

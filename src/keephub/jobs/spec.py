@@ -38,6 +38,9 @@ class JobSpec:
     environment: dict[str, str] = field(default_factory=dict)
     secret_names: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    # Set by keephub at submission: where the sidecar pushes ({repo, outputDir, resume}) and preflight notes.
+    durability: dict | None = None
+    preflight_notes: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict:
         return {
@@ -50,6 +53,8 @@ class JobSpec:
             "timeoutSeconds": self.timeout_seconds,
             "attempts": self.attempts,
             "labels": self.labels,
+            "durability": self.durability,
+            "preflightNotes": self.preflight_notes,
         }
 
 
@@ -57,7 +62,8 @@ def spec_from_wire(data: dict) -> JobSpec:
     """The stored form back into a JobSpec (it was validated when first submitted)."""
     return JobSpec(command=data["command"], image=data["dockerImage"], flavor=data["flavor"],
                    timeout_seconds=data["timeoutSeconds"], attempts=data["attempts"],
-                   environment=data["environment"], secret_names=data["secrets"], labels=data["labels"])
+                   environment=data["environment"], secret_names=data["secrets"], labels=data["labels"],
+                   durability=data.get("durability"), preflight_notes=data.get("preflightNotes", []))
 
 
 def parse_timeout(value: object, default: int) -> int:

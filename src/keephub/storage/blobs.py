@@ -13,11 +13,16 @@ import re
 import shutil
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Protocol
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COPY_CHUNK = 1024 * 1024
+_WRITE_BEHIND_BYTES = 8 * 1024 * 1024
+_fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS and Windows
+# sha256 releases the GIL, so a blob's bytes are hashed on another core while they are written.
+_hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="blob-sha256")
 
 
 class HashMismatch(ValueError):
@@ -37,28 +42,52 @@ class PendingBlob:
 
     `commit` makes it visible under its oid only if the hash and size match; `abort` (or a crash)
     leaves nothing visible, and the janitor sweeps temporary files left by crashes.
+
+    A `durable` blob is fsynced before it is placed, and its bytes are handed to the kernel for
+    write-back as they arrive, so that fsync finds little left to do instead of stalling for the
+    whole file at the end. A non-durable one (a multipart part, re-hashed and discarded when the
+    upload completes) skips both: if a crash loses it, completion fails and the client re-sends it.
+
+    Each piece is hashed in a pool thread while it is written (and while the caller fetches the
+    next one); a piece's hash must finish before the next piece's starts, which keeps them in order.
     """
 
-    def __init__(self, tmp: Path, place: Callable[[Path, str], None]) -> None:
+    def __init__(self, tmp: Path, place: Callable[[Path, str], None], durable: bool = True) -> None:
         self.tmp = tmp
         self._place = place
+        self._durable = durable
         self._fh = open(tmp, "wb")
         self._digest = hashlib.sha256()
         self.size = 0
+        self._written_back = 0
+        self._hashing: Future[None] | None = None
 
     def write(self, data: bytes) -> None:
-        self._digest.update(data)
+        self._wait_for_hash()
+        self._hashing = _hashers.submit(self._digest.update, data)
         self._fh.write(data)
         self.size += len(data)
+        if self._durable and _fadvise is not None and self.size - self._written_back >= _WRITE_BEHIND_BYTES:
+            # On Linux, DONTNEED on dirty pages starts their write-back now; they stay cached until written.
+            self._fh.flush()
+            _fadvise(self._fh.fileno(), self._written_back, self.size - self._written_back, os.POSIX_FADV_DONTNEED)
+            self._written_back = self.size
+
+    def _wait_for_hash(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
 
     @property
     def sha256(self) -> str:
+        self._wait_for_hash()
         return self._digest.hexdigest()
 
     def commit(self, expected_oid: str, expected_size: int | None) -> None:
         try:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self._durable:
+                os.fsync(self._fh.fileno())
             self._fh.close()
             if expected_size is not None and self.size != expected_size:
                 raise SizeMismatch(f"received {self.size} bytes but {expected_size} were announced")
@@ -128,7 +157,7 @@ class LocalBlobStore:
         final = self._path(oid)
         if final.exists():
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir_durable(final.parent)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
@@ -138,14 +167,18 @@ class LocalBlobStore:
         return self.uploads / upload_id / f"{part_number:06d}"
 
     def begin_part(self, upload_id: str, part_number: int) -> PendingBlob:
-        """A multipart part is a pending blob that lands at its part path instead of the object store."""
+        """A multipart part is a pending blob that lands at its part path instead of the object store.
+
+        Parts are not durable: completion re-hashes each against its ETag and the whole object against
+        its oid before anything becomes visible, so a part torn by a crash is refused, never stored.
+        """
         final = self._part_path(upload_id, part_number)
         final.parent.mkdir(exist_ok=True)
 
         def place(tmp: Path, _oid: str) -> None:
             os.replace(tmp, final)
 
-        return PendingBlob(final.parent / f"{uuid.uuid4().hex}.tmp", place)
+        return PendingBlob(final.parent / f"{uuid.uuid4().hex}.tmp", place, durable=False)
 
     def open_parts(self, upload_id: str, count: int) -> list[BinaryIO]:
         """Open parts 1..count; raises FileNotFoundError naming the first missing part."""
@@ -173,6 +206,18 @@ class LocalBlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def _mkdir_durable(directory: Path) -> None:
+    """Create `directory` and its missing parents, fsyncing each new entry into its parent.
+
+    An acknowledged blob must survive a power cut, and so must the fan-out folders that lead to it.
+    """
+    if directory.is_dir():
+        return
+    _mkdir_durable(directory.parent)
+    directory.mkdir(exist_ok=True)
+    _fsync_dir(directory.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

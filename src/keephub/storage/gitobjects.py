@@ -7,11 +7,14 @@ Objects are immutable, so parsed trees and commits are cached in memory by sha.
 
 from __future__ import annotations
 
+import hashlib
 import stat
+from bisect import bisect_left
 from collections import OrderedDict
+from itertools import accumulate
 from dataclasses import dataclass
 from threading import Lock
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 from sqlalchemy import Insert, select
@@ -57,8 +60,12 @@ class Entry:
 
 
 class _LRU:
-    def __init__(self, capacity: int) -> None:
+    """A least-recently-used cache; `weigh` says how much of `capacity` a value takes (1 each by default)."""
+
+    def __init__(self, capacity: int, weigh: Callable[[object], int] = lambda _value: 1) -> None:
         self.capacity = capacity
+        self.weigh = weigh
+        self.weight = 0
         self.items: OrderedDict[str, object] = OrderedDict()
         self.lock = Lock()
 
@@ -71,13 +78,121 @@ class _LRU:
 
     def put(self, key: str, value: object) -> None:
         with self.lock:
+            replaced = self.items.pop(key, None)
+            if replaced is not None:
+                self.weight -= self.weigh(replaced)
             self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.capacity:
-                self.items.popitem(last=False)
+            self.weight += self.weigh(value)
+            while self.weight > self.capacity and len(self.items) > 1:
+                self.weight -= self.weigh(self.items.popitem(last=False)[1])
 
 
 _parsed = _LRU(4096)
+
+
+class TreeIndex:
+    """A tree as its raw git bytes plus each entry's sort key and byte length, in tree order.
+
+    A commit changes a handful of entries in trees that may hold thousands. Parsing a dulwich Tree,
+    re-sorting it and re-serialising every entry in Python cost tens of milliseconds per commit on a
+    10,000-file folder; here one entry is found by bisection and a changed tree is written by
+    splicing the untouched runs of bytes, so that cost no longer grows with the folder.
+    Git orders entries by name, a folder's name compared as if it ended in '/': that is the key.
+    """
+
+    __slots__ = ("raw", "keys", "lengths")
+
+    def __init__(self, raw: bytes, keys: list[bytes], lengths: list[int]) -> None:
+        self.raw = raw
+        self.keys = keys
+        self.lengths = lengths
+
+    @classmethod
+    def parse(cls, raw: bytes) -> TreeIndex:
+        keys: list[bytes] = []
+        lengths: list[int] = []
+        pos = 0
+        while pos < len(raw):
+            space = raw.index(b" ", pos)
+            nul = raw.index(b"\0", space)
+            name = raw[space + 1 : nul]
+            keys.append(name + b"/" if stat.S_ISDIR(int(raw[pos:space], 8)) else name)
+            lengths.append(nul + 21 - pos)
+            pos = nul + 21
+        if all(map(bytes.__lt__, keys, keys[1:])):
+            return cls(raw, keys, lengths)
+        # Not in git order (not written by keephub): index a canonically ordered copy instead.
+        starts = [0, *accumulate(lengths)]
+        ordered = sorted(zip(keys, starts, lengths))
+        return cls(b"".join(raw[start : start + length] for _, start, length in ordered),
+                   [key for key, _, _ in ordered], [length for _, _, length in ordered])
+
+    @property
+    def sha(self) -> str:
+        digest = hashlib.sha1(b"tree %d\0" % len(self.raw))
+        digest.update(self.raw)
+        return digest.hexdigest()
+
+    def get(self, name: bytes) -> tuple[int, str] | None:
+        """(mode, hex sha) of the entry called `name`, file or folder, or None."""
+        for key in (name, name + b"/"):
+            i = bisect_left(self.keys, key)
+            if i < len(self.keys) and self.keys[i] == key:
+                start = sum(self.lengths[:i])
+                space = self.raw.index(b" ", start)
+                end = start + self.lengths[i]
+                return int(self.raw[start:space], 8), self.raw[end - 20 : end].hex()
+        return None
+
+    def with_changes(self, changes: dict[bytes, tuple[int, str] | None]) -> TreeIndex:
+        """A new tree: each named entry (file or folder) replaced by (mode, hex sha), or removed for None."""
+        dropped = set()
+        added = []
+        for name, new in changes.items():
+            for key in (name, name + b"/"):
+                i = bisect_left(self.keys, key)
+                if i < len(self.keys) and self.keys[i] == key:
+                    dropped.add(i)
+            if new is not None:
+                mode, sha = new
+                key = name + b"/" if stat.S_ISDIR(mode) else name
+                added.append((bisect_left(self.keys, key), key, b"%o %s\0%s" % (mode, name, bytes.fromhex(sha))))
+        raw: list[bytes] = []
+        keys: list[bytes] = []
+        lengths: list[int] = []
+        copied = offset = 0  # old entries [0, copied) are done; `offset` is where entry `copied` starts
+
+        def copy_until(end: int) -> None:
+            nonlocal copied, offset
+            if end <= copied:  # an insertion just after a dropped entry
+                return
+            size = sum(self.lengths[copied:end])
+            raw.append(self.raw[offset : offset + size])
+            keys.extend(self.keys[copied:end])
+            lengths.extend(self.lengths[copied:end])
+            copied, offset = end, offset + size
+
+        # Dropped entries sort before insertions at the same position; untouched runs are copied whole.
+        for position, key, entry in sorted([(i, b"", b"") for i in dropped] + added):
+            copy_until(position)
+            if key:
+                raw.append(entry)
+                keys.append(key)
+                lengths.append(len(entry))
+            else:
+                copied, offset = position + 1, offset + self.lengths[position]
+        copy_until(len(self.keys))
+        return TreeIndex(b"".join(raw), keys, lengths)
+
+
+def _index_bytes(index: object) -> int:
+    """Roughly the memory a cached TreeIndex holds: its raw bytes, plus a key and a length per entry."""
+    assert isinstance(index, TreeIndex)
+    return len(index.raw) + 72 * len(index.keys)
+
+
+# Weighed in bytes, not entries, so that a few huge folders cannot fill memory.
+_indexes = _LRU(64 * 1024 * 1024, _index_bytes)
 
 
 def insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
@@ -109,26 +224,36 @@ class ObjectWriter:
 
     def __init__(self) -> None:
         self.pending: dict[str, ShaFile] = {}
+        self.trees: dict[str, TreeIndex] = {}
 
     def add(self, obj: ShaFile) -> str:
         sha = obj.id.decode()
         self.pending[sha] = obj
         return sha
 
+    def add_tree(self, tree: TreeIndex) -> str:
+        sha = tree.sha
+        self.trees[sha] = tree
+        return sha
+
     def flush(self, session: Session) -> None:
-        insert_ignoring_duplicates(session, [object_row(o) for o in self.pending.values()])
+        rows = [object_row(o) for o in self.pending.values()]
+        rows += [{"sha": sha, "type_num": Tree.type_num, "size": len(tree.raw), "lfs_oid": None, "lfs_size": None,
+                  "data": tree.raw} for sha, tree in self.trees.items()]
+        insert_ignoring_duplicates(session, rows)
         for sha, obj in self.pending.items():
             if isinstance(obj, (Tree, Commit)):
                 _parsed.put(sha, obj)
+        for sha, tree in self.trees.items():
+            _indexes.put(sha, tree)
         self.pending.clear()
+        self.trees.clear()
 
 
-def load(session: Session, sha: str, writer: ObjectWriter | None = None) -> ShaFile:
+def load(session: Session, sha: str) -> ShaFile:
     cached = _parsed.get(sha)
     if cached is not None:
         return cached  # type: ignore[return-value]
-    if writer is not None and sha in writer.pending:
-        return writer.pending[sha]
     row = session.execute(select(GitObject.type_num, GitObject.data).where(GitObject.sha == sha)).one_or_none()
     if row is None:
         raise KeyError(sha)
@@ -145,11 +270,23 @@ def load_commit(session: Session, sha: str) -> Commit:
     return obj
 
 
-def load_tree(session: Session, sha: str, writer: ObjectWriter | None = None) -> Tree:
-    obj = load(session, sha, writer)
+def load_tree(session: Session, sha: str) -> Tree:
+    obj = load(session, sha)
     if not isinstance(obj, Tree):
         raise KeyError(sha)
     return obj
+
+
+def tree_index(session: Session, sha: str) -> TreeIndex:
+    cached = _indexes.get(sha)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    row = session.execute(select(GitObject.type_num, GitObject.data).where(GitObject.sha == sha)).one_or_none()
+    if row is None or row.type_num != Tree.type_num:
+        raise KeyError(sha)
+    index = TreeIndex.parse(row.data)
+    _indexes.put(sha, index)
+    return index
 
 
 def read_blob(session: Session, sha: str) -> bytes:
@@ -163,12 +300,10 @@ def lookup(session: Session, tree_sha: str, path: str) -> tuple[int, str] | None
     for part in [p for p in path.split("/") if p]:
         if not stat.S_ISDIR(mode):
             return None
-        tree = load_tree(session, sha)
-        try:
-            mode, raw_sha = tree[part.encode()]
-        except KeyError:
+        found = tree_index(session, sha).get(part.encode())
+        if found is None:
             return None
-        sha = raw_sha.decode()
+        mode, sha = found
     return mode, sha
 
 
@@ -221,46 +356,42 @@ def apply_changes(
 ) -> str:
     """Write new trees for `changes` (path -> blob sha, or None to delete a file or folder); return the root sha.
 
-    Only the trees on the changed paths are rebuilt, so a commit of one file costs the same in a repo
-    of ten files and a repo of ten thousand.
+    Changes apply in order: deleting 'a' and then writing 'a/x' leaves a folder holding only 'x'.
+    Only the trees on the changed paths are rewritten, each by splicing its bytes (see TreeIndex), so a
+    commit of one file costs about the same in a repo of ten files and in a folder of ten thousand.
     """
     nested: dict = {}
     for path, sha in changes.items():
         node = nested
-        parts = path.split("/")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
+        *folders, leaf = path.split("/")
+        for part in folders:
+            child = node.get(part)
             if not isinstance(child, dict):
-                child = node[part] = {}
+                # replaced or deleted earlier in this commit: what is written below it starts from empty
+                child = node[part] = _Fresh() if part in node else {}
             node = child
-        node[parts[-1]] = sha
+        node[leaf] = sha
     return _rebuild(session, writer, root_sha, nested) or writer.add(Tree())
 
 
+class _Fresh(dict):
+    """Changes under a folder that an earlier change removed: rebuilt from nothing, not from the old folder."""
+
+
 def _rebuild(session: Session, writer: ObjectWriter, tree_sha: str | None, changes: dict) -> str | None:
-    tree = Tree()
-    if tree_sha is not None:
-        for item in load_tree(session, tree_sha, writer).iteritems():
-            tree.add(item.path, item.mode, item.sha)
+    base = tree_index(session, tree_sha) if tree_sha is not None else TreeIndex(b"", [], [])
+    edits: dict[bytes, tuple[int, str] | None] = {}
     for name, change in changes.items():
         key = name.encode()
-        existing = tree[key] if key in tree else None
         if isinstance(change, dict):
-            sub_sha = existing[1].decode() if existing and stat.S_ISDIR(existing[0]) else None
-            new_sub = _rebuild(session, writer, sub_sha, change)
-            if new_sub is None:
-                if existing:
-                    del tree[key]
-            else:
-                tree.add(key, DIR_MODE, new_sub.encode())
-        elif change is None:
-            if existing:
-                del tree[key]
+            existing = base.get(key)
+            sub_sha = existing[1] if existing and stat.S_ISDIR(existing[0]) else None
+            new_sub = _rebuild(session, writer, None if isinstance(change, _Fresh) else sub_sha, change)
+            edits[key] = None if new_sub is None else (DIR_MODE, new_sub)
         else:
-            tree.add(key, FILE_MODE, change.encode())
-    if not len(tree):
-        return None
-    return writer.add(tree)
+            edits[key] = None if change is None else (FILE_MODE, change)
+    tree = base.with_changes(edits)
+    return writer.add_tree(tree) if tree.keys else None
 
 
 def new_blob(data: bytes) -> Blob:

@@ -181,3 +181,15 @@ class ScheduledJob(Base):
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_job_id: Mapped[str | None] = mapped_column(String(24), nullable=True)
     last_job_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobRecordEntry(Base):
+    """What a job's sidecar reported: each push (commit, files, bytes, verified), resumes and the verdict."""
+
+    __tablename__ = "job_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    data_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -11,11 +12,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from keephub.hub.routes import actor_of, call, hub_of
-from keephub.hub.wireformat import card_data
 from keephub.wire import EntryNotFound
+from keephub.wire.errors import NotFound
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+# The client's own rule for a model card's YAML block (huggingface_hub.repocard.REGEX_YAML_BLOCK).
+_FRONT_MATTER = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 
 
 def _wants_json(request: Request) -> bool:
@@ -32,10 +35,8 @@ def human_size(size: int) -> str:
 
 
 def render_readme(raw: bytes) -> str:
-    text = raw.decode("utf-8", "replace")
-    if card_data(raw) is not None:
-        text = text[text.find("\n---", 3) + 4 :]
-    return _markdown.render(text)
+    """README.md as HTML without its YAML block, which is metadata for tools even when it does not parse."""
+    return _markdown.render(_FRONT_MATTER.sub("", raw.decode("utf-8", "replace"), count=1))
 
 
 async def repo_page(request: Request) -> Response:
@@ -43,12 +44,14 @@ async def repo_page(request: Request) -> Response:
     hub = hub_of(request)
     repo_type = request.path_params["repo_type"]
     namespace, name = request.path_params["namespace"], request.path_params["name"]
-    info = await call(hub.repo_info, actor, repo_type, namespace, name, None, True)
+    revision = request.path_params.get("sha")  # a commit URL shows the repo as of that commit
+    info = await call(hub.repo_info, actor, repo_type, namespace, name, revision, True)
     if _wants_json(request):
         return JSONResponse(info, headers={"Link": f'<{request.url.path}?format=json>; rel="alternate"'})
-    history = await call(hub.commits, actor, repo_type, namespace, name, "main")
+    # Files, history and README all from info's commit, so a push landing meanwhile cannot mix two versions.
+    history = await call(hub.commits, actor, repo_type, namespace, name, info["sha"])
     try:
-        target = await call(hub.file_target, actor, repo_type, namespace, name, "main", "README.md")
+        target = await call(hub.file_target, actor, repo_type, namespace, name, info["sha"], "README.md")
         readme_html = render_readme(target.inline) if target.inline is not None else ""
     except EntryNotFound:
         readme_html = ""
@@ -58,10 +61,11 @@ async def repo_page(request: Request) -> Response:
         "repo_type": repo_type,
         "files": sorted(info["siblings"], key=lambda s: s["rfilename"]),
         "latest": history[0] if history else None,
+        "revision": revision,
         "commit_count": len(history),
         "readme_html": readme_html,
         "human_size": human_size,
-        "download_base": f"/{prefix}{info['id']}/resolve/main/",
+        "download_base": f"/{prefix}{info['id']}/resolve/{revision or 'main'}/",
     })
 
 
@@ -69,6 +73,8 @@ async def namespace_page(request: Request) -> Response:
     actor = await actor_of(request)
     hub = hub_of(request)
     namespace = request.path_params["namespace"]
+    if await call(hub.accounts.find, namespace) is None:
+        raise NotFound(f"there is no user or organization named {namespace!r} on this keephub")
     found = []
     for repo_type in ("model", "dataset", "space"):
         found += await call(hub.list_repos, actor, repo_type, namespace, None, None)

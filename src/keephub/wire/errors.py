@@ -27,7 +27,7 @@ class HubError(Exception):
         self.extra_body = extra_body or {}
 
     def to_response(self) -> JSONResponse:
-        hdrs = {headers.X_ERROR_MESSAGE: _header_safe(self.message), **self.extra_headers}
+        hdrs = {headers.X_ERROR_MESSAGE: header_safe(self.message), **self.extra_headers}
         if self.error_code:
             hdrs[headers.X_ERROR_CODE] = self.error_code
         return JSONResponse({**self.extra_body, "error": self.message}, status_code=self.status_code, headers=hdrs)
@@ -88,7 +88,7 @@ class Unprocessable(HubError):
     status_code = 422
 
 
-def _header_safe(message: str) -> str:
+def header_safe(message: str) -> str:
     """HTTP header values must be latin-1 and single-line; the JSON body keeps the full text."""
     flat = " ".join(message.split())
     return flat.encode("latin-1", "replace").decode("latin-1")[:1000]

@@ -1,0 +1,69 @@
+"""The per-job durability record: what the sidecar pushed where, and the verdict a user reads first."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from keephub.durability.sidecar import RECORD_PREFIX
+from keephub.storage.db import Database
+from keephub.storage.schema import JobRecordEntry
+
+
+def is_record_line(line: str) -> bool:
+    return line.startswith(RECORD_PREFIX)
+
+
+def store(db: Database, job_id: str, attempt: int, line: str) -> None:
+    """Keep one `keephub-durability {json}` line from the sidecar; a malformed one is stored as-is for inspection."""
+    payload = line[len(RECORD_PREFIX):]
+    try:
+        data = json.loads(payload)
+        kind = str(data.get("kind", "unknown"))[:20]
+    except ValueError:
+        data, kind = {"raw": payload[:2000]}, "malformed"
+    with db.write() as session:
+        session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind=kind, data_json=json.dumps(data)))
+
+
+def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -> dict | None:
+    """The `durability` block of a job's record, or None when keephub was not guarding this job's results."""
+    if target_repo is None:
+        return None
+    with db.read() as session:
+        rows = session.execute(select(JobRecordEntry).where(JobRecordEntry.job_id == job_id)
+                               .order_by(JobRecordEntry.id)).scalars().all()
+    entries = [(row.attempt, json.loads(row.data_json)) for row in rows]
+    pushes = [
+        {"attempt": attempt, "label": d.get("label"), "revision": d.get("revision"), "commit": d.get("commit"),
+         "files": d.get("files", []), "bytes": d.get("bytes"), "verified": d.get("verified"), "time": d.get("time")}
+        for attempt, d in entries if d.get("kind") == "push"
+    ]
+    failures = [d for _, d in entries if d.get("kind") == "push-failed"]
+    verdicts = [d for _, d in entries if d.get("kind") == "verdict"]
+    return {
+        "targetRepo": target_repo,
+        "pushes": pushes,
+        "failures": failures,
+        "verdict": verdict(target_repo, pushes, failures, verdicts[-1] if verdicts else None, base_url),
+    }
+
+
+def verdict(repo: str, pushes: list[dict], failures: list[dict], last: dict | None, base_url: str) -> dict:
+    verified_main = [p for p in pushes if p["revision"] == "main" and p["verified"]]
+    if last is not None and last.get("status") == "saved" and verified_main:
+        commit = verified_main[-1]["commit"]
+        return {"status": "saved", "commit": commit,
+                "message": f"saved at commit {commit[:12]} of {repo}: {base_url}/{repo}"}
+    if last is not None and last.get("status") == "rescued":
+        branch = last["branch"]
+        return {"status": "rescued", "branch": branch,
+                "message": f"rescued to branch {branch} of {repo} ({last.get('reason')}); main was left untouched"}
+    if verified_main:
+        commit = verified_main[-1]["commit"]
+        reason = (last or {}).get("reason") or "the job did not finish"
+        return {"status": "checkpoint", "commit": commit,
+                "message": f"latest checkpoint saved at commit {commit[:12]} of {repo} ({reason})"}
+    reason = (last or {}).get("reason") or (failures[-1]["reason"] if failures else "no push happened")
+    return {"status": "not-saved", "message": f"NOT saved: {reason}"}

@@ -1,0 +1,52 @@
+"""Finding the training script inside a job's command, so preflight can read it before anything runs.
+
+Recognised forms: `keephub jobs uv run` and the hf_jobs MCP tool (a base64 script piped through
+`base64 -d`), `python -c CODE`, and `uv run URL` where the URL is a file on this keephub.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote, urlparse
+
+_BASE64_PIPE = re.compile(r"echo\s+['\"]?([A-Za-z0-9+/=]{8,})['\"]?\s*\|\s*base64\s+(?:-d|--decode)")
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    text: str
+    origin: str
+
+
+def find_script(command: list[str], base_url: str,
+                read_hub_file: Callable[[str, str, str, str], bytes | None]) -> ScriptSource | None:
+    """The script a job will run, or None when keephub cannot see it (e.g. a file only the job has)."""
+    joined = " ".join(command)
+    match = _BASE64_PIPE.search(joined)
+    if match:
+        try:
+            return ScriptSource(base64.b64decode(match.group(1)).decode("utf-8", "replace"), "inline script")
+        except (binascii.Error, ValueError):
+            return None
+    if len(command) >= 3 and command[0].rsplit("/", 1)[-1].startswith("python") and command[1] == "-c":
+        return ScriptSource(command[2], "python -c")
+    for arg in command:
+        if arg.startswith(base_url + "/"):
+            found = _hub_file(arg[len(base_url) + 1 :], read_hub_file)
+            if found is not None:
+                return ScriptSource(found.decode("utf-8", "replace"), arg)
+    return None
+
+
+def _hub_file(path: str, read_hub_file: Callable[[str, str, str, str], bytes | None]) -> bytes | None:
+    parts = unquote(urlparse("/" + path).path).strip("/").split("/")
+    repo_type = "model"
+    if parts and parts[0] in ("datasets", "spaces"):
+        repo_type, parts = parts[0][:-1], parts[1:]
+    if len(parts) < 5 or parts[2] != "resolve":
+        return None
+    return read_hub_file(repo_type, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))

@@ -1,0 +1,372 @@
+"""The sidecar: runs inside a job's sandbox next to the user's command and makes sure results reach the hub.
+
+    python -m keephub.durability.sidecar --repo alice/m --output-dir out --job-id ID --attempt N -- CMD...
+
+- Resume: before CMD starts, the newest checkpoint on the hub (ours, the Trainer's `last-checkpoint/`, or a
+  rescue branch of this job) is downloaded into the output directory, so `resume_from_checkpoint=True` works.
+- Every checkpoint: each completed `checkpoint-N/` is hard-linked into a staging area at once (so the
+  Trainer's `save_total_limit` rotation cannot delete it under us) and queued; one pusher uploads them in
+  order, never skipping one, retrying with backoff while the hub is unreachable, and verifies each commit
+  against the server's file hashes.
+- Final files: when CMD succeeds, the top-level files of the output directory are pushed to main.
+- Rescue: when CMD fails or the sandbox is told to stop (timeout, cancel), whatever is not yet on the hub is
+  pushed to `rescue/<job-id>`, never to main.
+Every push is reported on stdout as a `keephub-durability {json}` line, which the scheduler records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_PREFIX = "keephub-durability "
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+SCAN_SECONDS = 0.1
+
+
+def say(message: str) -> None:
+    print(f"[keephub] {message}", flush=True)
+
+
+def record(kind: str, **fields: object) -> None:
+    print(RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}), flush=True)
+
+
+@dataclass
+class Push:
+    """One commit to make: `files` (under `folder`) into `path_in_repo` on `revision`."""
+
+    label: str
+    folder: Path
+    path_in_repo: str
+    revision: str
+    files: list[Path]
+
+    @classmethod
+    def checkpoint(cls, folder: Path, revision: str, label: str | None = None) -> "Push":
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return cls(label or folder.name, folder, folder.name, revision, files)
+
+    @classmethod
+    def top_level(cls, output_dir: Path, revision: str, label: str) -> "Push":
+        """The files the Trainer itself would push: the output directory's top level, minus `_*` and dotfiles."""
+        files = sorted(p for p in output_dir.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+        return cls(label, output_dir, "", revision, files)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_blob_sha(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def explain(exc: Exception, repo: str) -> str:
+    """The reference's troubleshooting section, applied: the cause and the fix for a failed push."""
+    text = str(exc)
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    namespace = repo.split("/")[0]
+    if status == 401 or "401" in text[:20]:
+        return ("401 Unauthorized: the job has no valid token. Submit it with secrets={'HF_TOKEN': '$HF_TOKEN'} "
+                "(keephub jobs uv run --secrets HF_TOKEN ...)")
+    if status == 403:
+        return (f"403 Forbidden: the job's token cannot write to namespace '{namespace}'. Use your own namespace in "
+                f"hub_model_id, or ask an admin of '{namespace}' to give you the write role. Server said: {text[:300]}")
+    if status == 404:
+        return (f"repository {repo} not found or not visible to the job's token: check hub_model_id and that the "
+                "token's user can see it (private repos are invisible to others)")
+    if isinstance(exc, (ConnectionError, OSError)) or "connect" in type(exc).__name__.lower():
+        return f"the hub was unreachable ({type(exc).__name__}: {text[:200]})"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class Pusher:
+    """Uploads queued folders in order, retrying transient failures with backoff, verifying every commit."""
+
+    def __init__(self, repo: str, job_id: str) -> None:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        self.api = HfApi()
+        self.repo = repo
+        self.job_id = job_id
+        self.queue: queue.Queue[Push | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.stop_retrying_at: float | None = None
+        self.failed: str | None = None
+        self.pushed_checkpoints: set[str] = set()
+        self.thread.start()
+
+    def submit(self, push: Push) -> None:
+        self.queue.put(push)
+
+    def drain(self, deadline: float) -> bool:
+        """Wait for everything queued so far; retries stop at `deadline`. True if all landed."""
+        self.stop_retrying_at = deadline
+        self.queue.put(None)
+        self.thread.join(max(0.0, deadline - time.time()))
+        return not self.thread.is_alive() and self.failed is None
+
+    def _run(self) -> None:
+        while True:
+            push = self.queue.get()
+            if push is None:
+                return
+            self._push_with_retries(push)
+
+    def _push_with_retries(self, push: Push) -> None:
+        delay = 1.0
+        while True:
+            try:
+                self._push(push)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure is explained and retried or reported
+                reason = explain(exc, self.repo)
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                permanent = status in (400, 401, 403, 404, 413, 422)
+                out_of_time = self.stop_retrying_at is not None and time.time() + delay > self.stop_retrying_at
+                if permanent or out_of_time:
+                    self.failed = reason
+                    say(f"❌ could not push {push.label} to {self.repo}: {reason}")
+                    record("push-failed", label=push.label, revision=push.revision, reason=reason)
+                    return
+                say(f"⚠️ push of {push.label} failed ({reason}); retrying in {delay:.0f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _push(self, push: Push) -> None:
+        files = push.files
+        size = sum(p.stat().st_size for p in files)
+        say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
+        if push.revision != "main":
+            self.api.create_branch(self.repo, branch=push.revision, exist_ok=True)
+        info = self.api.upload_folder(
+            repo_id=self.repo, folder_path=str(push.folder), path_in_repo=push.path_in_repo or None,
+            revision=push.revision, commit_message=f"keephub: {push.label} (job {self.job_id})",
+            allow_patterns=[str(p.relative_to(push.folder)) for p in files],
+        )
+        commit = info.oid
+        verified = self._verify(push, files, commit)
+        say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit {commit[:12]}"
+            f"{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
+        record("push", label=push.label, revision=push.revision, commit=commit,
+               files=[str(p.relative_to(push.folder)) for p in files], bytes=size, verified=verified)
+        if not verified:
+            raise RuntimeError(f"the hub's copy of {push.label} does not match the local files")
+        if CHECKPOINT.match(push.label):
+            self.pushed_checkpoints.add(push.label)
+
+    def _verify(self, push: Push, files: list[Path], commit: str) -> bool:
+        """Compare each local file with the server's hash at the new commit (sha256 for LFS, git sha1 otherwise)."""
+        remote = {}
+        paths = [f"{push.path_in_repo}/{p.relative_to(push.folder)}".lstrip("/") for p in files]
+        for start in range(0, len(paths), 200):
+            for entry in self.api.get_paths_info(self.repo, paths[start : start + 200], revision=commit):
+                remote[entry.path] = entry
+        for local, path in zip(files, paths):
+            entry = remote.get(path)
+            if entry is None:
+                return False
+            if entry.lfs is not None:
+                if entry.lfs.sha256 != _sha256(local):
+                    return False
+            elif entry.blob_id != _git_blob_sha(local):
+                return False
+        return True
+
+
+def newest_remote_checkpoint(api, repo: str, branches: list[str]) -> tuple[str, str, int] | None:  # type: ignore[no-untyped-def]
+    """(revision, folder, global_step) of the newest checkpoint on any of `branches`."""
+    best: tuple[str, str, int] | None = None
+    for branch in branches:
+        try:
+            files = api.list_repo_files(repo, revision=branch)
+        except Exception:  # noqa: BLE001 - a missing branch or repo just has no checkpoint
+            continue
+        folders = {f.rsplit("/", 1)[0] for f in files if f.endswith("/trainer_state.json")}
+        for folder in folders:
+            match = CHECKPOINT.match(folder.rsplit("/", 1)[-1])
+            if match:
+                step = int(match.group(1))
+            else:
+                state = json.loads(Path(api.hf_hub_download(repo, f"{folder}/trainer_state.json",
+                                                            revision=branch)).read_text())
+                step = int(state.get("global_step", 0))
+            if best is None or step > best[2]:
+                best = (branch, folder, step)
+    return best
+
+
+def resume(repo: str, output_dir: Path, job_id: str) -> None:
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = HfApi()
+    found = newest_remote_checkpoint(api, repo, ["main", f"rescue/{job_id}"])
+    if found is None:
+        say(f"resume: no checkpoint of {repo} on the hub yet; starting from scratch")
+        return
+    branch, folder, step = found
+    target = output_dir / f"checkpoint-{step}"
+    local = snapshot_download(repo, revision=branch, allow_patterns=[f"{folder}/*"])
+    shutil.copytree(Path(local) / folder, target, dirs_exist_ok=True)
+    say(f"resume: downloaded {repo}@{branch}:{folder} (global_step {step}) into {target}")
+    record("resume", revision=branch, folder=folder, step=step)
+
+
+class Watcher:
+    """Finds completed checkpoints and hard-links them into staging before rotation can delete them.
+
+    Every scan links whatever files a `checkpoint-N/` folder holds so far (a link keeps the bytes even when
+    `save_total_limit` deletes the original); the folder counts as complete once `trainer_state.json`,
+    which the Trainer writes last, holds valid JSON.
+    """
+
+    def __init__(self, output_dir: Path, staging: Path) -> None:
+        self.output_dir = output_dir
+        self.staging = staging
+        self.done: set[str] = set()
+
+    def mark_existing(self) -> None:
+        if self.output_dir.is_dir():
+            self.done |= {p.name for p in self.output_dir.iterdir() if CHECKPOINT.match(p.name)}
+
+    def completed(self) -> list[Path]:
+        if not self.output_dir.is_dir():
+            return []
+        ready = []
+        candidates = sorted((p for p in self.output_dir.iterdir() if CHECKPOINT.match(p.name)),
+                            key=lambda p: int(p.name.split("-")[1]))
+        for folder in candidates:
+            if folder.name in self.done:
+                continue
+            staged = self.staging / folder.name
+            try:
+                shutil.copytree(folder, staged, copy_function=_link_once, dirs_exist_ok=True)
+            except (FileNotFoundError, shutil.Error):
+                continue
+            if _complete_state(staged / "trainer_state.json"):
+                self.done.add(folder.name)
+                ready.append(staged)
+        return ready
+
+
+def _link_once(source: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.link(source, target)
+
+
+def _complete_state(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keephub-sidecar")
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="download the newest hub checkpoint first")
+    parser.add_argument("--grace", type=float, default=55.0, help="seconds for the rescue after a stop request")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    output_dir = args.output_dir if args.output_dir.is_absolute() else Path.cwd() / args.output_dir
+    staging = Path(os.environ.get("HOME", "/tmp")) / ".keephub" / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    say(f"durability: every checkpoint in {args.output_dir}/ goes to {args.repo}; rescue branch rescue/{args.job_id}")
+
+    if args.resume or args.attempt > 1:
+        try:
+            resume(args.repo, output_dir, args.job_id)
+        except Exception as exc:  # noqa: BLE001 - resuming is best effort; training can still start
+            say(f"⚠️ resume failed ({explain(exc, args.repo)}); starting from scratch")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pusher = Pusher(args.repo, args.job_id)
+    watcher = Watcher(output_dir, staging)
+    watcher.mark_existing()
+    child = subprocess.Popen(command)
+    while child.poll() is None and not stop.is_set():
+        for folder in watcher.completed():
+            pusher.submit(Push.checkpoint(folder, "main"))
+        stop.wait(SCAN_SECONDS)
+    stop_requested = stop.is_set()
+    deadline = time.time() + args.grace
+    if stop_requested:
+        say("stop requested (timeout or cancel): waiting for the training process, then rescuing results")
+        try:
+            child.wait(max(1.0, args.grace * 0.5))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    code = child.returncode
+    for folder in watcher.completed():
+        pusher.submit(Push.checkpoint(folder, "main"))
+    succeeded = code == 0 and not stop_requested
+    if succeeded and output_dir.is_dir():
+        pusher.submit(Push.top_level(output_dir, "main", "final model files"))
+    all_landed = pusher.drain(deadline)
+    if not succeeded:
+        rescue(pusher, output_dir, staging, args.job_id, deadline, code, stop_requested)
+    elif all_landed:
+        record("verdict", status="saved")
+    else:
+        record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing")
+    return code if code is not None else 1
+
+
+def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, deadline: float, code: int | None,
+           stop_requested: bool) -> None:
+    """Push what the hub lacks to rescue/<job-id>: the final files if any, and the newest checkpoint."""
+    why = "stop requested" if stop_requested else f"the training process exited with status {code}"
+    branch = f"rescue/{job_id}"
+    rescuer = Pusher(pusher.repo, job_id)
+    checkpoints = sorted((p for p in staging.iterdir() if CHECKPOINT.match(p.name)),
+                         key=lambda p: int(p.name.split("-")[1]))
+    queued = False
+    if checkpoints and checkpoints[-1].name not in pusher.pushed_checkpoints:
+        rescuer.submit(Push.checkpoint(checkpoints[-1], branch, f"rescue of {checkpoints[-1].name}"))
+        queued = True
+    if output_dir.is_dir():
+        files = Push.top_level(output_dir, branch, "rescue of the output directory's files")
+        if files.files:
+            rescuer.submit(files)
+            queued = True
+    if not queued:
+        say(f"rescue ({why}): nothing new to rescue; the newest checkpoint is already on the hub")
+        record("verdict", status="checkpoint", reason=why)
+        return
+    say(f"rescue ({why}): pushing unsaved results to {pusher.repo}@{branch}")
+    if rescuer.drain(deadline):
+        say(f"✅ results rescued to {pusher.repo}@{branch}")
+        record("verdict", status="rescued", branch=branch, reason=why)
+    else:
+        record("verdict", status="not-saved", reason=rescuer.failed or "the grace period ran out during the rescue")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
