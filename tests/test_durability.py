@@ -147,3 +147,177 @@ def test_sigkilled_attempt_resumes_from_the_hub_with_identical_losses(trainer_us
     expected = losses(reference_lines)
     assert {step: resumed[step] for step in range(21, 31)} == {step: expected[step] for step in range(21, 31)}
     assert max(losses(first_attempt)) == 24, "attempt 1 died at step 25, before logging it"
+
+
+REFERENCE_COMPLETE_EXAMPLE = textwrap.dedent('''
+    # /// script
+    # dependencies = ["trl"]
+    # ///
+
+    from trl import SFTTrainer, SFTConfig
+    from datasets import load_dataset
+
+    dataset = load_dataset("trl-lib/Capybara", split="train")
+
+    config = SFTConfig(
+        output_dir="my-model",
+        num_train_epochs=3,
+        push_to_hub=True,
+        hub_model_id="NAMESPACE/my-trained-model",
+        push_to_hub_model_id="NAMESPACE/my-trained-model",
+        push_to_hub_organization=None,
+        push_to_hub_token=None,
+    )
+
+    trainer = SFTTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=dataset, args=config)
+    trainer.train()
+    trainer.push_to_hub()
+''')
+
+
+def run_inline(api: HfApi, name: str, script: str, **options):  # type: ignore[no-untyped-def]
+    """Submit a script the way `keephub jobs uv run` and the hf_jobs tool do: inline, base64-encoded."""
+    import base64
+
+    encoded = base64.b64encode(script.encode()).decode()
+    return api.run_job(image=UV_IMAGE, command=["sh", "-c", f"echo {encoded} | base64 -d > train.py && uv run train.py"],
+                       namespace=name, **options)
+
+
+def test_reference_invalid_sftconfig_arguments_are_refused_before_running(trainer_user) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    name, api = trainer_user
+    before = len(list(api.list_jobs(namespace=name)))
+    with pytest.raises(HfHubHTTPError) as info:
+        run_inline(api, name, REFERENCE_COMPLETE_EXAMPLE.replace("NAMESPACE", name),
+                   secrets={"HF_TOKEN": "$HF_TOKEN"}, timeout="2h")
+    assert info.value.response.status_code == 422
+    body = info.value.response.json()
+    message = body["error"]
+    for argument in ("push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token"):
+        assert f"❌" in message and argument in message, message
+    assert "hub_model_id" in message and "keephub.preflight=override" in message
+    assert body["preflight"]["ok"] is False
+    assert len(list(api.list_jobs(namespace=name))) == before, "a refused job is never stored or started"
+
+
+def test_missing_token_and_foreign_namespace_are_refused(hub: Server, trainer_user) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    name, api = trainer_user
+    owner, _ = hub.user()
+    script = TRAIN.replace('output_dir="out",', f'output_dir="out", push_to_hub=True, hub_model_id="{owner}/theirs",')
+    with pytest.raises(HfHubHTTPError) as info:
+        run_inline(api, name, script, env={"NS": name})
+    message = info.value.response.json()["error"]
+    assert "HF_TOKEN" in message and '"$HF_TOKEN"' in message
+    assert f"namespace '{owner}'" in message, message
+
+
+def test_overridden_job_without_write_access_reports_not_saved_with_the_reason(hub: Server, trainer_user) -> None:
+    name, api = trainer_user
+    owner, owner_token = hub.user()
+    HfApi(endpoint=hub.url, token=owner_token).create_repo(f"{owner}/not-mine")
+    job = submit(api, name, f"{owner}/not-mine", env={"MAX_STEPS": "10"},
+                 labels={"keephub.preflight": "override"})
+    lines = list(api.fetch_job_logs(job_id=job, namespace=name, follow=True))
+    assert any(line.startswith("===== keephub preflight (overridden)") for line in lines), lines
+    verdict = record_of(api, name, job)["durability"]["verdict"]
+    assert verdict["status"] == "not-saved", verdict
+    assert "403" in verdict["message"] and owner in verdict["message"]
+
+
+def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) -> None:
+    name, api = trainer_user
+    repo = f"{name}/timed-out"
+    api.create_repo(repo)
+    job = submit(api, name, repo, env={"MAX_STEPS": "10", "SLEEP_AFTER": "600"}, timeout=45)
+    lines = list(api.fetch_job_logs(job_id=job, namespace=name, follow=True))
+    info = api.inspect_job(job_id=job, namespace=name)
+    assert info.status.stage == "ERROR" and info.status.message == "timed out after 45s", lines
+    assert "training done" in lines
+    branch = f"rescue/{job}"
+    rescued = set(api.list_repo_files(repo, revision=branch))
+    assert "model.safetensors" in rescued and "config.json" in rescued
+    assert "model.safetensors" not in api.list_repo_files(repo), "main never gets partial results"
+    assert "checkpoint-10/trainer_state.json" in api.list_repo_files(repo)
+    verdict = record_of(api, name, job)["durability"]["verdict"]
+    assert verdict["status"] == "rescued" and verdict["branch"] == branch
+    assert any(f"results rescued to {repo}@{branch}" in line for line in lines)
+
+
+class FlakyProxy:
+    """A loopback TCP proxy to the hub that can refuse connections for a while: the hub 'unreachable'."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.down_until = 0.0
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        self.threads: list[threading.Thread] = []
+        self.open_sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def outage(self, seconds: float) -> None:
+        import time
+
+        self.down_until = time.time() + seconds
+        for sock in list(self.open_sockets):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        import time
+
+        while True:
+            client, _ = self.server.accept()
+            if time.time() < self.down_until:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.open_sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, target) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trainer_user) -> None:
+    name, api = trainer_user
+    proxy = FlakyProxy(hub.port)
+    repo = f"{name}/through-an-outage"
+    api.create_repo(repo)
+    job = submit(api, name, repo, env={"SLEEP_PER_STEP": "0.2", "HF_ENDPOINT": f"http://127.0.0.1:{proxy.port}"})
+    lines = []
+    for line in api.fetch_job_logs(job_id=job, namespace=name, follow=True):
+        lines.append(line)
+        if line.startswith("step 5 "):
+            proxy.outage(30)
+    info = api.wait_for_job(job_id=job, namespace=name, timeout=120)
+    assert info.status.stage == "COMPLETED", lines
+    assert any("failed" in line and "retrying" in line for line in lines), "pushes were retried during the outage"
+    files = set(api.list_repo_files(repo))
+    assert {"checkpoint-10/trainer_state.json", "checkpoint-20/trainer_state.json",
+            "checkpoint-30/trainer_state.json", "model.safetensors"} <= files
+    record = record_of(api, name, job)["durability"]
+    assert record["verdict"]["status"] == "saved" and all(p["verified"] for p in record["pushes"])

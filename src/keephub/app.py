@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from keephub import hub, jobs, web
 from keephub.config import Settings
+from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import LocalBlobStore
 from keephub.storage.db import Database
 from keephub.wire.errors import HubError, header_safe, render_hub_error
@@ -89,7 +90,8 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         the_hub = await asyncio.to_thread(open_hub, settings)
         app.state.hub = the_hub
-        app.state.jobs = jobs.JobService(settings, the_hub.db, the_hub.accounts)
+        gate = PreflightGate()
+        app.state.jobs = jobs.JobService(settings, the_hub, gate)
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
         app.state.scheduled_jobs = app.state.scheduler.scheduled
         background = [
@@ -101,6 +103,7 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             for task in background:
                 task.cancel()
+            gate.close()
             the_hub.db.close()
 
     return Starlette(

@@ -119,11 +119,16 @@ class Pusher:
     def submit(self, push: Push) -> None:
         self.queue.put(push)
 
-    def drain(self, deadline: float) -> bool:
-        """Wait for everything queued so far; retries stop at `deadline`. True if all landed."""
-        self.stop_retrying_at = deadline
+    def drain(self, stop: threading.Event, grace: float) -> bool:
+        """Wait for everything queued so far. Retries go on until the hub takes it all, unless the sandbox is
+        told to stop: then they end `grace` seconds later. True if everything landed."""
         self.queue.put(None)
-        self.thread.join(max(0.0, deadline - time.time()))
+        while self.thread.is_alive():
+            if stop.is_set() and self.stop_retrying_at is None:
+                self.stop_retrying_at = time.time() + grace
+            if self.stop_retrying_at is not None and time.time() > self.stop_retrying_at:
+                break
+            self.thread.join(0.2)
         return not self.thread.is_alive() and self.failed is None
 
     def _run(self) -> None:
@@ -315,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             pusher.submit(Push.checkpoint(folder, "main"))
         stop.wait(SCAN_SECONDS)
     stop_requested = stop.is_set()
-    deadline = time.time() + args.grace
     if stop_requested:
+        pusher.stop_retrying_at = time.time() + args.grace
         say("stop requested (timeout or cancel): waiting for the training process, then rescuing results")
         try:
             child.wait(max(1.0, args.grace * 0.5))
@@ -329,22 +334,30 @@ def main(argv: list[str] | None = None) -> int:
     succeeded = code == 0 and not stop_requested
     if succeeded and output_dir.is_dir():
         pusher.submit(Push.top_level(output_dir, "main", "final model files"))
-    all_landed = pusher.drain(deadline)
+    all_landed = pusher.drain(stop, args.grace)
     if not succeeded:
-        rescue(pusher, output_dir, staging, args.job_id, deadline, code, stop_requested)
+        rescue(pusher, output_dir, staging, args.job_id, stop, args.grace, code, stop_requested)
     elif all_landed:
         record("verdict", status="saved")
     else:
         record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing")
-    return code if code is not None else 1
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code
 
 
-def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, deadline: float, code: int | None,
-           stop_requested: bool) -> None:
+def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, stop: threading.Event, grace: float,
+           code: int | None, stop_requested: bool) -> None:
     """Push what the hub lacks to rescue/<job-id>: the final files if any, and the newest checkpoint."""
-    why = "stop requested" if stop_requested else f"the training process exited with status {code}"
+    if stop_requested:
+        why = "the job was stopped (timeout or cancel)"
+    elif code is not None and code < 0:
+        why = f"the training process was killed by {signal.Signals(-code).name}"
+    else:
+        why = f"the training process exited with status {code}"
     branch = f"rescue/{job_id}"
     rescuer = Pusher(pusher.repo, job_id)
+    rescuer.stop_retrying_at = pusher.stop_retrying_at
     checkpoints = sorted((p for p in staging.iterdir() if CHECKPOINT.match(p.name)),
                          key=lambda p: int(p.name.split("-")[1]))
     queued = False
@@ -361,7 +374,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, deadlin
         record("verdict", status="checkpoint", reason=why)
         return
     say(f"rescue ({why}): pushing unsaved results to {pusher.repo}@{branch}")
-    if rescuer.drain(deadline):
+    if rescuer.drain(stop, grace):
         say(f"✅ results rescued to {pusher.repo}@{branch}")
         record("verdict", status="rescued", branch=branch, reason=why)
     else:

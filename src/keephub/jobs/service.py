@@ -13,17 +13,20 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
-from keephub.accounts import Accounts, Actor
+from keephub.accounts import Actor
 from keephub.config import Settings
 from keephub.hub.repos import require_actor
 from keephub.durability import record as durability_record
+from keephub.durability.gate import OVERRIDE_LABEL, OVERRIDE_VALUE, PreflightGate
+from keephub.durability.script import find_script
+from keephub.hub.service import Hub
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
 from keephub.jobs.spec import JobSpec, parse_spec
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Job, JobAttempt
-from keephub.wire import BadRequest, Forbidden
-from keephub.wire.errors import NotFound
+from keephub.wire import BadRequest, Forbidden, HubError
+from keephub.wire.errors import NotFound, Unprocessable
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 HF_TOKEN_PLACEHOLDER = "$HF_TOKEN"
@@ -64,10 +67,12 @@ class JobRecord:
 
 
 class JobService:
-    def __init__(self, settings: Settings, db: Database, accounts: Accounts) -> None:
+    def __init__(self, settings: Settings, hub: Hub, gate: PreflightGate | None) -> None:
         self.settings = settings
-        self.db = db
-        self.accounts = accounts
+        self.hub = hub
+        self.db = hub.db
+        self.accounts = hub.accounts
+        self.gate = gate
         self.jobs_dir = settings.data_dir / "jobs"
         self.box = SecretBox(self.jobs_dir / "secrets.key")
         gpu_ids = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
@@ -94,9 +99,67 @@ class JobService:
     def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
         actor = self.check_write(actor, namespace)
         spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
-        spec = replace(spec, durability=durability_plan(spec.labels))
+        spec = self._preflight(actor, spec)
         job_id = self.create_job(actor.name, actor.token_role, namespace, spec, secret_values)
         return self.get(actor, namespace, job_id)
+
+    def _preflight(self, actor: Actor, spec: JobSpec) -> JobSpec:
+        """Refuse a training job that would lose its results (422 with the checklist), unless overridden;
+        otherwise decide what the sidecar guards and put preflight's warnings at the head of the log."""
+        plan = durability_plan(spec.labels)
+        source = find_script(spec.command, self.settings.base_url,
+                             lambda *where: self._read_hub_file(actor, *where))
+        if source is None or self.gate is None:
+            return replace(spec, durability=plan)
+        verdict = self.gate.check(
+            source.text, secret_names=spec.secret_names, timeout_seconds=spec.timeout_seconds,
+            environment=spec.environment, labels=spec.labels,
+            can_write=lambda repo: self._can_write(actor, repo),
+            repo_files=lambda repo: self._repo_files(actor, repo),
+        )
+        if verdict is None:
+            return replace(spec, durability=plan)
+        overridden = spec.labels.get(OVERRIDE_LABEL) == OVERRIDE_VALUE
+        if not verdict.ok and not overridden:
+            raise Unprocessable(
+                "preflight refused this job because it would lose its results:\n" + verdict.checklist
+                + f"\nFix each ❌ line, or resubmit with the label {OVERRIDE_LABEL}={OVERRIDE_VALUE} to run it anyway.",
+                extra_body={"preflight": verdict.report},
+            )
+        if verdict.repo and verdict.output_dir:
+            plan = {"repo": verdict.repo, "outputDir": verdict.output_dir,
+                    "resume": spec.labels.get("keephub.resume") in ("1", "true")}
+        header = "===== keephub preflight" + (" (overridden) =====" if not verdict.ok else " =====")
+        return replace(spec, durability=plan, preflight_notes=[header, *verdict.checklist.splitlines()])
+
+    def _read_hub_file(self, actor: Actor, repo_type: str, repo_id: str, revision: str, path: str) -> bytes | None:
+        namespace, _, name = repo_id.partition("/")
+        try:
+            target = self.hub.file_target(actor, repo_type, namespace, name, revision, path)
+        except HubError:
+            return None
+        if target.inline is not None:
+            return target.inline
+        if target.size > 1024 * 1024:
+            return None
+        with self.hub.open_lfs(target.etag) as fh:
+            return fh.read()
+
+    def _can_write(self, actor: Actor, repo_id: str) -> tuple[bool, str]:
+        namespace = repo_id.split("/")[0]
+        if self.accounts.find(namespace) is None:
+            return False, f"namespace '{namespace}' does not exist on this keephub; use '{actor.name}/...'"
+        if not actor.can_write_namespace(namespace):
+            return False, actor.write_denial(namespace)
+        return True, ""
+
+    def _repo_files(self, actor: Actor, repo_id: str) -> list[str] | None:
+        namespace, _, name = repo_id.partition("/")
+        try:
+            info = self.hub.repo_info(actor, "model", namespace, name, None, False)
+        except HubError:
+            return None
+        return [s["rfilename"] for s in info.get("siblings", [])]
 
     def create_job(self, owner: str, token_role: str, namespace: str, spec: JobSpec,
                    secret_values: dict[str, str]) -> str:

@@ -1,0 +1,82 @@
+"""Preflight at submission: refuse a job that would lose its results, and decide what the sidecar guards.
+
+Checking arguments against the installed transformers/TRL means importing them (~7 s, ~440 MB), so
+the checks run in one warm worker process, not in the server; the parts that need the server (may
+this user write the target repo? what does it already hold?) are answered here first and passed in.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from keephub.durability.preflight import UNKNOWN, analyze_script, preflight
+
+OVERRIDE_LABEL = "keephub.preflight"
+OVERRIDE_VALUE = "override"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of preflight for one submission."""
+
+    ok: bool
+    checklist: str
+    report: dict
+    repo: str | None
+    output_dir: str | None
+
+
+def _run(source: str, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
+         writable: dict[str, tuple[bool, str]], listings: dict[str, list[str] | None], keephub_saving: bool) -> tuple:
+    """In the worker: the full preflight, with the server's answers looked up from plain dicts."""
+    report = preflight(source, secret_names=secret_names, timeout_seconds=timeout_seconds,
+                       can_write=lambda repo: writable.get(repo, (True, "")),
+                       repo_files=lambda repo: listings.get(repo), keephub_saving=keephub_saving,
+                       environment=environment)
+    return not report.failed, report.render(), report.to_wire()
+
+
+def _warm() -> None:
+    _run("from trl import SFTConfig\nSFTConfig(output_dir='o')\n", [], 60, {}, {}, {}, False)
+
+
+class PreflightGate:
+    def __init__(self) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool.submit(_warm)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def check(self, source: str, *, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
+              labels: dict[str, str], can_write: Callable[[str], tuple[bool, str]],
+              repo_files: Callable[[str], list[str] | None]) -> Verdict | None:
+        """The verdict for a training script; None for a script that neither trains nor pushes (nothing to lose)."""
+        repo, output_dir = labels.get("keephub.repo"), labels.get("keephub.output-dir")
+        try:
+            facts = analyze_script(source, environment=environment)
+        except (SyntaxError, RecursionError):
+            facts = None
+        if facts is not None:
+            if not (facts.configs or facts.lines("push") or repo):
+                return None
+            repo = repo or _known(facts.hub_model_id)
+            output_dir = output_dir or _known(facts.output_dir)
+        guarded = bool(repo and output_dir)
+        writable = {repo: can_write(repo)} if repo else {}
+        listings = {repo: repo_files(repo)} if repo else {}
+        ok, checklist, report = self.pool.submit(
+            _run, source, secret_names, timeout_seconds, environment, writable, listings, guarded).result()
+        if guarded and labels.get("keephub.repo") and not writable[repo][0]:
+            ok = False
+            checklist += (f"\n❌ keephub.repo: the sidecar could not push to {repo}: {writable[repo][1]}"
+                          "\n   fix: name a repo in your own namespace in the keephub.repo label")
+            report = {**report, "ok": False, "failed": report.get("failed", 0) + 1}
+        return Verdict(ok, checklist, report, repo if guarded else None, output_dir if guarded else None)
+
+
+def _known(value: object) -> str | None:
+    return value if isinstance(value, str) and value is not UNKNOWN and value else None
