@@ -42,8 +42,10 @@ def test_jobs_uv_run_ps_logs_inspect_cancel(server: Server, tmp_path: Path) -> N
     assert job_id in ps.stdout and "COMPLETED" in ps.stdout
     logs = keephub_jobs(server, token, "logs", job_id)
     assert "hello a b" in logs.stdout
-    inspect = keephub_jobs(server, token, "inspect", job_id)
+    inspect = keephub_jobs(server, token, "inspect", "--json", job_id)
     assert f'"id": "{job_id}"' in inspect.stdout and '"HF_TOKEN": "<hidden>"' in inspect.stdout
+    readable = keephub_jobs(server, token, "inspect", job_id)
+    assert f"job {job_id} in {name}: COMPLETED" in readable.stdout and "attempt 1: COMPLETED" in readable.stdout
 
     sleeper = tmp_path / "sleep.py"
     sleeper.write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n")
@@ -53,7 +55,7 @@ def test_jobs_uv_run_ps_logs_inspect_cancel(server: Server, tmp_path: Path) -> N
     assert cancel.returncode == 0
     follow = keephub_jobs(server, token, "logs", "--follow", sleeper_id)
     assert follow.returncode == 0
-    final = keephub_jobs(server, token, "inspect", sleeper_id)
+    final = keephub_jobs(server, token, "inspect", "--json", sleeper_id)
     assert '"stage": "CANCELED"' in final.stdout and f"canceled by {name}" in final.stdout
 
 
@@ -75,6 +77,8 @@ def test_readme_run_command_trains_as_a_job_and_saves_to_keephub(tmp_path: Path)
     assert "🚀 Starting training..." in out and "✅ Training complete!" in out
     assert "COMPLETED; results saved in keephub" in out
     assert "last-checkpoint/adapter_model.safetensors" in out and "adapter_model.safetensors" in out
+    assert "verdict: saved at commit" in out, "the run command ends with the job's durability record"
+    assert "checkpoint-10 → main" in out and "final model files → main" in out
 
 
 def test_hf_jobs_cli_runs_against_keephub(server: Server) -> None:
@@ -91,3 +95,33 @@ def test_hf_jobs_cli_runs_against_keephub(server: Server) -> None:
     assert "COMPLETED" in listing.stdout
     hardware = subprocess.run([HF_CLI, "jobs", "hardware"], capture_output=True, text=True, env=env, timeout=60)
     assert "cpu-basic" in hardware.stdout
+
+
+
+def test_keephub_preflight_prints_the_executable_checklist(server: Server, tmp_path: Path) -> None:
+    name, token = server.user()
+    other, _ = server.user()
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        from trl import SFTConfig, SFTTrainer
+        config = SFTConfig(output_dir="my-model", push_to_hub=True, hub_model_id="{other}/my-model",
+                           push_to_hub_token=None, save_strategy="no")
+        trainer = SFTTrainer(model="m", args=config)
+        trainer.train()
+    """))
+    env = dict(os.environ, HF_ENDPOINT=server.url, HF_TOKEN=token)
+    result = subprocess.run([sys.executable, "-m", "keephub.cli", "preflight", "--timeout", "2h", str(script)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "❌ argument push_to_hub_token" in out and "fix: remove it" in out
+    assert "❌ HF_TOKEN" in out
+    assert f"no write access to namespace '{other}'" in out
+    assert "keephub would refuse this job" in out
+    fixed = script.read_text().replace(f"{other}/", f"{name}/").replace("push_to_hub_token=None, ", "")
+    fixed = fixed.replace('save_strategy="no"', "save_steps=100")
+    script.write_text(fixed)
+    result = subprocess.run([sys.executable, "-m", "keephub.cli", "preflight", "--secrets", "HF_TOKEN", "--timeout",
+                             "2h", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert "❌" not in result.stdout and "✅ hub_model_id" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -116,7 +117,19 @@ def cmd_jobs_inspect(args: argparse.Namespace) -> int:
     from keephub.jobs import client
 
     api = _jobs_api(args)
-    print(client.inspect_json(api, args.job_id, _namespace(api, args)))
+    document = client.inspect_json(api, args.job_id, _namespace(api, args))
+    if args.json:
+        print(document)
+        return 0
+    info = json.loads(document)
+    print(f"job {info['id']} in {info['owner']['name']}: {info['status']['stage']}"
+          + (f" ({info['status']['message']})" if info['status']['message'] else ""))
+    print(f"   command: {' '.join(info['command'])}")
+    print(f"   flavor {info['flavor']}, timeout {info['timeoutSeconds']}s, started by {info['startedBy']}")
+    for attempt in info["attempts"]:
+        print(f"   attempt {attempt['number']}: {attempt['outcome']}"
+              + (f" ({attempt['message']})" if attempt["message"] else ""))
+    print(client.durability_summary(info))
     return 0
 
 
@@ -125,6 +138,55 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     api.cancel_job(job_id=args.job_id, namespace=_namespace(api, args))
     print(f"cancel requested for job {args.job_id}")
     return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """The checklist for a script before submitting it; asks the hub about the target repo unless --offline."""
+    from keephub.durability.preflight import preflight
+    from keephub.jobs.client import ClientError, resolve_secrets
+    from keephub.jobs.spec import parse_timeout
+
+    try:
+        source = Path(args.script).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.script}: {exc.strerror}")
+    environment = dict(item.partition("=")[::2] for item in args.env)
+    can_write = repo_files = None
+    if not args.offline:
+        can_write, repo_files = _hub_answers(args)
+    report = preflight(source, secret_names=sorted(resolve_secrets(args.secrets)),
+                       timeout_seconds=parse_timeout(args.timeout, 1800), can_write=can_write,
+                       repo_files=repo_files, keephub_saving=args.keephub_saving, environment=environment)
+    print(report.render())
+    if report.failed:
+        print(f"\n{len(report.failed)} check(s) failed: keephub would refuse this job (422).")
+        return 1
+    return 0
+
+
+def _hub_answers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    api = _jobs_api(args)
+    me = api.whoami()
+    roles = {me["name"]: "admin", **{org["name"]: org.get("roleInOrg", "read") for org in me.get("orgs", [])}}
+    token_role = me.get("auth", {}).get("accessToken", {}).get("role", "read")
+
+    def can_write(repo: str) -> tuple[bool, str]:
+        namespace = repo.split("/")[0]
+        if token_role != "write":
+            return False, "your token is read-only; create a write token"
+        if roles.get(namespace) not in ("write", "admin"):
+            return False, f"user '{me['name']}' has no write access to namespace '{namespace}'"
+        return True, ""
+
+    def repo_files(repo: str) -> list[str] | None:
+        try:
+            return api.list_repo_files(repo)
+        except (RepositoryNotFoundError, HfHubHTTPError):
+            return None
+
+    return can_write, repo_files
 
 
 def _add_jobs(commands) -> None:  # type: ignore[no-untyped-def]
@@ -160,6 +222,7 @@ def _add_jobs(commands) -> None:  # type: ignore[no-untyped-def]
     logs.set_defaults(func=cmd_jobs_logs)
     inspect = actions.add_parser("inspect", help="print a job's full record as JSON")
     inspect.add_argument("job_id")
+    inspect.add_argument("--json", action="store_true", help="the full record as JSON")
     inspect.set_defaults(func=cmd_jobs_inspect)
     cancel = actions.add_parser("cancel", help="cancel a job (SIGTERM, grace period, SIGKILL)")
     cancel.add_argument("job_id")
@@ -207,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--quiet", action="store_true", help="print only the token")
     token_create.set_defaults(func=cmd_token_create)
     _add_jobs(commands)
+    check = commands.add_parser("preflight", help="check a training script before submitting it")
+    check.add_argument("script", type=Path)
+    check.add_argument("--secrets", "-s", action="append", default=[], metavar="NAME[=VALUE]")
+    check.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    check.add_argument("--timeout", help="the job's timeout, e.g. 2h")
+    check.add_argument("--keephub-saving", action="store_true",
+                       help="keephub's sidecar will push checkpoints (the script need not push itself)")
+    check.add_argument("--offline", action="store_true", help="skip the checks that ask the hub")
+    check.add_argument("--endpoint", help="keephub URL (default: HF_ENDPOINT)")
+    check.add_argument("--token", help="access token (default: HF_TOKEN)")
+    check.set_defaults(func=cmd_preflight)
     return parser
 
 

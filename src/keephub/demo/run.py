@@ -8,6 +8,7 @@ Everything is local: the base model and data are built on the spot, the hub is a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   latest commit {commits[0].commit_id[:12]} \"{commits[0].title}\" ({len(commits)} commits)")
         for path, size in sorted(files.items()):
             print(f"   {size:>10,d}  {path}")
+        print("\n" + client.durability_summary(json.loads(client.inspect_json(api, job.id, "alice"))))
         if not args.keep_serving:
             print(f"   keephub stops now; its data stays in {data_dir}. Serve it again with:\n"
                   f"   .venv/bin/keephub --data-dir {data_dir} serve --port {port}")

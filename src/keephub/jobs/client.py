@@ -123,6 +123,22 @@ def inspect_json(api: HfApi, job_id: str, namespace: str) -> str:
     return json.dumps(reply.json(), indent=2, ensure_ascii=False)
 
 
+def durability_summary(info: dict) -> str:
+    """The durability record as a person reads it: the verdict first, then every push."""
+    record = info.get("durability")
+    if not record:
+        return "durability: keephub did not guard this job's results (no training config or keephub.repo label)"
+    lines = [f"durability record of job {info['id']} → {record['targetRepo']}",
+             f"   verdict: {record['verdict']['message']}"]
+    for push in record["pushes"]:
+        mark = "✅" if push["verified"] else "❌"
+        lines.append(f"   {mark} attempt {push['attempt']}: {push['label']} → {push['revision']} "
+                     f"commit {push['commit'][:12]}, {len(push['files'])} files, {push['bytes']:,} bytes"
+                     f"{', verified' if push['verified'] else ', NOT verified'}")
+    lines += [f"   ❌ {failure['label']}: {failure['reason']}" for failure in record["failures"]]
+    return "\n".join(lines)
+
+
 def exit_code_for(stage: str) -> int:
     return 0 if stage == "COMPLETED" else 1
 

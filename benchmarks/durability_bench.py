@@ -1,0 +1,398 @@
+"""Durability performance figures, each measured against a baseline taken in the same run on the same machine.
+
+1. Training slowdown from the sidecar: the same TRL SFT job (tiny Qwen2 model, CPU, --steps steps, a
+   checkpoint every --save-steps) run (a) without durability labels and without push_to_hub, so nothing
+   is pushed, and (b) with `keephub.repo`/`keephub.output-dir`, so the sidecar pushes and verifies every
+   checkpoint while training goes on. The training time is measured inside the job script (wall clock
+   around `trainer.train()`; the Trainer's own `train_runtime` is printed too), so job start-up, imports
+   and the final push are not part of it. The runs are interleaved a/b/a/b... (--repeats each, after one
+   untimed warm-up pair) and the medians compared. Target: b / a <= 1.03.
+2. End of training -> "saved": a job on a bigger model (--hidden/--layers, built from a Qwen2Config)
+   prints a timestamp right after `trainer.train()` + `trainer.save_model()`; the figure is the time from
+   there to the sidecar's record of the verified "final model files" push (the verdict follows it at
+   once). Baseline: `HfApi.upload_folder` of the same files (downloaded back from the job's repo) from
+   this process to a fresh repo on the same server; median of --repeats each. Target: <= 1.2x.
+
+The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
+with the sidecar beside it; the server and this process share the machine's other core(s).
+
+Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 3] [--steps 200]
+The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
+end unless --keep. Exit status 1 if a figure fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.update({
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_EXPERIMENTAL_WARNING": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+os.environ.pop("HF_TOKEN", None)
+
+JOB_CPUS = 1
+SLOWDOWN_TARGET = 1.03
+SAVED_TARGET = 1.2
+UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+MARK = "keephub-bench "
+
+TRAIN = textwrap.dedent('''
+    # /// script
+    # dependencies = ["trl", "datasets"]
+    # ///
+    import json, os, time
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    ns = os.environ["NS"]
+    dataset = load_dataset(f"{ns}/chats", split="train")
+    config = SFTConfig(
+        output_dir="out",
+        save_strategy="steps",
+        save_steps=int(os.environ["SAVE_STEPS"]),
+        save_total_limit=1,
+        max_steps=int(os.environ["MAX_STEPS"]),
+        per_device_train_batch_size=4,
+        logging_steps=50,
+        seed=7,
+        disable_tqdm=True,
+        bf16=False, use_cpu=True, activation_checkpointing=False, report_to=[],
+    )
+    trainer = SFTTrainer(model=f"{ns}/{os.environ['BASE']}", train_dataset=dataset, args=config)
+    started = time.time()
+    output = trainer.train()
+    trained = time.time()
+    trainer.save_model()
+    saved = time.time()
+    print("MARK" + json.dumps({"started": started, "trained": trained, "saved": saved,
+                               "train_runtime": output.metrics["train_runtime"]}), flush=True)
+''').replace("MARK", MARK)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def keephub_cli(data_dir: Path, *args: str) -> str:
+    """Run the keephub CLI against `data_dir` and return its stdout."""
+    result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
+class Server:
+    """One keephub server process on 127.0.0.1 with `KEEPHUB_JOB_CPUS` set, its output in a log file."""
+
+    def __init__(self, data_dir: Path, port: int, job_cpus: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.job_cpus = job_cpus
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = data_dir.parent / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import httpx
+
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "KEEPHUB_JOB_CPUS": str(self.job_cpus), "HF_ENDPOINT": self.url}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
+             "--port", str(self.port), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"keephub exited at start-up:\n{self.log_path.read_text()}")
+            try:
+                httpx.get(self.url + "/api/models", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("keephub did not start within 60 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def user_token(self, name: str) -> str:
+        keephub_cli(self.data_dir, "user", "create", name)
+        return keephub_cli(self.data_dir, "token", "create", name, "--role", "write", "--quiet").strip()
+
+
+@dataclass
+class Figure:
+    name: str
+    measured: float
+    baseline: float
+    unit: str
+    ratio: float
+    target: str
+    passed: bool
+
+
+@dataclass
+class JobRun:
+    """What one training job reported: its own timestamps, and the sidecar's pushes (None when unguarded)."""
+
+    job_id: str
+    marks: dict[str, float]
+    durability: dict | None
+
+    @property
+    def train_seconds(self) -> float:
+        return self.marks["trained"] - self.marks["started"]
+
+
+class Bench:
+    def __init__(self, server: Server, token: str, namespace: str, work: Path) -> None:
+        from huggingface_hub import HfApi
+
+        self.server = server
+        self.token = token
+        self.ns = namespace
+        self.work = work
+        self.api = HfApi(endpoint=server.url, token=token)
+        self.script_url = ""
+
+    def setup(self, hidden: int, layers: int) -> None:
+        """Push the tiny base model, a bigger one, the chat data set and the training script."""
+        from keephub.demo.tiny import build_tiny_base, write_chat_dataset_jsonl
+
+        tiny = build_tiny_base(self.work / "tiny-base")
+        big = build_bigger_base(tiny, self.work / "big-base", hidden, layers)
+        for name, folder in (("tiny-base", tiny), ("big-base", big)):
+            self.api.create_repo(f"{self.ns}/{name}")
+            self.api.upload_folder(folder_path=folder, repo_id=f"{self.ns}/{name}")
+        self.api.create_repo(f"{self.ns}/chats", repo_type="dataset")
+        data = write_chat_dataset_jsonl(self.work / "chats" / "train.jsonl", n=200)
+        self.api.upload_folder(folder_path=data.parent, repo_id=f"{self.ns}/chats", repo_type="dataset")
+        self.api.create_repo(f"{self.ns}/scripts")
+        self.api.upload_file(path_or_fileobj=TRAIN.encode(), path_in_repo="train.py", repo_id=f"{self.ns}/scripts")
+        self.script_url = f"{self.server.url}/{self.ns}/scripts/resolve/main/train.py"
+
+    def train(self, base: str, steps: int, save_steps: int, repo: str | None) -> JobRun:
+        """One training job, with the sidecar pushing to `repo` when given; waits for it to end."""
+        # Unguarded, preflight would refuse the job (nothing pushes its results): the override runs it anyway.
+        labels = {"keephub.repo": repo, "keephub.output-dir": "out"} if repo else {"keephub.preflight": "override"}
+        if repo:
+            self.api.create_repo(repo)
+        job = self.api.run_job(
+            image=UV_IMAGE, command=["uv", "run", self.script_url], namespace=self.ns, labels=labels,
+            env={"NS": self.ns, "BASE": base, "MAX_STEPS": str(steps), "SAVE_STEPS": str(save_steps)},
+            secrets={"HF_TOKEN": "$HF_TOKEN"},
+        )
+        info = self.api.wait_for_job(job_id=job.id, namespace=self.ns, timeout=1800, poll_interval=0.5)
+        lines = self.log_lines(job.id)
+        if info.status.stage != "COMPLETED":
+            raise RuntimeError(f"job {job.id} ended {info.status.stage}: {info.status.message}\n" + "\n".join(lines[-40:]))
+        marks = next((json.loads(line[len(MARK):]) for line in lines if line.startswith(MARK)), None)
+        if marks is None:
+            raise RuntimeError(f"job {job.id} printed no timestamps:\n" + "\n".join(lines[-40:]))
+        return JobRun(job.id, marks, self.record(job.id).get("durability"))
+
+    def log_lines(self, job_id: str) -> list[str]:
+        """A finished job's log lines, read from the raw stream (fetch_job_logs(follow=False) can drop the last
+        lines, see jobs_bench.py)."""
+        import httpx
+
+        reply = httpx.get(f"{self.server.url}/api/jobs/{self.ns}/{job_id}/logs", timeout=60,
+                          headers={"Authorization": f"Bearer {self.token}"})
+        reply.raise_for_status()
+        return [json.loads(line[len("data: "):])["data"] for line in reply.text.splitlines()
+                if line.startswith("data: {")]
+
+    def record(self, job_id: str) -> dict:
+        import httpx
+
+        reply = httpx.get(f"{self.server.url}/api/jobs/{self.ns}/{job_id}", timeout=60,
+                          headers={"Authorization": f"Bearer {self.token}"})
+        reply.raise_for_status()
+        return reply.json()
+
+    def fresh_repo(self, stem: str) -> str:
+        return f"{self.ns}/{stem}-{uuid.uuid4().hex[:6]}"
+
+    def raw_upload(self, folder: Path) -> float:
+        """Seconds for `upload_folder` of `folder` to a fresh repo: the baseline for figure 2."""
+        repo = self.fresh_repo("raw-upload")
+        self.api.create_repo(repo)
+        start = time.perf_counter()
+        self.api.upload_folder(folder_path=folder, repo_id=repo)
+        return time.perf_counter() - start
+
+
+def build_bigger_base(tiny: Path, out_dir: Path, hidden: int, layers: int) -> Path:
+    """The tiny base's tokenizer with a wider, deeper randomly initialised Qwen2, so uploads take measurable time."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+    shutil.copytree(tiny, out_dir)
+    (out_dir / "model.safetensors").unlink()
+    small = AutoConfig.from_pretrained(tiny)
+    config = Qwen2Config(
+        vocab_size=small.vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=small.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=small.eos_token_id,
+        pad_token_id=small.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def figure_slowdown(args: argparse.Namespace, bench: Bench) -> Figure:
+    plain: list[float] = []
+    guarded: list[float] = []
+    runtimes: dict[str, list[float]] = {"a": [], "b": []}
+    for index in range(args.repeats + 1):  # the first pair warms caches and is not counted
+        a = bench.train("tiny-base", args.steps, args.save_steps, None)
+        b = bench.train("tiny-base", args.steps, args.save_steps, bench.fresh_repo("slowdown"))
+        assert a.durability is None, "the unlabelled job must not be guarded"
+        assert b.durability and b.durability["verdict"]["status"] == "saved", b.durability
+        pushed = [p["label"] for p in b.durability["pushes"]]
+        expected = [f"checkpoint-{s}" for s in range(args.save_steps, args.steps + 1, args.save_steps)]
+        assert pushed == [*expected, "final model files"], pushed
+        print(f"  pair {index}{' (warm-up)' if index == 0 else ''}: train a {a.train_seconds:.2f} s, "
+              f"b {b.train_seconds:.2f} s (train_runtime {a.marks['train_runtime']:.2f} / "
+              f"{b.marks['train_runtime']:.2f}); b pushed {len(pushed)} commits, "
+              f"{sum(p['bytes'] for p in b.durability['pushes']):,} bytes", flush=True)
+        if index:
+            plain.append(a.train_seconds)
+            guarded.append(b.train_seconds)
+            runtimes["a"].append(a.marks["train_runtime"])
+            runtimes["b"].append(b.marks["train_runtime"])
+    measured, baseline = statistics.median(guarded), statistics.median(plain)
+    print(f"training time without pushing (a), s: {' '.join(f'{s:.2f}' for s in plain)}")
+    print(f"training time with the sidecar (b), s: {' '.join(f'{s:.2f}' for s in guarded)}")
+    print(f"Trainer train_runtime a/b medians: {statistics.median(runtimes['a']):.2f} / "
+          f"{statistics.median(runtimes['b']):.2f} s")
+    ratio = measured / baseline
+    return Figure(f"train time, ckpt push every {args.save_steps}", measured, baseline, "s", ratio,
+                  f"<= {SLOWDOWN_TARGET:g}x", ratio <= SLOWDOWN_TARGET)
+
+
+def figure_saved(args: argparse.Namespace, bench: Bench) -> Figure:
+    from huggingface_hub import snapshot_download
+
+    measured: list[float] = []
+    baseline: list[float] = []
+    for index in range(args.repeats):
+        run = bench.train("big-base", args.big_steps, args.big_save_steps, bench.fresh_repo("saved"))
+        assert run.durability and run.durability["verdict"]["status"] == "saved", run.durability
+        pushes = run.durability["pushes"]
+        final = next(p for p in pushes if p["label"] == "final model files")
+        seconds = final["time"] - run.marks["saved"]
+        previous = [p for p in pushes if p["label"] != "final model files"]
+        last_checkpoint = max(p["time"] for p in previous) - run.marks["saved"] if previous else float("nan")
+        files = Path(snapshot_download(run.durability["targetRepo"], allow_patterns=final["files"],
+                                       cache_dir=bench.work / f"download-{index}", token=bench.token))
+        folder = bench.work / f"final-{index}"
+        folder.mkdir()
+        for name in final["files"]:
+            shutil.copyfile(files / name, folder / name)
+        raw = bench.raw_upload(folder)
+        measured.append(seconds)
+        baseline.append(raw)
+        print(f"  run {index}: train {run.train_seconds:.2f} s, save_model {run.marks['saved'] - run.marks['trained']:.2f} s; "
+              f"saved -> final push recorded {seconds:.2f} s (last checkpoint push recorded at {last_checkpoint:+.2f} s); "
+              f"final files {final['bytes']:,} bytes in {len(final['files'])} files; raw upload_folder {raw:.2f} s",
+              flush=True)
+    m, b = statistics.median(measured), statistics.median(baseline)
+    return Figure("end of training -> saved", m, b, "s", m / b, f"<= {SAVED_TARGET:g}x", m / b <= SAVED_TARGET)
+
+
+def run(args: argparse.Namespace, work: Path) -> list[Figure]:
+    server = Server(work / "data", free_port(), JOB_CPUS)
+    os.environ["HF_ENDPOINT"] = server.url
+    server.start()
+    try:
+        token = server.user_token("alice")
+        bench = Bench(server, token, "alice", work)
+        bench.setup(args.hidden, args.layers)
+        figures = []
+        if not args.skip_slowdown:
+            print(f"figure 1: {args.steps} steps, checkpoint every {args.save_steps}, tiny model", flush=True)
+            figures.append(figure_slowdown(args, bench))
+        print(f"figure 2: hidden {args.hidden}, {args.layers} layers, {args.big_steps} steps", flush=True)
+        figures.append(figure_saved(args, bench))
+    finally:
+        server.stop()
+    return figures
+
+
+def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
+    header = f"{'figure':<34} {'measured':>10} {'baseline':>10} {'ratio':>7}  {'target':<8} result"
+    print()
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        print(f"{f.name:<34} {f.measured:>8.2f} {f.unit} {f.baseline:>8.2f} {f.unit} {f.ratio:>6.3f}x  {f.target:<8} "
+              f"{'PASS' if f.passed else 'FAIL'}")
+    print()
+    for name, note in notes.items():
+        print(f"  {name}: {note}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind (default 3)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps for figure 1 (default 200)")
+    parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of figure 2's model (default 256)")
+    parser.add_argument("--layers", type=int, default=4, help="layers of figure 2's model (default 4)")
+    parser.add_argument("--big-steps", type=int, default=20, help="training steps for figure 2 (default 20)")
+    parser.add_argument("--big-save-steps", type=int, default=10, help="checkpoint interval for figure 2 (default 10)")
+    parser.add_argument("--skip-slowdown", action="store_true", help="measure figure 2 only")
+    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the temporary work dir goes; must not be inside the repository")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="keephub-durability-bench-", dir=args.tmp))
+    os.environ["HF_HOME"] = str(work / "hf-home")
+    try:
+        figures = run(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(figures, {
+        "train-time baseline": "median wall time of trainer.train() inside the same job without durability labels "
+                               "(nothing pushed); interleaved with the sidecar runs, first pair not counted",
+        "saved baseline": "median HfApi.upload_folder of the same final files from the benchmark process to a "
+                          "fresh repo on the same server; measured = script's timestamp after save_model -> "
+                          "the sidecar's verified 'final model files' push record",
+    })
+    return 0 if all(f.passed for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
