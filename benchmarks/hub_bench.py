@@ -334,6 +334,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
     parser.add_argument("--only", choices=["transfer", "commit"], help="measure figures 1-2 or figure 3 alone")
     args = parser.parse_args()
+    if args.tmp.resolve().is_relative_to(Path(__file__).resolve().parent.parent):
+        parser.error("--tmp is inside the repository; benchmark data (gigabytes) belongs outside it, e.g. /tmp")
     work = Path(tempfile.mkdtemp(prefix="keephub-bench-", dir=args.tmp))
     try:
         figures = run(args, work)
