@@ -56,6 +56,9 @@ def test_run_job_streams_logs_and_completes(user) -> None:
     # list_jobs needs an explicit namespace: without one it calls the module-level whoami, not this HfApi's.
     assert [j.id for j in api.list_jobs(namespace=name, labels={"team": "nlp"})] == [job.id]
     assert job.id in [j.id for j in api.list_jobs(namespace=name)]
+    page = httpx.get(job.url, headers={"authorization": f"Bearer {api.token}"})
+    assert page.status_code == 200 and "hello from the sandbox" in page.text and "COMPLETED" in page.text
+    assert httpx.get(job.url).status_code == 401, "a job page needs a token with access to its namespace"
 
 
 def test_failed_attempt_is_retried_in_a_fresh_sandbox(user) -> None:

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from keephub.hub.routes import actor_of, call, hub_of
+from keephub.jobs.logs import LogCursor
 from keephub.wire import EntryNotFound
 from keephub.wire.errors import NotFound
 
@@ -102,8 +103,21 @@ def _repo_route(prefix: str, repo_type: str, suffix: str = "") -> Route:
     return Route(f"{prefix}/{{namespace}}/{{name}}{suffix}", page, methods=["GET"], name=f"repo_{repo_type}{suffix}")
 
 
+async def job_page(request: Request) -> Response:
+    """The page behind the job URL clients print: status, attempts, durability record and the latest log lines."""
+    actor = await actor_of(request)
+    namespace, job_id = request.path_params["namespace"], request.path_params["job_id"]
+    jobs = request.app.state.jobs
+    info = await call(jobs.get, actor, namespace, job_id)
+    if _wants_json(request):
+        return JSONResponse(info)
+    lines = [event["data"] for event in await call(LogCursor(jobs.jobs_dir, job_id).read_new)][-300:]
+    return templates.TemplateResponse(request, "job.html", {"job": info, "lines": lines})
+
+
 def routes() -> list[BaseRoute]:
-    table: list[BaseRoute] = [Route("/", index_page, methods=["GET"])]
+    table: list[BaseRoute] = [Route("/", index_page, methods=["GET"]),
+                              Route("/jobs/{namespace}/{job_id}", job_page, methods=["GET"])]
     for prefix, repo_type in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
         table.append(_repo_route(prefix, repo_type))
         table.append(_repo_route(prefix, repo_type, "/commit/{sha}"))
