@@ -187,7 +187,8 @@ def mb_per_s(size: int, seconds: float) -> float:
     return size / seconds / 1e6
 
 
-def transfer_figures(api, server: Server, repo_id: str, work: Path, size_mib: int) -> list[Figure]:  # type: ignore[no-untyped-def]
+def transfer_figures(api, server: Server, repo_id: str, work: Path,  # type: ignore[no-untyped-def]
+                     size_mib: int) -> list[Figure]:
     """Figures 1 and 2: the big file up and down through the real client, server RSS watched throughout."""
     from huggingface_hub import hf_hub_download
 
@@ -247,7 +248,8 @@ def transfer_figures(api, server: Server, repo_id: str, work: Path, size_mib: in
     ]
 
 
-def commit_figures(api, user: str, files: int, warmup: int, repeats: int) -> list[Figure]:  # type: ignore[no-untyped-def]
+def commit_figures(api, user: str, files: int, warmup: int,  # type: ignore[no-untyped-def]
+                   repeats: int) -> list[Figure]:
     """Figure 3: one small upload_file to an (almost) empty repo and to one of `files` files, interleaved."""
     from huggingface_hub import CommitOperationAdd
 
