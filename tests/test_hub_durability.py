@@ -33,7 +33,8 @@ CHUNK = 5 * 1024 * 1024
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(data_dir=tmp_path_factory.mktemp("durable") / "data", port=free_port(),
-                    env={"KEEPHUB_LFS_MULTIPART_CHUNK_BYTES": str(CHUNK)})
+                    env={"KEEPHUB_LFS_MULTIPART_CHUNK_BYTES": str(CHUNK),
+                         "KEEPHUB_LFS_MULTIPART_THRESHOLD_BYTES": str(CHUNK)})
     server.start()
     yield server
     server.stop()

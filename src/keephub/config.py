@@ -37,6 +37,9 @@ class Settings:
     max_commit_body_bytes: int = 64 * 1024 * 1024
     # Part size offered to clients for multipart LFS uploads.
     lfs_multipart_chunk_bytes: int = 64 * 1024 * 1024
+    # Multipart is offered only above this size: completing one re-reads and re-hashes every part, which
+    # costs more than a single streamed PUT (measured: 0.16x vs 0.3-0.44x of a local copy for 1 GiB).
+    lfs_multipart_threshold_bytes: int = 5 * 1024**3
     # Upload URLs are signed and expire after this many seconds.
     upload_url_ttl_seconds: int = 24 * 3600
     # Unfinished uploads older than this are deleted by the janitor.

@@ -118,7 +118,7 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> 
             href = f"{settings.base_url}/api/lfs/objects/{oid}?{grant_query(settings, grant)}"
             upload: dict = {"href": href}
             chunk = settings.lfs_multipart_chunk_bytes
-            if use_multipart and size > chunk:
+            if use_multipart and size > max(chunk, settings.lfs_multipart_threshold_bytes):
                 chosen = "multipart"
                 parts = -(-size // chunk)
                 upload["header"] = {"chunk_size": str(chunk)} | {
