@@ -100,12 +100,15 @@ def test_sandbox_isolation_and_ephemerality(jobs_server: Server, user) -> None:
         except OSError:
             print('usr writable: False')
         print('workspace:', os.getcwd())
+        status = open('/proc/self/status').read()
+        print('caps:', [l.split()[1] for l in status.splitlines() if l.startswith('CapEff')][0], 'uid:', os.getuid())
     """
     job = python_job(api, code)
     lines = logs(api, job.id)
     assert "data dir visible: False" in lines
     assert "usr writable: False" in lines
     assert "workspace: /workspace" in lines
+    assert "caps: 0000000000000000 uid: 65534" in lines, "jobs run as an unprivileged user with no capabilities"
     assert any(line.startswith("pids: [1, 2") for line in lines), lines
     assert api.wait_for_job(job_id=job.id, timeout=30).status.stage == "COMPLETED"
     assert list((data_dir / "jobs" / "workspaces").iterdir()) == [], "the workspace is deleted with the attempt"
@@ -212,10 +215,15 @@ def test_bad_specs_are_refused_with_the_field_named(jobs_server: Server, user) -
         ({"command": ["python"], "dockerImage": "nvidia/cuda:12"}, "image"),
         ({"command": ["python"], "attempts": 0}, "attempts"),
         ({"command": ["x" * 600_000]}, "bytes"),
+        ({"command": ["python"], "environment": {"LD_PRELOAD": "/tmp/evil.so"}}, "dynamic loader"),
+        ('{"command": ["python"], "timeoutSeconds": Infinity}', "finite"),
     ]
     before = len(list(api.list_jobs(namespace=name)))
     for body, word in cases:
-        response = httpx.post(url, json=body, headers=auth)
+        if isinstance(body, str):
+            response = httpx.post(url, content=body, headers={**auth, "content-type": "application/json"})
+        else:
+            response = httpx.post(url, json=body, headers=auth)
         assert 400 <= response.status_code < 500, (body, response.text)
         assert word in response.json()["error"], (word, response.json())
     assert len(list(api.list_jobs(namespace=name))) == before, "nothing is stored for a refused spec"
@@ -224,6 +232,21 @@ def test_bad_specs_are_refused_with_the_field_named(jobs_server: Server, user) -
         HfApi(endpoint=jobs_server.url, token=other_token).run_job(
             image=UV_IMAGE, command=["true"], namespace=name)
     assert info.value.response.status_code == 403 and name in str(info.value)
+
+
+def test_cancel_while_waiting_for_a_slot_is_immediate_and_revokes_the_job_token(user) -> None:
+    name, api, _ = user
+    blocker = python_job(api, "import time; time.sleep(60)", flavor="cpu-upgrade")
+    waiting = python_job(api, "print('never runs')", flavor="cpu-upgrade", secrets={"HF_TOKEN": "$HF_TOKEN"})
+    assert api.inspect_job(job_id=waiting.id).status.stage == "SCHEDULING"
+    started = time.monotonic()
+    api.cancel_job(job_id=waiting.id)
+    assert time.monotonic() - started < 5
+    info = api.inspect_job(job_id=waiting.id)
+    assert info.status.stage == "CANCELED" and info.status.message == f"canceled by {name}"
+    api.cancel_job(job_id=blocker.id)
+    assert api.wait_for_job(job_id=blocker.id, timeout=30).status.stage == "CANCELED"
+    assert "never runs" not in list(api.fetch_job_logs(job_id=waiting.id))
 
 
 def test_hardware_lists_configured_flavors(user) -> None:

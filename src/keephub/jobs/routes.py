@@ -68,7 +68,7 @@ async def logs(request: Request) -> StreamingResponse:
     service = jobs_of(request)
     await call(service.get, actor, namespace, job_id)
     tail = request.query_params.get("tail")
-    if tail is not None and not tail.isdigit():
+    if tail is not None and not (tail.isascii() and tail.isdigit()):
         raise BadRequest("'tail' must be a non-negative number of lines")
     cursor = LogCursor(service.jobs_dir, job_id)
 

@@ -55,6 +55,12 @@ class SandboxLayout:
         uv_cache.mkdir(parents=True, exist_ok=True)
         return cls(readonly=tuple(sorted(paths)), tools_dir=tools_dir, uv_cache=uv_cache, python=venv / "bin" / "python")
 
+    def uv_cache_for(self, owner: str) -> Path:
+        """One uv cache per job owner: a shared writable cache would let one user plant code in another's jobs."""
+        path = self.uv_cache / owner
+        path.mkdir(exist_ok=True)
+        return path
+
     def check_isolated_from(self, data_dir: Path) -> None:
         data = data_dir.resolve()
         for path in self.readonly:
@@ -65,23 +71,33 @@ class SandboxLayout:
                 )
 
 
-def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str]) -> list[str]:
+JOB_UID = 65534
+_NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str], owner: str,
+               gpus: list[str]) -> list[str]:
+    """The bwrap command line. It carries no job data: the job's environment arrives through `--args FD`."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
     argv = [
-        bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        bwrap, "--clearenv", "--args", "{args_fd}",
+        "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_UID), "--cap-drop", "ALL",
+        "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--hostname", "keephub-job",
         "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
     ]
+    for device in [f"/dev/nvidia{gpu}" for gpu in gpus] + list(_NVIDIA_SHARED if gpus else ()):
+        argv += ["--dev-bind-try", device, device]
     for path in layout.readonly:
         argv += ["--ro-bind", str(path), str(path)]
     argv += [
         "--ro-bind", str(layout.tools_dir), TOOLS_DIR,
-        "--bind", str(layout.uv_cache), UV_CACHE,
+        "--bind", str(layout.uv_cache_for(owner)), UV_CACHE,
         "--bind", str(workspace), WORKSPACE,
         "--chdir", WORKSPACE,
         "--",
@@ -89,31 +105,54 @@ def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str]) -> li
     return argv + command
 
 
-def sandbox_env(layout: SandboxLayout, values: dict[str, str]) -> dict[str, str]:
+def sandbox_env(layout: SandboxLayout, defaults: dict[str, str], user_values: dict[str, str],
+                enforced: dict[str, str]) -> dict[str, str]:
+    """The job's environment: keephub's defaults, which the user may override (HF_ENDPOINT, PATH, ...), then
+    the user's variables, then the values the user must not change (job id, attempt, allocated GPUs)."""
     venv_bin = layout.python.parent
     base = {
         "PATH": f"{TOOLS_DIR}:{venv_bin}:/usr/local/bin:/usr/bin:/bin",
         "HOME": WORKSPACE,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
-        "UV_CACHE_DIR": UV_CACHE,
         "UV_PYTHON": str(layout.python),
-        "KEEPHUB_JOB_PYTHON": str(layout.python),
+        **defaults,
     }
-    return {**base, **values}
+    return {**base, **user_values, "UV_CACHE_DIR": UV_CACHE, "KEEPHUB_JOB_PYTHON": str(layout.python), **enforced}
 
 
 async def start(argv: list[str], env: dict[str, str], cpus: list[int]) -> asyncio.subprocess.Process:
-    """Start the sandbox in its own session, pinned to `cpus`, with stdout and stderr merged."""
+    """Start the sandbox in its own session, pinned to `cpus`, with stdout and stderr merged.
+
+    bwrap itself runs with an empty environment (a job's LD_PRELOAD must never reach a host process);
+    the job's variables, secrets included, go to bwrap as `--setenv` arguments over a pipe, so they appear
+    neither in bwrap's environment nor on any command line.
+    """
+    read_end, write_end = os.pipe()
+    payload = b"".join(b"--setenv\0" + k.encode() + b"\0" + v.encode() + b"\0" for k, v in env.items())
 
     def pin() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    return await asyncio.create_subprocess_exec(
-        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=pin,
-    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *[str(read_end) if a == "{args_fd}" else a for a in argv], env={}, pass_fds=(read_end,),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=pin,
+        )
+    finally:
+        os.close(read_end)
+    await asyncio.to_thread(_write_all, write_end, payload)
+    return process
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(payload)
+    except BrokenPipeError:
+        pass
 
 
 def _descendants(pid: int) -> list[int]:

@@ -177,21 +177,18 @@ class Scheduler:
             else:
                 writer.write(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
             deadline = await asyncio.to_thread(self._mark_running, job_id, number)
-            env = sandbox.sandbox_env(self.layout, {
-                "HF_ENDPOINT": self.settings.base_url,
-                "HF_HUB_DISABLE_XET": "1",
-                "JOB_ID": job_id,
-                "KEEPHUB_JOB_ID": job_id,
-                "KEEPHUB_ATTEMPT": str(number),
-                "OMP_NUM_THREADS": str(max(1, len(allocation.cpus))),
-                "CUDA_VISIBLE_DEVICES": ",".join(allocation.gpus),
-                **spec["environment"],
-                **secrets,
-            })
+            env = sandbox.sandbox_env(
+                self.layout,
+                {"HF_ENDPOINT": self.settings.base_url, "HF_HUB_DISABLE_XET": "1",
+                 "OMP_NUM_THREADS": str(max(1, len(allocation.cpus)))},
+                {**spec["environment"], **secrets},
+                {"JOB_ID": job_id, "KEEPHUB_JOB_ID": job_id, "KEEPHUB_ATTEMPT": str(number),
+                 "CUDA_VISIBLE_DEVICES": ",".join(allocation.gpus)},
+            )
             try:
                 command = self._with_sidecar(spec, job_id, number)
-                process = await sandbox.start(sandbox.bwrap_argv(self.layout, workspace, command), env,
-                                              allocation.cpus)
+                argv = sandbox.bwrap_argv(self.layout, workspace, command, job.owner, allocation.gpus)
+                process = await sandbox.start(argv, env, allocation.cpus)
             except (sandbox.SandboxUnavailable, OSError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
                 writer.write(f"keephub: {outcome.message}")

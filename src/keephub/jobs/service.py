@@ -223,9 +223,11 @@ class JobService:
             if job.stage in TERMINAL:
                 return
             job.cancel_requested_by = actor.name
-            if job.stage == "SCHEDULING" and not _has_running_attempt(session, job_id):
+            canceled_while_waiting = job.stage == "SCHEDULING" and not _has_running_attempt(session, job_id)
+            if canceled_while_waiting:
                 job.stage, job.message, job.finished_at = "CANCELED", f"canceled by {actor.name}", utcnow()
-                self._revoke(job)
+        if canceled_while_waiting:
+            self._revoke(job)
 
     def hardware(self) -> list[dict]:
         return [f.to_wire() for f in self.flavors.values()]

@@ -20,6 +20,8 @@ SUPPORTED_IMAGES = (
     "python:3.12-slim",
 )
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables the dynamic loader or libc act on: harmless inside the sandbox, refused anyway as defence in depth.
+_LOADER_NAMES = re.compile(r"^(LD_|GCONV_PATH$|MALLOC_|GLIBC_TUNABLES$)")
 _TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_TIMEOUT_SECONDS = 7 * 86400
@@ -73,6 +75,8 @@ def parse_timeout(value: object, default: int) -> int:
     if isinstance(value, bool):
         raise BadRequest("timeout must be a number of seconds or a string like '30m', '2h', '1d'")
     if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadRequest("timeout must be a finite number of seconds")
         seconds = int(value)
     else:
         match = _TIMEOUT.match(str(value))
@@ -97,6 +101,8 @@ def _string_map(body: dict, key: str, check_names: bool) -> dict[str, str]:
                 f"'{key}' name {name!r} is not a valid environment variable name; use letters, digits and '_', "
                 "not starting with a digit"
             )
+        if check_names and _LOADER_NAMES.match(str(name)):
+            raise BadRequest(f"'{key}' name {name!r} controls the dynamic loader and is not allowed in jobs")
         if not isinstance(item, (str, int, float, bool)):
             raise BadRequest(f"'{key}.{name}' must be a string")
         result[str(name)] = str(item)
