@@ -13,12 +13,15 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable
 
 from keephub.durability.preflight import UNKNOWN, analyze_script, preflight
+from keephub.wire.errors import Unprocessable
 
 _PR_SET_PDEATHSIG = 1
+CHECK_TIMEOUT_SECONDS = 120
 OVERRIDE_LABEL = "keephub.preflight"
 OVERRIDE_VALUE = "override"
 
@@ -59,9 +62,19 @@ def _warm() -> None:
 
 class PreflightGate:
     def __init__(self) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_setup)
-        self.pool.submit(_warm)
+        self.pool = self._new_pool()
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_setup)
+        pool.submit(_warm)
+        return pool
+
+    def _restart(self) -> None:
+        """A worker that died (OOM) or hangs is replaced, so one bad script cannot jam every submission."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -83,8 +96,16 @@ class PreflightGate:
         guarded = bool(repo and output_dir)
         writable = {repo: can_write(repo)} if repo else {}
         listings = {repo: repo_files(repo)} if repo else {}
-        ok, checklist, report = self.pool.submit(
-            _run, source, secret_names, timeout_seconds, environment, writable, listings, guarded).result()
+        try:
+            ok, checklist, report = self.pool.submit(
+                _run, source, secret_names, timeout_seconds, environment, writable, listings, guarded
+            ).result(timeout=CHECK_TIMEOUT_SECONDS)
+        except (BrokenProcessPool, TimeoutError) as exc:
+            self._restart()
+            raise Unprocessable(
+                f"keephub could not finish the preflight checks ({type(exc).__name__}); retry, or resubmit with "
+                f"the label {OVERRIDE_LABEL}={OVERRIDE_VALUE} to skip them"
+            )
         if guarded and labels.get("keephub.repo") and not writable[repo][0]:
             ok = False
             checklist += (f"\n❌ keephub.repo: the sidecar could not push to {repo}: {writable[repo][1]}"

@@ -11,18 +11,32 @@ from keephub.storage.db import Database
 from keephub.storage.schema import JobRecordEntry
 
 
-def is_record_line(line: str) -> bool:
-    return line.startswith(RECORD_PREFIX)
+KINDS = ("push", "push-failed", "resume", "verdict")
+MAX_RECORD_BYTES = 256 * 1024
 
 
-def store(db: Database, job_id: str, attempt: int, line: str) -> None:
-    """Keep one `keephub-durability {json}` line from the sidecar; a malformed one is stored as-is for inspection."""
-    payload = line[len(RECORD_PREFIX):]
+def split_record(line: str) -> tuple[str, str | None]:
+    """(log text, record payload or None): a record may follow text the training process left on the line."""
+    index = line.find(RECORD_PREFIX)
+    if index < 0:
+        return line, None
+    return line[:index], line[index + len(RECORD_PREFIX):]
+
+
+def parse(payload: str) -> dict:
+    """A record as the sidecar writes it, or a `malformed` one: job output must never break the record."""
     try:
-        data = json.loads(payload)
-        kind = str(data.get("kind", "unknown"))[:20]
-    except ValueError:
-        data, kind = {"raw": payload[:2000]}, "malformed"
+        data = json.loads(payload[:MAX_RECORD_BYTES])
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or data.get("kind") not in KINDS:
+        return {"kind": "malformed", "raw": payload[:2000]}
+    return data
+
+
+def store(db: Database, job_id: str, attempt: int, payload: str) -> None:
+    data = parse(payload)
+    kind = data["kind"]
     with db.write() as session:
         session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind=kind, data_json=json.dumps(data)))
 
@@ -36,11 +50,14 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
                                .order_by(JobRecordEntry.id)).scalars().all()
     entries = [(row.attempt, json.loads(row.data_json)) for row in rows]
     pushes = [
-        {"attempt": attempt, "label": d.get("label"), "revision": d.get("revision"), "commit": d.get("commit"),
-         "files": d.get("files", []), "bytes": d.get("bytes"), "verified": d.get("verified"), "time": d.get("time")}
+        {"attempt": attempt, "label": str(d.get("label")), "revision": str(d.get("revision")),
+         "commit": str(d.get("commit") or ""), "files": [str(f) for f in d.get("files") or []],
+         "bytes": d.get("bytes") if isinstance(d.get("bytes"), int) else 0, "verified": d.get("verified") is True,
+         "time": d.get("time")}
         for attempt, d in entries if d.get("kind") == "push"
     ]
-    failures = [d for _, d in entries if d.get("kind") == "push-failed"]
+    failures = [{"label": str(d.get("label")), "reason": str(d.get("reason"))}
+                for _, d in entries if d.get("kind") == "push-failed"]
     verdicts = [d for _, d in entries if d.get("kind") == "verdict"]
     return {
         "targetRepo": target_repo,
@@ -56,8 +73,8 @@ def verdict(repo: str, pushes: list[dict], failures: list[dict], last: dict | No
         commit = verified_main[-1]["commit"]
         return {"status": "saved", "commit": commit,
                 "message": f"saved at commit {commit[:12]} of {repo}: {base_url}/{repo}"}
-    if last is not None and last.get("status") == "rescued":
-        branch = last["branch"]
+    if last is not None and last.get("status") == "rescued" and last.get("branch"):
+        branch = str(last["branch"])
         return {"status": "rescued", "branch": branch,
                 "message": f"rescued to branch {branch} of {repo} ({last.get('reason')}); main was left untouched"}
     if verified_main:

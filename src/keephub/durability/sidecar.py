@@ -45,7 +45,9 @@ def say(message: str) -> None:
 
 
 def record(kind: str, **fields: object) -> None:
-    print(RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}), flush=True)
+    """One record line for the scheduler. It starts with a newline: the training process shares this output and
+    may have left a progress bar's line unfinished."""
+    print("\n" + RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}), flush=True)
 
 
 @dataclass
@@ -60,7 +62,9 @@ class Push:
 
     @classmethod
     def checkpoint(cls, folder: Path, revision: str, label: str | None = None) -> "Push":
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        """Every file of a checkpoint folder except dotfiles: safetensors writes `.tmpXXXXXX` and renames it, so a
+        scan during the write stages a second link to the weights, which would be hashed and pushed again."""
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         return cls(label or folder.name, folder, folder.name, revision, files)
 
     @classmethod
@@ -128,12 +132,6 @@ class Pusher:
         return not self.thread.is_alive() and self.failed is None
 
     def _run(self) -> None:
-        # The job's cores belong to training. At the lowest priority the pusher's hashing and HTTP work (and so the
-        # server work its requests cause) fills the time training leaves idle instead of slowing training down; on a
-        # saturated core checkpoints then reach the hub later, but none is skipped. Linux nice is per thread and
-        # threads inherit it, so the upload worker threads follow, while the training process, started from the
-        # main thread, keeps normal priority.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             push = self.queue.get()
             if push is None:
@@ -152,7 +150,7 @@ class Pusher:
                 permanent = status in (400, 401, 403, 404, 413, 422)
                 out_of_time = self.stop_retrying_at is not None and time.time() + delay > self.stop_retrying_at
                 if permanent or out_of_time:
-                    self.failed = reason
+                    self.failed = f"{push.label}: {reason}"
                     say(f"❌ could not push {push.label} to {self.repo}: {reason}")
                     record("push-failed", label=push.label, revision=push.revision, reason=reason)
                     return
@@ -187,6 +185,7 @@ class Pusher:
             raise RuntimeError(f"the hub's copy of {push.label} does not match the local files")
         if CHECKPOINT.match(push.label):
             self.pushed_checkpoints.add(push.label)
+            _release_older(push.folder)
 
     def _verify(self, operations: list[CommitOperationAdd], commit: str) -> bool:
         """Compare each file with the server's hash at the new commit: for LFS files the sha256 the upload computed
@@ -284,8 +283,22 @@ class Watcher:
 
 
 def _link_once(source: str, target: str) -> None:
-    if not os.path.exists(target):
+    """Hard-link (instant, survives the original's deletion); copy when staging is on another filesystem."""
+    if os.path.exists(target):
+        return
+    try:
         os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _release_older(pushed: Path) -> None:
+    """Once a checkpoint is verified on the hub, older staged ones are no longer needed for a rescue."""
+    step = int(pushed.name.split("-")[1])
+    for folder in pushed.parent.iterdir():
+        match = CHECKPOINT.match(folder.name)
+        if match and int(match.group(1)) < step:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _complete_state(path: Path) -> bool:
@@ -321,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pusher = Pusher(args.repo, args.job_id)
+    try:
+        pusher.api.create_repo(args.repo, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - the first push reports the same problem with its fix
+        say(f"⚠️ could not create {args.repo}: {explain(exc, args.repo)}")
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
     child = subprocess.Popen(command)
@@ -345,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         pusher.submit(Push.top_level(output_dir, "main", "final model files"))
     all_landed = pusher.drain(stop, args.grace)
     if not succeeded:
-        rescue(pusher, output_dir, staging, args.job_id, stop, args.grace, code, stop_requested)
+        rescue(pusher, output_dir, staging, watcher.done, args.job_id, stop, args.grace, code, stop_requested)
     elif all_landed:
         record("verdict", status="saved")
     else:
@@ -355,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     return 128 - code if code < 0 else code
 
 
-def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, stop: threading.Event, grace: float,
-           code: int | None, stop_requested: bool) -> None:
+def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], job_id: str,
+           stop: threading.Event, grace: float, code: int | None, stop_requested: bool) -> None:
     """Push what the hub lacks to rescue/<job-id>: the final files if any, and the newest checkpoint."""
     if stop_requested:
         why = "the job was stopped (timeout or cancel)"
@@ -367,7 +384,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, job_id: str, stop: t
     branch = f"rescue/{job_id}"
     rescuer = Pusher(pusher.repo, job_id)
     rescuer.stop_retrying_at = pusher.stop_retrying_at
-    checkpoints = sorted((p for p in staging.iterdir() if CHECKPOINT.match(p.name)),
+    checkpoints = sorted((p for p in staging.iterdir() if p.name in complete),
                          key=lambda p: int(p.name.split("-")[1]))
     queued = False
     if checkpoints and checkpoints[-1].name not in pusher.pushed_checkpoints:

@@ -7,10 +7,11 @@ fresh job-scoped token for every run.
 from __future__ import annotations
 
 import json
+import logging
 import secrets as random_secrets
 from datetime import datetime
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from sqlalchemy import select
 
 from keephub.accounts import Actor
@@ -19,6 +20,8 @@ from keephub.jobs.spec import parse_spec, spec_from_wire
 from keephub.storage.schema import Job, ScheduledJob
 from keephub.wire import BadRequest, Conflict
 from keephub.wire.errors import NotFound
+
+log = logging.getLogger("keephub.jobs")
 
 
 def next_run(schedule: str, after: datetime) -> datetime:
@@ -31,7 +34,18 @@ def check_schedule(schedule: object) -> str:
             f"schedule {schedule!r} is not valid; use a cron expression like '*/5 * * * *' or one of "
             "@hourly, @daily, @weekly, @monthly, @yearly"
         )
+    try:
+        next_run(schedule, utcnow())
+    except CroniterBadDateError:
+        raise BadRequest(f"schedule {schedule!r} never fires (no such date); check the day and month fields")
     return schedule
+
+
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be true or false")
+    return value
 
 
 class ScheduledJobs:
@@ -46,14 +60,15 @@ class ScheduledJobs:
         schedule = check_schedule(body.get("schedule"))
         spec, secret_values = parse_spec(body.get("jobSpec"), self.jobs.flavors,
                                          self.jobs.settings.job_default_timeout_seconds)
+        spec = self.jobs.preflight_spec(actor, spec)
+        suspend, concurrency = _flag(body, "suspend"), _flag(body, "concurrency")
         scheduled_id = random_secrets.token_hex(12)
         with self.db.write() as session:
             session.add(ScheduledJob(
                 id=scheduled_id, namespace=namespace, owner=actor.name, owner_token_role=actor.token_role,
                 spec_json=json.dumps(spec.to_wire()),
                 secrets_sealed=self.jobs.box.seal(secret_values) if secret_values else None,
-                schedule=schedule, suspend=bool(body.get("suspend", False)),
-                concurrency=bool(body.get("concurrency", False)), created_at=utcnow(),
+                schedule=schedule, suspend=suspend, concurrency=concurrency, created_at=utcnow(),
                 next_run_at=next_run(schedule, utcnow()),
             ))
         return self.get(actor, namespace, scheduled_id)
@@ -122,8 +137,11 @@ class ScheduledJobs:
         for row in due:
             if _aware(row.next_run_at) > now:
                 continue
-            if self._start_run(row, respect_concurrency=True) is not None:
-                started += 1
+            try:
+                if self._start_run(row, respect_concurrency=True) is not None:
+                    started += 1
+            except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
+                log.exception("scheduled job %s could not start a run", row.id)
             with self.db.write() as session:
                 fresh = session.get(ScheduledJob, row.id)
                 if fresh is not None:

@@ -177,6 +177,8 @@ class Scheduler:
             else:
                 writer.write(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
             deadline = await asyncio.to_thread(self._mark_running, job_id, number)
+            if deadline is None:
+                return Outcome("CANCELED", f"canceled by {await asyncio.to_thread(self._canceller, job_id)}")
             env = sandbox.sandbox_env(
                 self.layout,
                 {"HF_ENDPOINT": self.settings.base_url, "HF_HUB_DISABLE_XET": "1",
@@ -195,10 +197,14 @@ class Scheduler:
                 await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
                 return outcome
             def emit(line: str) -> None:
-                if durability_record.is_record_line(line):
-                    durability_record.store(self.db, job_id, number, redact(line))
-                else:
-                    writer.write(redact(line))
+                text, payload = durability_record.split_record(line)
+                if text.strip() or payload is None:
+                    writer.write(redact(text))
+                if payload is not None:
+                    records.put_nowait(redact(payload))
+
+            records: asyncio.Queue[str] = asyncio.Queue()
+            recorder = asyncio.create_task(self._store_records(records, job_id, number))
 
             pump = asyncio.create_task(sandbox.pump_output(process, emit))
             outcome = await self._supervise(process, handle, deadline, job)
@@ -206,12 +212,19 @@ class Scheduler:
                 await asyncio.wait_for(pump, 10)
             except TimeoutError:
                 pump.cancel()
+            await records.put(None)  # type: ignore[arg-type]
+            await recorder
             writer.write(f"===== {outcome.message} =====")
             await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
             return outcome
         finally:
             writer.close()
             shutil.rmtree(workspace, ignore_errors=True)
+
+    async def _store_records(self, records: "asyncio.Queue[str]", job_id: str, number: int) -> None:
+        """Save the sidecar's records off the event loop, in order, until the attempt's output ends."""
+        while (payload := await records.get()) is not None:
+            await asyncio.to_thread(durability_record.store, self.db, job_id, number, payload)
 
     def _with_sidecar(self, spec: dict, job_id: str, number: int) -> list[str]:
         """Wrap the user's command in the durability sidecar when keephub guards this job's results."""
@@ -256,14 +269,17 @@ class Scheduler:
             await waiter
 
     # -- persistence helpers (run in threads) --------------------------------------------------------
-    def _mark_running(self, job_id: str, number: int) -> float:
-        """Record the attempt as running; returns the job's deadline on the monotonic clock.
+    def _mark_running(self, job_id: str, number: int) -> float | None:
+        """Record the attempt as running; returns the job's deadline on the monotonic clock, or None when a
+        cancel arrived before the attempt could start.
 
         The timeout covers the whole job, retries included, counted from its first start.
         """
         with self.db.write() as session:
             job = session.get(Job, job_id)
             assert job is not None
+            if job.cancel_requested_by:
+                return None
             now = utcnow()
             if job.started_at is None:
                 job.started_at = now
@@ -290,7 +306,8 @@ class Scheduler:
         with self.db.read() as session:
             rows = session.execute(
                 select(JobAttempt.job_id, JobAttempt.number, Job.max_attempts)
-                .join(Job, Job.id == JobAttempt.job_id).where(JobAttempt.outcome == "RUNNING")
+                .join(Job, Job.id == JobAttempt.job_id)
+                .where(JobAttempt.outcome == "RUNNING", Job.stage.in_(("RUNNING", "SCHEDULING")))
             ).all()
             stuck = session.execute(select(Job.id).where(Job.stage == "RUNNING")).scalars().all()
         reason = "keephub restarted while this attempt was running; its sandbox was stopped"

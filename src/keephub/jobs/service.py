@@ -99,11 +99,11 @@ class JobService:
     def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
         actor = self.check_write(actor, namespace)
         spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
-        spec = self._preflight(actor, spec)
+        spec = self.preflight_spec(actor, spec)
         job_id = self.create_job(actor.name, actor.token_role, namespace, spec, secret_values)
         return self.get(actor, namespace, job_id)
 
-    def _preflight(self, actor: Actor, spec: JobSpec) -> JobSpec:
+    def preflight_spec(self, actor: Actor, spec: JobSpec) -> JobSpec:
         """Refuse a training job that would lose its results (422 with the checklist), unless overridden;
         otherwise decide what the sidecar guards and put preflight's warnings at the head of the log."""
         plan = durability_plan(spec.labels)
@@ -241,10 +241,12 @@ class JobService:
             self.accounts.revoke_by_hash(job.job_token_sha256)
 
     def finish(self, job_id: str, stage: str, message: str) -> None:
+        """End a job (once: a job that already ended keeps its stage) and revoke its job token."""
         with self.db.write() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            job.stage, job.message, job.finished_at = stage, message, utcnow()
+            if job.stage not in TERMINAL:
+                job.stage, job.message, job.finished_at = stage, message, utcnow()
         self._revoke(job)
 
     def to_wire(self, record: JobRecord) -> dict:
