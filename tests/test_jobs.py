@@ -23,7 +23,7 @@ UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 def jobs_server() -> Iterator[Server]:
     """A dedicated server with a short grace period and two job cores, so timing tests stay fast."""
     srv = Server(data_dir=SESSION_DIR / f"jobs-{uuid.uuid4().hex[:6]}", port=free_port(),
-                 env={"KEEPHUB_JOB_GRACE_SECONDS": "3", "KEEPHUB_JOB_CPUS": "2"})
+                 env={"KEEPHUB_JOB_GRACE_SECONDS": "3", "KEEPHUB_JOB_CPUS": "2", "KEEPHUB_JOB_MEMORY_GB": "1"})
     srv.start()
     yield srv
     srv.stop()
@@ -247,6 +247,23 @@ def test_cancel_while_waiting_for_a_slot_is_immediate_and_revokes_the_job_token(
     api.cancel_job(job_id=blocker.id)
     assert api.wait_for_job(job_id=blocker.id, timeout=30).status.stage == "CANCELED"
     assert "never runs" not in list(api.fetch_job_logs(job_id=waiting.id))
+
+
+def test_memory_limit_of_the_flavor_is_enforced(user) -> None:
+    _, api, _ = user
+    job = python_job(api, """
+        import time
+        hoard = []
+        for i in range(30):
+            hoard.append(bytearray(100 * 1024 * 1024))
+            print('holding', (i + 1) * 100, 'MB', flush=True)
+            time.sleep(0.1)
+        print('survived')
+    """)
+    lines = logs(api, job.id)
+    info = api.inspect_job(job_id=job.id)
+    assert "survived" not in lines
+    assert info.status.stage == "ERROR" and "exceeded the memory limit of 1 GB of flavor cpu-basic" in info.status.message
 
 
 def test_hardware_lists_configured_flavors(user) -> None:

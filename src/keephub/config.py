@@ -50,6 +50,8 @@ class Settings:
     job_cpus: int = 0
     # GPU device ids jobs may use, comma-separated (e.g. "0,1"); empty: no GPU flavors.
     job_gpus: str = ""
+    # Memory limit of every job in GB, capping the flavor's own (0: the flavor's).
+    job_memory_gb: int = 0
     # After SIGTERM (timeout or cancel), a job gets this long to save its work before SIGKILL.
     job_grace_seconds: int = 60
     # Timeout of a job that names none.

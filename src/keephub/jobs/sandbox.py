@@ -72,6 +72,12 @@ class SandboxLayout:
 
 
 JOB_UID = 65534
+# The parts of /etc programs need (TLS roots, name resolution, users, the loader cache, locale, alternatives),
+# not all of it: a keephub config file in /etc may hold the signing key or a database password.
+ETC_ENTRIES = ("alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "resolv.conf", "hosts",
+               "host.conf", "gai.conf", "nsswitch.conf", "passwd", "group", "ld.so.cache", "ld.so.conf",
+               "ld.so.conf.d", "localtime", "timezone", "mime.types", "protocols", "services", "os-release",
+               "debian_version", "magic", "magic.mime", "pki")
 _NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 
 
@@ -86,11 +92,13 @@ def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str], owner
         "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_UID), "--cap-drop", "ALL",
         "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--hostname", "keephub-job",
-        "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+        "--ro-bind", "/usr", "/usr", "--dir", "/etc",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
     ]
+    for entry in ETC_ENTRIES:
+        argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
     for device in [f"/dev/nvidia{gpu}" for gpu in gpus] + list(_NVIDIA_SHARED if gpus else ()):
         argv += ["--dev-bind-try", device, device]
     for path in layout.readonly:
@@ -173,6 +181,18 @@ def _descendants(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+def resident_bytes(process: asyncio.subprocess.Process) -> int:
+    """Resident memory of every process in the sandbox (shared pages counted once per process: conservative)."""
+    total = 0
+    for pid in _descendants(process.pid):
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def terminate_sandbox(process: asyncio.subprocess.Process) -> None:

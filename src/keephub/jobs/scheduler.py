@@ -31,6 +31,7 @@ from keephub.storage.schema import Job, JobAttempt
 
 log = logging.getLogger("keephub.jobs")
 POLL_SECONDS = 1.0
+MEMORY_SAMPLE_SECONDS = 0.5
 
 
 @dataclass
@@ -242,9 +243,17 @@ class Scheduler:
                          job: Job) -> Outcome:
         waiter = asyncio.create_task(process.wait())
         canceller = asyncio.create_task(handle.cancel.wait())
+        limit_gb = self._memory_limit_gb(job.flavor)
+        memory = asyncio.create_task(self._watch_memory(process, limit_gb))
         remaining = max(0.0, deadline - time.monotonic())
-        done, _ = await asyncio.wait({waiter, canceller}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({waiter, canceller, memory}, timeout=remaining,
+                                     return_when=asyncio.FIRST_COMPLETED)
         canceller.cancel()
+        memory.cancel()
+        if memory in done and not memory.cancelled():
+            await waiter
+            return Outcome("ERROR", f"exceeded the memory limit of {limit_gb} GB of flavor {job.flavor}; "
+                                    "choose a bigger flavor or use less memory", process.returncode)
         if waiter in done:
             code = waiter.result()
             if code == 0:
@@ -259,6 +268,26 @@ class Scheduler:
             result = Outcome("TIMEOUT", f"timed out after {human_duration(job.timeout_seconds)}")
         await self._stop(process, waiter)
         return Outcome(result.kind, result.message, process.returncode)
+
+    def _memory_limit_gb(self, flavor: str) -> int:
+        flavor_gb = self.service.flavors[flavor].memory_gb if flavor in self.service.flavors else 1
+        cap = self.settings.job_memory_gb
+        return min(flavor_gb, cap) if cap else flavor_gb
+
+    @staticmethod
+    async def _watch_memory(process: asyncio.subprocess.Process, limit_gb: int) -> None:
+        """Return (after killing the sandbox) once its processes hold more than the flavor's memory.
+
+        Enforced from user space by sampling resident memory every half second, since the machines keephub
+        runs on may offer no writable cgroup; a burst shorter than that can exceed the limit briefly.
+        """
+        limit = limit_gb * 1024**3
+        while process.returncode is None:
+            if await asyncio.to_thread(sandbox.resident_bytes, process) > limit:
+                sandbox.kill_sandbox(process)
+                return
+            await asyncio.sleep(MEMORY_SAMPLE_SECONDS)
+        await asyncio.Event().wait()
 
     async def _stop(self, process: asyncio.subprocess.Process, waiter: asyncio.Task) -> None:
         sandbox.terminate_sandbox(process)
