@@ -36,6 +36,7 @@ import textwrap
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 os.environ.update({
@@ -223,15 +224,25 @@ class Bench:
         return JobRun(job.id, marks, self.record(job.id).get("durability"))
 
     def log_lines(self, job_id: str) -> list[str]:
-        """A finished job's log lines, read from the raw stream (fetch_job_logs(follow=False) can drop the last
-        lines, see jobs_bench.py)."""
+        return [data for _, data in self.log_events(job_id)]
+
+    def log_events(self, job_id: str) -> list[tuple[float, str]]:
+        """A finished job's log lines with the server's timestamps, read from the raw stream
+        (fetch_job_logs(follow=False) can drop the last lines, see jobs_bench.py)."""
         import httpx
 
         reply = httpx.get(f"{self.server.url}/api/jobs/{self.ns}/{job_id}/logs", timeout=60,
                           headers={"Authorization": f"Bearer {self.token}"})
         reply.raise_for_status()
-        return [json.loads(line[len("data: "):])["data"] for line in reply.text.splitlines()
-                if line.startswith("data: {")]
+        events = [json.loads(line[len("data: "):]) for line in reply.text.splitlines() if line.startswith("data: {")]
+        return [(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp(), e["data"]) for e in events]
+
+    def final_push_seconds(self, job_id: str) -> float:
+        """How long the sidecar's final push itself took: its "Pushing final model files" line to its ✅ line."""
+        events = self.log_events(job_id)
+        start = next(t for t, line in events if line.startswith("[keephub] Pushing final model files"))
+        end = next(t for t, line in events if "final model files pushed" in line)
+        return end - start
 
     def record(self, job_id: str) -> dict:
         import httpx
@@ -331,12 +342,14 @@ def figures_saved(args: argparse.Namespace, bench: Bench) -> list[Figure]:
             shutil.copyfile(files / name, folder / name)
         raw = bench.raw_upload(folder)
         checkpoint = max(p["time"] for p in run.durability["pushes"] if p["label"] != "final model files")
+        pushing = bench.final_push_seconds(run.job_id)
         measured.append(final_push_after(run))
         fast.append(final_push_after(quick))
         baseline.append(raw)
         print(f"  run {index}: train {run.train_seconds:.2f} s, save_model {run.marks['saved'] - run.marks['trained']:.2f} s; "
               f"saved -> final push recorded {measured[-1]:.2f} s (last checkpoint's at "
-              f"{checkpoint - run.marks['saved']:+.2f} s), with os._exit {fast[-1]:.2f} s; final files "
+              f"{checkpoint - run.marks['saved']:+.2f} s, the final push itself {pushing:.2f} s), with os._exit "
+              f"{fast[-1]:.2f} s; final files "
               f"{final['bytes']:,} bytes in {len(final['files'])} files; raw upload_folder {raw:.2f} s", flush=True)
     m, f, b = statistics.median(measured), statistics.median(fast), statistics.median(baseline)
     return [

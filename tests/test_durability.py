@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import textwrap
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
-from huggingface_hub import HfApi
-
 from conftest import SESSION_DIR, Server, free_port
+from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.training
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -196,7 +194,7 @@ def test_reference_invalid_sftconfig_arguments_are_refused_before_running(traine
     body = info.value.response.json()
     message = body["error"]
     for argument in ("push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token"):
-        assert f"❌" in message and argument in message, message
+        assert "❌" in message and argument in message, message
     assert "hub_model_id" in message and "keephub.preflight=override" in message
     assert body["preflight"]["ok"] is False
     assert len(list(api.list_jobs(namespace=name))) == before, "a refused job is never stored or started"

@@ -18,13 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from conftest import Server, free_port
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
 from keephub.config import Settings
 from keephub.hub import lfs
-
-from conftest import Server, free_port
 
 ZERO_SHA = "0" * 40
 NEVER_UPLOADED = hashlib.sha256(b"never uploaded anywhere " + uuid.uuid4().bytes).hexdigest()

@@ -22,10 +22,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from conftest import Server, free_port
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
-
-from conftest import Server, free_port
 
 CHUNK = 5 * 1024 * 1024
 

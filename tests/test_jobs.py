@@ -11,10 +11,9 @@ from typing import Iterator
 
 import httpx
 import pytest
+from conftest import SESSION_DIR, Server, free_port
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
-
-from conftest import SESSION_DIR, Server, free_port
 
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import Server
 
 pytestmark = pytest.mark.training

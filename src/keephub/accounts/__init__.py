@@ -1,9 +1,9 @@
 """Users, organizations, access tokens, and the one permission check every endpoint uses."""
 
 from keephub.accounts.service import (
+    AccountError,
     Accounts,
     Actor,
-    AccountError,
     Role,
 )
 

@@ -11,37 +11,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _keephub(data_dir: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"keephub exited at start-up; its log:\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/api/models", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise SystemExit(f"keephub did not answer on {url} within 30 s; see {log}")
+from keephub.devserver import LocalServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,23 +25,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
-    data_dir, inputs, run_dir = workdir / "data", workdir / "inputs", workdir / "run"
-    for directory in (data_dir, inputs, run_dir):
-        directory.mkdir(parents=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "keephub.log"
-
+    data_dir, inputs = workdir / "data", workdir / "inputs"
+    inputs.mkdir(parents=True)
+    server = LocalServer(data_dir=data_dir)
+    url = server.url
     print(f"▶ starting keephub at {url} (data in {data_dir})", flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), "serve", "--port", str(port),
-         "--log-level", "warning"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )
+    server.start()
     try:
-        _wait_ready(url, server, log)
-        _keephub(data_dir, "user", "create", "alice")
-        token = _keephub(data_dir, "token", "create", "alice", "--role", "write", "--name", "demo", "--quiet")
+        _, token = server.user("alice")
         print("▶ created user alice and a write token", flush=True)
 
         # huggingface_hub reads these when first imported; keephub does not speak Xet yet.
@@ -109,15 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + client.durability_summary(json.loads(client.inspect_json(api, job.id, "alice"))))
         if not args.keep_serving:
             print(f"   keephub stops now; its data stays in {data_dir}. Serve it again with:\n"
-                  f"   .venv/bin/keephub --data-dir {data_dir} serve --port {port}")
+                  f"   .venv/bin/keephub --data-dir {data_dir} serve --port {server.port}")
         else:
             print(f"\nkeephub keeps serving at {url}; press Ctrl-C to stop", flush=True)
-            server.wait()
+            assert server.process is not None
+            server.process.wait()
         return 0
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(10)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from keephub.durability.sidecar import RECORD_PREFIX
 from keephub.storage.db import Database
 from keephub.storage.schema import JobRecordEntry
 
-
 KINDS = ("push", "push-failed", "resume", "verdict")
 MAX_RECORD_BYTES = 256 * 1024
 

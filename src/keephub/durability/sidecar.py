@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -341,10 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
     child = subprocess.Popen(command)
+    # Waiting on the child's pidfd rather than sleeping ends the wait the moment training exits, so the final push
+    # starts at once instead of up to SCAN_SECONDS later; a stop request is still seen within SCAN_SECONDS.
+    exited = os.pidfd_open(child.pid)
     while child.poll() is None and not stop.is_set():
         for folder in watcher.completed():
             pusher.submit(Push.checkpoint(folder, "main"))
-        stop.wait(SCAN_SECONDS)
+        select.select([exited], [], [], SCAN_SECONDS)
+    os.close(exited)
     stop_requested = stop.is_set()
     if stop_requested:
         pusher.stop_retrying_at = time.time() + args.grace

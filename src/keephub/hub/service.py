@@ -14,7 +14,6 @@ from typing import BinaryIO
 from keephub.accounts import Accounts, Actor
 from keephub.config import Settings
 from keephub.hub import commits, lfs, naming, repos, wireformat
-from keephub.hub.repos import RepoRef
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore
 from keephub.storage.db import Database

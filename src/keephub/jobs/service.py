@@ -15,10 +15,10 @@ from sqlalchemy import select, update
 
 from keephub.accounts import Actor
 from keephub.config import Settings
-from keephub.hub.repos import require_actor
 from keephub.durability import record as durability_record
 from keephub.durability.gate import OVERRIDE_LABEL, OVERRIDE_VALUE, PreflightGate
 from keephub.durability.script import find_script
+from keephub.hub.repos import require_actor
 from keephub.hub.service import Hub
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox

@@ -11,8 +11,8 @@ import hashlib
 import stat
 from bisect import bisect_left
 from collections import OrderedDict
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 from threading import Lock
 from typing import Callable, Iterator
 
