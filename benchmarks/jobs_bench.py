@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from keephub.devserver import LocalServer
 
 FIRST_LINE_TARGET_S = 2.0
 JOB_CPUS = 2
@@ -48,67 +49,6 @@ TINY_JOB = (
     "print('end', repr(time.time()), flush=True)\n"
 )
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def keephub_cli(data_dir: Path, *args: str) -> str:
-    """Run the keephub CLI against `data_dir` and return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
-    return result.stdout
-
-
-class Server:
-    """One keephub server process on 127.0.0.1 with `KEEPHUB_JOB_CPUS` set, its output in a log file."""
-
-    def __init__(self, data_dir: Path, port: int, job_cpus: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.job_cpus = job_cpus
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = data_dir.parent / "server.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import httpx
-
-        log = open(self.log_path, "ab")
-        env = {**os.environ, "KEEPHUB_JOB_CPUS": str(self.job_cpus)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"keephub exited at start-up:\n{self.log_path.read_text()}")
-            try:
-                httpx.get(self.url + "/api/models", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("keephub did not start within 60 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def user_token(self, name: str) -> str:
-        keephub_cli(self.data_dir, "user", "create", name)
-        return keephub_cli(self.data_dir, "token", "create", name, "--role", "write", "--quiet").strip()
 
 
 @dataclass
@@ -180,7 +120,7 @@ def first_log_line(api, url: str, token: str, namespace: str, script_url: str) -
     return elapsed, stages
 
 
-def figure_first_line(args: argparse.Namespace, server: Server, work: Path, namespace: str, token: str) -> Figure:
+def figure_first_line(args: argparse.Namespace, server: LocalServer, work: Path, namespace: str, token: str) -> Figure:
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=server.url, token=token)
@@ -220,7 +160,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-def figures_burst(args: argparse.Namespace, server: Server, namespace: str, token: str) -> list[Figure]:
+def figures_burst(args: argparse.Namespace, server: LocalServer, namespace: str, token: str) -> list[Figure]:
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=server.url, token=token)
@@ -263,10 +203,10 @@ def figures_burst(args: argparse.Namespace, server: Server, namespace: str, toke
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Figure]:
-    server = Server(work / "data", free_port(), JOB_CPUS)
+    server = LocalServer(data_dir=work / "data", env={"KEEPHUB_JOB_CPUS": str(JOB_CPUS)})
     server.start()
     try:
-        token = server.user_token("alice")
+        _, token = server.user("alice")
         figures = [figure_first_line(args, server, work, "alice", token)]
         figures += figures_burst(args, server, "alice", token)
     finally:
