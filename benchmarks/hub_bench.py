@@ -20,9 +20,7 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,70 +29,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from keephub.devserver import LocalServer
+
 MIB = 1024 * 1024
 RSS_LIMIT_MB = 300.0
 UPLOAD_TARGET = 0.6
 DOWNLOAD_TARGET = 0.8
 COMMIT_TARGET = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def keephub_cli(data_dir: Path, *args: str) -> str:
-    """Run the keephub CLI against `data_dir` and return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
-    return result.stdout
-
-
-class Server:
-    """One keephub server process on 127.0.0.1, its output in a log file next to the data dir."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = data_dir.parent / "server.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import httpx
-
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"keephub exited at start-up:\n{self.log_path.read_text()}")
-            try:
-                httpx.get(self.url + "/api/models", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("keephub did not start within 60 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def user_token(self, name: str) -> str:
-        keephub_cli(self.data_dir, "user", "create", name)
-        return keephub_cli(self.data_dir, "token", "create", name, "--role", "write", "--quiet").strip()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -187,7 +128,7 @@ def mb_per_s(size: int, seconds: float) -> float:
     return size / seconds / 1e6
 
 
-def transfer_figures(api, server: Server, repo_id: str, work: Path,  # type: ignore[no-untyped-def]
+def transfer_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ignore[no-untyped-def]
                      size_mib: int) -> list[Figure]:
     """Figures 1 and 2: the big file up and down through the real client, server RSS watched throughout."""
     from huggingface_hub import hf_hub_download
@@ -288,7 +229,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
         "HF_HUB_DOWNLOAD_TIMEOUT": "300",
     })
     os.environ.pop("HF_TOKEN", None)
-    server = Server(work / "data", free_port())
+    server = LocalServer(data_dir=work / "data")
     os.environ["HF_ENDPOINT"] = server.url
     # huggingface_hub reads HF_ENDPOINT and the flags above at import time.
     from huggingface_hub import HfApi
@@ -297,7 +238,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
     try:
         assert server.process is not None
         user = f"bench{uuid.uuid4().hex[:6]}"
-        api = HfApi(endpoint=server.url, token=server.user_token(user))
+        api = HfApi(endpoint=server.url, token=server.user(user)[1])
         print(f"server pid {server.process.pid} at {server.url}, data in {server.data_dir}", flush=True)
         figures: list[Figure] = []
         # The transfer goes first, on a fresh server, so that VmHWM covers nothing but start-up and the big file.
