@@ -155,30 +155,35 @@ def test_secrets_are_redacted_and_hf_token_is_job_scoped(jobs_server: Server, us
     name, api, _ = user
     repo = f"{name}/from-job-{uuid.uuid4().hex[:6]}"
     code = f"""
-        import os
+        import json, os, urllib.parse
         from huggingface_hub import HfApi
         token = os.environ['HF_TOKEN']
         print('my secret is', os.environ['MY_SECRET'])
+        print('as json', json.dumps({{'k': os.environ['MY_SECRET']}}))
+        print('in a url', urllib.parse.quote(os.environ['MY_SECRET'], safe=''))
+        print('key line', os.environ['MY_KEY'].splitlines()[1])
         print('token reversed', token[::-1])
         api = HfApi()
         print('whoami', api.whoami()['name'])
         api.create_repo({repo!r})
         api.upload_file(path_or_fileobj=b'made in a job', path_in_repo='job.txt', repo_id={repo!r})
     """
-    job = python_job(api, code, secrets={"HF_TOKEN": "$HF_TOKEN", "MY_SECRET": "s3cr3t-value-42"})
+    key = "-----BEGIN KEY-----\nQUJDREVGR0hJSktMTU5PUA==\n-----END KEY-----"
+    job = python_job(api, code, secrets={"HF_TOKEN": "$HF_TOKEN", "MY_SECRET": "s3cr3t/value \"42\"", "MY_KEY": key})
     lines = logs(api, job.id)
     assert api.wait_for_job(job_id=job.id, timeout=60).status.stage == "COMPLETED", lines
     assert "my secret is ***" in lines
+    assert 'as json {"k": "***"}' in lines and "in a url ***" in lines and "key line ***" in lines
     assert f"whoami {name}" in lines
     assert api.hf_hub_download(repo, "job.txt", cache_dir=str(jobs_server.data_dir.parent / "dl"))
     info = httpx.get(f"{jobs_server.url}/api/jobs/{name}/{job.id}", headers={"authorization": f"Bearer {api.token}"})
-    assert "s3cr3t-value-42" not in info.text
+    assert "s3cr3t" not in info.text
     job_token = next(line for line in lines if line.startswith("token reversed")).split()[-1][::-1]
     assert job_token != api.token, "the job gets its own token, not the user's"
     revoked = httpx.get(f"{jobs_server.url}/api/whoami-v2", headers={"authorization": f"Bearer {job_token}"})
     assert revoked.status_code == 401, "the job token is revoked when the job ends"
     stored = (jobs_server.data_dir / "keephub.db").read_bytes()
-    assert b"s3cr3t-value-42" not in stored and job_token.encode() not in stored
+    assert b"s3cr3t" not in stored and job_token.encode() not in stored
 
 
 def test_uv_run_script_from_keephub_url_with_inline_dependencies(jobs_server: Server, user) -> None:

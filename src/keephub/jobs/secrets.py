@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from cryptography.fernet import Fernet, InvalidToken
 
 REDACTED = "***"
 _MIN_REDACT_LENGTH = 4
+_MIN_LINE_LENGTH = 8
 
 
 class SecretBox:
@@ -38,10 +40,16 @@ class SecretBox:
 
 
 class Redactor:
-    """Replaces every secret value in a log line; longest first so overlapping secrets leave nothing behind."""
+    """Replaces every secret value in a log line, in the forms a program is likely to print it: as is, line by
+    line for multi-line secrets (keys, JSON credentials), JSON-escaped, repr-escaped and URL-encoded.
+    Longest first, so overlapping secrets leave nothing behind."""
 
     def __init__(self, values: list[str]) -> None:
-        self.values = sorted({v for v in values if len(v) >= _MIN_REDACT_LENGTH}, key=len, reverse=True)
+        forms: set[str] = set()
+        for value in values:
+            forms |= {value, json.dumps(value)[1:-1], repr(value)[1:-1], quote(value, safe="")}
+            forms |= {line.strip() for line in value.splitlines() if len(line.strip()) >= _MIN_LINE_LENGTH}
+        self.values = sorted((f for f in forms if len(f) >= _MIN_REDACT_LENGTH), key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
         for value in self.values:
