@@ -82,8 +82,11 @@ _NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 
 
 def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str], owner: str,
-               gpus: list[str]) -> list[str]:
-    """The bwrap command line. It carries no job data: the job's environment arrives through `--args FD`."""
+               gpus: list[str], memory_bytes: int) -> list[str]:
+    """The bwrap command line. It carries no job data: the job's environment arrives through `--args FD`.
+
+    /tmp and /run are RAM-backed, so each is capped at the job's memory limit (files there do not count
+    towards the resident memory the scheduler watches)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
@@ -95,7 +98,8 @@ def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str], owner
         "--ro-bind", "/usr", "/usr", "--dir", "/etc",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(memory_bytes), "--tmpfs", "/tmp", "--size", str(memory_bytes), "--tmpfs", "/run",
     ]
     for entry in ETC_ENTRIES:
         argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]

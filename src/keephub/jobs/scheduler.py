@@ -190,7 +190,8 @@ class Scheduler:
             )
             try:
                 command = self._with_sidecar(spec, job_id, number)
-                argv = sandbox.bwrap_argv(self.layout, workspace, command, job.owner, allocation.gpus)
+                argv = sandbox.bwrap_argv(self.layout, workspace, command, job.owner, allocation.gpus,
+                                          self._memory_limit_gb(job.flavor) * 1024**3)
                 process = await sandbox.start(argv, env, allocation.cpus)
             except (sandbox.SandboxUnavailable, OSError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
