@@ -12,11 +12,15 @@
    there to the sidecar's record of the verified "final model files" push (the verdict follows it at
    once). Baseline: `HfApi.upload_folder` of the same files (downloaded back from the job's repo) from
    this process to a fresh repo on the same server; median of --repeats each. Target: <= 1.2x.
+   Also printed, to show where the time goes: when the last checkpoint's push was recorded, how long the
+   final push itself took (its log lines' server timestamps), and a diagnostic row for the same job whose
+   script ends with os._exit(0) right after the timestamp, i.e. without Python's interpreter teardown,
+   which the sidecar must wait for (it pushes to main only once the exit status says success).
 
 The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
 with the sidecar beside it; the server and this process share the machine's other core(s).
 
-Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 3] [--steps 200]
+Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 5] [--steps 200]   (about 4 min)
 The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
 end unless --keep. Exit status 1 if a figure fails.
 """
@@ -392,7 +396,7 @@ def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each kind (default 5)")
     parser.add_argument("--steps", type=int, default=200, help="training steps for figure 1 (default 200)")
     parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of figure 2's model (default 256)")
@@ -419,6 +423,8 @@ def main() -> int:
         "saved baseline": "median HfApi.upload_folder of the same final files from the benchmark process to a "
                           "fresh repo on the same server; measured = script's timestamp after save_model -> "
                           "the sidecar's verified 'final model files' push record",
+        "os._exit row": "diagnostic, not a target: the same job ending with os._exit(0) after its timestamp, so "
+                        "the training process's interpreter teardown is not part of it",
     })
     return 0 if all(f.passed for f in figures if f.target != "(diag.)") else 1
 

@@ -63,8 +63,8 @@ class Push:
 
     @classmethod
     def checkpoint(cls, folder: Path, revision: str, label: str | None = None) -> "Push":
-        """Every file of a checkpoint folder except dotfiles: safetensors writes `.tmpXXXXXX` and renames it, so a
-        scan during the write stages a second link to the weights, which would be hashed and pushed again."""
+        """Every file of a checkpoint folder except dotfiles: safetensors writes `.tmpXXXXXX` and renames
+        it, so a scan during the write stages a second link to the weights, to be hashed and pushed again."""
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         return cls(label or folder.name, folder, folder.name, revision, files)
 
@@ -133,6 +133,16 @@ class Pusher:
         return not self.thread.is_alive() and self.failed is None
 
     def _run(self) -> None:
+        # The sandbox is pinned to the job's cores, where each push's hashing and HTTP work (~20 ms of CPU
+        # for a small checkpoint) would slow training down by as much. This thread, and the upload threads
+        # it starts (Linux threads inherit affinity), may run on any core instead, as the hub server that
+        # takes the upload does; the kernel puts them where the CPU is idle. Nice would not do: a
+        # low-priority thread preempted while holding the GIL stalls the watcher thread, and a checkpoint
+        # was rotated away before it was staged.
+        try:
+            os.sched_setaffinity(threading.get_native_id(), range(os.cpu_count() or 1))
+        except OSError:  # a CPU set that forbids other cores: push from the job's cores
+            pass
         while True:
             push = self.queue.get()
             if push is None:
@@ -167,8 +177,8 @@ class Pusher:
         say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
         if push.revision != "main":
             self.api.create_branch(self.repo, branch=push.revision, exist_ok=True)
-        # The operations are built here, not inside upload_folder, so that verification can reuse the sha256 each
-        # computes for the upload instead of reading and hashing every file a second time.
+        # The operations are built here, not inside upload_folder, so that verification can reuse the sha256
+        # each computes for the upload instead of reading and hashing every file a second time.
         operations = [
             CommitOperationAdd(path_in_repo=f"{push.path_in_repo}/{p.relative_to(push.folder)}".lstrip("/"),
                                path_or_fileobj=str(p))
@@ -189,8 +199,8 @@ class Pusher:
             _release_older(push.folder)
 
     def _verify(self, operations: list[CommitOperationAdd], commit: str) -> bool:
-        """Compare each file with the server's hash at the new commit: for LFS files the sha256 the upload computed
-        from the local bytes (the server checks uploads against it), for the others the local file's git sha1."""
+        """Compare each file with the server's hash at the new commit: for LFS files the sha256 the upload
+        computed from the local bytes (the server checks uploads against it), else the local git sha1."""
         remote = {}
         paths = [op.path_in_repo for op in operations]
         for start in range(0, len(paths), 200):
@@ -342,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
     child = subprocess.Popen(command)
-    # Waiting on the child's pidfd rather than sleeping ends the wait the moment training exits, so the final push
-    # starts at once instead of up to SCAN_SECONDS later; a stop request is still seen within SCAN_SECONDS.
+    # Waiting on the child's pidfd rather than sleeping ends the wait the moment training exits, so the
+    # final push starts at once instead of up to SCAN_SECONDS later; a stop request is still seen within
+    # SCAN_SECONDS.
     exited = os.pidfd_open(child.pid)
     while child.poll() is None and not stop.is_set():
         for folder in watcher.completed():
