@@ -70,8 +70,9 @@ def verdict(repo: str, pushes: list[dict], failures: list[dict], last: dict | No
     verified_main = [p for p in pushes if p["revision"] == "main" and p["verified"]]
     if last is not None and last.get("status") == "saved" and verified_main:
         commit = verified_main[-1]["commit"]
+        lost = "".join(f"; but {f['reason']}" for f in failures)
         return {"status": "saved", "commit": commit,
-                "message": f"saved at commit {commit[:12]} of {repo}: {base_url}/{repo}"}
+                "message": f"saved at commit {commit[:12]} of {repo}: {base_url}/{repo}{lost}"}
     if last is not None and last.get("status") == "rescued" and last.get("branch"):
         branch = str(last["branch"])
         return {"status": "rescued", "branch": branch,

@@ -269,6 +269,21 @@ class Watcher:
         self.staging = staging
         self.done: set[str] = set()
 
+    def missed(self) -> list[str]:
+        """Checkpoints the Trainer saved (every `save_steps`, per the newest trainer_state.json) that were
+        never seen: a stall of this process longer than the rotation window loses one, and that must show."""
+        steps = sorted(int(name.split("-")[1]) for name in self.done)
+        if not steps:
+            return []
+        try:
+            state = json.loads((self.staging / f"checkpoint-{steps[-1]}" / "trainer_state.json").read_text())
+            every = int(state.get("save_steps") or 0)
+        except (OSError, ValueError, TypeError):
+            return []
+        if every <= 0:
+            return []
+        return [f"checkpoint-{step}" for step in range(steps[0], steps[-1], every) if step not in steps]
+
     def mark_existing(self) -> None:
         if self.output_dir.is_dir():
             self.done |= {p.name for p in self.output_dir.iterdir() if CHECKPOINT.match(p.name)}
@@ -377,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     if succeeded and output_dir.is_dir():
         pusher.submit(Push.top_level(output_dir, "main", "final model files"))
     all_landed = pusher.drain(stop, args.grace)
+    for lost in watcher.missed():
+        reason = (f"{lost} was deleted by the Trainer's save_total_limit rotation before keephub could stage it; "
+                  "raise save_total_limit or save less often")
+        say(f"❌ {reason}")
+        record("push-failed", label=lost, revision="main", reason=reason)
     if not succeeded:
         rescue(pusher, output_dir, staging, watcher.done, args.job_id, stop, args.grace, code, stop_requested)
     elif all_landed:
