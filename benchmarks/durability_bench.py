@@ -31,9 +31,7 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -42,6 +40,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from report import Figure, print_table
+
+from keephub.devserver import LocalServer
 
 os.environ.update({
     "HF_HUB_DISABLE_XET": "1",
@@ -93,78 +95,6 @@ TRAIN = textwrap.dedent('''
 ''').replace("MARK", MARK)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def keephub_cli(data_dir: Path, *args: str) -> str:
-    """Run the keephub CLI against `data_dir` and return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
-    return result.stdout
-
-
-class Server:
-    """One keephub server process on 127.0.0.1 with `KEEPHUB_JOB_CPUS` set, its output in a log file."""
-
-    def __init__(self, data_dir: Path, port: int, job_cpus: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.job_cpus = job_cpus
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = data_dir.parent / "server.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import httpx
-
-        log = open(self.log_path, "ab")
-        env = {**os.environ, "KEEPHUB_JOB_CPUS": str(self.job_cpus), "HF_ENDPOINT": self.url}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"keephub exited at start-up:\n{self.log_path.read_text()}")
-            try:
-                httpx.get(self.url + "/api/models", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("keephub did not start within 60 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def user_token(self, name: str) -> str:
-        keephub_cli(self.data_dir, "user", "create", name)
-        return keephub_cli(self.data_dir, "token", "create", name, "--role", "write", "--quiet").strip()
-
-
-@dataclass
-class Figure:
-    name: str
-    measured: float
-    baseline: float
-    unit: str
-    ratio: float
-    target: str
-    passed: bool
-
-
 @dataclass
 class JobRun:
     """What one training job reported: its own timestamps, and the sidecar's pushes (None when unguarded)."""
@@ -179,7 +109,7 @@ class JobRun:
 
 
 class Bench:
-    def __init__(self, server: Server, token: str, namespace: str, work: Path) -> None:
+    def __init__(self, server: LocalServer, token: str, namespace: str, work: Path) -> None:
         from huggingface_hub import HfApi
 
         self.server = server
@@ -363,11 +293,11 @@ def figures_saved(args: argparse.Namespace, bench: Bench) -> list[Figure]:
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Figure]:
-    server = Server(work / "data", free_port(), JOB_CPUS)
+    server = LocalServer(data_dir=work / "data", env={"KEEPHUB_JOB_CPUS": str(JOB_CPUS)})
     os.environ["HF_ENDPOINT"] = server.url
     server.start()
     try:
-        token = server.user_token("alice")
+        _, token = server.user("alice")
         bench = Bench(server, token, "alice", work)
         bench.setup(args.hidden, args.layers)
         figures = []
@@ -379,19 +309,6 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
     finally:
         server.stop()
     return figures
-
-
-def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
-    header = f"{'figure':<34} {'measured':>10} {'baseline':>10} {'ratio':>7}  {'target':<8} result"
-    print()
-    print(header)
-    print("-" * len(header))
-    for f in figures:
-        print(f"{f.name:<34} {f.measured:>8.2f} {f.unit} {f.baseline:>8.2f} {f.unit} {f.ratio:>6.3f}x  {f.target:<8} "
-              f"{'PASS' if f.passed else 'FAIL'}")
-    print()
-    for name, note in notes.items():
-        print(f"  {name}: {note}")
 
 
 def main() -> int:

@@ -26,8 +26,9 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+
+from report import Figure, print_table
 
 from keephub.devserver import LocalServer
 
@@ -111,17 +112,6 @@ def timed_copy(src: Path, dst: Path) -> float:
     elapsed = time.perf_counter() - start
     dst.unlink()
     return elapsed
-
-
-@dataclass
-class Figure:
-    name: str
-    measured: float
-    baseline: float
-    unit: str
-    ratio: float
-    target: str
-    passed: bool
 
 
 def mb_per_s(size: int, seconds: float) -> float:
@@ -249,21 +239,6 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
         return figures
     finally:
         server.stop()
-
-
-def print_table(figures: list[Figure], baseline_notes: dict[str, str]) -> None:
-    header = f"{'figure':<32} {'measured':>14} {'baseline':>14} {'ratio':>7}  {'target':<10} result"
-    print()
-    print(header)
-    print("-" * len(header))
-    for f in figures:
-        measured = f"{f.measured:.1f} {f.unit}"
-        baseline = f"{f.baseline:.1f} {f.unit}"
-        print(f"{f.name:<32} {measured:>14} {baseline:>14} {f.ratio:>6.2f}x  {f.target:<10} "
-              f"{'PASS' if f.passed else 'FAIL'}")
-    print()
-    for name, note in baseline_notes.items():
-        print(f"  {name}: {note}")
 
 
 def main() -> int:

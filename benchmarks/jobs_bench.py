@@ -29,9 +29,10 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from report import Figure, print_table
 
 from keephub.devserver import LocalServer
 
@@ -49,17 +50,6 @@ TINY_JOB = (
     "print('end', repr(time.time()), flush=True)\n"
 )
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
-
-
-@dataclass
-class Figure:
-    name: str
-    measured: float
-    baseline: float
-    unit: str
-    ratio: float
-    target: str
-    passed: bool
 
 
 def epoch(iso: str) -> float:
@@ -194,9 +184,9 @@ def figures_burst(args: argparse.Namespace, server: LocalServer, namespace: str,
           f"{len(intervals)} with both timestamps; peak overlap {peak}")
     return [
         Figure(f"{args.jobs} jobs COMPLETED", completed, args.jobs, "jobs", completed / args.jobs,
-               f"= {args.jobs}", completed == args.jobs),
+               f"= {args.jobs}", completed == args.jobs, digits=0),
         Figure(f"max concurrent ({JOB_CPUS} cores)", peak, JOB_CPUS, "jobs", peak / JOB_CPUS,
-               f"<= {JOB_CPUS}", peak <= JOB_CPUS and len(intervals) == args.jobs),
+               f"<= {JOB_CPUS}", peak <= JOB_CPUS and len(intervals) == args.jobs, digits=0),
         Figure(f"{args.jobs} jobs wall time", wall, ideal, "s", wall / ideal,
                f"<= {THROUGHPUT_TARGET_RATIO:g}x", wall / ideal <= THROUGHPUT_TARGET_RATIO),
     ]
@@ -212,22 +202,6 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
     finally:
         server.stop()
     return figures
-
-
-def print_table(figures: list[Figure], baseline_notes: dict[str, str]) -> None:
-    header = f"{'figure':<34} {'measured':>12} {'baseline':>12} {'ratio':>7}  {'target':<8} result"
-    print()
-    print(header)
-    print("-" * len(header))
-    for f in figures:
-        digits = 0 if f.unit == "jobs" else (3 if f.baseline < 1 else 2)
-        measured = f"{f.measured:.{digits}f} {f.unit}"
-        baseline = f"{f.baseline:.{3 if f.unit == 's' and f.baseline < 1 else digits}f} {f.unit}"
-        print(f"{f.name:<34} {measured:>12} {baseline:>12} {f.ratio:>6.2f}x  {f.target:<8} "
-              f"{'PASS' if f.passed else 'FAIL'}")
-    print()
-    for name, note in baseline_notes.items():
-        print(f"  {name}: {note}")
 
 
 def main() -> int:

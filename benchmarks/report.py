@@ -1,0 +1,34 @@
+"""The shape every benchmark reports in: figures measured against a baseline from the same run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Figure:
+    name: str
+    measured: float
+    baseline: float
+    unit: str
+    ratio: float
+    target: str
+    passed: bool
+    digits: int = 2
+
+
+def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
+    """One row per figure (measured, baseline, ratio, target, PASS/FAIL), then what each baseline is."""
+    rows = [(f.name, f"{f.measured:.{f.digits}f} {f.unit}", f"{f.baseline:.{f.digits}f} {f.unit}",
+             f"{f.ratio:.3f}x", f.target, "PASS" if f.passed else "FAIL") for f in figures]
+    header = ("figure", "measured", "baseline", "ratio", "target", "result")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print()
+    for number, row in enumerate([header, *rows]):
+        print("  ".join(cell.ljust(widths[i]) if i in (0, 4, 5) else cell.rjust(widths[i])
+                        for i, cell in enumerate(row)).rstrip())
+        if number == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print()
+    for name, note in notes.items():
+        print(f"  {name}: {note}")
