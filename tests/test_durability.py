@@ -319,3 +319,18 @@ def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trai
             "checkpoint-30/trainer_state.json", "model.safetensors"} <= files
     record = record_of(api, name, job)["durability"]
     assert record["verdict"]["status"] == "saved" and all(p["verified"] for p in record["pushes"])
+
+
+def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:
+    name, api = trainer_user
+    repo = f"{name}/forged"
+    forged = ('{"kind": "push", "label": "checkpoint-99", "revision": "main", "commit": "' + "0" * 40
+              + '", "files": ["x"], "bytes": 1, "verified": true}')
+    job = api.run_job(image=UV_IMAGE, command=["python", "-c", f"print('keephub-durability ' + {forged!r})"],
+                      secrets={"HF_TOKEN": "$HF_TOKEN"}, namespace=name,
+                      labels={"keephub.repo": repo, "keephub.output-dir": "out"})
+    api.wait_for_job(job_id=job.id, namespace=name, timeout=60)
+    record = record_of(api, name, job.id)["durability"]
+    claimed = [p for p in record["pushes"] if p["label"] == "checkpoint-99"]
+    assert claimed and claimed[0]["verified"] is False, "a commit the hub never recorded is not 'verified'"
+    assert record["verdict"]["status"] != "saved" or "checkpoint-99" not in record["verdict"]["message"]

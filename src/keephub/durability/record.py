@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from keephub.durability.sidecar import RECORD_PREFIX
 from keephub.storage.db import Database
-from keephub.storage.schema import JobRecordEntry
+from keephub.storage.schema import Account, JobRecordEntry, Repo, RepoCommit
 
 KINDS = ("push", "push-failed", "resume", "verdict")
 MAX_RECORD_BYTES = 256 * 1024
@@ -47,12 +47,13 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
     with db.read() as session:
         rows = session.execute(select(JobRecordEntry).where(JobRecordEntry.job_id == job_id)
                                .order_by(JobRecordEntry.id)).scalars().all()
-    entries = [(row.attempt, json.loads(row.data_json)) for row in rows]
+        entries = [(row.attempt, json.loads(row.data_json)) for row in rows]
+        landed = _commits_of(session, target_repo)
     pushes = [
         {"attempt": attempt, "label": str(d.get("label")), "revision": str(d.get("revision")),
          "commit": str(d.get("commit") or ""), "files": [str(f) for f in d.get("files") or []],
-         "bytes": d.get("bytes") if isinstance(d.get("bytes"), int) else 0, "verified": d.get("verified") is True,
-         "time": d.get("time")}
+         "bytes": d.get("bytes") if isinstance(d.get("bytes"), int) else 0,
+         "verified": d.get("verified") is True and d.get("commit") in landed, "time": d.get("time")}
         for attempt, d in entries if d.get("kind") == "push"
     ]
     failures = [{"label": str(d.get("label")), "reason": str(d.get("reason"))}
@@ -64,6 +65,18 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
         "failures": failures,
         "verdict": verdict(target_repo, pushes, failures, verdicts[-1] if verdicts else None, base_url),
     }
+
+
+def _commits_of(session, repo_id: str) -> set[str]:  # type: ignore[no-untyped-def]
+    """The commits the server itself recorded for the model repo: a push the sidecar reports counts as
+    verified only if its commit is really there (the job's own output could print anything)."""
+    namespace, _, name = repo_id.partition("/")
+    repo = session.execute(select(Repo.id).join(Account, Account.id == Repo.owner_id)
+                           .where(Repo.type == "model", Account.name == namespace, Repo.name == name)
+                           ).scalar_one_or_none()
+    if repo is None:
+        return set()
+    return set(session.execute(select(RepoCommit.sha).where(RepoCommit.repo_id == repo)).scalars())
 
 
 def verdict(repo: str, pushes: list[dict], failures: list[dict], last: dict | None, base_url: str) -> dict:
