@@ -33,7 +33,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from report import Figure, print_table
+from report import Figure, add_work_dir_options, print_table, work_dir
 
 from keephub.devserver import LocalServer
 
@@ -321,19 +320,11 @@ def main() -> int:
     parser.add_argument("--big-steps", type=int, default=20, help="training steps for figure 2 (default 20)")
     parser.add_argument("--big-save-steps", type=int, default=10, help="checkpoint interval for figure 2 (default 10)")
     parser.add_argument("--skip-slowdown", action="store_true", help="measure figure 2 only")
-    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the temporary work dir goes; must not be inside the repository")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
+    add_work_dir_options(parser)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="keephub-durability-bench-", dir=args.tmp))
-    os.environ["HF_HOME"] = str(work / "hf-home")
-    try:
+    with work_dir(parser, args, "keephub-durability-bench-") as work:
+        os.environ["HF_HOME"] = str(work / "hf-home")
         figures = run(args, work)
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print_table(figures, {
         "train-time baseline": "median wall time of trainer.train() inside the same job without durability labels "
                                "(nothing pushed); interleaved with the sidecar runs, first pair not counted",

@@ -22,13 +22,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from report import Figure, print_table
+from report import Figure, add_work_dir_options, print_table, work_dir
 
 from keephub.devserver import LocalServer
 
@@ -247,21 +246,11 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10_000, help="files in the big repo (default 10000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed small commits per repo (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed small commits per repo first (default 1)")
-    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the temporary work dir goes; must not be inside the repository")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
+    add_work_dir_options(parser)
     parser.add_argument("--only", choices=["transfer", "commit"], help="measure figures 1-2 or figure 3 alone")
     args = parser.parse_args()
-    if args.tmp.resolve().is_relative_to(Path(__file__).resolve().parent.parent):
-        parser.error("--tmp is inside the repository; benchmark data (gigabytes) belongs outside it, e.g. /tmp")
-    work = Path(tempfile.mkdtemp(prefix="keephub-bench-", dir=args.tmp))
-    try:
+    with work_dir(parser, args, "keephub-bench-") as work:
         figures = run(args, work)
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print_table(figures, {
         "throughput baseline": "shutil.copyfile + fsync of the same file to a fresh path on the same disk "
                                "(faster of one copy before and one after the transfers)",

@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from report import Figure, print_table
+from report import Figure, add_work_dir_options, print_table, work_dir
 
 from keephub.devserver import LocalServer
 
@@ -211,19 +209,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20, help="tiny jobs submitted at once (default 20)")
     parser.add_argument("--burst-timeout", type=float, default=120.0,
                         help="seconds to wait for the burst before counting what is left as stuck (default 120)")
-    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the temporary work dir goes; must not be inside the repository")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
+    add_work_dir_options(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_EXPERIMENTAL_WARNING", "1")  # run_uv_job warns on every call
-    work = Path(tempfile.mkdtemp(prefix="keephub-jobs-bench-", dir=args.tmp))
-    try:
+    with work_dir(parser, args, "keephub-jobs-bench-") as work:
         figures = run(args, work)
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print_table(figures, {
         "first-line baseline": "median of `python hi.py` run locally, launch to first stdout line; "
                                "the target is on the absolute median",

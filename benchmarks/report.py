@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 
 @dataclass
@@ -32,3 +38,24 @@ def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
     print()
     for name, note in notes.items():
         print(f"  {name}: {note}")
+
+
+def add_work_dir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the temporary work dir goes; must not be inside the repository")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, server log) for inspection")
+
+
+@contextmanager
+def work_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """A temporary directory outside the repository for the benchmark's data, removed unless --keep."""
+    if args.tmp.resolve().is_relative_to(Path(__file__).resolve().parent.parent):
+        parser.error("--tmp is inside the repository; benchmark data (gigabytes) belongs outside it, e.g. /tmp")
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.tmp))
+    try:
+        yield work
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
