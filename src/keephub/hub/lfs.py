@@ -100,7 +100,7 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> 
     objects = _validate_batch(body)
     transfers = body.get("transfers") or ["basic"]  # type: ignore[union-attr]
     use_multipart = "multipart" in transfers
-    linked = _linked_sizes(session, repo, [oid for oid, _ in objects])
+    linked = linked_sizes(session, repo, [oid for oid, _ in objects])
     base = f"{settings.base_url}/{repo.url_path}.git/info/lfs/objects"
     answers = []
     chosen = "basic"
@@ -130,7 +130,7 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> 
     return {"transfer": chosen, "objects": answers, "hash_algo": "sha256"}
 
 
-def _linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str, int]:
+def linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for start in range(0, len(oids), 900):
         rows = session.execute(
@@ -197,7 +197,7 @@ def commit_verified(pending: PendingBlob, grant: UploadGrant) -> None:
 def verify(session: Session, repo: RepoRef, body: object) -> None:
     if not isinstance(body, dict) or not is_sha256(body.get("oid")) or not isinstance(body.get("size"), int):
         raise BadRequest("the verify body must be JSON {oid: sha256 hex, size: integer}")
-    sizes = _linked_sizes(session, repo, [body["oid"]])
+    sizes = linked_sizes(session, repo, [body["oid"]])
     if body["oid"] not in sizes:
         raise NotFound(f"object {body['oid']} has not been uploaded to {repo.repo_id}; upload it again")
     if sizes[body["oid"]] != body["size"]:

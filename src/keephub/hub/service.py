@@ -252,7 +252,7 @@ class Hub:
         """Size of an LFS object the caller may download from this repo."""
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
-            sizes = lfs._linked_sizes(session, repo, [oid])
+            sizes = lfs.linked_sizes(session, repo, [oid])
         if oid not in sizes:
             raise EntryNotFound(f"LFS object {oid} is not part of {repo.repo_id}")
         return sizes[oid]

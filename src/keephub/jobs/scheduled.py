@@ -15,7 +15,7 @@ from croniter import CroniterBadDateError, croniter
 from sqlalchemy import select
 
 from keephub.accounts import Actor
-from keephub.jobs.service import TERMINAL, JobService, _aware, _iso, utcnow
+from keephub.jobs.service import TERMINAL, JobService, aware, iso, utcnow
 from keephub.jobs.spec import parse_spec, spec_from_wire
 from keephub.storage.schema import Job, ScheduledJob
 from keephub.wire import BadRequest, Conflict
@@ -135,7 +135,7 @@ class ScheduledJobs:
             due = session.execute(select(ScheduledJob).where(ScheduledJob.suspend.is_(False))).scalars().all()
         started = 0
         for row in due:
-            if _aware(row.next_run_at) > now:
+            if aware(row.next_run_at) > now:
                 continue
             try:
                 if self._start_run(row, respect_concurrency=True) is not None:
@@ -166,14 +166,14 @@ class ScheduledJobs:
     def to_wire(self, row: ScheduledJob) -> dict:
         spec = json.loads(row.spec_json)
         spec["secrets"] = {name: "<hidden>" for name in spec["secrets"]}
-        last = {"id": row.last_job_id, "at": _iso(row.last_job_at)} if row.last_job_id else None
+        last = {"id": row.last_job_id, "at": iso(row.last_job_at)} if row.last_job_id else None
         return {
             "id": row.id,
-            "createdAt": _iso(row.created_at),
+            "createdAt": iso(row.created_at),
             "jobSpec": spec,
             "schedule": row.schedule,
             "suspend": row.suspend,
             "concurrency": row.concurrency,
-            "status": {"lastJob": last, "nextJobRunAt": None if row.suspend else _iso(row.next_run_at)},
+            "status": {"lastJob": last, "nextJobRunAt": None if row.suspend else iso(row.next_run_at)},
             "owner": {"id": row.owner, "name": row.namespace, "type": "user" if row.owner == row.namespace else "org"},
         }

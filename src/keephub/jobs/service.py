@@ -36,14 +36,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    moment = _aware(moment)
+def iso(moment: datetime | None) -> str | None:
+    moment = aware(moment)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if moment else None
 
 
@@ -253,7 +253,7 @@ class JobService:
         job = record.job
         spec = record.spec
         now = utcnow()
-        created, started, finished = _aware(job.created_at), _aware(job.started_at), _aware(job.finished_at)
+        created, started, finished = aware(job.created_at), aware(job.started_at), aware(job.finished_at)
         end = finished or now
         durations = {
             "schedulingSecs": int(((started or end) - created).total_seconds()) if created else None,
@@ -263,9 +263,9 @@ class JobService:
         owner = {"id": job.owner, "name": job.namespace, "type": "user" if job.namespace == job.owner else "org"}
         return {
             "id": job.id,
-            "createdAt": _iso(created),
-            "startedAt": _iso(started),
-            "finishedAt": _iso(finished),
+            "createdAt": iso(created),
+            "startedAt": iso(started),
+            "finishedAt": iso(finished),
             "dockerImage": spec["dockerImage"],
             "spaceId": None,
             "command": spec["command"],
@@ -285,7 +285,7 @@ class JobService:
                                                     self.settings.base_url),
             "attempts": [
                 {"number": a.number, "outcome": a.outcome, "exitCode": a.exit_code, "message": a.message,
-                 "startedAt": _iso(a.started_at), "finishedAt": _iso(a.finished_at)}
+                 "startedAt": iso(a.started_at), "finishedAt": iso(a.finished_at)}
                 for a in record.attempts
             ],
         }
