@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keephub import hub, jobs, web
+from keephub import hub, jobs, web, xet
 from keephub.config import Settings
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import LocalBlobStore
@@ -31,7 +31,8 @@ def open_hub(settings: Settings) -> hub.Hub:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     db.migrate()
-    return hub.Hub(settings, db, LocalBlobStore(settings.data_dir / "blobs"))
+    cas = xet.Cas(settings, db, LocalBlobStore(settings.data_dir / "xorbs"))
+    return hub.Hub(settings, db, LocalBlobStore(settings.data_dir / "blobs"), cas)
 
 
 async def _janitor(store: LocalBlobStore, max_age: float) -> None:
@@ -97,6 +98,7 @@ def build_app(settings: Settings) -> Starlette:
         app.state.scheduled_jobs = app.state.scheduler.scheduled
         background = [
             asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds)),
+            asyncio.create_task(_janitor(the_hub.cas.xorbs, settings.stale_upload_seconds)),
             asyncio.create_task(app.state.scheduler.run()),
         ]
         try:
@@ -108,7 +110,7 @@ def build_app(settings: Settings) -> Starlette:
             the_hub.db.close()
 
     return Starlette(
-        routes=jobs.routes() + hub.routes() + web.routes(),
+        routes=jobs.routes() + xet.routes() + hub.routes() + web.routes(),
         middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},

@@ -44,6 +44,12 @@ class Settings:
     upload_url_ttl_seconds: int = 24 * 3600
     # Unfinished uploads older than this are deleted by the janitor.
     stale_upload_seconds: int = 24 * 3600
+    # Xet CAS access tokens (handed out by xet-read-token / xet-write-token) expire after this many seconds;
+    # clients refresh them on their own.
+    xet_token_ttl_seconds: int = 3600
+    # Garbage collection keeps every xorb uploaded within this many seconds, referenced or not: clients keep
+    # a cache of the shards they uploaded (about three weeks) and build new uploads on the xorbs it names.
+    xet_gc_grace_seconds: int = 30 * 24 * 3600
     # Entries per page of a tree listing.
     tree_page_size: int = 1000
     # CPU cores jobs may use in total (0: all of this machine's).

@@ -59,7 +59,7 @@ class LocalServer:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keephub.cli", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port), "--log-level", "warning"],
+             "--port", str(self.port), "--log-level", os.environ.get("KEEPHUB_TEST_LOG_LEVEL", "warning")],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         deadline = time.time() + START_TIMEOUT_SECONDS

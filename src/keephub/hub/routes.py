@@ -6,7 +6,6 @@ encoded while routing so a branch name with a slash stays one path segment.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any, Callable
@@ -21,12 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keephub.accounts import Actor
 from keephub.hub import lfs, naming
 from keephub.hub.service import Hub
-from keephub.storage.blobs import iter_file
-from keephub.wire import BadRequest, RangeNotSatisfiable, TooLarge, Unauthorized, headers
+from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized, headers
+from keephub.wire.errors import NotFound
+from keephub.wire.bodies import read_body, receive_into
 
 JSON_LIMIT = 8 * 1024 * 1024
 EXPANDED_TREE_PAGE_SIZE = 50
-_FLUSH_BYTES = 4 * 1024 * 1024
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
@@ -61,19 +60,6 @@ async def actor_of(request: Request) -> Actor | None:
     if actor is None:
         raise Unauthorized(INVALID_CREDENTIALS)
     return actor
-
-
-async def read_body(request: Request, limit: int, advice: str = "") -> bytes:
-    """The whole body, refused with 413 (plus `advice`, the way around the limit) once it passes `limit`."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint{advice}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint{advice}")
-    return bytes(body)
 
 
 async def read_json(request: Request) -> Any:
@@ -312,43 +298,8 @@ async def lfs_download(request: Request) -> Response:
     oid = request.path_params["oid"]
     hub = hub_of(request)
     size = await call(hub.lfs_object, actor, *repo_params(request), oid)
-    return StreamingResponse(iter_file(await call(hub.open_lfs, oid)), headers={"Content-Length": str(size)},
+    return StreamingResponse(await call(hub.large_file, oid), headers={"Content-Length": str(size)},
                              media_type="application/octet-stream")
-
-
-async def _receive_into(request: Request, pending, limit: int) -> None:  # type: ignore[no-untyped-def]
-    """Stream the body into `pending`, hashing and writing one buffer in a worker thread while the next arrives.
-
-    Awaiting each write before reading on would stall the socket (uvicorn stops reading once 64 KiB wait
-    unconsumed), so network and disk would take turns; overlapping them is what lets a large upload go at
-    disk speed. Memory stays bounded: one buffer being written, one filling.
-    """
-    received = buffered = 0
-    chunks: list[bytes] = []
-    writing: asyncio.Future | None = None
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise BadRequest(f"received more than the announced {limit} bytes; nothing was stored")
-            chunks.append(chunk)
-            buffered += len(chunk)
-            if buffered >= _FLUSH_BYTES:
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(call(pending.write, b"".join(chunks)))
-                chunks, buffered = [], 0
-        if writing is not None:
-            await writing
-        if chunks:
-            await call(pending.write, b"".join(chunks))
-    finally:
-        if writing is not None and not writing.done():
-            # The caller aborts `pending` next: let the write in flight finish before its file is closed. Its
-            # own error, if any, is consumed here: the one already propagating is what the client hears.
-            await asyncio.wait([writing])
-            if not writing.cancelled():
-                writing.exception()
 
 
 async def lfs_upload(request: Request) -> Response:
@@ -361,7 +312,7 @@ async def lfs_upload(request: Request) -> Response:
     else:
         pending = hub.blobs.begin()
         try:
-            await _receive_into(request, pending, grant.size)
+            await receive_into(request, pending, grant.size)
             await call(lfs.commit_verified, pending, grant)
         finally:
             await call(pending.abort)
@@ -378,7 +329,7 @@ async def lfs_upload_part(request: Request) -> Response:
         raise BadRequest(f"part number {number} is outside this upload")
     pending = await call(hub.blobs.begin_part, grant.upload_id, number)
     try:
-        await _receive_into(request, pending, chunk_size)
+        await receive_into(request, pending, chunk_size)
         etag = pending.sha256
         await call(pending.commit, etag, None)
     finally:
@@ -404,6 +355,21 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+async def xet_token(request: Request) -> JSONResponse:
+    """`xet-read-token` / `xet-write-token`: hf_xet reads the JSON body, huggingface_hub the headers; send both."""
+    access = request.path_params["access"]
+    if access not in ("read", "write"):
+        raise NotFound(f"no such endpoint: xet-{access}-token; use xet-read-token or xet-write-token")
+    actor = await actor_of(request)
+    revision_param(request)
+    answer = await call(hub_of(request).xet_token, actor, *repo_params(request), access)
+    return JSONResponse(answer, headers={
+        headers.X_XET_CAS_URL: answer["casUrl"],
+        headers.X_XET_ACCESS_TOKEN: answer["accessToken"],
+        headers.X_XET_EXPIRATION: str(answer["exp"]),
+    })
+
+
 async def resolve(request: Request) -> Response:
     actor = await actor_of(request)
     hub = hub_of(request)
@@ -420,6 +386,13 @@ async def resolve(request: Request) -> Response:
     if target.is_lfs:
         base_headers[headers.X_LINKED_ETAG] = f'"{target.etag}"'
         base_headers[headers.X_LINKED_SIZE] = str(target.size)
+    if target.xet_hash is not None:
+        repo_type, namespace, name = repo_params(request)
+        refresh = (f"{hub.settings.base_url}/api/{repo_type}s/{namespace}/{name}"
+                   f"/xet-read-token/{target.commit_sha}")
+        base_headers[headers.X_XET_HASH] = target.xet_hash
+        base_headers[headers.X_XET_REFRESH_ROUTE] = refresh
+        base_headers["Link"] = f'<{refresh}>; rel="xet-auth"'
     status, start, length = 200, 0, target.size
     range_header = request.headers.get("range")
     if range_header and target.size > 0:
@@ -434,9 +407,8 @@ async def resolve(request: Request) -> Response:
     if target.inline is not None:
         return Response(target.inline[start : start + length], status_code=status, headers=base_headers,
                         media_type=media_type)
-    handle = await call(hub.open_lfs, target.etag)
-    return StreamingResponse(iter_file(handle, start, length), status_code=status, headers=base_headers,
-                             media_type=media_type)
+    content = await call(hub.large_file, target.etag, start, length)
+    return StreamingResponse(content, status_code=status, headers=base_headers, media_type=media_type)
 
 
 def _typed(prefix: str, repo_type: str, path: str, endpoint: Callable, methods: list[str]) -> Route:
@@ -470,6 +442,7 @@ def routes() -> list[BaseRoute]:
         Route(api + "/tag/{revision}", tag, methods=["POST", "DELETE"]),
         Route(api + "/preupload/{revision}", preupload, methods=["POST"]),
         Route(api + "/commit/{revision}", commit, methods=["POST"]),
+        Route(api + "/xet-{access:str}-token/{revision}", xet_token, methods=["GET"]),
         Route(api + "/super-squash/{revision}", super_squash, methods=["POST"]),
     ]
     for repo_type, prefix in (("dataset", "/datasets"), ("space", "/spaces"), ("model", "")):

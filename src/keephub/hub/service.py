@@ -9,15 +9,16 @@ import base64
 import fnmatch
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Iterator
 
 from keephub.accounts import Accounts, Actor
 from keephub.config import Settings
 from keephub.hub import commits, lfs, naming, repos, wireformat
 from keephub.storage import gitobjects
-from keephub.storage.blobs import BlobStore
+from keephub.storage.blobs import BlobStore, iter_file
 from keephub.storage.db import Database
 from keephub.wire import BadRequest, EntryNotFound, PreconditionFailed
+from keephub.xet import Cas, tokens
 
 _COMMIT_RETRIES = 5
 
@@ -31,13 +32,15 @@ class FileTarget:
     size: int
     is_lfs: bool
     inline: bytes | None
+    xet_hash: str | None = None
 
 
 class Hub:
-    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore, cas: Cas) -> None:
         self.settings = settings
         self.db = db
         self.blobs = blobs
+        self.cas = cas
         self.accounts = Accounts(db)
 
     # -- repos -----------------------------------------------------------------------------------
@@ -114,7 +117,8 @@ class Hub:
             if found is None or not stat.S_ISDIR(found[0]):
                 raise EntryNotFound(f"folder {path!r} does not exist at revision {revision!r} of {repo.repo_id}")
             entries = gitobjects.list_entries(session, found[1], path, recursive)
-            return sha, [wireformat.tree_entry(e) for e in entries]
+            xet = self.cas.xet_hashes(session, [e.lfs_oid for e in entries if e.lfs_oid])
+            return sha, [wireformat.tree_entry(e, xet.get(e.lfs_oid or "")) for e in entries]
 
     def paths_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
                    paths: list[str], expand: bool = False) -> list[dict]:
@@ -122,12 +126,14 @@ class Hub:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
             sha = repos.resolve_revision(session, repo, revision)
             tree = gitobjects.load_commit(session, sha).tree.decode()
-            result = []
+            found_entries = []
             for index, raw in enumerate(paths):
                 path = naming.check_path(raw.strip("/"), f"'paths' entry {index}")
                 found = gitobjects.lookup(session, tree, path)
                 if found is not None:
-                    result.append(wireformat.tree_entry(gitobjects.entry_for(session, path, *found)))
+                    found_entries.append(gitobjects.entry_for(session, path, *found))
+            xet = self.cas.xet_hashes(session, [e.lfs_oid for e in found_entries if e.lfs_oid])
+            result = [wireformat.tree_entry(e, xet.get(e.lfs_oid or "")) for e in found_entries]
             return _with_last_commits(session, sha, result) if expand else result
 
     def last_commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, sha: str,
@@ -273,11 +279,30 @@ class Hub:
                 )
             entry = gitobjects.entry_for(session, path, *found)
             if entry.lfs_oid is not None:
-                return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None)
+                xet = self.cas.xet_hashes(session, [entry.lfs_oid]).get(entry.lfs_oid)
+                return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None, xet)
             return FileTarget(sha, entry.sha, entry.size, False, gitobjects.read_blob(session, entry.sha))
 
-    def open_lfs(self, oid: str) -> BinaryIO:
-        return self.blobs.open(oid)
+    def large_file(self, oid: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Bytes of a large file by sha256: from the blob store (git-lfs uploads) or rebuilt from xorbs (Xet)."""
+        if self.blobs.exists(oid):
+            return iter_file(self.blobs.open(oid), start, length)
+        entry = self.cas.file_for_sha256(oid)
+        if entry is None:
+            raise EntryNotFound(f"the content of large file {oid} is missing from this server's stores")
+        return self.cas.stream(entry, start, entry.size - start if length is None else length)
+
+    # -- Xet -------------------------------------------------------------------------------------
+    def xet_token(self, actor: Actor | None, repo_type: str, namespace: str, name: str, access: str) -> dict:
+        """A CAS token for one repo, granting no more than the caller's own rights on it."""
+        with self.db.read() as session:
+            if access == tokens.WRITE:
+                repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            else:
+                repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        grant = tokens.issue(self.settings, repo.id, access, actor.name if actor else "")
+        return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,
+                "casUrl": f"{self.settings.base_url}/cas"}
 
     def _read_small(self, session, tree: str, path: str) -> bytes | None:  # type: ignore[no-untyped-def]
         found = gitobjects.lookup(session, tree, path)

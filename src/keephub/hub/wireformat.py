@@ -17,13 +17,15 @@ def iso(moment: datetime) -> str:
     return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def tree_entry(entry: Entry) -> dict:
+def tree_entry(entry: Entry, xet_hash: str | None = None) -> dict:
     if entry.is_dir:
         return {"type": "directory", "oid": entry.sha, "size": 0, "path": entry.path}
     item: dict = {"type": "file", "oid": entry.sha, "size": entry.file_size, "path": entry.path}
     if entry.lfs_oid is not None:
         item["lfs"] = {"oid": entry.lfs_oid, "size": entry.lfs_size,
                        "pointerSize": len(lfs_pointer(entry.lfs_oid, entry.lfs_size or 0))}
+    if xet_hash is not None:
+        item["xetHash"] = xet_hash
     return item
 
 

@@ -142,8 +142,7 @@ class JobService:
             return target.inline
         if target.size > 1024 * 1024:
             return None
-        with self.hub.open_lfs(target.etag) as fh:
-            return fh.read()
+        return b"".join(self.hub.large_file(target.etag))
 
     def _can_write(self, actor: Actor, repo_id: str) -> tuple[bool, str]:
         namespace = repo_id.split("/")[0]

@@ -52,10 +52,12 @@ class PendingBlob:
     next one); a piece's hash must finish before the next piece's starts, which keeps them in order.
     """
 
-    def __init__(self, tmp: Path, place: Callable[[Path, str], None], durable: bool = True) -> None:
+    def __init__(self, tmp: Path, place: Callable[[Path, str], None], durable: bool = True,
+                 hashed: bool = True) -> None:
         self.tmp = tmp
         self._place = place
         self._durable = durable
+        self._hashed = hashed
         self._fh = open(tmp, "wb")
         self._digest = hashlib.sha256()
         self.size = 0
@@ -64,7 +66,8 @@ class PendingBlob:
 
     def write(self, data: bytes) -> None:
         self._wait_for_hash()
-        self._hashing = _hashers.submit(self._digest.update, data)
+        if self._hashed:
+            self._hashing = _hashers.submit(self._digest.update, data)
         self._fh.write(data)
         self.size += len(data)
         if self._durable and _fadvise is not None and self.size - self._written_back >= _WRITE_BEHIND_BYTES:
@@ -82,6 +85,23 @@ class PendingBlob:
     def sha256(self) -> str:
         self._wait_for_hash()
         return self._digest.hexdigest()
+
+    def flush(self) -> None:
+        """Make every byte written so far readable through `tmp` (for checks that read the file back)."""
+        self._wait_for_hash()
+        self._fh.flush()
+
+    def commit_as(self, key: str) -> None:
+        """Place the bytes under `key` without the sha256 check: for content whose own hash the caller
+        has verified (a xorb, checked against its Merkle hash)."""
+        try:
+            self._fh.flush()
+            if self._durable:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._place(self.tmp, key)
+        finally:
+            self.abort()
 
     def commit(self, expected_oid: str, expected_size: int | None) -> None:
         try:
@@ -112,7 +132,7 @@ class BlobStore(Protocol):
 
     def open(self, oid: str) -> BinaryIO: ...
 
-    def begin(self) -> PendingBlob: ...
+    def begin(self, hashed: bool = True) -> PendingBlob: ...
 
     def begin_part(self, upload_id: str, part_number: int) -> PendingBlob: ...
 
@@ -150,8 +170,8 @@ class LocalBlobStore:
     def open(self, oid: str) -> BinaryIO:
         return open(self._path(oid), "rb")
 
-    def begin(self) -> PendingBlob:
-        return PendingBlob(self.tmp / f"{uuid.uuid4().hex}.part", self._place)
+    def begin(self, hashed: bool = True) -> PendingBlob:
+        return PendingBlob(self.tmp / f"{uuid.uuid4().hex}.part", self._place, hashed=hashed)
 
     def _place(self, tmp: Path, oid: str) -> None:
         final = self._path(oid)

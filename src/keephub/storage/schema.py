@@ -193,3 +193,40 @@ class JobRecordEntry(Base):
     kind: Mapped[str] = mapped_column(String(20))
     data_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class XetXorb(Base):
+    """A xorb whose every chunk the server decompressed and hashed; bytes in the blob store under its hash.
+
+    `chunk_index` packs (chunk hash, serialized offset, unpacked size) per chunk, in order.
+    """
+
+    __tablename__ = "xet_xorbs"
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    num_chunks: Mapped[int] = mapped_column(Integer)
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    chunk_index: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class XetDedupChunk(Base):
+    """Chunks the global dedup query can find (those the protocol makes eligible), and a xorb holding each."""
+
+    __tablename__ = "xet_dedup_chunks"
+    chunk_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    xorb_hash: Mapped[str] = mapped_column(ForeignKey("xet_xorbs.hash", ondelete="CASCADE"), index=True)
+
+
+class XetFile(Base):
+    """A file as terms over verified xorbs, with the sha256 the server computed by rebuilding it.
+
+    `terms` packs (xorb hash, unpacked bytes, first chunk, end chunk) per term, in order.
+    """
+
+    __tablename__ = "xet_files"
+    file_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    terms: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

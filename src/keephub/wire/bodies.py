@@ -1,0 +1,60 @@
+"""Reading request bodies: whole (with a limit and a 413 that says how to get around it) or streamed to disk."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from keephub.wire.errors import BadRequest, TooLarge
+
+_FLUSH_BYTES = 4 * 1024 * 1024
+
+
+async def read_body(request: Request, limit: int, advice: str = "") -> bytes:
+    """The whole body, refused with 413 (plus `advice`, the way around the limit) once it passes `limit`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint{advice}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint{advice}")
+    return bytes(body)
+
+
+async def receive_into(request: Request, pending, limit: int) -> None:  # type: ignore[no-untyped-def]
+    """Stream the body into `pending`, hashing and writing one buffer in a worker thread while the next arrives.
+
+    Awaiting each write before reading on would stall the socket (uvicorn stops reading once 64 KiB wait
+    unconsumed), so network and disk would take turns; overlapping them is what lets a large upload go at
+    disk speed. Memory stays bounded: one buffer being written, one filling.
+    """
+    received = buffered = 0
+    chunks: list[bytes] = []
+    writing: asyncio.Future | None = None
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise BadRequest(f"the body is larger than the {limit} bytes allowed here; nothing was stored")
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if buffered >= _FLUSH_BYTES:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(run_in_threadpool(pending.write, b"".join(chunks)))
+                chunks, buffered = [], 0
+        if writing is not None:
+            await writing
+        if chunks:
+            await run_in_threadpool(pending.write, b"".join(chunks))
+    finally:
+        if writing is not None and not writing.done():
+            # The caller aborts `pending` next: let the write in flight finish before its file is closed. Its
+            # own error, if any, is consumed here: the one already propagating is what the client hears.
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()

@@ -1,0 +1,385 @@
+"""The CAS: verified xorbs, files registered from shards, reconstruction plans, dedup and garbage collection.
+
+Trust runs one way: the server hashes every chunk of every xorb itself; a shard's terms are accepted only
+when each names an existing xorb, a valid chunk range, its true unpacked size and a verification hash
+that proves the uploader knows the chunk hashes; the file hash is recomputed from those chunks, and the
+sha256 the commit will name is computed by rebuilding the file. Only then is the file linked to the repo
+the uploading token was issued for, through the same `LfsLink` the git-lfs path uses, so a commit
+cannot name content its author never proved to hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from keephub.config import Settings
+from keephub.storage.blobs import BlobStore, LocalBlobStore, PendingBlob, iter_file
+from keephub.storage.db import Database
+from keephub.storage.schema import GitObject, LfsLink, LfsObject, Repo, XetDedupChunk, XetFile, XetXorb
+from keephub.wire import BadRequest, RangeNotSatisfiable
+from keephub.wire.errors import NotFound
+from keephub.xet import formats, hashing, tokens
+from keephub.xet.formats import ChunkRecord, FormatError, Term
+
+DEDUP_SHARD_EXPIRY_SECONDS = 7 * 24 * 3600
+XORB_CACHE_ENTRIES = 1024
+
+
+@dataclass(frozen=True)
+class XorbEntry:
+    hash: str
+    chunks: list[ChunkRecord]
+    stored_bytes: int
+
+    def byte_span(self, start: int, end: int) -> tuple[int, int]:
+        """Serialized bytes [first, last] holding chunks [start, end)."""
+        last = self.chunks[end].offset - 1 if end < len(self.chunks) else self.stored_bytes - 1
+        return self.chunks[start].offset, last
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    file_hash: str
+    sha256: str
+    size: int
+    terms: list[Term]
+
+
+@dataclass(frozen=True)
+class TermSlice:
+    """A term of a reconstruction: `term` covers file bytes [file_offset, file_offset + term.unpacked)."""
+
+    term: Term
+    file_offset: int
+
+
+class Cas:
+    def __init__(self, settings: Settings, db: Database, xorbs: LocalBlobStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.xorbs = xorbs
+        self._xorb_cache: dict[str, XorbEntry] = {}
+
+    # -- xorbs ----------------------------------------------------------------------------------------
+    def has_xorb(self, xorb: str) -> bool:
+        with self.db.read() as session:
+            return session.get(XetXorb, xorb) is not None
+
+    def begin_xorb(self) -> PendingBlob:
+        return self.xorbs.begin(hashed=False)
+
+    def store_xorb(self, xorb: str, pending: PendingBlob) -> bool:
+        """Verify an uploaded xorb's every chunk against its hash, then keep it. False if it was already kept."""
+        if self.has_xorb(xorb):
+            return False
+        pending.flush()
+        size = pending.size
+        try:
+            with open(pending.tmp, "rb") as fh:
+                chunks = formats.verify_xorb(fh, size, hashing.from_hex(xorb))
+        except FormatError as exc:
+            raise BadRequest(f"xorb {xorb} rejected, nothing was stored: {exc}")
+        pending.commit_as(xorb)
+        with self.db.write() as session:
+            if session.get(XetXorb, xorb) is not None:
+                return False
+            session.add(XetXorb(hash=xorb, num_chunks=len(chunks), unpacked_bytes=sum(c.size for c in chunks),
+                                stored_bytes=size, chunk_index=formats.pack_chunk_index(chunks)))
+            session.flush()
+            eligible = {hashing.to_hex(c.hash) for c in chunks if hashing.is_global_dedup_eligible(c.hash)}
+            self._index_for_dedup(session, xorb, eligible)
+        return True
+
+    def _index_for_dedup(self, session: Session, xorb: str, chunk_hashes: set[str]) -> None:
+        if not chunk_hashes:
+            return
+        known = set(session.scalars(select(XetDedupChunk.chunk_hash).where(XetDedupChunk.chunk_hash.in_(chunk_hashes))))
+        session.add_all(XetDedupChunk(chunk_hash=h, xorb_hash=xorb) for h in chunk_hashes - known)
+
+    def xorb(self, xorb: str) -> XorbEntry | None:
+        """A xorb's chunk index. Xorbs never change, so found ones are cached (a bounded number of them)."""
+        entry = self._xorb_cache.get(xorb)
+        if entry is not None:
+            return entry
+        with self.db.read() as session:
+            row = session.get(XetXorb, xorb)
+            if row is None:
+                return None
+            entry = XorbEntry(xorb, formats.unpack_chunk_index(row.chunk_index), row.stored_bytes)
+        if len(self._xorb_cache) >= XORB_CACHE_ENTRIES:
+            self._xorb_cache.pop(next(iter(self._xorb_cache)))
+        self._xorb_cache[xorb] = entry
+        return entry
+
+    # -- shards ---------------------------------------------------------------------------------------
+    def register_shard(self, grant: tokens.CasGrant, body: bytes) -> int:
+        """Verify a shard's files and link them to the grant's repo; 1 if anything new was recorded, else 0."""
+        try:
+            shard = formats.parse_shard(body)
+        except FormatError as exc:
+            raise BadRequest(f"shard rejected, nothing was recorded: {exc}")
+        for cas in shard.xorbs:
+            self._check_listed_xorb(cas)
+        verified = [self._verify_file(info) for info in shard.files]
+        new = False
+        with self.db.write() as session:
+            if session.get(Repo, grant.repo_id) is None:
+                raise NotFound("the repo this CAS token was issued for has been deleted; nothing was recorded")
+            for entry in verified:
+                if session.get(XetFile, entry.file_hash) is None:
+                    session.add(XetFile(file_hash=entry.file_hash, sha256=entry.sha256, size=entry.size,
+                                        terms=formats.pack_terms(entry.terms)))
+                    new = True
+                if session.get(LfsObject, entry.sha256) is None:
+                    session.add(LfsObject(oid=entry.sha256, size=entry.size))
+                    session.flush()
+                if session.get(LfsLink, (grant.repo_id, entry.sha256)) is None:
+                    session.add(LfsLink(repo_id=grant.repo_id, oid=entry.sha256))
+                    new = True
+                first = self.xorb(hashing.to_hex(entry.terms[0].xorb))
+                if first is not None:
+                    chunk = first.chunks[entry.terms[0].start].hash
+                    self._index_for_dedup(session, first.hash, {hashing.to_hex(chunk)})
+        return 1 if new else 0
+
+    def _check_listed_xorb(self, cas: formats.CasInfo) -> None:
+        name = hashing.to_hex(cas.xorb)
+        entry = self.xorb(name)
+        if entry is None:
+            raise BadRequest(f"shard rejected: it lists xorb {name}, which was never uploaded; upload the xorb first")
+        if [c[0] for c in cas.chunks] != [c.hash for c in entry.chunks]:
+            raise BadRequest(f"shard rejected: its chunk list for xorb {name} does not match the xorb's chunks")
+
+    def _verify_file(self, info: formats.FileInfo) -> FileEntry:
+        label = f"file {hashing.to_hex(info.file_hash)}"
+        if info.verifications is None:
+            raise BadRequest(f"shard rejected: {label} has no verification entries; they are required")
+        if info.sha256 is None:
+            raise BadRequest(f"shard rejected: {label} has no sha256 metadata extension; git repos require it")
+        chunk_list: list[tuple[bytes, int]] = []
+        for index, (term, proof) in enumerate(zip(info.terms, info.verifications)):
+            xorb_name = hashing.to_hex(term.xorb)
+            entry = self.xorb(xorb_name)
+            if entry is None:
+                raise BadRequest(f"shard rejected: {label} term {index} references xorb {xorb_name}, which was "
+                                 "never uploaded (or was garbage-collected); upload it again")
+            if term.end > len(entry.chunks):
+                raise BadRequest(f"shard rejected: {label} term {index} asks for chunks [{term.start}, {term.end}) "
+                                 f"of xorb {xorb_name}, which has {len(entry.chunks)}")
+            chunks = entry.chunks[term.start : term.end]
+            if sum(c.size for c in chunks) != term.unpacked:
+                raise BadRequest(f"shard rejected: {label} term {index} says {term.unpacked} bytes but its chunks "
+                                 f"hold {sum(c.size for c in chunks)}")
+            if hashing.verification_hash([c.hash for c in chunks]) != proof:
+                raise BadRequest(f"shard rejected: {label} term {index}'s verification hash does not match "
+                                 f"chunks [{term.start}, {term.end}) of xorb {xorb_name}")
+            chunk_list += [(c.hash, c.size) for c in chunks]
+        if hashing.file_hash(chunk_list) != info.file_hash:
+            raise BadRequest(f"shard rejected: the chunks of {label} hash to "
+                             f"{hashing.to_hex(hashing.file_hash(chunk_list))}, not to its declared hash")
+        file_hash = hashing.to_hex(info.file_hash)
+        claimed = hashing.to_hex(info.sha256)
+        size = sum(size for _, size in chunk_list)
+        known = self.file(file_hash)
+        if known is not None:
+            actual = known.sha256
+        else:
+            digest = hashlib.sha256()
+            for piece in self._stream_terms(list(info.terms), 0, size):
+                digest.update(piece)
+            actual = digest.hexdigest()
+        if actual != claimed:
+            raise BadRequest(f"shard rejected: {label} rebuilds to sha256 {actual}, not the claimed {claimed}")
+        return FileEntry(file_hash, actual, size, list(info.terms))
+
+    # -- files and reconstruction ---------------------------------------------------------------------
+    def file(self, file_hash: str) -> FileEntry | None:
+        with self.db.read() as session:
+            row = session.get(XetFile, file_hash)
+            if row is None:
+                return None
+            return FileEntry(row.file_hash, row.sha256, row.size, formats.unpack_terms(row.terms))
+
+    def file_for_sha256(self, sha256: str) -> FileEntry | None:
+        with self.db.read() as session:
+            row = session.scalars(select(XetFile).where(XetFile.sha256 == sha256).limit(1)).first()
+            if row is None:
+                return None
+            return FileEntry(row.file_hash, row.sha256, row.size, formats.unpack_terms(row.terms))
+
+    def xet_hashes(self, session: Session, sha256s: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(sha256s), 900):
+            rows = session.execute(select(XetFile.sha256, XetFile.file_hash)
+                                   .where(XetFile.sha256.in_(sha256s[start : start + 900])))
+            found.update({sha: file_hash for sha, file_hash in rows})
+        return found
+
+    def readable_file(self, grant: tokens.CasGrant, file_hash: str) -> FileEntry:
+        """A file the grant's repo holds; 404 otherwise, so a token never reveals other repos' content."""
+        entry = self.file(file_hash) if hashing.is_hash_string(file_hash) else None
+        if entry is not None:
+            with self.db.read() as session:
+                if session.get(LfsLink, (grant.repo_id, entry.sha256)) is not None:
+                    return entry
+        raise NotFound(f"file {file_hash} is not stored in the repo this CAS token was issued for")
+
+    def plan(self, entry: FileEntry, first: int, last: int) -> tuple[int, list[TermSlice]]:
+        """Terms covering file bytes [first, last], and how far into the first one the range starts."""
+        selected = []
+        offset = 0
+        for term in entry.terms:
+            if offset + term.unpacked > first and offset <= last:
+                selected.append(TermSlice(term, offset))
+            offset += term.unpacked
+        return first - selected[0].file_offset, selected
+
+    def byte_range(self, entry: FileEntry, header: str | None) -> tuple[int, int]:
+        if entry.size == 0:
+            raise RangeNotSatisfiable(f"file {entry.file_hash} is empty: there is nothing to reconstruct")
+        if not header:
+            return 0, entry.size - 1
+        try:
+            unit, _, spec = header.partition("=")
+            first_text, last_text = spec.split("-", 1)
+            first = int(first_text)
+            last = int(last_text) if last_text.strip() else entry.size - 1
+        except ValueError:
+            raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>'")
+        if unit.strip() != "bytes" or first < 0 or last < first:
+            raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>' with first <= last")
+        if first >= entry.size:
+            raise RangeNotSatisfiable(f"Range {header!r} starts past the end of the {entry.size}-byte file",
+                                      extra_headers={"Content-Range": f"bytes */{entry.size}"})
+        return first, min(last, entry.size - 1)
+
+    def reconstruction(self, entry: FileEntry, first: int, last: int, version: int) -> dict:
+        skip, slices = self.plan(entry, first, last)
+        wanted: dict[str, list[list[int]]] = {}
+        for piece in slices:
+            wanted.setdefault(hashing.to_hex(piece.term.xorb), []).append([piece.term.start, piece.term.end])
+        fetch: dict[str, list[dict]] = {}
+        for xorb_name, ranges in wanted.items():
+            xorb = self.xorb(xorb_name)
+            if xorb is None:
+                raise NotFound(f"xorb {xorb_name} of file {entry.file_hash} is missing from this server")
+            items = []
+            for start, end in _merge_ranges(ranges):
+                byte_first, byte_last = xorb.byte_span(start, end)
+                url = tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last)
+                chunks, span = {"start": start, "end": end}, {"start": byte_first, "end": byte_last}
+                if version == 1:
+                    items.append({"range": chunks, "url": url, "url_range": span})
+                else:
+                    items.append({"url": url, "ranges": [{"chunks": chunks, "bytes": span}]})
+            fetch[xorb_name] = items
+        terms = [{"hash": hashing.to_hex(p.term.xorb), "unpacked_length": p.term.unpacked,
+                  "range": {"start": p.term.start, "end": p.term.end}} for p in slices]
+        key = "fetch_info" if version == 1 else "xorbs"
+        return {"offset_into_first_range": skip, "terms": terms, key: fetch}
+
+    def stream(self, entry: FileEntry, start: int, length: int) -> Iterator[bytes]:
+        """File bytes [start, start + length), rebuilt from the xorbs: for browsers and clients without hf_xet."""
+        if length <= 0:
+            return iter(())
+        skip, slices = self.plan(entry, start, start + length - 1)
+        return self._stream_terms([p.term for p in slices], skip, length)
+
+    def _stream_terms(self, terms: list[Term], skip: int, length: int) -> Iterator[bytes]:
+        remaining = length
+        for term in terms:
+            xorb = self.xorb(hashing.to_hex(term.xorb))
+            if xorb is None:
+                raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
+            first, last = xorb.byte_span(term.start, term.end)
+            with self.xorbs.open(xorb.hash) as fh:
+                fh.seek(first)
+                for _offset, data in formats.iter_xorb(fh, last - first + 1):
+                    if skip >= len(data):
+                        skip -= len(data)
+                        continue
+                    piece = data[skip : skip + remaining]
+                    skip = 0
+                    remaining -= len(piece)
+                    yield piece
+                    if remaining <= 0:
+                        return
+
+    def read_xorb_range(self, xorb: str, first: int, last: int) -> Iterator[bytes]:
+        return iter_file(self.xorbs.open(xorb), first, last - first + 1)
+
+    # -- dedup ----------------------------------------------------------------------------------------
+    def dedup_query(self, chunk_hash: str) -> bytes | None:
+        """A shard describing a xorb that holds this chunk (hashes HMAC-protected), or None if unknown."""
+        with self.db.read() as session:
+            row = session.get(XetDedupChunk, chunk_hash)
+            xorb_name = row.xorb_hash if row is not None else None
+        xorb = self.xorb(xorb_name) if xorb_name else None
+        if xorb is None:
+            return None
+        return formats.dedup_shard([(hashing.from_hex(xorb.hash), xorb.chunks, xorb.stored_bytes)],
+                                   secrets.token_bytes(32), DEDUP_SHARD_EXPIRY_SECONDS)
+
+    # -- garbage collection ---------------------------------------------------------------------------
+    def collect_garbage(self, lfs_blobs: BlobStore, dry_run: bool = False) -> dict:
+        """Delete xorbs no live file needs and files no stored commit names, keeping anything recent.
+
+        A file is live if any git object (in any repo, any commit) points at its sha256, or it was
+        registered within the grace period. A xorb is live if a live file uses it, or it was uploaded
+        within the grace period — clients build new uploads on xorbs named in their shard cache.
+        """
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.xet_gc_grace_seconds)
+        with self.db.write() as session:
+            referenced = set(session.scalars(select(GitObject.lfs_oid).where(GitObject.lfs_oid.is_not(None))))
+            dead_files: list[str] = []
+            unbacked: list[str] = []
+            live_xorbs: set[str] = set()
+            for row in session.scalars(select(XetFile)):
+                if row.sha256 in referenced or _aware(row.created_at) >= cutoff:
+                    live_xorbs.update(hashing.to_hex(t.xorb) for t in formats.unpack_terms(row.terms))
+                else:
+                    dead_files.append(row.file_hash)
+                    if not lfs_blobs.exists(row.sha256):
+                        unbacked.append(row.sha256)
+            dead_xorbs = [h for h, created in session.execute(select(XetXorb.hash, XetXorb.created_at))
+                          if h not in live_xorbs and _aware(created) < cutoff]
+            freed = sum(session.scalars(select(XetXorb.stored_bytes).where(XetXorb.hash.in_(dead_xorbs))))
+            if not dry_run:
+                for start in range(0, len(dead_files), 900):
+                    session.execute(delete(XetFile).where(XetFile.file_hash.in_(dead_files[start : start + 900])))
+                for start in range(0, len(unbacked), 900):
+                    # Content that no longer exists anywhere must not stay linkable by a later commit.
+                    batch = unbacked[start : start + 900]
+                    session.execute(delete(LfsLink).where(LfsLink.oid.in_(batch)))
+                    session.execute(delete(LfsObject).where(LfsObject.oid.in_(batch)))
+                for start in range(0, len(dead_xorbs), 900):
+                    batch = dead_xorbs[start : start + 900]
+                    session.execute(delete(XetDedupChunk).where(XetDedupChunk.xorb_hash.in_(batch)))
+                    session.execute(delete(XetXorb).where(XetXorb.hash.in_(batch)))
+        if not dry_run:
+            for xorb in dead_xorbs:
+                self.xorbs.delete(xorb)
+            self._xorb_cache.clear()
+        return {"files": len(dead_files), "xorbs": len(dead_xorbs), "bytes": freed, "dry_run": dry_run}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _merge_ranges(ranges: list[list[int]]) -> list[tuple[int, int]]:
+    """Union of [start, end) chunk ranges, overlapping or touching ones joined (hf_xet needs them disjoint)."""
+    merged: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
