@@ -18,13 +18,17 @@ import pytest
 from keephub.devserver import LocalServer as Server
 from keephub.devserver import free_port
 
+# The suite runs twice (scripts/test.sh): with hf_xet, as a default install uploads, and with
+# KEEPHUB_TEST_XET=off, through the git-lfs path that HF_HUB_DISABLE_XET=1 selects.
+XET_ENABLED = os.environ.get("KEEPHUB_TEST_XET", "on") != "off"
+# What a job's environment needs so the client inside the sandbox runs in the same mode.
+JOB_XET_ENV = {} if XET_ENABLED else {"HF_HUB_DISABLE_XET": "1"}
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="keephub-tests-"))
 PORT = free_port()
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 os.environ.update({
     "HF_ENDPOINT": ENDPOINT,
     "HF_HOME": str(SESSION_DIR / "hf-home"),
-    "HF_HUB_DISABLE_XET": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_ETAG_TIMEOUT": "30",
@@ -32,6 +36,10 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false",
 })
 os.environ.pop("HF_TOKEN", None)
+if XET_ENABLED:
+    os.environ.pop("HF_HUB_DISABLE_XET", None)
+else:
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import SESSION_DIR, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, Server, free_port
 from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.training
@@ -84,7 +84,7 @@ def trainer_user(hub: Server, tmp_path_factory) -> tuple[str, HfApi]:
 
 
 def submit(api: HfApi, name: str, repo: str, script: str = TRAIN, **options) -> str:  # type: ignore[no-untyped-def]
-    env = {"NS": name, **options.pop("env", {})}
+    env = {"NS": name, **JOB_XET_ENV, **options.pop("env", {})}
     labels = {"keephub.repo": repo, "keephub.output-dir": "out", **options.pop("labels", {})}
     script_repo = f"{name}/scripts"
     api.create_repo(script_repo, exist_ok=True)
@@ -135,7 +135,7 @@ def test_sigkilled_attempt_resumes_from_the_hub_with_identical_losses(trainer_us
     reference_lines = list(api.fetch_job_logs(job_id=reference, namespace=name, follow=True))
     killed_lines = list(api.fetch_job_logs(job_id=killed, namespace=name, follow=True))
     info = api.wait_for_job(job_id=killed, namespace=name, timeout=60)
-    assert info.status.stage == "COMPLETED", killed_lines
+    assert info.status.stage == "COMPLETED", "\n".join(killed_lines)
     assert any("resume: downloaded" in line and "global_step 20" in line for line in killed_lines), killed_lines
     first_attempt, second_attempt = killed_lines[: killed_lines.index(next(
         line for line in killed_lines if line.startswith("===== Attempt 2")))], killed_lines
@@ -178,6 +178,7 @@ def run_inline(api: HfApi, name: str, script: str, **options):  # type: ignore[n
     import base64
 
     encoded = base64.b64encode(script.encode()).decode()
+    options["env"] = {**JOB_XET_ENV, **options.get("env", {})}
     return api.run_job(image=UV_IMAGE, command=["sh", "-c", f"echo {encoded} | base64 -d > train.py && uv run train.py"],
                        namespace=name, **options)
 

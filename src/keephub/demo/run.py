@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         _, token = server.user("alice")
         print("▶ created user alice and a write token", flush=True)
 
-        # huggingface_hub reads these when first imported; keephub does not speak Xet yet.
-        os.environ.update(HF_HUB_DISABLE_XET="1", HF_HOME=str(workdir / "hf-home"))
+        # huggingface_hub reads this when first imported.
+        os.environ.update(HF_HOME=str(workdir / "hf-home"))
         from huggingface_hub import HfApi
 
         from keephub.demo.tiny import build_tiny_base, write_chat_dataset_jsonl

@@ -182,7 +182,7 @@ class Scheduler:
                 return Outcome("CANCELED", f"canceled by {await asyncio.to_thread(self._canceller, job_id)}")
             env = sandbox.sandbox_env(
                 self.layout,
-                {"HF_ENDPOINT": self.settings.base_url, "HF_HUB_DISABLE_XET": "1",
+                {"HF_ENDPOINT": self.settings.base_url,
                  "OMP_NUM_THREADS": str(max(1, len(allocation.cpus)))},
                 {**spec["environment"], **secrets},
                 {"JOB_ID": job_id, "KEEPHUB_JOB_ID": job_id, "KEEPHUB_ATTEMPT": str(number),

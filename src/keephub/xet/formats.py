@@ -234,26 +234,49 @@ def parse_shard(data: bytes) -> Shard:
     return Shard(files, xorbs)
 
 
+def _truncated(raw: bytes) -> int:
+    """The first little-endian u64 of a hash: the key of a shard's lookup tables."""
+    return struct.unpack_from("<Q", raw)[0]
+
+
 def dedup_shard(xorbs: list[tuple[bytes, list[ChunkRecord], int]], hmac_key: bytes, expiry_seconds: int) -> bytes:
     """A shard answering a global dedup query: no files, the given xorbs with HMAC-protected chunk hashes.
 
     Each xorb is (hash, chunks, serialized size). The client can match chunks it holds (by keying its
-    own hashes) but learns no raw hash it did not already know.
+    own hashes) but learns no raw hash it did not already know. Unlike an uploaded shard, this one has
+    the footer and the lookup tables the client's shard reader sizes its tables from.
     """
     out = bytearray(SHARD_TAG + struct.pack("<QQ", SHARD_HEADER_VERSION, SHARD_FOOTER_BYTES))
     file_info_offset = len(out)
     out += BOOKEND
-    cas_info_offset = len(out)
-    for xorb, chunks, stored in xorbs:
-        unpacked = sum(c.size for c in chunks)
-        out += struct.pack("<32sIIII", xorb, 0, len(chunks), unpacked, stored)
+    xorb_info_offset = len(out)
+    xorb_lookup: list[tuple[int, int]] = []
+    chunk_lookup: list[tuple[int, int, int]] = []
+    index = 0
+    for xorb, chunks, stored in sorted(xorbs, key=lambda x: x[0]):
+        xorb_lookup.append((_truncated(xorb), index))
+        out += struct.pack("<32sIIII", xorb, 0, len(chunks), sum(c.size for c in chunks), stored)
         position = 0
-        for chunk in chunks:
-            out += struct.pack("<32sII8x", hashing.keyed(chunk.hash, hmac_key), position, chunk.size)
+        for number, chunk in enumerate(chunks):
+            protected = hashing.keyed(chunk.hash, hmac_key)
+            out += struct.pack("<32sIIII", protected, position, chunk.size, 0, 0)
+            chunk_lookup.append((_truncated(protected), index, number))
             position += chunk.size
+        index += 1 + len(chunks)
     out += BOOKEND
+    file_lookup_offset = len(out)
+    xorb_lookup_offset = len(out)
+    for key, value in xorb_lookup:
+        out += struct.pack("<QI", key, value)
+    chunk_lookup_offset = len(out)
+    for key, xorb_index, number in sorted(chunk_lookup):
+        out += struct.pack("<QII", key, xorb_index, number)
     footer_offset = len(out)
     now = int(time.time())
-    out += struct.pack("<QQQ48x32sQQ72xQ", SHARD_FOOTER_VERSION, file_info_offset, cas_info_offset, hmac_key, now,
-                       now + expiry_seconds, footer_offset)
+    stored_total = sum(stored for _, _, stored in xorbs)
+    unpacked_total = sum(c.size for _, chunks, _ in xorbs for c in chunks)
+    out += struct.pack("<9Q32sQQ6QQQQQ", SHARD_FOOTER_VERSION, file_info_offset, xorb_info_offset,
+                       file_lookup_offset, 0, xorb_lookup_offset, len(xorb_lookup), chunk_lookup_offset,
+                       len(chunk_lookup), hmac_key, now, now + expiry_seconds, 0, 0, 0, 0, 0, 0,
+                       stored_total, unpacked_total, unpacked_total, footer_offset)
     return bytes(out)
