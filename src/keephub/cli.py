@@ -64,6 +64,17 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from keephub.app import open_hub
+
+    hub = open_hub(_settings(args))
+    report = hub.cas.collect_garbage(hub.blobs, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {report['xorbs']} xorb(s) ({report['bytes']:,} bytes) and {report['files']} unreferenced "
+          "Xet file record(s)")
+    return 0
+
+
 def _jobs_api(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """An HfApi for the server named by --endpoint/HF_ENDPOINT, with --token/HF_TOKEN or the saved token."""
     from huggingface_hub import HfApi
@@ -269,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--role", default="read", choices=["read", "write"])
     token_create.add_argument("--quiet", action="store_true", help="print only the token")
     token_create.set_defaults(func=cmd_token_create)
+    gc = commands.add_parser("gc", help="delete Xet storage no commit references (keeps recent uploads)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    gc.set_defaults(func=cmd_gc)
     _add_jobs(commands)
     check = commands.add_parser("preflight", help="check a training script before submitting it")
     check.add_argument("script", type=Path)

@@ -132,6 +132,12 @@ class Cas:
         with self.db.write() as session:
             if session.get(Repo, grant.repo_id) is None:
                 raise NotFound("the repo this CAS token was issued for has been deleted; nothing was recorded")
+            needed = {hashing.to_hex(t.xorb) for entry in verified for t in entry.terms}
+            present = set(session.scalars(select(XetXorb.hash).where(XetXorb.hash.in_(needed))))
+            if needed - present:
+                # Garbage collection (another process) removed a xorb since the checks above read it.
+                raise BadRequest(f"shard rejected: xorb {sorted(needed - present)[0]} is no longer stored; "
+                                 "upload the file again")
             for entry in verified:
                 if session.get(XetFile, entry.file_hash) is None:
                     session.add(XetFile(file_hash=entry.file_hash, sha256=entry.sha256, size=entry.size,
