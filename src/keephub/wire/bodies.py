@@ -25,7 +25,8 @@ async def read_body(request: Request, limit: int, advice: str = "") -> bytes:
     return bytes(body)
 
 
-async def receive_into(request: Request, pending, limit: int) -> None:  # type: ignore[no-untyped-def]
+async def receive_into(request: Request, pending, limit: int,  # type: ignore[no-untyped-def]
+                       overflow: str = "received more than the announced {limit} bytes; nothing was stored") -> None:
     """Stream the body into `pending`, hashing and writing one buffer in a worker thread while the next arrives.
 
     Awaiting each write before reading on would stall the socket (uvicorn stops reading once 64 KiB wait
@@ -39,7 +40,7 @@ async def receive_into(request: Request, pending, limit: int) -> None:  # type: 
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise BadRequest(f"the body is larger than the {limit} bytes allowed here; nothing was stored")
+                raise BadRequest(overflow.format(limit=limit))
             chunks.append(chunk)
             buffered += len(chunk)
             if buffered >= _FLUSH_BYTES:

@@ -43,7 +43,8 @@ async def upload_xorb(request: Request) -> JSONResponse:
     cas = cas_of(request)
     pending = await run_in_threadpool(cas.begin_xorb)
     try:
-        await receive_into(request, pending, formats.MAX_XORB_BYTES)
+        await receive_into(request, pending, formats.MAX_XORB_BYTES,
+                           "a serialized xorb may be at most {limit} bytes; nothing was stored")
         inserted = await run_in_threadpool(cas.store_xorb, xorb, pending)
     finally:
         await run_in_threadpool(pending.abort)
