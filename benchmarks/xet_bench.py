@@ -1,0 +1,239 @@
+"""Xet storage figures, each measured against a baseline taken in the same run on the same machine.
+
+1. A large random file up through the real huggingface_hub client with hf_xet (`HfApi.upload_file` of a
+   path; HF_HUB_DISABLE_XET unset, so the client chunks, dedups and sends xorbs and a shard), against a
+   plain `shutil.copyfile` + fsync of the same file on the same disk.
+2. The same file down through the client with hf_xet (`hf_hub_download` into a fresh cache), against
+   the same copy.
+3. The file re-uploaded to the same repo with 1% of its bytes overwritten in place (10 regions of
+   size/1000 bytes each, evenly spaced): (a) the bytes the server had to store, measured as the growth
+   of `<data_dir>/xorbs/objects`, against the file size; (b) the re-upload's speed-up over the first
+   upload.
+4. The server's peak RSS during all of the above (VmRSS sampled every 50 ms, plus the kernel's VmHWM).
+
+Run:  .venv/bin/python benchmarks/xet_bench.py [--size-mib 1024]
+Everything (data dir, the random file, HF_HOME with hf_xet's shard cache, client caches) lives in a
+temporary directory under --tmp (default: the system temp dir, /tmp), removed at the end unless --keep.
+Exit status 1 if a figure fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from hub_bench import (MIB, RssSampler, cpu_seconds, mb_per_s, proc_status_kib, sha256_of, timed_copy,
+                       write_random_file)
+from report import Figure, add_work_dir_options, print_table, work_dir
+
+from keephub.devserver import LocalServer
+
+RSS_LIMIT_MB = 400.0
+UPLOAD_TARGET = 0.5
+DOWNLOAD_TARGET = 0.7
+REUPLOAD_BYTES_TARGET = 0.10
+REUPLOAD_SPEEDUP_TARGET = 5.0
+# The edit before the re-upload: this many regions, together this fraction of the file.
+EDIT_REGIONS = 10
+EDIT_FRACTION = 0.01
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    """Total size and number of the files under `root` (0, 0 if it does not exist)."""
+    total = count = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+                count += 1
+            except FileNotFoundError:
+                pass
+    return total, count
+
+
+def edit_in_place(path: Path, size: int) -> int:
+    """Overwrite EDIT_REGIONS evenly spaced regions (EDIT_FRACTION of the file in all) with fresh random bytes,
+    fsynced; return the number of bytes changed."""
+    region = int(size * EDIT_FRACTION) // EDIT_REGIONS
+    stride = size // EDIT_REGIONS
+    with open(path, "r+b") as fh:
+        for index in range(EDIT_REGIONS):
+            # Each region sits in the middle of its tenth of the file, away from the file's ends.
+            fh.seek(index * stride + (stride - region) // 2)
+            fh.write(os.urandom(region))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return region * EDIT_REGIONS
+
+
+def check_download(repo_id: str, revision: str | None, cache: Path, token: str, size: int,
+                   expected_sha: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    downloaded = Path(hf_hub_download(repo_id, "big.bin", revision=revision, cache_dir=str(cache), token=token))
+    if downloaded.stat().st_size != size or sha256_of(downloaded) != expected_sha:
+        raise RuntimeError(f"the downloaded file (revision {revision or 'main'}) differs from the uploaded one")
+    return downloaded
+
+
+def xet_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ignore[no-untyped-def]
+                size_mib: int) -> list[Figure]:
+    from huggingface_hub import hf_hub_download
+
+    assert server.process is not None
+    pid = server.process.pid
+    size = size_mib * MIB
+    xorbs = server.data_dir / "xorbs" / "objects"
+    big = work / "big.bin"
+    print(f"writing {size_mib} MiB of random bytes to {big} ...", flush=True)
+    expected_sha = write_random_file(big, size)
+    api.create_repo(repo_id)
+    copy_before = timed_copy(big, work / "copy-1.bin")
+    print(f"copy #1:    {copy_before:7.2f} s  {mb_per_s(size, copy_before):7.1f} MB/s", flush=True)
+
+    idle_kib = proc_status_kib(pid, "VmRSS")
+    sampler = RssSampler(pid)
+    sampler.start()
+
+    # 1. First upload. CPU seconds are printed beside wall time: on a shared machine they show whose work
+    # the time was (the client's include hf_xet's own threads, which run inside this process).
+    xorbs_before, _ = tree_bytes(xorbs)
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(pid), time.process_time()
+    first = api.upload_file(path_or_fileobj=str(big), path_in_repo="big.bin", repo_id=repo_id,
+                            commit_message="big file")
+    upload_seconds = time.perf_counter() - start
+    print(f"upload:     {upload_seconds:7.2f} s  {mb_per_s(size, upload_seconds):7.1f} MB/s  (CPU: server "
+          f"{cpu_seconds(pid) - server_cpu:.2f} s, client {time.process_time() - client_cpu:.2f} s)", flush=True)
+    xorbs_first, xorb_count = tree_bytes(xorbs)
+    print(f"            xorbs stored: {xorbs_first - xorbs_before:,} bytes in {xorb_count} xorbs "
+          f"({(xorbs_first - xorbs_before) / size:.4f} of the file)", flush=True)
+    info = api.get_paths_info(repo_id, ["big.bin"], expand=True)[0]
+    if getattr(info, "xet_hash", None) is None:
+        raise RuntimeError("the uploaded file has no xetHash: it did not go through Xet")
+
+    # 2. Download into a fresh cache.
+    cache = work / "hf-cache-1"
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(pid), time.process_time()
+    downloaded = Path(hf_hub_download(repo_id, "big.bin", cache_dir=str(cache), token=api.token))
+    download_seconds = time.perf_counter() - start
+    print(f"download:   {download_seconds:7.2f} s  {mb_per_s(size, download_seconds):7.1f} MB/s  (CPU: server "
+          f"{cpu_seconds(pid) - server_cpu:.2f} s, client {time.process_time() - client_cpu:.2f} s)", flush=True)
+    if downloaded.stat().st_size != size or sha256_of(downloaded) != expected_sha:
+        raise RuntimeError("the downloaded file differs from the uploaded one")
+    shutil.rmtree(cache)
+
+    # 3. Re-upload with 1% changed in place.
+    changed = edit_in_place(big, size)
+    edited_sha = sha256_of(big)
+    print(f"edited {changed:,} bytes in {EDIT_REGIONS} regions ({changed / size:.2%} of the file)", flush=True)
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(pid), time.process_time()
+    second = api.upload_file(path_or_fileobj=str(big), path_in_repo="big.bin", repo_id=repo_id,
+                             commit_message="big file, 1% changed")
+    reupload_seconds = time.perf_counter() - start
+    print(f"re-upload:  {reupload_seconds:7.2f} s  {mb_per_s(size, reupload_seconds):7.1f} MB/s  (CPU: server "
+          f"{cpu_seconds(pid) - server_cpu:.2f} s, client {time.process_time() - client_cpu:.2f} s)", flush=True)
+    xorbs_second, xorb_count = tree_bytes(xorbs)
+    sent = xorbs_second - xorbs_first
+    print(f"            xorbs stored: {sent:,} bytes ({sent / size:.4f} of the file; {xorb_count} xorbs now); "
+          f"{upload_seconds / reupload_seconds:.1f}x faster than the first upload", flush=True)
+    if first.oid == second.oid:
+        raise RuntimeError("the re-upload made no new commit")
+
+    sampler.stop()
+    hwm_kib = proc_status_kib(pid, "VmHWM")
+    peak_kib = max(sampler.peak_kib, hwm_kib)
+    print(f"server RSS: idle {idle_kib / 1024:.1f} MiB, sampled peak {sampler.peak_kib / 1024:.1f} MiB "
+          f"({sampler.samples} samples), VmHWM {hwm_kib / 1024:.1f} MiB", flush=True)
+
+    copy_after = timed_copy(big, work / "copy-2.bin")
+    print(f"copy #2:    {copy_after:7.2f} s  {mb_per_s(size, copy_after):7.1f} MB/s", flush=True)
+    # Not timed: both revisions come back intact.
+    start = time.perf_counter()
+    check_download(repo_id, second.oid, work / "hf-cache-2", api.token, size, edited_sha)
+    check_download(repo_id, first.oid, work / "hf-cache-3", api.token, size, expected_sha)
+    print(f"both revisions downloaded and verified ({time.perf_counter() - start:.2f} s, not part of the figures)",
+          flush=True)
+    big.unlink()
+
+    # The faster of the two copies is the baseline: the stricter comparison on a noisy machine.
+    copy_rate = mb_per_s(size, min(copy_before, copy_after))
+    upload_rate = mb_per_s(size, upload_seconds)
+    download_rate = mb_per_s(size, download_seconds)
+    sent_fraction = sent / size
+    speedup = upload_seconds / reupload_seconds
+    peak_mb = peak_kib * 1024 / 1e6
+    return [
+        Figure("xet upload_file throughput", upload_rate, copy_rate, "MB/s", upload_rate / copy_rate,
+               f">= {UPLOAD_TARGET}x", upload_rate / copy_rate >= UPLOAD_TARGET),
+        Figure("xet hf_hub_download throughput", download_rate, copy_rate, "MB/s", download_rate / copy_rate,
+               f">= {DOWNLOAD_TARGET}x", download_rate / copy_rate >= DOWNLOAD_TARGET),
+        Figure("re-upload, 1% changed: bytes stored", sent / 1e6, size / 1e6, "MB", sent_fraction,
+               f"<= {REUPLOAD_BYTES_TARGET}x", sent_fraction <= REUPLOAD_BYTES_TARGET),
+        Figure("re-upload, 1% changed: time", reupload_seconds, upload_seconds, "s", reupload_seconds / upload_seconds,
+               f"<= {1 / REUPLOAD_SPEEDUP_TARGET}x ({REUPLOAD_SPEEDUP_TARGET:.0f}x faster)",
+               speedup >= REUPLOAD_SPEEDUP_TARGET),
+        Figure("server peak RSS (up, down, re-up)", peak_mb, idle_kib * 1024 / 1e6, "MB", peak_kib / idle_kib,
+               f"< {RSS_LIMIT_MB:.0f} MB", peak_mb < RSS_LIMIT_MB),
+    ]
+
+
+def run(args: argparse.Namespace, work: Path) -> list[Figure]:
+    os.environ.update({
+        # A fresh HF_HOME: hf_xet keeps its shard cache (what the re-upload dedups against) under it.
+        "HF_HOME": str(work / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_ETAG_TIMEOUT": "60",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "300",
+    })
+    for name in ("HF_TOKEN", "HF_HUB_DISABLE_XET", "HF_XET_CACHE"):
+        os.environ.pop(name, None)
+    server = LocalServer(data_dir=work / "data")
+    os.environ["HF_ENDPOINT"] = server.url
+    # huggingface_hub reads HF_ENDPOINT and the flags above at import time.
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    try:
+        import hf_xet
+        xet_version = getattr(hf_xet, "__version__", "?")
+    except ImportError:
+        raise SystemExit("hf_xet is not installed; this benchmark needs it") from None
+    server.start()
+    try:
+        assert server.process is not None
+        user = f"bench{uuid.uuid4().hex[:6]}"
+        api = HfApi(endpoint=server.url, token=server.user(user)[1])
+        print(f"huggingface_hub {huggingface_hub.__version__}, hf_xet {xet_version}", flush=True)
+        print(f"server pid {server.process.pid} at {server.url}, data in {server.data_dir}", flush=True)
+        return xet_figures(api, server, f"{user}/big", work, args.size_mib)
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", "--size-mb", dest="size_mib", type=int, default=1024,
+                        help="size of the large file in MiB (default 1024)")
+    add_work_dir_options(parser)
+    args = parser.parse_args()
+    with work_dir(parser, args, "keephub-xet-bench-") as work:
+        figures = run(args, work)
+    print_table(figures, {
+        "throughput baseline": "shutil.copyfile + fsync of the same file to a fresh path on the same disk "
+                               "(faster of one copy before and one after the transfers)",
+        "bytes baseline": f"the file size; measured is the growth of <data_dir>/xorbs/objects during the "
+                          f"re-upload ({EDIT_REGIONS} regions, {EDIT_FRACTION:.0%} of the file overwritten)",
+        "time baseline": "the first upload of the file to the same repo (fresh server, fresh HF_HOME)",
+        "RSS baseline": "server VmRSS at idle just before the first upload; the target is on the absolute peak",
+    })
+    return 0 if all(f.passed for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
