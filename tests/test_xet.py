@@ -128,6 +128,17 @@ def test_upload_file_is_stored_as_xet_and_reads_back_every_way(server: Server, a
     assert past_end.status_code == 416
 
 
+def test_file_spanning_several_full_xorbs_round_trips(server: Server, api: HfApi, repo_id: str,
+                                                      tmp_path: Path) -> None:
+    """hf_xet packs 64 MiB of chunk data per xorb, so a full xorb's body is 64 MiB plus its chunk headers."""
+    data = random_bytes(150 * 1024 * 1024, 6)
+    (tmp_path / "big.bin").write_bytes(data)
+    api.upload_file(path_or_fileobj=str(tmp_path / "big.bin"), path_in_repo="big.bin", repo_id=repo_id)
+    assert len(stored_xorbs(server)) >= 3
+    downloaded = hf_hub_download(repo_id, "big.bin", cache_dir=str(tmp_path / "cache"))
+    assert hashlib.sha256(Path(downloaded).read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
 def test_upload_folder_and_paged_snapshot_download(server: Server, api: HfApi, repo_id: str, alice,
                                                     tmp_path: Path) -> None:
     folder = tmp_path / "model"

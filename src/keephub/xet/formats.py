@@ -15,8 +15,10 @@ import lz4.frame
 
 from keephub.xet import hashing
 
-MAX_XORB_BYTES = 64 * 1024 * 1024
 MAX_CHUNK_BYTES = 128 * 1024
+MAX_XORB_CHUNKS = 8192
+# hf_xet fills a xorb with up to 64 MiB of chunk data, then adds an 8-byte header per chunk.
+MAX_XORB_BYTES = 64 * 1024 * 1024 + MAX_XORB_CHUNKS * 8
 MAX_SHARD_BYTES = 64 * 1024 * 1024
 CHUNK_HEADER = struct.Struct("<B3sB3s")
 SCHEME_NONE, SCHEME_LZ4, SCHEME_BG4_LZ4 = 0, 1, 2
@@ -106,6 +108,8 @@ def verify_xorb(fh: BinaryIO, total: int, expected_hash: bytes) -> list[ChunkRec
     if total > MAX_XORB_BYTES:
         raise FormatError(f"the xorb is {total} bytes; the limit is {MAX_XORB_BYTES}")
     chunks = [ChunkRecord(hashing.chunk_hash(data), offset, len(data)) for offset, data in iter_xorb(fh, total)]
+    if len(chunks) > MAX_XORB_CHUNKS:
+        raise FormatError(f"the xorb holds {len(chunks)} chunks; the limit is {MAX_XORB_CHUNKS}")
     actual = hashing.merkle_root([(c.hash, c.size) for c in chunks])
     if actual != expected_hash:
         raise FormatError(f"the xorb's chunks hash to {hashing.to_hex(actual)}, not the "

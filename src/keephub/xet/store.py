@@ -29,7 +29,7 @@ from keephub.xet import formats, hashing, tokens
 from keephub.xet.formats import ChunkRecord, FormatError, Term
 
 DEDUP_SHARD_EXPIRY_SECONDS = 7 * 24 * 3600
-XORB_CACHE_ENTRIES = 1024
+XORB_CACHE_ENTRIES = 128  # about 200 kB per 64 MiB xorb held
 
 
 @dataclass(frozen=True)
