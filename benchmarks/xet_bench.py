@@ -105,6 +105,22 @@ def download(api, repo_id: str, revision: str | None, cache: Path) -> Path:  # t
     return Path(hf_hub_download(repo_id, "big.bin", revision=revision, cache_dir=str(cache), token=api.token))
 
 
+def client_floor(big: Path, size: int) -> None:
+    """Not a figure: what the client must compute for an upload with no server involved at all, i.e. hf_xet's
+    chunking and hashing (`hf_xet.hash_files`) and the sha256 the commit names. On a machine where client
+    and server share two cores, this bounds the upload's throughput from above."""
+    import hf_xet
+
+    start = time.perf_counter()
+    hf_xet.hash_files([str(big)])
+    chunking = time.perf_counter() - start
+    start = time.perf_counter()
+    sha256_of(big)
+    sha = time.perf_counter() - start
+    print(f"(client-side work alone: hf_xet.hash_files {chunking:.2f} s + sha256 {sha:.2f} s = "
+          f"{mb_per_s(size, chunking + sha):.1f} MB/s, no server involved)", flush=True)
+
+
 def diagnose_download(server: LocalServer, token: str, repo_id: str, revision: str, size: int,
                       work: Path) -> None:
     """Not figures: where download time goes. A plain GET of resolve (the server rebuilds the file from its
@@ -168,6 +184,8 @@ def xet_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ign
           f"({(xorbs_first - xorbs_before) / size:.4f} of the file)", flush=True)
     if api.get_paths_info(repo_id, ["big.bin"], expand=True)[0].xet_hash is None:
         raise RuntimeError("the uploaded file has no xetHash: it did not go through Xet")
+
+    client_floor(big, size)
 
     # 2. Download into a fresh cache (the check afterwards is not timed).
     with Timed("download", size, pid) as fetched:
