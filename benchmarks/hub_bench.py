@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from report import Figure, add_work_dir_options, print_table, work_dir
+from report import Figure, add_work_dir_options, client_environment, print_table, work_dir
 
 from keephub.devserver import LocalServer
 
@@ -209,15 +209,7 @@ def commit_figures(api, user: str, files: int, warmup: int,  # type: ignore[no-u
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Figure]:
-    os.environ.update({
-        "HF_HOME": str(work / "hf-home"),
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_ETAG_TIMEOUT": "60",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "300",
-    })
-    os.environ.pop("HF_TOKEN", None)
+    client_environment(work, xet=False)
     server = LocalServer(data_dir=work / "data")
     os.environ["HF_ENDPOINT"] = server.url
     # huggingface_hub reads HF_ENDPOINT and the flags above at import time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -59,3 +60,19 @@ def work_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix: 
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def client_environment(work: Path, xet: bool) -> None:
+    """Set what huggingface_hub reads when first imported: a fresh HF_HOME in the work dir (hf_xet keeps its
+    shard cache there), no progress bars or telemetry, long timeouts, no ambient token, and Xet on or off."""
+    os.environ.update({
+        "HF_HOME": str(work / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_ETAG_TIMEOUT": "60",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "300",
+    })
+    for name in ("HF_TOKEN", "HF_XET_CACHE", "HF_HUB_DISABLE_XET"):
+        os.environ.pop(name, None)
+    if not xet:
+        os.environ["HF_HUB_DISABLE_XET"] = "1"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hub_bench import (MIB, RssSampler, cpu_seconds, mb_per_s, proc_status_kib, sha256_of, timed_copy,
                        write_random_file)
-from report import Figure, add_work_dir_options, print_table, work_dir
+from report import Figure, add_work_dir_options, client_environment, print_table, work_dir
 
 from keephub.devserver import LocalServer
 
@@ -246,16 +246,7 @@ def xet_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ign
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Figure]:
-    os.environ.update({
-        # A fresh HF_HOME: hf_xet keeps its shard cache (what the re-upload dedups against) under it.
-        "HF_HOME": str(work / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_ETAG_TIMEOUT": "60",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "300",
-    })
-    for name in ("HF_TOKEN", "HF_HUB_DISABLE_XET", "HF_XET_CACHE"):
-        os.environ.pop(name, None)
+    client_environment(work, xet=True)
     server = LocalServer(data_dir=work / "data")
     os.environ["HF_ENDPOINT"] = server.url
     # huggingface_hub reads HF_ENDPOINT and the flags above at import time.
