@@ -117,6 +117,17 @@ def mb_per_s(size: int, seconds: float) -> float:
     return size / seconds / 1e6
 
 
+def big_file_and_first_copy(api, repo_id: str, work: Path, size: int) -> tuple[Path, str, float]:  # type: ignore[no-untyped-def]
+    """Write the random file (returning its sha256), create the repo, and time the first copy baseline."""
+    big = work / "big.bin"
+    print(f"writing {size // MIB} MiB of random bytes to {big} ...", flush=True)
+    expected_sha = write_random_file(big, size)
+    api.create_repo(repo_id)
+    copy_before = timed_copy(big, work / "copy-1.bin")
+    print(f"copy #1:    {copy_before:7.2f} s  {mb_per_s(size, copy_before):7.1f} MB/s", flush=True)
+    return big, expected_sha, copy_before
+
+
 def transfer_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ignore[no-untyped-def]
                      size_mib: int) -> list[Figure]:
     """Figures 1 and 2: the big file up and down through the real client, server RSS watched throughout."""
@@ -125,12 +136,7 @@ def transfer_figures(api, server: LocalServer, repo_id: str, work: Path,  # type
     assert server.process is not None
     pid = server.process.pid
     size = size_mib * MIB
-    big = work / "big.bin"
-    print(f"writing {size_mib} MiB of random bytes to {big} ...", flush=True)
-    expected_sha = write_random_file(big, size)
-    api.create_repo(repo_id)
-    copy_before = timed_copy(big, work / "copy-1.bin")
-    print(f"copy #1:  {copy_before:7.2f} s  {mb_per_s(size, copy_before):7.1f} MB/s", flush=True)
+    big, expected_sha, copy_before = big_file_and_first_copy(api, repo_id, work, size)
     start = time.perf_counter()
     sha256_of(big)
     print(f"(client-side sha256 of the file alone: {time.perf_counter() - start:.2f} s, part of the upload time)",

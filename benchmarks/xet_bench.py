@@ -29,8 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-from hub_bench import (MIB, RssSampler, cpu_seconds, mb_per_s, proc_status_kib, sha256_of, timed_copy,
-                       write_random_file)
+from hub_bench import (MIB, RssSampler, big_file_and_first_copy, cpu_seconds, mb_per_s, proc_status_kib,
+                       sha256_of, timed_copy)
 from report import Figure, add_work_dir_options, client_environment, print_table, work_dir
 
 from keephub.devserver import LocalServer
@@ -163,12 +163,7 @@ def xet_figures(api, server: LocalServer, repo_id: str, work: Path,  # type: ign
     pid = server.process.pid
     size = size_mib * MIB
     xorbs = server.data_dir / "xorbs" / "objects"
-    big = work / "big.bin"
-    print(f"writing {size_mib} MiB of random bytes to {big} ...", flush=True)
-    expected_sha = write_random_file(big, size)
-    api.create_repo(repo_id)
-    copy_before = timed_copy(big, work / "copy-1.bin")
-    print(f"copy #1:    {copy_before:7.2f} s  {mb_per_s(size, copy_before):7.1f} MB/s", flush=True)
+    big, expected_sha, copy_before = big_file_and_first_copy(api, repo_id, work, size)
 
     idle_kib = proc_status_kib(pid, "VmRSS")
     sampler = RssSampler(pid)
