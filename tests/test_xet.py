@@ -285,6 +285,7 @@ def test_cas_tokens_are_scoped_to_one_repo_and_access(server: Server, alice, api
     forged = read_headers["Authorization"][:-4] + ("0000" if not read_headers["Authorization"].endswith("0000") else "1111")
     assert httpx.post(target, content=xorb_bytes(chunks), headers={"Authorization": forged}).status_code == 401
     assert httpx.post(f"{cas}/v1/shards", content=b"", headers=read_headers).status_code == 403
+    assert httpx.get(f"{cas}/v1/chunks/default/{'0' * 64}", headers=read_headers).status_code == 403
 
 
 def test_reconstruction_ranges_and_signed_fetch_urls(server: Server, api: HfApi, alice, repo_id: str) -> None:

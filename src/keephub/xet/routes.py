@@ -59,7 +59,9 @@ async def upload_shard(request: Request) -> JSONResponse:
 
 
 async def query_chunk(request: Request) -> Response:
-    grant_of(request, tokens.READ)
+    """Global dedup. Only uploads need it, so it takes a write token: a read token (anyone's, for a public
+    repo) cannot be used to probe whether some content exists on this server."""
+    grant_of(request, tokens.WRITE)
     shard = await run_in_threadpool(cas_of(request).dedup_query, hash_param(request))
     if shard is None:
         return Response(status_code=404)
