@@ -134,13 +134,17 @@ class Pusher:
 
     def _run(self) -> None:
         # The sandbox is pinned to the job's cores, where each push's hashing and HTTP work (~20 ms of CPU
-        # for a small checkpoint) would slow training down by as much. This thread, and the upload threads
-        # it starts (Linux threads inherit affinity), may run on any core instead, as the hub server that
-        # takes the upload does; the kernel puts them where the CPU is idle. Nice would not do: a
+        # for a small checkpoint, more with hf_xet's chunking) would slow training down by as much. This
+        # thread, and the upload threads it starts (Linux threads inherit affinity, hf_xet's runtime too),
+        # run on the machine's other cores when there are any, as the hub server that takes the upload does:
+        # allowed every core, the kernel still put them on the training core often enough to cost 4-10% on
+        # the durability benchmark (2 cores, 1 for the job); kept off it, 3%. Nice would not do: a
         # low-priority thread preempted while holding the GIL stalls the watcher thread, and a checkpoint
         # was rotated away before it was staged.
         try:
-            os.sched_setaffinity(threading.get_native_id(), range(os.cpu_count() or 1))
+            everywhere = set(range(os.cpu_count() or 1))
+            elsewhere = everywhere - os.sched_getaffinity(0)
+            os.sched_setaffinity(threading.get_native_id(), elsewhere or everywhere)
         except OSError:  # a CPU set that forbids other cores: push from the job's cores
             pass
         while True:
