@@ -43,6 +43,7 @@ class Actor:
     token_created_at: datetime
     is_admin: bool = False
     org_roles: dict[str, str] = field(default_factory=dict)
+    token_id: int | None = None
 
     def namespace_role(self, namespace: str) -> str | None:
         """The caller's role in a namespace, before the token's own limit is applied."""
@@ -187,8 +188,16 @@ class Accounts:
             return Actor(
                 user_id=user.id, name=user.name, fullname=user.fullname, token_name=token.name,
                 token_role=token.role, token_created_at=token.created_at, is_admin=user.is_admin,
-                org_roles={name: role for name, role in orgs},
+                org_roles={name: role for name, role in orgs}, token_id=token.id,
             )
+
+    def token_is_live(self, token_id: int) -> bool:
+        """Whether a token still authenticates: credentials derived from it (CAS tokens) end with it."""
+        with self.db.read() as session:
+            token = session.get(Token, token_id)
+            if token is None or token.revoked:
+                return False
+            return token.expires_at is None or _aware(token.expires_at) > datetime.now(timezone.utc)
 
     def find(self, name: str) -> Account | None:
         with self.db.read() as session:

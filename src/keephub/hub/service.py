@@ -300,7 +300,8 @@ class Hub:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             else:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
-        grant = tokens.issue(self.settings, repo.id, access, actor.name if actor else "")
+        grant = tokens.issue(self.settings, repo.id, access, actor.name if actor else "",
+                             actor.token_id if actor else None)
         return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,
                 "casUrl": f"{self.settings.base_url}/cas"}
 

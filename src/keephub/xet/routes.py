@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from keephub.wire import BadRequest, RangeNotSatisfiable
+from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized
 from keephub.wire.bodies import read_body, receive_into
 from keephub.xet import formats, hashing, tokens
 from keephub.xet.store import Cas
@@ -24,9 +24,16 @@ def cas_of(request: Request) -> Cas:
     return request.app.state.hub.cas
 
 
-def grant_of(request: Request, needed: str) -> tokens.CasGrant:
+async def grant_of(request: Request, needed: str) -> tokens.CasGrant:
+    """The request's CAS grant, refused when the Hub token behind it was revoked or has expired since (a
+    job's token is revoked when the job ends; its CAS tokens must end with it)."""
     grant = tokens.decode(cas_of(request).settings, request.headers.get("authorization"))
     tokens.require(grant, needed)
+    if grant.hub_token_id is not None:
+        live = await run_in_threadpool(request.app.state.hub.accounts.token_is_live, grant.hub_token_id)
+        if not live:
+            raise Unauthorized("the access token this CAS token was issued for has been revoked or has expired; "
+                               "authenticate with a valid token and ask for a new CAS token")
     return grant
 
 
@@ -38,7 +45,7 @@ def hash_param(request: Request, key: str = "hash") -> str:
 
 
 async def upload_xorb(request: Request) -> JSONResponse:
-    grant_of(request, tokens.WRITE)
+    await grant_of(request, tokens.WRITE)
     xorb = hash_param(request)
     cas = cas_of(request)
     pending = await run_in_threadpool(cas.begin_xorb)
@@ -52,7 +59,7 @@ async def upload_xorb(request: Request) -> JSONResponse:
 
 
 async def upload_shard(request: Request) -> JSONResponse:
-    grant = grant_of(request, tokens.WRITE)
+    grant = await grant_of(request, tokens.WRITE)
     body = await read_body(request, formats.MAX_SHARD_BYTES, "; split the upload into several shards")
     result = await run_in_threadpool(cas_of(request).register_shard, grant, body)
     return JSONResponse({"result": result})
@@ -61,7 +68,7 @@ async def upload_shard(request: Request) -> JSONResponse:
 async def query_chunk(request: Request) -> Response:
     """Global dedup. Only uploads need it, so it takes a write token: a read token (anyone's, for a public
     repo) cannot be used to probe whether some content exists on this server."""
-    grant_of(request, tokens.WRITE)
+    await grant_of(request, tokens.WRITE)
     shard = await run_in_threadpool(cas_of(request).dedup_query, hash_param(request))
     if shard is None:
         return Response(status_code=404)
@@ -69,7 +76,7 @@ async def query_chunk(request: Request) -> Response:
 
 
 async def reconstruction(request: Request) -> JSONResponse:
-    grant = grant_of(request, tokens.READ)
+    grant = await grant_of(request, tokens.READ)
     cas = cas_of(request)
     entry = await run_in_threadpool(cas.readable_file, grant, request.path_params["hash"])
     first, last = cas.byte_range(entry, request.headers.get("range"))

@@ -27,12 +27,14 @@ FETCH_URL_TTL_SECONDS = 3600
 
 @dataclass(frozen=True)
 class CasGrant:
-    """What a CAS token allows: `access` to the Xet content of repo `repo_id`, for `user` until `expires`."""
+    """What a CAS token allows: `access` to the Xet content of repo `repo_id`, for `user` until `expires`,
+    and only while the Hub token it was exchanged for (`hub_token_id`; None for anonymous reads) lives."""
 
     repo_id: int
     access: str
     user: str
     expires: int
+    hub_token_id: int | None = None
 
     def allows(self, needed: str) -> bool:
         return self.access == WRITE or needed == READ
@@ -43,13 +45,13 @@ def _mac(settings: Settings, purpose: str, payload: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
-def issue(settings: Settings, repo_id: int, access: str, user: str) -> CasGrant:
-    return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds)
+def issue(settings: Settings, repo_id: int, access: str, user: str, hub_token_id: int | None) -> CasGrant:
+    return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id)
 
 
 def encode(settings: Settings, grant: CasGrant) -> str:
-    payload = json.dumps({"r": grant.repo_id, "a": grant.access, "u": grant.user, "e": grant.expires},
-                         separators=(",", ":")).encode()
+    payload = json.dumps({"r": grant.repo_id, "a": grant.access, "u": grant.user, "e": grant.expires,
+                          "t": grant.hub_token_id}, separators=(",", ":")).encode()
     body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
     return f"{_PREFIX}.{body}.{_mac(settings, 'xet-cas-token', payload)}"
 
@@ -66,7 +68,9 @@ def decode(settings: Settings, authorization: str | None) -> CasGrant:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         fields = json.loads(payload)
-        grant = CasGrant(int(fields["r"]), str(fields["a"]), str(fields["u"]), int(fields["e"]))
+        hub_token = fields["t"]
+        grant = CasGrant(int(fields["r"]), str(fields["a"]), str(fields["u"]), int(fields["e"]),
+                         None if hub_token is None else int(hub_token))
     except (ValueError, KeyError, TypeError):
         raise Unauthorized(f"the CAS token is malformed; {refresh}")
     if not hmac.compare_digest(_mac(settings, "xet-cas-token", payload), parts[2]):
