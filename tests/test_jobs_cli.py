@@ -78,6 +78,9 @@ def test_readme_run_command_trains_as_a_job_and_saves_to_keephub(tmp_path: Path)
     assert "last-checkpoint/adapter_model.safetensors" in out and "adapter_model.safetensors" in out
     assert "verdict: saved at commit" in out, "the run command ends with the job's durability record"
     assert "checkpoint-10 → main" in out and "final model files → main" in out
+    # The script pushed its final model itself (trainer.push_to_hub()); the sidecar verifies it, commits nothing.
+    final = next(line for line in out.splitlines() if "final model files → main" in line)
+    assert "verified" in final and "already there, identical" in final, final
 
 
 def test_hf_jobs_cli_runs_against_keephub(server: Server) -> None:

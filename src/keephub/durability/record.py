@@ -53,7 +53,8 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
         {"attempt": attempt, "label": str(d.get("label")), "revision": str(d.get("revision")),
          "commit": str(d.get("commit") or ""), "files": [str(f) for f in d.get("files") or []],
          "bytes": d.get("bytes") if isinstance(d.get("bytes"), int) else 0,
-         "verified": d.get("verified") is True and d.get("commit") in landed, "time": d.get("time")}
+         "verified": d.get("verified") is True and d.get("commit") in landed, "time": d.get("time"),
+         "alreadyThere": d.get("already_there") is True}
         for attempt, d in entries if d.get("kind") == "push"
     ]
     failures = [{"label": str(d.get("label")), "reason": str(d.get("reason"))}

@@ -188,19 +188,39 @@ class Pusher:
                                path_or_fileobj=str(p))
             for p in files
         ]
-        info = self.api.create_commit(repo_id=self.repo, operations=operations, revision=push.revision,
-                                      commit_message=f"keephub: {push.label} (job {self.job_id})")
-        commit = info.oid
-        verified = self._verify(operations, commit)
-        say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit {commit[:12]}"
-            f"{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
+        present = self._already_on_hub(operations, push.revision)
+        if present is not None:
+            # The script's own push_to_hub (or an earlier attempt) put these exact files there: a second commit
+            # of the same content would only clutter the history.
+            commit, verified = present, True
+            say(f"✅ {push.label}: already on {self.repo}@{push.revision} at commit {commit[:12]}, identical to "
+                "the local files (verified against the server); nothing to push")
+        else:
+            info = self.api.create_commit(repo_id=self.repo, operations=operations, revision=push.revision,
+                                          commit_message=f"keephub: {push.label} (job {self.job_id})")
+            commit = info.oid
+            verified = self._verify(operations, commit)
+            say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit {commit[:12]}"
+                f"{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
         record("push", label=push.label, revision=push.revision, commit=commit,
-               files=[str(p.relative_to(push.folder)) for p in files], bytes=size, verified=verified)
+               files=[str(p.relative_to(push.folder)) for p in files], bytes=size, verified=verified,
+               already_there=present is not None)
         if not verified:
             raise RuntimeError(f"the hub's copy of {push.label} does not match the local files")
         if CHECKPOINT.match(push.label):
             self.pushed_checkpoints.add(push.label)
             _release_older(push.folder)
+
+    def _already_on_hub(self, operations: list[CommitOperationAdd], revision: str) -> str | None:
+        """The head commit of `revision` if it already holds every file exactly as local, else None. The
+        sha256s computed here are the ones the upload would compute anyway (and are reused by it)."""
+        try:
+            head = self.api.repo_info(self.repo, revision=revision).sha
+        except Exception:  # noqa: BLE001 - no such branch yet, or the hub is unreachable: just push
+            return None
+        if head is None or not operations:
+            return None
+        return head if self._verify(operations, head) else None
 
     def _verify(self, operations: list[CommitOperationAdd], commit: str) -> bool:
         """Compare each file with the server's hash at the new commit: for LFS files the sha256 the upload

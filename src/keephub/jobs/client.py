@@ -134,7 +134,8 @@ def durability_summary(info: dict) -> str:
         mark = "✅" if push["verified"] else "❌"
         lines.append(f"   {mark} attempt {push['attempt']}: {push['label']} → {push['revision']} "
                      f"commit {push['commit'][:12]}, {len(push['files'])} files, {push['bytes']:,} bytes"
-                     f"{', verified' if push['verified'] else ', NOT verified'}")
+                     f"{', verified' if push['verified'] else ', NOT verified'}"
+                     f"{' (already there, identical: nothing pushed)' if push.get('alreadyThere') else ''}")
     lines += [f"   ❌ {failure['label']}: {failure['reason']}" for failure in record["failures"]]
     return "\n".join(lines)
 
