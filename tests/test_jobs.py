@@ -15,6 +15,8 @@ from conftest import SESSION_DIR, Server, free_port
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
+from keephub.devserver import keephub_cli
+
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 
 
@@ -344,6 +346,24 @@ def test_scheduled_job_runs_on_trigger_and_can_be_suspended(user) -> None:
     assert [s.id for s in api.list_scheduled_jobs(namespace=name)] == [scheduled.id]
     api.delete_scheduled_job(scheduled_job_id=scheduled.id)
     assert list(api.list_scheduled_jobs(namespace=name)) == []
+
+
+def test_scheduled_job_stops_when_its_creator_loses_write_access(jobs_server: Server, user) -> None:
+    admin, admin_api, _ = user
+    org = f"org{uuid.uuid4().hex[:8]}"
+    keephub_cli(jobs_server.data_dir, "org", "create", org, "--owner", admin)
+    member, member_token = jobs_server.user()
+    keephub_cli(jobs_server.data_dir, "org", "add-member", org, member, "--role", "write")
+    member_api = HfApi(endpoint=jobs_server.url, token=member_token)
+    scheduled = member_api.create_scheduled_job(image=UV_IMAGE, command=["python", "-c", "print('hi')"],
+                                                schedule="@hourly", namespace=org)
+    keephub_cli(jobs_server.data_dir, "org", "add-member", org, member, "--role", "read")
+    with pytest.raises(HfHubHTTPError) as info:
+        admin_api.trigger_scheduled_job(scheduled_job_id=scheduled.id, namespace=org)
+    assert info.value.response.status_code == 403
+    assert f"{member}, who can no longer write to {org}" in info.value.response.json()["error"]
+    assert admin_api.inspect_scheduled_job(scheduled_job_id=scheduled.id, namespace=org).suspend is True
+    assert list(admin_api.list_jobs(namespace=org)) == []
 
 
 def test_scheduled_job_fires_when_due(user) -> None:

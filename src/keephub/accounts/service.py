@@ -191,6 +191,20 @@ class Accounts:
                 org_roles={name: role for name, role in orgs}, token_id=token.id,
             )
 
+    def namespace_role_of(self, user: str, namespace: str) -> str | None:
+        """A user's role in a namespace now (for work started on their behalf later, like scheduled runs)."""
+        with self.db.read() as session:
+            account = session.execute(select(Account).where(Account.name == user, Account.kind == "user")
+                                      ).scalar_one_or_none()
+            if account is None:
+                return None
+            if account.name == namespace or account.is_admin:
+                return "admin"
+            return session.execute(
+                select(Membership.role).join(Account, Account.id == Membership.org_id)
+                .where(Membership.user_id == account.id, Account.name == namespace)
+            ).scalar_one_or_none()
+
     def token_is_live(self, token_id: int) -> bool:
         """Whether a token still authenticates: credentials derived from it (CAS tokens) end with it."""
         with self.db.read() as session:

@@ -18,7 +18,7 @@ from keephub.accounts import Actor
 from keephub.jobs.service import TERMINAL, JobService, aware, iso, utcnow
 from keephub.jobs.spec import parse_spec, spec_from_wire
 from keephub.storage.schema import Job, ScheduledJob
-from keephub.wire import BadRequest, Conflict
+from keephub.wire import BadRequest, Conflict, Forbidden
 from keephub.wire.errors import NotFound
 
 log = logging.getLogger("keephub.jobs")
@@ -122,6 +122,10 @@ class ScheduledJobs:
         """Run now, whatever the schedule says (409 if a run is still going and concurrency is off)."""
         actor = self.jobs.check_write(actor, namespace)
         row = self._load(namespace, scheduled_id)
+        if not self._creator_may_run(row):
+            self._suspend_orphaned(row)
+            raise Forbidden(f"scheduled job {scheduled_id} runs as its creator {row.owner}, who can no longer write "
+                            f"to {namespace}; it is now suspended: delete it and create it again as yourself")
         job_id = self._start_run(row, respect_concurrency=True)
         if job_id is None:
             raise Conflict(f"scheduled job {scheduled_id}'s previous run {row.last_job_id} is still running and "
@@ -138,6 +142,9 @@ class ScheduledJobs:
             if aware(row.next_run_at) > now:
                 continue
             try:
+                if not self._creator_may_run(row):
+                    self._suspend_orphaned(row)
+                    continue
                 if self._start_run(row, respect_concurrency=True) is not None:
                     started += 1
             except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
@@ -147,6 +154,18 @@ class ScheduledJobs:
                 if fresh is not None:
                     fresh.next_run_at = next_run(fresh.schedule, now)
         return started
+
+    def _creator_may_run(self, row: ScheduledJob) -> bool:
+        """Runs act with their creator's rights as they are now, not as they were when the schedule was made."""
+        return self.jobs.accounts.namespace_role_of(row.owner, row.namespace) in ("write", "admin")
+
+    def _suspend_orphaned(self, row: ScheduledJob) -> None:
+        log.warning("scheduled job %s suspended: its creator %s can no longer write to %s", row.id, row.owner,
+                    row.namespace)
+        with self.db.write() as session:
+            fresh = session.get(ScheduledJob, row.id)
+            if fresh is not None:
+                fresh.suspend = True
 
     def _start_run(self, row: ScheduledJob, respect_concurrency: bool) -> str | None:
         if respect_concurrency and not row.concurrency and row.last_job_id:
