@@ -7,6 +7,7 @@ through huggingface_hub + hf_xet; bad input is sent raw, with xorbs and shards b
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -137,6 +138,19 @@ def test_file_spanning_several_full_xorbs_round_trips(server: Server, api: HfApi
     assert len(stored_xorbs(server)) >= 3
     downloaded = hf_hub_download(repo_id, "big.bin", cache_dir=str(tmp_path / "cache"))
     assert hashlib.sha256(Path(downloaded).read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_git_lfs_and_xet_files_live_side_by_side(server: Server, api: HfApi, repo_id: str, tmp_path: Path) -> None:
+    """huggingface_hub sends a file object through git-lfs even with hf_xet installed, a path through Xet."""
+    through_lfs, through_xet = random_bytes(600_000, 7), random_bytes(600_000, 8)
+    api.upload_file(path_or_fileobj=io.BytesIO(through_lfs), path_in_repo="lfs.bin", repo_id=repo_id)
+    (tmp_path / "xet.bin").write_bytes(through_xet)
+    api.upload_file(path_or_fileobj=str(tmp_path / "xet.bin"), path_in_repo="xet.bin", repo_id=repo_id)
+    tree = {e["path"]: e for e in httpx.get(f"{server.url}/api/models/{repo_id}/tree/main").json()}
+    assert "xetHash" not in tree["lfs.bin"] and "xetHash" in tree["xet.bin"]
+    assert tree["lfs.bin"]["lfs"]["oid"] == hashlib.sha256(through_lfs).hexdigest()
+    for name, content in (("lfs.bin", through_lfs), ("xet.bin", through_xet)):
+        assert Path(hf_hub_download(repo_id, name, cache_dir=str(tmp_path / "c"))).read_bytes() == content
 
 
 def test_upload_folder_and_paged_snapshot_download(server: Server, api: HfApi, repo_id: str, alice,
