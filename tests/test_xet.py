@@ -416,3 +416,39 @@ def test_acknowledged_xet_upload_survives_kill_9(tmp_path: Path) -> None:
         assert Path(downloaded).read_bytes() == data
     finally:
         srv.stop()
+
+
+def test_cas_tokens_are_rechecked_against_the_repo_and_rights_of_now(server: Server, api: HfApi, alice) -> None:
+    """A token names its repo by id and creation time, and the user's rights are checked on every request:
+    a deleted repo's token does not reach a later repo that reused its id, nor does an anonymous token
+    survive the repo turning private."""
+    scratch = f"{alice[0]}/scratch"
+    api.create_repo(scratch)
+    cas, headers = cas_token(server, alice[1], scratch, "write")
+    api.delete_repo(scratch)
+    mallory_repo_gone = httpx.post(f"{cas}/v1/shards", content=b"", headers=headers)
+    assert mallory_repo_gone.status_code == 401 and "no longer exists" in mallory_repo_gone.json()["error"]
+
+    public = f"{alice[0]}/soon-private"
+    api.create_repo(public)
+    anonymous = httpx.get(f"{server.url}/api/models/{public}/xet-read-token/main").json()
+    api.update_repo_settings(public, private=True)
+    refused = httpx.get(f"{anonymous['casUrl']}/v1/reconstructions/{'0' * 64}",
+                        headers={"Authorization": f"Bearer {anonymous['accessToken']}"})
+    assert refused.status_code == 403 and "can no longer read" in refused.json()["error"]
+
+
+def test_xorb_with_too_many_chunks_and_open_ranges_past_the_end(server: Server, alice, api: HfApi,
+                                                                 repo_id: str) -> None:
+    cas, headers = cas_token(server, alice[1], repo_id, "write")
+    tiny = [bytes([i % 256, i // 256]) for i in range(8193)]
+    response = httpx.post(f"{cas}/v1/xorbs/default/{hashing.to_hex(xorb_hash(tiny))}", content=xorb_bytes(tiny, 0),
+                          headers=headers)
+    assert response.status_code == 400 and "8192" in response.json()["error"]
+    api.upload_file(path_or_fileobj=random_bytes(5000, 70), path_in_repo="s.bin", repo_id=repo_id)
+    api.upload_file(path_or_fileobj=random_bytes(300_000, 71), path_in_repo="t.bin", repo_id=repo_id)
+    file_hash = httpx.head(f"{server.url}/{repo_id}/resolve/main/t.bin").headers["X-Xet-Hash"]
+    _, read = cas_token(server, alice[1], repo_id, "read")
+    for spec in ("bytes=300000-", "bytes=99999999999999-"):
+        past = httpx.get(f"{cas}/v1/reconstructions/{file_hash}", headers={**read, "Range": spec})
+        assert past.status_code == 416, spec

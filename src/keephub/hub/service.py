@@ -11,13 +11,16 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
+from sqlalchemy import select
+
 from keephub.accounts import Accounts, Actor
 from keephub.config import Settings
 from keephub.hub import commits, lfs, naming, repos, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_file
 from keephub.storage.db import Database
-from keephub.wire import BadRequest, EntryNotFound, PreconditionFailed
+from keephub.storage.schema import Account, Repo
+from keephub.wire import BadRequest, EntryNotFound, Forbidden, PreconditionFailed, Unauthorized
 from keephub.xet import Cas, tokens
 
 _COMMIT_RETRIES = 5
@@ -300,10 +303,30 @@ class Hub:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             else:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
-        grant = tokens.issue(self.settings, repo.id, access, actor.name if actor else "",
-                             actor.token_id if actor else None)
+        grant = tokens.issue(self.settings, repo.id, tokens.repo_stamp(repo.created_at), access,
+                             actor.name if actor else "", actor.token_id if actor else None)
         return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,
                 "casUrl": f"{self.settings.base_url}/cas"}
+
+    def check_cas_grant(self, grant: tokens.CasGrant) -> None:
+        """Re-check a CAS token against the present: the same repo (not a later one that reused its id), and
+        the user's rights on it now (a repo made private, a role lowered), not when the token was issued."""
+        renew = "ask for a new CAS token (xet-read-token / xet-write-token)"
+        if grant.hub_token_id is not None and not self.accounts.token_is_live(grant.hub_token_id):
+            raise Unauthorized("the access token this CAS token was issued for has been revoked or has expired; "
+                               "authenticate with a valid token and " + renew)
+        with self.db.read() as session:
+            row = session.execute(select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
+                                  .where(Repo.id == grant.repo_id)).one_or_none()
+        if row is None or tokens.repo_stamp(row[0].created_at) != grant.repo_stamp:
+            raise Unauthorized(f"the repo this CAS token was issued for no longer exists; {renew}")
+        repo, namespace = row
+        role = self.accounts.namespace_role_of(grant.user, namespace) if grant.user else None
+        if grant.access == tokens.WRITE and role not in ("write", "admin"):
+            raise Forbidden(f"{grant.user or 'this caller'} can no longer write to {namespace}/{repo.name}; {renew}")
+        if repo.private and role is None:
+            raise Forbidden(f"{grant.user or 'an anonymous caller'} can no longer read {namespace}/{repo.name}; "
+                            f"{renew}")
 
     def _read_small(self, session, tree: str, path: str) -> bytes | None:  # type: ignore[no-untyped-def]
         found = gitobjects.lookup(session, tree, path)

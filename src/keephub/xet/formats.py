@@ -96,6 +96,8 @@ def iter_xorb(fh: BinaryIO, total: int) -> Iterator[tuple[int, bytes]]:
         payload = fh.read(packed)
         if len(payload) != packed:
             raise FormatError(f"chunk {index} at byte {offset}: the xorb ends inside the chunk's data")
+        if index >= MAX_XORB_CHUNKS:
+            raise FormatError(f"the xorb holds more than {MAX_XORB_CHUNKS} chunks, the limit")
         yield offset, decode_chunk(scheme, payload, size, index)
         offset += CHUNK_HEADER.size + packed
         index += 1
@@ -108,8 +110,6 @@ def verify_xorb(fh: BinaryIO, total: int, expected_hash: bytes) -> list[ChunkRec
     if total > MAX_XORB_BYTES:
         raise FormatError(f"the xorb is {total} bytes; the limit is {MAX_XORB_BYTES}")
     chunks = [ChunkRecord(hashing.chunk_hash(data), offset, len(data)) for offset, data in iter_xorb(fh, total)]
-    if len(chunks) > MAX_XORB_CHUNKS:
-        raise FormatError(f"the xorb holds {len(chunks)} chunks; the limit is {MAX_XORB_CHUNKS}")
     actual = hashing.merkle_root([(c.hash, c.size) for c in chunks])
     if actual != expected_hash:
         raise FormatError(f"the xorb's chunks hash to {hashing.to_hex(actual)}, not the "

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized
+from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.bodies import read_body, receive_into
 from keephub.xet import formats, hashing, tokens
 from keephub.xet.store import Cas
@@ -25,15 +25,11 @@ def cas_of(request: Request) -> Cas:
 
 
 async def grant_of(request: Request, needed: str) -> tokens.CasGrant:
-    """The request's CAS grant, refused when the Hub token behind it was revoked or has expired since (a
-    job's token is revoked when the job ends; its CAS tokens must end with it)."""
+    """The request's CAS grant, checked against the present on every request: the Hub token behind it still
+    valid (a job's token is revoked when the job ends), the same repo, the user's rights on it now."""
     grant = tokens.decode(cas_of(request).settings, request.headers.get("authorization"))
     tokens.require(grant, needed)
-    if grant.hub_token_id is not None:
-        live = await run_in_threadpool(request.app.state.hub.accounts.token_is_live, grant.hub_token_id)
-        if not live:
-            raise Unauthorized("the access token this CAS token was issued for has been revoked or has expired; "
-                               "authenticate with a valid token and ask for a new CAS token")
+    await run_in_threadpool(request.app.state.hub.check_cas_grant, grant)
     return grant
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -22,13 +23,16 @@ from sqlalchemy.orm import Session
 from keephub.config import Settings
 from keephub.storage.blobs import BlobStore, LocalBlobStore, PendingBlob, iter_file
 from keephub.storage.db import Database
-from keephub.storage.schema import GitObject, LfsLink, LfsObject, Repo, XetDedupChunk, XetFile, XetXorb
+from keephub.storage.schema import GitObject, LfsLink, LfsObject, Repo, XetDedupChunk, XetFile, XetXorb, utcnow
 from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.errors import NotFound
 from keephub.xet import formats, hashing, tokens
 from keephub.xet.formats import ChunkRecord, FormatError, Term
 
 DEDUP_SHARD_EXPIRY_SECONDS = 7 * 24 * 3600
+# Bounds the work (and memory) one shard can demand: hashing and rebuilding every chunk it references.
+MAX_FILE_CHUNK_REFERENCES = 2_000_000
+MAX_SHARD_CHUNK_REFERENCES = 4_000_000
 XORB_CACHE_ENTRIES = 128  # about 200 kB per 64 MiB xorb held
 
 
@@ -66,6 +70,8 @@ class Cas:
         self.db = db
         self.xorbs = xorbs
         self._xorb_cache: dict[str, XorbEntry] = {}
+        self._cache_lock = threading.Lock()
+        self._placing = threading.Lock()
 
     # -- xorbs ----------------------------------------------------------------------------------------
     def has_xorb(self, xorb: str) -> bool:
@@ -76,8 +82,13 @@ class Cas:
         return self.xorbs.begin(hashed=False)
 
     def store_xorb(self, xorb: str, pending: PendingBlob) -> bool:
-        """Verify an uploaded xorb's every chunk against its hash, then keep it. False if it was already kept."""
-        if self.has_xorb(xorb):
+        """Verify an uploaded xorb's every chunk against its hash, then keep it. False if it was already kept.
+
+        The same xorb hash has more than one valid serialization (LZ4 or not), and the index must describe
+        the bytes on disk: placing the file and recording its index happen under one lock, and a file left
+        without an index (a crash between the two) is replaced, never indexed from another upload's bytes.
+        """
+        if self._touch_xorb(xorb):
             return False
         pending.flush()
         size = pending.size
@@ -86,16 +97,28 @@ class Cas:
                 chunks = formats.verify_xorb(fh, size, hashing.from_hex(xorb))
         except FormatError as exc:
             raise BadRequest(f"xorb {xorb} rejected, nothing was stored: {exc}")
-        pending.commit_as(xorb)
-        with self.db.write() as session:
-            if session.get(XetXorb, xorb) is not None:
+        with self._placing:
+            if self._touch_xorb(xorb):
                 return False
-            session.add(XetXorb(hash=xorb, num_chunks=len(chunks), unpacked_bytes=sum(c.size for c in chunks),
-                                stored_bytes=size, chunk_index=formats.pack_chunk_index(chunks)))
-            session.flush()
-            eligible = {hashing.to_hex(c.hash) for c in chunks if hashing.is_global_dedup_eligible(c.hash)}
-            self._index_for_dedup(session, xorb, eligible)
+            self.xorbs.delete(xorb)
+            pending.commit_as(xorb)
+            with self.db.write() as session:
+                session.add(XetXorb(hash=xorb, num_chunks=len(chunks), unpacked_bytes=sum(c.size for c in chunks),
+                                    stored_bytes=size, chunk_index=formats.pack_chunk_index(chunks)))
+                session.flush()
+                eligible = {hashing.to_hex(c.hash) for c in chunks if hashing.is_global_dedup_eligible(c.hash)}
+                self._index_for_dedup(session, xorb, eligible)
         return True
+
+    def _touch_xorb(self, xorb: str) -> bool:
+        """Whether the xorb is kept; if so, mark it recently uploaded, so garbage collection's grace period
+        protects a re-upload of old content as it protects a first upload."""
+        with self.db.write() as session:
+            row = session.get(XetXorb, xorb)
+            if row is None:
+                return False
+            row.created_at = utcnow()
+            return True
 
     def _index_for_dedup(self, session: Session, xorb: str, chunk_hashes: set[str]) -> None:
         if not chunk_hashes:
@@ -113,9 +136,10 @@ class Cas:
             if row is None:
                 return None
             entry = XorbEntry(xorb, formats.unpack_chunk_index(row.chunk_index), row.stored_bytes)
-        if len(self._xorb_cache) >= XORB_CACHE_ENTRIES:
-            self._xorb_cache.pop(next(iter(self._xorb_cache)))
-        self._xorb_cache[xorb] = entry
+        with self._cache_lock:
+            if len(self._xorb_cache) >= XORB_CACHE_ENTRIES:
+                self._xorb_cache.pop(next(iter(self._xorb_cache)), None)
+            self._xorb_cache[xorb] = entry
         return entry
 
     # -- shards ---------------------------------------------------------------------------------------
@@ -125,6 +149,10 @@ class Cas:
             shard = formats.parse_shard(body)
         except FormatError as exc:
             raise BadRequest(f"shard rejected, nothing was recorded: {exc}")
+        total = sum(t.end - t.start for info in shard.files for t in info.terms if t.end > t.start)
+        if total > MAX_SHARD_CHUNK_REFERENCES:
+            raise BadRequest(f"shard rejected: its files reference {total} chunks in all; the limit is "
+                             f"{MAX_SHARD_CHUNK_REFERENCES}: upload the files in several sessions")
         for cas in shard.xorbs:
             self._check_listed_xorb(cas)
         verified = [self._verify_file(info) for info in shard.files]
@@ -139,10 +167,13 @@ class Cas:
                 raise BadRequest(f"shard rejected: xorb {sorted(needed - present)[0]} is no longer stored; "
                                  "upload the file again")
             for entry in verified:
-                if session.get(XetFile, entry.file_hash) is None:
+                known = session.get(XetFile, entry.file_hash)
+                if known is None:
                     session.add(XetFile(file_hash=entry.file_hash, sha256=entry.sha256, size=entry.size,
                                         terms=formats.pack_terms(entry.terms)))
                     new = True
+                else:
+                    known.created_at = utcnow()
                 if session.get(LfsObject, entry.sha256) is None:
                     session.add(LfsObject(oid=entry.sha256, size=entry.size))
                     session.flush()
@@ -169,6 +200,10 @@ class Cas:
             raise BadRequest(f"shard rejected: {label} has no verification entries; they are required")
         if info.sha256 is None:
             raise BadRequest(f"shard rejected: {label} has no sha256 metadata extension; git repos require it")
+        references = sum(term.end - term.start for term in info.terms)
+        if references > MAX_FILE_CHUNK_REFERENCES:
+            raise BadRequest(f"shard rejected: {label} references {references} chunks; a file may reference at "
+                             f"most {MAX_FILE_CHUNK_REFERENCES} (about 128 GiB)")
         chunk_list: list[tuple[bytes, int]] = []
         for index, (term, proof) in enumerate(zip(info.terms, info.verifications)):
             xorb_name = hashing.to_hex(term.xorb)
@@ -259,11 +294,13 @@ class Cas:
             last = int(last_text) if last_text.strip() else entry.size - 1
         except ValueError:
             raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>'")
-        if unit.strip() != "bytes" or first < 0 or last < first:
+        if unit.strip() != "bytes" or first < 0:
             raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>' with first <= last")
         if first >= entry.size:
             raise RangeNotSatisfiable(f"Range {header!r} starts past the end of the {entry.size}-byte file",
                                       extra_headers={"Content-Range": f"bytes */{entry.size}"})
+        if last < first:
+            raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>' with first <= last")
         return first, min(last, entry.size - 1)
 
     def reconstruction(self, entry: FileEntry, first: int, last: int, version: int) -> dict:

@@ -15,6 +15,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from keephub.config import Settings
@@ -35,6 +36,8 @@ class CasGrant:
     user: str
     expires: int
     hub_token_id: int | None = None
+    # The repo's creation time in microseconds: repo ids can be reused after a deletion, this cannot.
+    repo_stamp: int = 0
 
     def allows(self, needed: str) -> bool:
         return self.access == WRITE or needed == READ
@@ -45,13 +48,20 @@ def _mac(settings: Settings, purpose: str, payload: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
-def issue(settings: Settings, repo_id: int, access: str, user: str, hub_token_id: int | None) -> CasGrant:
-    return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id)
+def issue(settings: Settings, repo_id: int, repo_stamp: int, access: str, user: str,
+          hub_token_id: int | None) -> CasGrant:
+    return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id,
+                    repo_stamp)
+
+
+def repo_stamp(created_at: datetime) -> int:
+    aware = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
+    return int(aware.timestamp() * 1_000_000)
 
 
 def encode(settings: Settings, grant: CasGrant) -> str:
     payload = json.dumps({"r": grant.repo_id, "a": grant.access, "u": grant.user, "e": grant.expires,
-                          "t": grant.hub_token_id}, separators=(",", ":")).encode()
+                          "t": grant.hub_token_id, "s": grant.repo_stamp}, separators=(",", ":")).encode()
     body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
     return f"{_PREFIX}.{body}.{_mac(settings, 'xet-cas-token', payload)}"
 
@@ -70,7 +80,7 @@ def decode(settings: Settings, authorization: str | None) -> CasGrant:
         fields = json.loads(payload)
         hub_token = fields["t"]
         grant = CasGrant(int(fields["r"]), str(fields["a"]), str(fields["u"]), int(fields["e"]),
-                         None if hub_token is None else int(hub_token))
+                         None if hub_token is None else int(hub_token), int(fields["s"]))
     except (ValueError, KeyError, TypeError):
         raise Unauthorized(f"the CAS token is malformed; {refresh}")
     if not hmac.compare_digest(_mac(settings, "xet-cas-token", payload), parts[2]):
