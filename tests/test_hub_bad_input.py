@@ -539,6 +539,18 @@ def test_upload_whose_bytes_do_not_match_the_oid_is_never_visible(http: httpx.Cl
     assert [e["path"] for e in http.get(f"/api/models/{repo.repo_id}/tree/main").json()] == [".gitattributes"]
 
 
+def test_upload_url_of_a_deleted_repo_never_reaches_the_repo_that_reuses_its_id(http: httpx.Client,
+                                                                             owner: tuple[str, str]) -> None:
+    doomed = new_repo(http, owner[0], "doomed")
+    data = os.urandom(2048)
+    oid = hashlib.sha256(data).hexdigest()
+    href = doomed.batch(oid, len(data))["actions"]["upload"]["href"]
+    assert http.request("DELETE", "/api/repos/delete", json={"name": doomed.repo_id}).status_code == 200
+    successor = new_repo(http, owner[0], "successor")
+    rejected(httpx.put(href, content=data), 404, "deleted since")
+    assert "upload" in successor.batch(oid, len(data))["actions"]
+
+
 def test_tampered_or_expired_upload_urls_are_403(http: httpx.Client, owner: tuple[str, str],
                                                  server: Server) -> None:
     repo = new_repo(http, owner[0])
@@ -553,6 +565,7 @@ def test_tampered_or_expired_upload_urls_are_403(http: httpx.Client, owner: tupl
 
     rejected(put(size="999"), 403, "signature is invalid")
     rejected(put(repo=str(int(query["repo"]) + 1)), 403, "signature is invalid")
+    rejected(put(rs=str(int(query["rs"]) + 1)), 403, "signature is invalid")
     rejected(put(exp=str(int(time.time()) + 10**6)), 403, "signature is invalid")
     rejected(put(sig="0" * 64), 403, "signature is invalid")
     rejected(httpx.put(base, params={k: v for k, v in query.items() if k != "sig"}, content=data), 403, "incomplete")
@@ -560,7 +573,8 @@ def test_tampered_or_expired_upload_urls_are_403(http: httpx.Client, owner: tupl
     rejected(httpx.put(f"{base}/parts/1", params={**query, "sig": "1" * 64}, content=data), 403, "signature")
     # An expired URL, correctly signed with the server's own key, is refused as expired.
     key = (server.data_dir / "signing.key").read_text().strip()
-    expired = lfs.UploadGrant(int(query["repo"]), oid, len(data), query["upload"], int(time.time()) - 5)
+    expired = lfs.UploadGrant(int(query["repo"]), oid, len(data), query["upload"], int(time.time()) - 5,
+                              int(query["rs"]))
     rejected(httpx.put(f"{base}?{lfs.grant_query(Settings(signing_key=key), expired)}", content=data), 403, "expired")
     rejected(repo.commit(ndjson(header(), add_lfs("w.bin", oid, 1000))), 400, "never uploaded")
     assert httpx.put(href, content=data).status_code == 200  # the untouched URL still works

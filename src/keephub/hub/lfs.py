@@ -23,7 +23,7 @@ from keephub.config import Settings
 from keephub.hub.repos import RepoRef
 from keephub.storage.blobs import BlobStore, HashMismatch, PendingBlob, SizeMismatch, is_sha256, iter_file
 from keephub.storage.db import Database
-from keephub.storage.schema import LfsLink, LfsObject, Repo
+from keephub.storage.schema import LfsLink, LfsObject, Repo, repo_stamp
 from keephub.wire import BadRequest, Forbidden, TooLarge
 from keephub.wire.errors import NotFound, Unprocessable
 
@@ -40,9 +40,10 @@ class UploadGrant:
     size: int
     upload_id: str
     expires: int
+    repo_stamp: int
 
     def payload(self) -> str:
-        return f"{self.repo_id}|{self.oid}|{self.size}|{self.upload_id}|{self.expires}"
+        return f"{self.repo_id}|{self.repo_stamp}|{self.oid}|{self.size}|{self.upload_id}|{self.expires}"
 
 
 def sign(settings: Settings, grant: UploadGrant) -> str:
@@ -50,14 +51,14 @@ def sign(settings: Settings, grant: UploadGrant) -> str:
 
 
 def grant_query(settings: Settings, grant: UploadGrant) -> str:
-    return urlencode({"repo": grant.repo_id, "size": grant.size, "upload": grant.upload_id, "exp": grant.expires,
-                      "sig": sign(settings, grant)})
+    return urlencode({"repo": grant.repo_id, "rs": grant.repo_stamp, "size": grant.size, "upload": grant.upload_id,
+                      "exp": grant.expires, "sig": sign(settings, grant)})
 
 
 def check_grant(settings: Settings, oid: str, params: dict[str, str]) -> UploadGrant:
     try:
         grant = UploadGrant(repo_id=int(params["repo"]), oid=oid, size=int(params["size"]),
-                            upload_id=params["upload"], expires=int(params["exp"]))
+                            upload_id=params["upload"], expires=int(params["exp"]), repo_stamp=int(params["rs"]))
         signature = params["sig"]
     except (KeyError, ValueError):
         raise Forbidden("this upload URL is incomplete; request a fresh one from the LFS batch endpoint")
@@ -114,7 +115,8 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> 
         elif oid in linked and linked[oid] == size:
             pass
         else:
-            grant = UploadGrant(repo.id, oid, size, uuid.uuid4().hex, int(time.time()) + settings.upload_url_ttl_seconds)
+            grant = UploadGrant(repo.id, oid, size, uuid.uuid4().hex, int(time.time()) + settings.upload_url_ttl_seconds,
+                                repo_stamp(repo.created_at))
             href = f"{settings.base_url}/api/lfs/objects/{oid}?{grant_query(settings, grant)}"
             upload: dict = {"href": href}
             chunk = settings.lfs_multipart_chunk_bytes
@@ -141,10 +143,12 @@ def linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str, 
     return found
 
 
-def link(db: Database, repo_id: int, oid: str, size: int) -> None:
-    """Record a verified object and make it referable from `repo_id`, idempotently."""
+def link(db: Database, grant: UploadGrant) -> None:
+    """Record a verified object and make it referable from the grant's repo, idempotently."""
+    repo_id, oid, size = grant.repo_id, grant.oid, grant.size
     with db.write() as session:
-        if session.get(Repo, repo_id) is None:
+        repo = session.get(Repo, repo_id)
+        if repo is None or repo_stamp(repo.created_at) != grant.repo_stamp:
             raise NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked")
         if session.get(LfsObject, oid) is None:
             session.add(LfsObject(oid=oid, size=size))

@@ -316,7 +316,7 @@ async def lfs_upload(request: Request) -> Response:
             await call(lfs.commit_verified, pending, grant)
         finally:
             await call(pending.abort)
-    await call(lfs.link, hub.db, grant.repo_id, oid, grant.size)
+    await call(lfs.link, hub.db, grant)
     return JSONResponse({})
 
 

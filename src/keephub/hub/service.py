@@ -19,7 +19,7 @@ from keephub.hub import commits, lfs, naming, repos, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_file
 from keephub.storage.db import Database
-from keephub.storage.schema import Account, Repo
+from keephub.storage.schema import Account, Repo, repo_stamp
 from keephub.wire import BadRequest, EntryNotFound, Forbidden, PreconditionFailed, Unauthorized
 from keephub.xet import Cas, tokens
 
@@ -303,7 +303,7 @@ class Hub:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             else:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
-        grant = tokens.issue(self.settings, repo.id, tokens.repo_stamp(repo.created_at), access,
+        grant = tokens.issue(self.settings, repo.id, repo_stamp(repo.created_at), access,
                              actor.name if actor else "", actor.token_id if actor else None)
         return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,
                 "casUrl": f"{self.settings.base_url}/cas"}
@@ -318,7 +318,7 @@ class Hub:
         with self.db.read() as session:
             row = session.execute(select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
                                   .where(Repo.id == grant.repo_id)).one_or_none()
-        if row is None or tokens.repo_stamp(row[0].created_at) != grant.repo_stamp:
+        if row is None or repo_stamp(row[0].created_at) != grant.repo_stamp:
             raise Unauthorized(f"the repo this CAS token was issued for no longer exists; {renew}")
         repo, namespace = row
         role = self.accounts.namespace_role_of(grant.user, namespace) if grant.user else None

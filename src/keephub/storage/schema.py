@@ -78,6 +78,13 @@ class Repo(Base):
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+def repo_stamp(created_at: datetime) -> int:
+    """A repo's creation time in microseconds: credentials bound to a repo carry it with the repo id, because
+    SQLite hands a deleted repo's id to the next repo created, and a stamp is never reused."""
+    aware = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
+    return int(aware.timestamp() * 1_000_000)
+
+
 class Ref(Base):
     """A branch or a tag, pointing at a commit. Branch updates are compare-and-swap on `commit_sha`."""
 

@@ -15,7 +15,6 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from keephub.config import Settings
@@ -53,10 +52,6 @@ def issue(settings: Settings, repo_id: int, repo_stamp: int, access: str, user: 
     return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id,
                     repo_stamp)
 
-
-def repo_stamp(created_at: datetime) -> int:
-    aware = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
-    return int(aware.timestamp() * 1_000_000)
 
 
 def encode(settings: Settings, grant: CasGrant) -> str:
