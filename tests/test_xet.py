@@ -189,7 +189,7 @@ def test_files_sharing_chunks_across_repos_and_users_send_only_new_bytes(server:
     edited[6_000_000:6_050_000] = random_bytes(50_000, 5)
     (tmp_path / "a.bin").write_bytes(original)
     (tmp_path / "b.bin").write_bytes(bytes(edited))
-    first, second = f"{alice[0]}/shared-a", f"{alice[0]}/shared-b"
+    first = f"{alice[0]}/shared-a"
     api.create_repo(first, private=True)
     client_subprocess(server, alice[1], tmp_path / "hf-1", UPLOAD.format(source=str(tmp_path / "a.bin"), repo=first))
 
