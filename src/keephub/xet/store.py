@@ -74,10 +74,6 @@ class Cas:
         self._placing = threading.Lock()
 
     # -- xorbs ----------------------------------------------------------------------------------------
-    def has_xorb(self, xorb: str) -> bool:
-        with self.db.read() as session:
-            return session.get(XetXorb, xorb) is not None
-
     def begin_xorb(self) -> PendingBlob:
         return self.xorbs.begin(hashed=False)
 
