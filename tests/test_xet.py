@@ -15,7 +15,9 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import lz4.frame
@@ -336,24 +338,29 @@ def test_reconstruction_ranges_and_signed_fetch_urls(server: Server, api: HfApi,
     assert bad_range.status_code == 400 and "Range" in bad_range.json()["error"]
 
 
-def test_expired_cas_token_is_refused(tmp_path: Path) -> None:
-    srv = Server(data_dir=tmp_path / "data", port=free_port(), env={"KEEPHUB_XET_TOKEN_TTL_SECONDS": "1"})
+@contextmanager
+def own_server(tmp_path: Path, **env: str) -> Iterator[Server]:
+    """A server of this test's own, for settings the session server does not have, or to kill it."""
+    srv = Server(data_dir=tmp_path / "data", port=free_port(), env=env)
     srv.start()
     try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_expired_cas_token_is_refused(tmp_path: Path) -> None:
+    with own_server(tmp_path, KEEPHUB_XET_TOKEN_TTL_SECONDS="1") as srv:
         name, token = srv.user()
         HfApi(endpoint=srv.url, token=token).create_repo(f"{name}/r")
         cas, headers = cas_token(srv, token, f"{name}/r", "write")
         time.sleep(2.2)
         refused = httpx.post(f"{cas}/v1/shards", content=b"", headers=headers)
         assert refused.status_code == 401 and "expired" in refused.json()["error"]
-    finally:
-        srv.stop()
 
 
 def test_garbage_collection_keeps_committed_files_and_drops_orphans(tmp_path: Path) -> None:
-    srv = Server(data_dir=tmp_path / "data", port=free_port(), env={"KEEPHUB_XET_GC_GRACE_SECONDS": "0"})
-    srv.start()
-    try:
+    with own_server(tmp_path, KEEPHUB_XET_GC_GRACE_SECONDS="0") as srv:
         name, token = srv.user()
         api = HfApi(endpoint=srv.url, token=token)
         api.create_repo(f"{name}/r")
@@ -377,8 +384,6 @@ def test_garbage_collection_keeps_committed_files_and_drops_orphans(tmp_path: Pa
         downloaded = hf_hub_download(f"{name}/r", "kept.bin", cache_dir=str(tmp_path / "c"), endpoint=srv.url,
                                      token=token)
         assert Path(downloaded).read_bytes() == data
-    finally:
-        srv.stop()
 
 
 def test_cas_tokens_end_with_the_job_token_they_came_from(server: Server, api: HfApi, alice, repo_id: str) -> None:
@@ -400,9 +405,7 @@ def test_cas_tokens_end_with_the_job_token_they_came_from(server: Server, api: H
 
 
 def test_acknowledged_xet_upload_survives_kill_9(tmp_path: Path) -> None:
-    srv = Server(data_dir=tmp_path / "data", port=free_port())
-    srv.start()
-    try:
+    with own_server(tmp_path) as srv:
         name, token = srv.user()
         api = HfApi(endpoint=srv.url, token=token)
         api.create_repo(f"{name}/r")
@@ -414,8 +417,6 @@ def test_acknowledged_xet_upload_survives_kill_9(tmp_path: Path) -> None:
         downloaded = hf_hub_download(f"{name}/r", "w.bin", cache_dir=str(tmp_path / "c"), endpoint=srv.url,
                                      token=token)
         assert Path(downloaded).read_bytes() == data
-    finally:
-        srv.stop()
 
 
 def test_cas_tokens_are_rechecked_against_the_repo_and_rights_of_now(server: Server, api: HfApi, alice) -> None:

@@ -218,9 +218,10 @@ class Cas:
                 raise BadRequest(f"shard rejected: {label} term {index}'s verification hash does not match "
                                  f"chunks [{term.start}, {term.end}) of xorb {xorb_name}")
             chunk_list += [(c.hash, c.size) for c in chunks]
-        if hashing.file_hash(chunk_list) != info.file_hash:
-            raise BadRequest(f"shard rejected: the chunks of {label} hash to "
-                             f"{hashing.to_hex(hashing.file_hash(chunk_list))}, not to its declared hash")
+        recomputed = hashing.file_hash(chunk_list)
+        if recomputed != info.file_hash:
+            raise BadRequest(f"shard rejected: the chunks of {label} hash to {hashing.to_hex(recomputed)}, "
+                             "not to its declared hash")
         file_hash = hashing.to_hex(info.file_hash)
         claimed = hashing.to_hex(info.sha256)
         size = sum(size for _, size in chunk_list)
