@@ -123,6 +123,13 @@ def test_every_checkpoint_is_pushed_and_verified(trainer_user) -> None:
     assert labels == ["checkpoint-10", "checkpoint-20", "checkpoint-30", "final model files"]
     assert all(p["verified"] for p in record["pushes"]) and all(len(p["commit"]) == 40 for p in record["pushes"])
     assert any("Pushing checkpoint-10" in line for line in lines)
+    # The script does not push: its final files were uploaded while the training process exited, and the
+    # verdict came after that exit, which it records.
+    ahead = [i for i, line in enumerate(lines) if line.startswith("[keephub] Uploading final model files")]
+    final = [i for i, line in enumerate(lines) if line.startswith("[keephub] Pushing final model files")]
+    assert ahead and final and ahead[0] < final[0], lines
+    verdict = record["verdict"]
+    assert verdict["trainingEnded"] <= verdict["time"] and verdict["time"] >= record["pushes"][-1]["time"]
 
 
 def test_sigkilled_attempt_resumes_from_the_hub_with_identical_losses(trainer_user) -> None:
@@ -244,6 +251,8 @@ def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) 
     verdict = record_of(api, name, job)["durability"]["verdict"]
     assert verdict["status"] == "rescued" and verdict["branch"] == branch
     assert any(f"results rescued to {repo}@{branch}" in line for line in lines)
+    # The final files went up during the sleep after save_model(); the rescue only had to commit them.
+    assert any(line.startswith("[keephub] Uploading final model files") for line in lines), lines
 
 
 class FlakyProxy:

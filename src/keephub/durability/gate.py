@@ -35,6 +35,9 @@ class Verdict:
     report: dict
     repo: str | None
     output_dir: str | None
+    # The script may upload its own final files (push_to_hub on or unknown): the sidecar then leaves the
+    # final push to it until the script has exited, instead of racing it with a second commit.
+    script_pushes: bool
 
 
 def _run(source: str, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
@@ -111,7 +114,8 @@ class PreflightGate:
             checklist += (f"\n❌ keephub.repo: the sidecar could not push to {repo}: {writable[repo][1]}"
                           "\n   fix: name a repo in your own namespace in the keephub.repo label")
             report = {**report, "ok": False, "failed": report.get("failed", 0) + 1}
-        return Verdict(ok, checklist, report, repo if guarded else None, output_dir if guarded else None)
+        return Verdict(ok, checklist, report, repo if guarded else None, output_dir if guarded else None,
+                       script_pushes=facts is None or facts.pushes_itself)
 
 
 def _known(value: object) -> str | None:

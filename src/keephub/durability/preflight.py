@@ -186,6 +186,13 @@ class ScriptFacts:
     def resumes(self) -> bool:
         return bool(self.lines("resume"))
 
+    @property
+    def pushes_itself(self) -> bool:
+        """Whether the script may upload results itself: push_to_hub on (or not known to be off), or a
+        push_to_hub() call. With no config call found, nothing can be ruled out."""
+        return not self.configs or bool(self.lines("push")) or any(
+            _is_on(c.value("push_to_hub")) for c in self.configs)
+
 
 def analyze_script(source: str, *, environment: Mapping[str, str] | None = None) -> ScriptFacts:
     """Find the training configs and the calls that decide what reaches the Hub. Raises SyntaxError.
@@ -706,8 +713,7 @@ def _token_checks(facts: ScriptFacts | None, secrets: set[str], environment: Map
                   keephub_saving: bool) -> list[Check]:
     """HF_TOKEN must reach the job as a secret, and no token may be written into the script."""
     configs = facts.configs if facts else []
-    pushes_itself = not configs or bool(facts and facts.lines("push")) or any(
-        _is_on(c.value("push_to_hub")) for c in configs)
+    pushes_itself = facts is None or facts.pushes_itself
     hub_tokens = [c.kwargs["hub_token"] for c in configs if "hub_token" in c.kwargs]
     passed = [arg for arg in hub_tokens if arg.value is not None]
     fix = 'add secrets={"HF_TOKEN": "$HF_TOKEN"} to the job; keephub replaces $HF_TOKEN with a token for it'

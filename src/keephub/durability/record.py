@@ -60,12 +60,19 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
     failures = [{"label": str(d.get("label")), "reason": str(d.get("reason"))}
                 for _, d in entries if d.get("kind") == "push-failed"]
     verdicts = [d for _, d in entries if d.get("kind") == "verdict"]
+    last = verdicts[-1] if verdicts else None
     return {
         "targetRepo": target_repo,
         "pushes": pushes,
         "failures": failures,
-        "verdict": verdict(target_repo, pushes, failures, verdicts[-1] if verdicts else None, base_url),
+        "verdict": verdict(target_repo, pushes, failures, last, base_url) | _times(last),
     }
+
+
+def _times(last: dict | None) -> dict:
+    """When the verdict was reached and when the training process had ended (epoch seconds), if reported."""
+    times = {"time": (last or {}).get("time"), "trainingEnded": (last or {}).get("training_ended")}
+    return {key: value for key, value in times.items() if isinstance(value, (int, float))}
 
 
 def _commits_of(session, repo_id: str) -> set[str]:  # type: ignore[no-untyped-def]

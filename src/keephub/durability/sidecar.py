@@ -8,7 +8,11 @@
   Trainer's `save_total_limit` rotation cannot delete it under us) and queued; one pusher uploads them in
   order, never skipping one, retrying with backoff while the hub is unreachable, and verifies each commit
   against the server's file hashes.
-- Final files: when CMD succeeds, the top-level files of the output directory are pushed to main.
+- Final files: when CMD succeeds, the top-level files of the output directory are pushed to main. With
+  --preupload-on-save (the script does not push them itself), their content is uploaded as soon as a
+  `save_model()` has finished writing them, while the training process winds down (interpreter teardown
+  takes a second or more after torch); at its exit only the commit is left, to main on success or to the
+  rescue branch otherwise.
 - Rescue: when CMD fails or the sandbox is told to stop (timeout, cancel), whatever is not yet on the hub is
   pushed to `rescue/<job-id>`, never to main.
 Every push is reported on stdout as a `keephub-durability {json}` line, which the scheduler records.
@@ -29,7 +33,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +44,12 @@ if TYPE_CHECKING:
 RECORD_PREFIX = "keephub-durability "
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCAN_SECONDS = 0.1
+FINAL_LABEL = "final model files"
+# The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
+LAST_SAVED = "training_args.bin"
+# What a set of files looked like when listed: (name, size, mtime_ns, inode) each. Equal snapshots mean
+# the same bytes, so a push of the earlier listing need not be repeated.
+Snapshot = tuple[tuple[str, int, int, int], ...]
 
 
 def say(message: str) -> None:
@@ -60,6 +71,8 @@ class Push:
     path_in_repo: str
     revision: str
     files: list[Path]
+    snapshot: Snapshot = field(default=())
+    upload_only: bool = False  # upload the content now; the commit comes later, once the branch is known
 
     @classmethod
     def checkpoint(cls, folder: Path, revision: str, label: str | None = None) -> "Push":
@@ -72,7 +85,18 @@ class Push:
     def top_level(cls, output_dir: Path, revision: str, label: str) -> "Push":
         """The files the Trainer itself would push: the output directory's top level, minus `_*` and dotfiles."""
         files = sorted(p for p in output_dir.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
-        return cls(label, output_dir, "", revision, files)
+        return cls(label, output_dir, "", revision, files, snapshot_of(files))
+
+
+def snapshot_of(files: list[Path]) -> Snapshot:
+    listed = []
+    for path in files:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        listed.append((path.name, info.st_size, info.st_mtime_ns, info.st_ino))
+    return tuple(listed)
 
 
 def _git_blob_sha(path: Path) -> str:
@@ -115,6 +139,8 @@ class Pusher:
         self.stop_retrying_at: float | None = None
         self.failed: str | None = None
         self.pushed_checkpoints: set[str] = set()
+        # Top-level files whose content is on the hub but not committed: (their snapshot, the operations).
+        self.uploaded: tuple[Snapshot, list[CommitOperationAdd]] | None = None
         self.thread.start()
 
     def submit(self, push: Push) -> None:
@@ -151,7 +177,37 @@ class Pusher:
             push = self.queue.get()
             if push is None:
                 return
-            self._push_with_retries(push)
+            if push.upload_only:
+                self._upload_ahead(push)
+            else:
+                self._push_with_retries(push)
+
+    def _upload_ahead(self, push: Push) -> None:
+        """Upload the content of `push` without committing it; best effort, as the commit uploads whatever
+        is missing anyway."""
+        size = sum(p.stat().st_size for p in push.files)
+        say(f"Uploading {push.label} ({len(push.files)} files, {size:,} bytes) while the training process exits")
+        operations = self._operations(push)
+        try:
+            self.api.preupload_lfs_files(self.repo, additions=operations, revision=push.revision, free_memory=False)
+        except Exception as exc:  # noqa: BLE001 - the final commit retries with the full upload
+            say(f"⚠️ uploading {push.label} ahead of the commit failed ({explain(exc, self.repo)}); "
+                "they will be uploaded with it")
+            return
+        self.uploaded = (push.snapshot, operations)
+
+    def _operations(self, push: Push) -> list[CommitOperationAdd]:
+        """One operation per file; those uploaded ahead are reused (with their sha256s) if the files are
+        unchanged since, so the commit sends nothing again."""
+        from huggingface_hub import CommitOperationAdd
+
+        if self.uploaded is not None and push.path_in_repo == "" and push.snapshot == self.uploaded[0]:
+            return self.uploaded[1]
+        return [
+            CommitOperationAdd(path_in_repo=f"{push.path_in_repo}/{p.relative_to(push.folder)}".lstrip("/"),
+                               path_or_fileobj=str(p))
+            for p in push.files
+        ]
 
     def _push_with_retries(self, push: Push) -> None:
         delay = 1.0
@@ -174,8 +230,6 @@ class Pusher:
                 delay = min(delay * 2, 30.0)
 
     def _push(self, push: Push) -> None:
-        from huggingface_hub import CommitOperationAdd
-
         files = push.files
         size = sum(p.stat().st_size for p in files)
         say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
@@ -183,11 +237,7 @@ class Pusher:
             self.api.create_branch(self.repo, branch=push.revision, exist_ok=True)
         # The operations are built here, not inside upload_folder, so that verification can reuse the sha256
         # each computes for the upload instead of reading and hashing every file a second time.
-        operations = [
-            CommitOperationAdd(path_in_repo=f"{push.path_in_repo}/{p.relative_to(push.folder)}".lstrip("/"),
-                               path_or_fileobj=str(p))
-            for p in files
-        ]
+        operations = self._operations(push)
         present = self._already_on_hub(operations, push.revision)
         if present is not None:
             # The script's own push_to_hub (or an earlier attempt) put these exact files there: a second commit
@@ -210,6 +260,8 @@ class Pusher:
         if CHECKPOINT.match(push.label):
             self.pushed_checkpoints.add(push.label)
             _release_older(push.folder)
+        if self.uploaded is not None and operations is self.uploaded[1]:
+            self.uploaded = None  # committed: a later push of the same files builds new operations
 
     def _already_on_hub(self, operations: list[CommitOperationAdd], revision: str) -> str | None:
         """The head commit of `revision` if it already holds every file exactly as local, else None. The
@@ -292,6 +344,26 @@ class Watcher:
         self.output_dir = output_dir
         self.staging = staging
         self.done: set[str] = set()
+        self.final_seen: Snapshot | None = None
+
+    def saved_model(self) -> Push | None:
+        """The top-level files to upload ahead, once a save_model() has finished writing them (once per version).
+
+        Finished means the file it writes last is a complete zip (torch.save's format; a file being rewritten
+        is truncated first) and no top-level file is newer than it: a second save_model() in progress has
+        already rewritten the weights, so its half-written files are never taken for a finished set.
+        """
+        last = self.output_dir / LAST_SAVED
+        if not zipfile.is_zipfile(last):
+            return None
+        push = Push.top_level(self.output_dir, "main", FINAL_LABEL)
+        modified = {name: mtime for name, _, mtime, _ in push.snapshot}
+        if (LAST_SAVED not in modified or modified[LAST_SAVED] < max(modified.values())
+                or push.snapshot == self.final_seen):
+            return None
+        self.final_seen = push.snapshot
+        push.upload_only = True
+        return push
 
     def missed(self) -> list[str]:
         """Checkpoints the Trainer saved (every `save_steps`, per the newest trainer_state.json) that were
@@ -367,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="download the newest hub checkpoint first")
     parser.add_argument("--grace", type=float, default=55.0, help="seconds for the rescue after a stop request")
+    parser.add_argument("--preupload-on-save", action="store_true",
+                        help="upload the top-level files' content as soon as save_model() has written them (for "
+                             "scripts that do not push them themselves)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -398,8 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     while child.poll() is None and not stop.is_set():
         for folder in watcher.completed():
             pusher.submit(Push.checkpoint(folder, "main"))
+        if args.preupload_on_save and (final := watcher.saved_model()):
+            pusher.submit(final)
         select.select([exited], [], [], SCAN_SECONDS)
     os.close(exited)
+    training_ended = time.time()
     stop_requested = stop.is_set()
     if stop_requested:
         pusher.stop_retrying_at = time.time() + args.grace
@@ -414,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         pusher.submit(Push.checkpoint(folder, "main"))
     succeeded = code == 0 and not stop_requested
     if succeeded and output_dir.is_dir():
-        pusher.submit(Push.top_level(output_dir, "main", "final model files"))
+        pusher.submit(Push.top_level(output_dir, "main", FINAL_LABEL))
     all_landed = pusher.drain(stop, args.grace)
     for lost in watcher.missed():
         reason = (f"{lost} was deleted by the Trainer's save_total_limit rotation before keephub could stage it; "
@@ -422,18 +500,21 @@ def main(argv: list[str] | None = None) -> int:
         say(f"❌ {reason}")
         record("push-failed", label=lost, revision="main", reason=reason)
     if not succeeded:
-        rescue(pusher, output_dir, staging, watcher.done, args.job_id, stop, args.grace, code, stop_requested)
+        rescue(pusher, output_dir, staging, watcher.done, args.job_id, stop, args.grace, code, stop_requested,
+               training_ended)
     elif all_landed:
-        record("verdict", status="saved")
+        record("verdict", status="saved", training_ended=training_ended)
     else:
-        record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing")
+        record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing",
+               training_ended=training_ended)
     if code is None:
         return 1
     return 128 - code if code < 0 else code
 
 
 def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], job_id: str,
-           stop: threading.Event, grace: float, code: int | None, stop_requested: bool) -> None:
+           stop: threading.Event, grace: float, code: int | None, stop_requested: bool,
+           training_ended: float) -> None:
     """Push what the hub lacks to rescue/<job-id>: the final files if any, and the newest checkpoint."""
     if stop_requested:
         why = "the job was stopped (timeout or cancel)"
@@ -444,6 +525,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
     branch = f"rescue/{job_id}"
     rescuer = Pusher(pusher.repo, job_id)
     rescuer.stop_retrying_at = pusher.stop_retrying_at
+    rescuer.uploaded = pusher.uploaded
     checkpoints = sorted((p for p in staging.iterdir() if p.name in complete),
                          key=lambda p: int(p.name.split("-")[1]))
     queued = False
@@ -457,14 +539,15 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
             queued = True
     if not queued:
         say(f"rescue ({why}): nothing new to rescue; the newest checkpoint is already on the hub")
-        record("verdict", status="checkpoint", reason=why)
+        record("verdict", status="checkpoint", reason=why, training_ended=training_ended)
         return
     say(f"rescue ({why}): pushing unsaved results to {pusher.repo}@{branch}")
     if rescuer.drain(stop, grace):
         say(f"✅ results rescued to {pusher.repo}@{branch}")
-        record("verdict", status="rescued", branch=branch, reason=why)
+        record("verdict", status="rescued", branch=branch, reason=why, training_ended=training_ended)
     else:
-        record("verdict", status="not-saved", reason=rescuer.failed or "the grace period ran out during the rescue")
+        record("verdict", status="not-saved", reason=rescuer.failed or "the grace period ran out during the rescue",
+               training_ended=training_ended)
 
 
 if __name__ == "__main__":

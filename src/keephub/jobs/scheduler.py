@@ -238,6 +238,8 @@ class Scheduler:
                    "--grace", str(max(1, self.settings.job_grace_seconds - 5))]
         if plan.get("resume"):
             wrapper.append("--resume")
+        if plan.get("scriptPushes") is False:
+            wrapper.append("--preupload-on-save")
         return [*wrapper, "--", *spec["command"]]
 
     async def _supervise(self, process: asyncio.subprocess.Process, handle: Running, deadline: float,

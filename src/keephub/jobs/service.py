@@ -128,7 +128,8 @@ class JobService:
             )
         if verdict.repo and verdict.output_dir:
             plan = {"repo": verdict.repo, "outputDir": verdict.output_dir,
-                    "resume": spec.labels.get("keephub.resume") in ("1", "true")}
+                    "resume": spec.labels.get("keephub.resume") in ("1", "true"),
+                    "scriptPushes": verdict.script_pushes}
         header = "===== keephub preflight" + (" (overridden) =====" if not verdict.ok else " =====")
         return replace(spec, durability=plan, preflight_notes=[header, *verdict.checklist.splitlines()])
 
