@@ -20,14 +20,15 @@ class Figure:
     unit: str
     ratio: float
     target: str
-    passed: bool
+    passed: bool | None  # None: a diagnostic row, shown for context, with no target to pass
     digits: int = 2
 
 
 def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
     """One row per figure (measured, baseline, ratio, target, PASS/FAIL), then what each baseline is."""
     rows = [(f.name, f"{f.measured:.{f.digits}f} {f.unit}", f"{f.baseline:.{f.digits}f} {f.unit}",
-             f"{f.ratio:.3f}x", f.target, "PASS" if f.passed else "FAIL") for f in figures]
+             f"{f.ratio:.3f}x", f.target,
+             "—" if f.passed is None else "PASS" if f.passed else "FAIL") for f in figures]
     header = ("figure", "measured", "baseline", "ratio", "target", "result")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print()

@@ -126,8 +126,11 @@ def test_every_checkpoint_is_pushed_and_verified(trainer_user) -> None:
     # The script does not push: its final files were uploaded while the training process exited, and the
     # verdict came after that exit, which it records.
     ahead = [i for i, line in enumerate(lines) if line.startswith("[keephub] Uploading final model files")]
-    final = [i for i, line in enumerate(lines) if line.startswith("[keephub] Pushing final model files")]
+    final = [i for i, line in enumerate(lines) if line.startswith(f"[keephub] Pushing model to {repo}@main")]
     assert ahead and final and ahead[0] < final[0], lines
+    # The reference workflow's progress lines, as users look for them.
+    assert any(line.startswith("[keephub] Upload file model.safetensors: 100%") for line in lines), lines
+    assert any(line.startswith(f"[keephub] ✅ Model pushed successfully: {api.endpoint}/{repo}") for line in lines)
     verdict = record["verdict"]
     assert verdict["trainingEnded"] <= verdict["time"] and verdict["time"] >= record["pushes"][-1]["time"]
 

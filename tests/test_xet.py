@@ -381,6 +381,16 @@ def test_garbage_collection_keeps_committed_files_and_drops_orphans(tmp_path: Pa
                               capture_output=True, text=True, env=env, timeout=60)
         assert "removed 1 xorb" in done.stdout, done.stdout + done.stderr
         assert stored_xorbs(srv) == kept
+        # gc's last step, deleting the files it un-indexed, racing a client that uploads that xorb again:
+        # the re-uploaded xorb is indexed anew, and the deletion step must leave it alone.
+        assert httpx.post(f"{cas}/v1/xorbs/default/{orphan_name}", content=xorb_bytes(orphan),
+                          headers=headers).status_code == 200
+        from keephub.app import open_hub
+        from keephub.config import Settings
+
+        open_hub(Settings.load(config_file=None, overrides={"data_dir": srv.data_dir})).cas.delete_unindexed_xorbs(
+            [orphan_name])
+        assert orphan_name in stored_xorbs(srv)
         downloaded = hf_hub_download(f"{name}/r", "kept.bin", cache_dir=str(tmp_path / "c"), endpoint=srv.url,
                                      token=token)
         assert Path(downloaded).read_bytes() == data

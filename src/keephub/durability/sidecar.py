@@ -232,7 +232,13 @@ class Pusher:
     def _push(self, push: Push) -> None:
         files = push.files
         size = sum(p.stat().st_size for p in files)
-        say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
+        final = push.label == FINAL_LABEL
+        # The final push's lines read as the reference workflow's do ("Pushing model to ...", "Upload file
+        # ...: 100%", "✅ Model pushed successfully"), which users already look for in their logs.
+        if final:
+            say(f"Pushing model to {self.repo}@{push.revision} ({push.label}: {len(files)} files, {size:,} bytes)...")
+        else:
+            say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
         if push.revision != "main":
             self.api.create_branch(self.repo, branch=push.revision, exist_ok=True)
         # The operations are built here, not inside upload_folder, so that verification can reuse the sha256
@@ -250,8 +256,15 @@ class Pusher:
                                           commit_message=f"keephub: {push.label} (job {self.job_id})")
             commit = info.oid
             verified = self._verify(operations, commit)
-            say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit {commit[:12]}"
-                f"{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
+            if not CHECKPOINT.match(push.label):
+                for op in operations:
+                    say(f"Upload file {op.path_in_repo}: 100% ({op.upload_info.size:,} bytes)")
+            if final and verified:
+                say(f"✅ Model pushed successfully: {self.api.endpoint}/{self.repo} (commit {commit[:12]} on "
+                    f"{push.revision}, verified against the server)")
+            else:
+                say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit "
+                    f"{commit[:12]}{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
         record("push", label=push.label, revision=push.revision, commit=commit,
                files=[str(p.relative_to(push.folder)) for p in files], bytes=size, verified=verified,
                already_there=present is not None)

@@ -53,6 +53,20 @@ class Outcome:
     exit_code: int | None = None
 
 
+def keep_to(cpus: list[int]) -> None:
+    """Pin every thread of the server (and what it starts later, which inherits it) to `cpus`, the cores
+    left over when `job_cpus` gives jobs fewer than all: a job's cores are then its own, as a cpuset would
+    make them, and its training does not share them with the hub's request handling. Jobs are pinned to
+    their own cores when they start. Nothing changes when jobs may use every core."""
+    if not cpus:
+        return
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except OSError:  # a thread that has just exited
+            pass
+
+
 class Scheduler:
     def __init__(self, settings: Settings, db: Database, service: JobService) -> None:
         self.settings = settings
@@ -63,6 +77,7 @@ class Scheduler:
         self.layout.check_isolated_from(settings.data_dir)
         available = sorted(os.sched_getaffinity(0))
         self.free_cpus: list[int] = available[: settings.job_cpus or len(available)]
+        keep_to(available[len(self.free_cpus):])
         self.free_gpus: list[str] = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
         self.running: dict[str, Running] = {}
         self.scheduled = ScheduledJobs(service)

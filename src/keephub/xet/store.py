@@ -10,9 +10,11 @@ cannot name content its author never proved to hold.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import secrets
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -93,7 +95,7 @@ class Cas:
                 chunks = formats.verify_xorb(fh, size, hashing.from_hex(xorb))
         except FormatError as exc:
             raise BadRequest(f"xorb {xorb} rejected, nothing was stored: {exc}")
-        with self._placing:
+        with self._placing_xorbs():
             if self._touch_xorb(xorb):
                 return False
             self.xorbs.delete(xorb)
@@ -105,6 +107,16 @@ class Cas:
                 eligible = {hashing.to_hex(c.hash) for c in chunks if hashing.is_global_dedup_eligible(c.hash)}
                 self._index_for_dedup(session, xorb, eligible)
         return True
+
+    @contextmanager
+    def _placing_xorbs(self) -> Iterator[None]:
+        """Held while an upload places and indexes a xorb file, and while garbage collection deletes xorb files:
+        a thread lock for this server's requests, a file lock for `keephub gc` running in another process.
+        Without it, a xorb re-uploaded just after gc un-indexed it could be placed, indexed, then deleted."""
+        self.xorbs.root.mkdir(parents=True, exist_ok=True)
+        with self._placing, open(self.xorbs.root / "placing.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+            yield
 
     def _touch_xorb(self, xorb: str) -> bool:
         """Whether the xorb is kept; if so, mark it recently uploaded, so garbage collection's grace period
@@ -404,10 +416,22 @@ class Cas:
                     session.execute(delete(XetDedupChunk).where(XetDedupChunk.xorb_hash.in_(batch)))
                     session.execute(delete(XetXorb).where(XetXorb.hash.in_(batch)))
         if not dry_run:
-            for xorb in dead_xorbs:
-                self.xorbs.delete(xorb)
+            self.delete_unindexed_xorbs(dead_xorbs)
             self._xorb_cache.clear()
         return {"files": len(dead_files), "xorbs": len(dead_xorbs), "bytes": freed, "dry_run": dry_run}
+
+
+    def delete_unindexed_xorbs(self, xorbs: list[str]) -> None:
+        """Delete the files of xorbs garbage collection has un-indexed, except any an upload has placed and
+        indexed again since: the index is re-read under the placing lock, batch by batch."""
+        for start in range(0, len(xorbs), 900):
+            batch = xorbs[start : start + 900]
+            with self._placing_xorbs():
+                with self.db.read() as session:
+                    indexed = set(session.scalars(select(XetXorb.hash).where(XetXorb.hash.in_(batch))))
+                for xorb in batch:
+                    if xorb not in indexed:
+                        self.xorbs.delete(xorb)
 
 
 def _aware(moment: datetime) -> datetime:
