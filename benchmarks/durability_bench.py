@@ -6,7 +6,7 @@
    checkpoint while training goes on. The training time is measured inside the job script (wall clock
    around `trainer.train()`; the Trainer's own `train_runtime` is printed too), so job start-up, imports
    and the final push are not part of it. The runs are interleaved a/b/a/b... (--repeats each, after one
-   untimed warm-up pair) and the medians compared. Target: b / a <= 1.03.
+   untimed warm-up pair); the figure is the median of the pairs' ratios b / a. Target: <= 1.03.
 2. End of training -> "saved": a job on a bigger model (--hidden/--layers, built from a Qwen2Config)
    whose script does not push (the sidecar does). The figure is the time from the training process's exit
    (the sidecar records it in the verdict) to the "saved" verdict. Training has ended only when that
@@ -21,7 +21,7 @@
 The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
 with the sidecar beside it; the server and this process share the machine's other core(s).
 
-Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 5] [--steps 200]   (about 4 min)
+Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 7] [--steps 200]   (about 6 min)
 The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
 end unless --keep. Exit status 1 if a figure fails.
 """
@@ -233,7 +233,7 @@ def final_push_after(run: JobRun) -> float:
     return final["time"] - run.marks["saved"]
 
 
-def figure_slowdown(args: argparse.Namespace, bench: Bench) -> Figure:
+def figure_slowdown(args: argparse.Namespace, bench: Bench) -> list[Figure]:
     plain: list[float] = []
     guarded: list[float] = []
     drains: list[float] = []
@@ -258,13 +258,18 @@ def figure_slowdown(args: argparse.Namespace, bench: Bench) -> Figure:
             runtimes["a"].append(a.marks["train_runtime"])
             runtimes["b"].append(b.marks["train_runtime"])
     measured, baseline = statistics.median(guarded), statistics.median(plain)
+    # Each pair ran back to back, under the same load from the machine's neighbours: the median of the
+    # pairs' ratios is less at the mercy of that load than the ratio of the two medians (printed as well).
+    paired = statistics.median(b / a for a, b in zip(plain, guarded))
     print(f"training time without pushing (a), s: {' '.join(f'{s:.2f}' for s in plain)}")
     print(f"training time with the sidecar (b), s: {' '.join(f'{s:.2f}' for s in guarded)}")
     print(f"Trainer train_runtime a/b medians: {statistics.median(runtimes['a']):.2f} / "
           f"{statistics.median(runtimes['b']):.2f} s; (b) save_model -> saved, median {statistics.median(drains):.2f} s")
-    ratio = measured / baseline
-    return Figure(f"train time, ckpt push every {args.save_steps}", measured, baseline, "s", ratio,
-                  f"<= {SLOWDOWN_TARGET:g}x", ratio <= SLOWDOWN_TARGET)
+    return [
+        Figure(f"train time, ckpt push every {args.save_steps} (median b/a)", measured, baseline, "s", paired,
+               f"<= {SLOWDOWN_TARGET:g}x", paired <= SLOWDOWN_TARGET),
+        Figure("  ratio of the medians", measured, baseline, "s", measured / baseline, "(diag.)", None),
+    ]
 
 
 def figures_saved(args: argparse.Namespace, bench: Bench) -> list[Figure]:
@@ -315,7 +320,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
         figures = []
         if not args.skip_slowdown:
             print(f"figure 1: {args.steps} steps, checkpoint every {args.save_steps}, tiny model", flush=True)
-            figures.append(figure_slowdown(args, bench))
+            figures += figure_slowdown(args, bench)
         print(f"figure 2: hidden {args.hidden}, {args.layers} layers, {args.big_steps} steps", flush=True)
         figures += figures_saved(args, bench)
     finally:
@@ -325,7 +330,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each kind (default 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each kind (default 7)")
     parser.add_argument("--steps", type=int, default=200, help="training steps for figure 1 (default 200)")
     parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of figure 2's model (default 256)")

@@ -23,6 +23,7 @@ from keephub.hub.service import Hub
 from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized, headers
 from keephub.wire.errors import NotFound
 from keephub.wire.bodies import read_body, receive_into
+from keephub.wire.ranges import parse_range
 
 JSON_LIMIT = 8 * 1024 * 1024
 EXPANDED_TREE_PAGE_SIZE = 50
@@ -338,21 +339,18 @@ async def lfs_upload_part(request: Request) -> Response:
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _parse_range(value: str, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) for a single `bytes=` range; None means serve the whole file."""
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
-    if not match or (not match.group(1) and not match.group(2)):
+def _requested_span(value: str, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) for a single `bytes=` range; None means serve the whole file, which is also the
+    answer to a malformed Range header, as HTTP allows."""
+    try:
+        wanted = parse_range(value)
+    except ValueError:
         return None
-    first, last = match.groups()
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    else:
-        start, end = max(size - int(last), 0), size - 1
-    if start >= size or start > end:
+    span = wanted.within(size)
+    if span is None:
         raise RangeNotSatisfiable(f"range {value!r} is outside the file's {size} bytes",
                                   extra_headers={"Content-Range": f"bytes */{size}"})
-    return start, end
+    return span
 
 
 async def xet_token(request: Request) -> JSONResponse:
@@ -396,7 +394,7 @@ async def resolve(request: Request) -> Response:
     status, start, length = 200, 0, target.size
     range_header = request.headers.get("range")
     if range_header and target.size > 0:
-        span = _parse_range(range_header, target.size)
+        span = _requested_span(range_header, target.size)
         if span is not None:
             status, start, length = 206, span[0], span[1] - span[0] + 1
             base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.bodies import read_body, receive_into
+from keephub.wire.ranges import parse_range
 from keephub.xet import formats, hashing, tokens
 from keephub.xet.store import Cas
 
@@ -88,14 +89,14 @@ async def fetch_xorb(request: Request) -> Response:
     wanted = request.headers.get("range")
     if wanted:
         try:
-            unit, _, spec = wanted.partition("=")
-            start_text, end_text = spec.split("-", 1)
-            start, end = int(start_text), int(end_text)
+            asked = parse_range(wanted)
         except ValueError:
+            asked = None
+        if asked is None or asked.first is None or asked.last is None:
             raise BadRequest(f"Range {wanted!r} is malformed; send the 'bytes=<first>-<last>' the URL was issued for")
-        if unit.strip() != "bytes" or start < first or end > last or start > end:
+        if asked.first < first or asked.last > last or asked.first > asked.last:
             raise RangeNotSatisfiable(f"Range {wanted!r} is outside the bytes {first}-{last} this URL grants")
-        first, last = start, end
+        first, last = asked.first, asked.last
     entry = await run_in_threadpool(cas.xorb, xorb)
     if entry is None or last >= entry.stored_bytes:
         raise RangeNotSatisfiable(f"xorb {xorb} does not hold bytes {first}-{last}")

@@ -28,6 +28,7 @@ from keephub.storage.db import Database
 from keephub.storage.schema import GitObject, LfsLink, LfsObject, Repo, XetDedupChunk, XetFile, XetXorb, utcnow
 from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.errors import NotFound
+from keephub.wire.ranges import parse_range
 from keephub.xet import formats, hashing, tokens
 from keephub.xet.formats import ChunkRecord, FormatError, Term
 
@@ -297,20 +298,16 @@ class Cas:
         if not header:
             return 0, entry.size - 1
         try:
-            unit, _, spec = header.partition("=")
-            first_text, last_text = spec.split("-", 1)
-            first = int(first_text)
-            last = int(last_text) if last_text.strip() else entry.size - 1
-        except ValueError:
-            raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>'")
-        if unit.strip() != "bytes" or first < 0:
+            wanted = parse_range(header)
+        except ValueError as exc:
+            raise BadRequest(str(exc))
+        if wanted.first is None or (wanted.last is not None and wanted.last < wanted.first):
             raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>' with first <= last")
-        if first >= entry.size:
+        span = wanted.within(entry.size)
+        if span is None:
             raise RangeNotSatisfiable(f"Range {header!r} starts past the end of the {entry.size}-byte file",
                                       extra_headers={"Content-Range": f"bytes */{entry.size}"})
-        if last < first:
-            raise BadRequest(f"Range {header!r} is malformed; send 'bytes=<first>-<last>' with first <= last")
-        return first, min(last, entry.size - 1)
+        return span
 
     def reconstruction(self, entry: FileEntry, first: int, last: int, version: int) -> dict:
         skip, slices = self.plan(entry, first, last)
