@@ -9,7 +9,7 @@
   order, never skipping one, retrying with backoff while the hub is unreachable, and verifies each commit
   against the server's file hashes.
 - Final files: when CMD succeeds, the top-level files of the output directory are pushed to main. With
-  --preupload-on-save (the script does not push them itself), their content is uploaded as soon as a
+  --sole-pusher (the script does not push to the hub itself), their content is uploaded as soon as a
   `save_model()` has finished writing them, while the training process winds down (interpreter teardown
   takes a second or more after torch); at its exit only the commit is left, to main on success or to the
   rescue branch otherwise.
@@ -126,7 +126,8 @@ def explain(exc: Exception, repo: str) -> str:
 class Pusher:
     """Uploads queued folders in order, retrying transient failures with backoff, verifying every commit."""
 
-    def __init__(self, repo: str, job_id: str) -> None:
+    def __init__(self, repo: str, job_id: str, sole_pusher: bool = False) -> None:
+        """`sole_pusher`: the script does not push itself, so a first try need not look for its pushes."""
         from huggingface_hub import HfApi
         from huggingface_hub.utils import disable_progress_bars
 
@@ -134,6 +135,7 @@ class Pusher:
         self.api = HfApi()
         self.repo = repo
         self.job_id = job_id
+        self.sole_pusher = sole_pusher
         self.queue: queue.Queue[Push | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stop_retrying_at: float | None = None
@@ -211,9 +213,10 @@ class Pusher:
 
     def _push_with_retries(self, push: Push) -> None:
         delay = 1.0
+        retry = False
         while True:
             try:
-                self._push(push)
+                self._push(push, retry)
                 return
             except Exception as exc:  # noqa: BLE001 - every failure is explained and retried or reported
                 reason = explain(exc, self.repo)
@@ -228,8 +231,12 @@ class Pusher:
                 say(f"⚠️ push of {push.label} failed ({reason}); retrying in {delay:.0f}s")
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
+                retry = True
 
-    def _push(self, push: Push) -> None:
+    def _push(self, push: Push, retry: bool = False) -> None:
+        """Commit `push` and verify it. Unless this sidecar is the only pusher and this is the first try, the
+        branch is first compared with the local files: the script's own push_to_hub, or this push's earlier
+        try whose answer was lost, may have put them there already."""
         files = push.files
         size = sum(p.stat().st_size for p in files)
         final = push.label == FINAL_LABEL
@@ -244,7 +251,7 @@ class Pusher:
         # The operations are built here, not inside upload_folder, so that verification can reuse the sha256
         # each computes for the upload instead of reading and hashing every file a second time.
         operations = self._operations(push)
-        present = self._already_on_hub(operations, push.revision)
+        present = self._already_on_hub(operations, push.revision) if retry or not self.sole_pusher else None
         if present is not None:
             # The script's own push_to_hub (or an earlier attempt) put these exact files there: a second commit
             # of the same content would only clutter the history.
@@ -452,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="download the newest hub checkpoint first")
     parser.add_argument("--grace", type=float, default=55.0, help="seconds for the rescue after a stop request")
-    parser.add_argument("--preupload-on-save", action="store_true",
-                        help="upload the top-level files' content as soon as save_model() has written them (for "
-                             "scripts that do not push them themselves)")
+    parser.add_argument("--sole-pusher", action="store_true",
+                        help="the script does not push to the hub itself: upload the top-level files' content as "
+                             "soon as save_model() has written them, and commit without first looking for the "
+                             "script's own pushes")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -471,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pusher = Pusher(args.repo, args.job_id)
+    # A retried attempt may find its predecessor's pushes on the hub: those are looked for on every try.
+    pusher = Pusher(args.repo, args.job_id, sole_pusher=args.sole_pusher and args.attempt == 1)
     try:
         pusher.api.create_repo(args.repo, exist_ok=True)
     except Exception as exc:  # noqa: BLE001 - the first push reports the same problem with its fix
@@ -486,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     while child.poll() is None and not stop.is_set():
         for folder in watcher.completed():
             pusher.submit(Push.checkpoint(folder, "main"))
-        if args.preupload_on_save and (final := watcher.saved_model()):
+        if args.sole_pusher and (final := watcher.saved_model()):
             pusher.submit(final)
         select.select([exited], [], [], SCAN_SECONDS)
     os.close(exited)
@@ -536,7 +545,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
     else:
         why = f"the training process exited with status {code}"
     branch = f"rescue/{job_id}"
-    rescuer = Pusher(pusher.repo, job_id)
+    rescuer = Pusher(pusher.repo, job_id, sole_pusher=pusher.sole_pusher)
     rescuer.stop_retrying_at = pusher.stop_retrying_at
     rescuer.uploaded = pusher.uploaded
     checkpoints = sorted((p for p in staging.iterdir() if p.name in complete),

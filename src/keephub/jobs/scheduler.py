@@ -254,7 +254,7 @@ class Scheduler:
         if plan.get("resume"):
             wrapper.append("--resume")
         if plan.get("scriptPushes") is False:
-            wrapper.append("--preupload-on-save")
+            wrapper.append("--sole-pusher")
         return [*wrapper, "--", *spec["command"]]
 
     async def _supervise(self, process: asyncio.subprocess.Process, handle: Running, deadline: float,
