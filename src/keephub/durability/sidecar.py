@@ -99,6 +99,26 @@ def snapshot_of(files: list[Path]) -> Snapshot:
     return tuple(listed)
 
 
+def keep_off(job_cores: set[int]) -> None:
+    """Move the calling thread, and the threads it starts later (Linux threads inherit affinity, hf_xet's
+    runtime too), off the training's cores when the machine has others, as the server keeps off them.
+
+    The sandbox is pinned to the job's cores. Each push's hashing and HTTP work there slowed training down
+    by about as much (4-10% on the durability benchmark: 2 cores, 1 for the job, a checkpoint every 10
+    steps, against 3% with the pusher kept off). The watcher's scans (every 0.1 s) are platform work too,
+    so after starting the training the sidecar's main thread leaves its cores as well. Nice would not do:
+    a low-priority thread preempted while holding the GIL stalled the watcher, and a checkpoint was
+    rotated away before it was staged.
+    """
+    elsewhere = set(range(os.cpu_count() or 1)) - job_cores
+    if not elsewhere:
+        return
+    try:
+        os.sched_setaffinity(threading.get_native_id(), elsewhere)
+    except OSError:  # a CPU set that forbids other cores: stay on the job's
+        pass
+
+
 def _git_blob_sha(path: Path) -> str:
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -126,8 +146,9 @@ def explain(exc: Exception, repo: str) -> str:
 class Pusher:
     """Uploads queued folders in order, retrying transient failures with backoff, verifying every commit."""
 
-    def __init__(self, repo: str, job_id: str, sole_pusher: bool = False) -> None:
-        """`sole_pusher`: the script does not push itself, so a first try need not look for its pushes."""
+    def __init__(self, repo: str, job_id: str, job_cores: set[int], sole_pusher: bool = False) -> None:
+        """`job_cores`: the training's cores, which pushing keeps off. `sole_pusher`: the script does not push
+        itself, so a first try need not look for its pushes."""
         from huggingface_hub import HfApi
         from huggingface_hub.utils import disable_progress_bars
 
@@ -136,6 +157,7 @@ class Pusher:
         self.repo = repo
         self.job_id = job_id
         self.sole_pusher = sole_pusher
+        self.job_cores = job_cores
         self.queue: queue.Queue[Push | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stop_retrying_at: float | None = None
@@ -161,20 +183,7 @@ class Pusher:
         return not self.thread.is_alive() and self.failed is None
 
     def _run(self) -> None:
-        # The sandbox is pinned to the job's cores, where each push's hashing and HTTP work (~20 ms of CPU
-        # for a small checkpoint, more with hf_xet's chunking) would slow training down by as much. This
-        # thread, and the upload threads it starts (Linux threads inherit affinity, hf_xet's runtime too),
-        # run on the machine's other cores when there are any, as the hub server that takes the upload does:
-        # allowed every core, the kernel still put them on the training core often enough to cost 4-10% on
-        # the durability benchmark (2 cores, 1 for the job); kept off it, 3%. Nice would not do: a
-        # low-priority thread preempted while holding the GIL stalls the watcher thread, and a checkpoint
-        # was rotated away before it was staged.
-        try:
-            everywhere = set(range(os.cpu_count() or 1))
-            elsewhere = everywhere - os.sched_getaffinity(0)
-            os.sched_setaffinity(threading.get_native_id(), elsewhere or everywhere)
-        except OSError:  # a CPU set that forbids other cores: push from the job's cores
-            pass
+        keep_off(self.job_cores)
         while True:
             push = self.queue.get()
             if push is None:
@@ -480,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # A retried attempt may find its predecessor's pushes on the hub: those are looked for on every try.
-    pusher = Pusher(args.repo, args.job_id, sole_pusher=args.sole_pusher and args.attempt == 1)
+    job_cores = os.sched_getaffinity(0)
+    pusher = Pusher(args.repo, args.job_id, job_cores, sole_pusher=args.sole_pusher and args.attempt == 1)
     try:
         pusher.api.create_repo(args.repo, exist_ok=True)
     except Exception as exc:  # noqa: BLE001 - the first push reports the same problem with its fix
@@ -488,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
     child = subprocess.Popen(command)
+    keep_off(job_cores)  # the training keeps the cores it inherited; the watching happens elsewhere
     # Waiting on the child's pidfd rather than sleeping ends the wait the moment training exits, so the
     # final push starts at once instead of up to SCAN_SECONDS later; a stop request is still seen within
     # SCAN_SECONDS.
@@ -545,7 +556,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
     else:
         why = f"the training process exited with status {code}"
     branch = f"rescue/{job_id}"
-    rescuer = Pusher(pusher.repo, job_id, sole_pusher=pusher.sole_pusher)
+    rescuer = Pusher(pusher.repo, job_id, pusher.job_cores, sole_pusher=pusher.sole_pusher)
     rescuer.stop_retrying_at = pusher.stop_retrying_at
     rescuer.uploaded = pusher.uploaded
     checkpoints = sorted((p for p in staging.iterdir() if p.name in complete),
