@@ -47,3 +47,4 @@ def test_a_save_in_progress_is_not_offered(tmp_path: Path) -> None:
     (out / LAST_SAVED).write_bytes(b"PK\x03\x04partial")
     os.utime(out / LAST_SAVED, ns=(4 * 10**18, 4 * 10**18))
     assert watcher.saved_model() is None
+

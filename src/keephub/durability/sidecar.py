@@ -195,11 +195,12 @@ class Pusher:
 
     def _upload_ahead(self, push: Push) -> None:
         """Upload the content of `push` without committing it; best effort, as the commit uploads whatever
-        is missing anyway."""
-        size = sum(p.stat().st_size for p in push.files)
-        say(f"Uploading {push.label} ({len(push.files)} files, {size:,} bytes) while the training process exits")
-        operations = self._operations(push)
+        is missing anyway. Nothing here may end the pusher's thread: a file the script removes meanwhile is
+        one more reason to leave the upload to the commit."""
         try:
+            size = sum(p.stat().st_size for p in push.files)
+            say(f"Uploading {push.label} ({len(push.files)} files, {size:,} bytes) while the training process exits")
+            operations = self._operations(push)
             self.api.preupload_lfs_files(self.repo, additions=operations, revision=push.revision, free_memory=False)
         except Exception as exc:  # noqa: BLE001 - the final commit retries with the full upload
             say(f"⚠️ uploading {push.label} ahead of the commit failed ({explain(exc, self.repo)}); "
@@ -385,7 +386,10 @@ class Watcher:
         last = self.output_dir / LAST_SAVED
         if not zipfile.is_zipfile(last):
             return None
-        push = Push.top_level(self.output_dir, "main", FINAL_LABEL)
+        try:
+            push = Push.top_level(self.output_dir, "main", FINAL_LABEL)
+        except FileNotFoundError:  # the script removed its output directory meanwhile
+            return None
         modified = {name: mtime for name, _, mtime, _ in push.snapshot}
         if (LAST_SAVED not in modified or modified[LAST_SAVED] < max(modified.values())
                 or push.snapshot == self.final_seen):
