@@ -35,8 +35,8 @@ class Verdict:
     report: dict
     repo: str | None
     output_dir: str | None
-    # The script may upload its own final files (push_to_hub on or unknown): the sidecar then leaves the
-    # final push to it until the script has exited, instead of racing it with a second commit.
+    # The script may push to the hub itself (push_to_hub on or unknown): the sidecar then neither uploads
+    # the final files ahead of the script's own push nor commits without first looking for that push.
     script_pushes: bool
 
 
