@@ -1,12 +1,16 @@
 """Durability performance figures, each measured against a baseline taken in the same run on the same machine.
 
-1. Training slowdown from the sidecar: the same TRL SFT job (tiny Qwen2 model, CPU, --steps steps, a
-   checkpoint every --save-steps) run (a) without durability labels and without push_to_hub, so nothing
-   is pushed, and (b) with `keephub.repo`/`keephub.output-dir`, so the sidecar pushes and verifies every
-   checkpoint while training goes on. The training time is measured inside the job script (wall clock
-   around `trainer.train()`; the Trainer's own `train_runtime` is printed too), so job start-up, imports
-   and the final push are not part of it. The runs are interleaved a/b/a/b... (--repeats each, after one
-   untimed warm-up pair); the figure is the median of the pairs' ratios b / a. Target: <= 1.03.
+1. Training slowdown from the sidecar, measured inside single training runs (TRL SFT, tiny Qwen2 model, CPU,
+   a checkpoint every --save-steps). Each run's steps are cut into --chunks chunks of --chunk steps whose
+   checkpoints go alternately to the output directory the sidecar watches (`keephub.output-dir`: each is
+   pushed and verified while training goes on) and to one it does not (saved the same way, not pushed).
+   A chunk's window runs from its first save to its last (timed by a Trainer callback), so a pushed window
+   has a push in flight from its start as in steady state; after a pushed chunk the script waits, outside
+   any window, until its last checkpoint is on the hub, so no push spills into the next unpushed window.
+   Adjacent windows form a pair (the first pair of each run, with its warm-up, is not counted); runs
+   alternate which kind comes first, so each step range is pushed in half of them. The figure is the median
+   of the pairs' ratios, with a bootstrap interval. Target: <= 1.03. Beside it, a diagnostic: --job-pairs
+   pairs of whole jobs, one without durability labels (no sidecar at all) and one with, back to back.
 2. End of training -> "saved": a job on a bigger model (--hidden/--layers, built from a Qwen2Config)
    whose script does not push (the sidecar does). The figure is the time from the training process's exit
    (the sidecar records it in the verdict) to the "saved" verdict. Training has ended only when that
@@ -21,7 +25,7 @@
 The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
 with the sidecar beside it; the server and this process share the machine's other core(s).
 
-Run:  .venv/bin/python benchmarks/durability_bench.py [--repeats 7] [--steps 200]   (about 6 min)
+Run:  .venv/bin/python benchmarks/durability_bench.py [--jobs 6] [--chunks 16] [--repeats 7]   (about 10 min)
 The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
 end unless --keep. Exit status 1 if a figure fails.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -85,13 +90,81 @@ TRAIN = textwrap.dedent('''
         bf16=False, use_cpu=True, activation_checkpointing=False, report_to=[],
     )
     trainer = SFTTrainer(model=f"{ns}/{os.environ['BASE']}", train_dataset=dataset, args=config)
-    started, cpu = time.time(), time.process_time()
-    output = trainer.train()
-    trained, cpu = time.time(), time.process_time() - cpu
+    started = time.time()
+    trainer.train()
+    trained = time.time()
     trainer.save_model()
     saved = time.time()
-    print("MARK" + json.dumps({"started": started, "trained": trained, "saved": saved, "train_cpu": cpu,
-                               "train_runtime": output.metrics["train_runtime"]}), flush=True)
+    print("MARK" + json.dumps({"started": started, "trained": trained, "saved": saved}), flush=True)
+''').replace("MARK", MARK)
+
+
+# Figure 1's job: one training run whose checkpoints go, chunk by chunk, alternately to the directory the
+# sidecar watches (pushed) and to one it does not (not pushed). Each chunk's window runs from its first
+# save to its last, so a pushed window has a push in flight from its start, as in steady state; after a
+# pushed chunk the script waits (outside any window) until its last checkpoint is on the hub, so no push
+# spills into the next unpushed window.
+ALTERNATING = textwrap.dedent('''
+    # /// script
+    # dependencies = ["trl", "datasets"]
+    # ///
+    import json, os, time
+    from datasets import load_dataset
+    from huggingface_hub import HfApi
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    ns, repo = os.environ["NS"], os.environ["REPO"]
+    chunk, save_steps = int(os.environ["CHUNK"]), int(os.environ["SAVE_STEPS"])
+    first_pushed = os.environ["FIRST"] == "pushed"
+
+    def pushed(step):
+        return ((step - 1) // chunk % 2 == 0) == first_pushed
+
+    def directory(step):
+        return "out" if pushed(step) else "scratch"
+
+    class Alternate(TrainerCallback):
+        def __init__(self):
+            self.started = 0.0
+            self.windows = []
+
+        def on_save(self, args, state, control, **kwargs):
+            now, step = time.perf_counter(), state.global_step
+            if step % chunk == save_steps:
+                self.started = now
+            elif step % chunk == 0:
+                self.windows.append({"pushed": pushed(step), "seconds": now - self.started, "end": step})
+                if pushed(step):
+                    deadline = time.time() + 120
+                    while not HfApi().file_exists(repo, f"checkpoint-{step}/trainer_state.json"):
+                        if time.time() > deadline:
+                            raise RuntimeError(f"checkpoint-{step} did not reach {repo} within 120 s")
+                        time.sleep(0.02)
+                    time.sleep(0.1)  # the sidecar's verification of that commit
+                args.output_dir = directory(step + 1)
+
+    dataset = load_dataset(f"{ns}/chats", split="train")
+    config = SFTConfig(
+        output_dir=directory(1),
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        max_steps=int(os.environ["MAX_STEPS"]),
+        per_device_train_batch_size=4,
+        train_sampling_strategy="sequential",  # every chunk (two epochs) sees the same batches, so the same work
+        logging_steps=50,
+        seed=7,
+        disable_tqdm=True,
+        bf16=False, use_cpu=True, activation_checkpointing=False, report_to=[],
+    )
+    alternate = Alternate()
+    trainer = SFTTrainer(model=f"{ns}/{os.environ['BASE']}", train_dataset=dataset, args=config,
+                         callbacks=[alternate])
+    trainer.train()
+    trainer.args.output_dir = "out"
+    trainer.save_model()
+    print("MARK" + json.dumps({"windows": alternate.windows}), flush=True)
 ''').replace("MARK", MARK)
 
 
@@ -117,7 +190,6 @@ class Bench:
         self.ns = namespace
         self.work = work
         self.api = HfApi(endpoint=server.url, token=token)
-        self.script_url = ""
 
     def setup(self, hidden: int, layers: int) -> None:
         """Push the tiny base model, a bigger one, the chat data set and the training script."""
@@ -132,18 +204,23 @@ class Bench:
         data = write_chat_dataset_jsonl(self.work / "chats" / "train.jsonl", n=200)
         self.api.upload_folder(folder_path=data.parent, repo_id=f"{self.ns}/chats", repo_type="dataset")
         self.api.create_repo(f"{self.ns}/scripts")
-        self.api.upload_file(path_or_fileobj=TRAIN.encode(), path_in_repo="train.py", repo_id=f"{self.ns}/scripts")
-        self.script_url = f"{self.server.url}/{self.ns}/scripts/resolve/main/train.py"
+        for name, text in (("train.py", TRAIN), ("alternating.py", ALTERNATING)):
+            self.api.upload_file(path_or_fileobj=text.encode(), path_in_repo=name, repo_id=f"{self.ns}/scripts")
 
-    def train(self, base: str, steps: int, save_steps: int, repo: str | None) -> JobRun:
+    def script_url(self, name: str) -> str:
+        return f"{self.server.url}/{self.ns}/scripts/resolve/main/{name}"
+
+    def train(self, base: str, steps: int, save_steps: int, repo: str | None, script: str = "train.py",
+              env: dict[str, str] | None = None) -> JobRun:
         """One training job, with the sidecar pushing to `repo` when given; waits for it to end."""
         # Unguarded, preflight would refuse the job (nothing pushes its results): the override runs it anyway.
         labels = {"keephub.repo": repo, "keephub.output-dir": "out"} if repo else {"keephub.preflight": "override"}
         if repo:
             self.api.create_repo(repo)
         job = self.api.run_job(
-            image=UV_IMAGE, command=["uv", "run", self.script_url], namespace=self.ns, labels=labels,
-            env={"NS": self.ns, "BASE": base, "MAX_STEPS": str(steps), "SAVE_STEPS": str(save_steps)},
+            image=UV_IMAGE, command=["uv", "run", self.script_url(script)], namespace=self.ns, labels=labels,
+            env={"NS": self.ns, "BASE": base, "MAX_STEPS": str(steps), "SAVE_STEPS": str(save_steps),
+                 "REPO": repo or "", **(env or {})},
             secrets={"HF_TOKEN": "$HF_TOKEN"},
         )
         info = self.api.wait_for_job(job_id=job.id, namespace=self.ns, timeout=1800, poll_interval=0.5)
@@ -226,58 +303,70 @@ def build_bigger_base(tiny: Path, out_dir: Path, hidden: int, layers: int) -> Pa
     return out_dir
 
 
-def final_push_after(run: JobRun) -> float:
-    """Seconds from the script's timestamp after save_model to the sidecar's verified "final model files" push."""
-    assert run.durability and run.durability["verdict"]["status"] == "saved", run.durability
-    final = next(p for p in run.durability["pushes"] if p["label"] == FINAL_LABEL)
-    return final["time"] - run.marks["saved"]
-
-
 def figure_slowdown(args: argparse.Namespace, bench: Bench) -> list[Figure]:
+    """Figure 1: adjacent windows of the same training run, pushed and not pushed (see ALTERNATING)."""
+    steps = args.chunk * args.chunks
+    ratios: list[float] = []
+    totals = {True: 0.0, False: 0.0}
+    for index in range(args.jobs):
+        first = "pushed" if index % 2 == 0 else "plain"
+        run = bench.train("tiny-base", steps, args.save_steps, bench.fresh_repo("slowdown"), "alternating.py",
+                          {"CHUNK": str(args.chunk), "FIRST": first})
+        windows = run.marks["windows"]
+        assert len(windows) == args.chunks, windows
+        pushes = run.durability["pushes"] if run.durability else []
+        expected = [f"checkpoint-{w['end'] - args.chunk + s}" for w in windows if w["pushed"]
+                    for s in range(args.save_steps, args.chunk + 1, args.save_steps)]
+        assert [p["label"] for p in pushes] == [*expected, FINAL_LABEL], pushes
+        pairs = [(x, y) if x["pushed"] else (y, x) for x, y in zip(windows[::2], windows[1::2])]
+        for pushed, plain in pairs[1:]:  # the run's first pair includes its warm-up and is not counted
+            ratios.append(pushed["seconds"] / plain["seconds"])
+            totals[True] += pushed["seconds"]
+            totals[False] += plain["seconds"]
+        print(f"  job {index} ({first} first): pairs pushed/not, s: "
+              + ", ".join(f"{p['seconds']:.2f}/{a['seconds']:.2f}" for p, a in pairs)
+              + f"; {len(expected)} checkpoints pushed", flush=True)
+    median = statistics.median(ratios)
+    low, high = bootstrap_interval(ratios)
+    print(f"{len(ratios)} pairs of adjacent {args.chunk - args.save_steps}-step windows; ratios pushed/not: median "
+          f"{median:.3f} (95% bootstrap interval {low:.3f}-{high:.3f}; single pairs range "
+          f"{min(ratios):.2f}-{max(ratios):.2f}: the machine's noise over a few seconds)")
+    return [
+        Figure(f"train time, ckpt push every {args.save_steps} (median of pairs)", totals[True] / len(ratios),
+               totals[False] / len(ratios), "s", median, f"<= {SLOWDOWN_TARGET:g}x", median <= SLOWDOWN_TARGET),
+        Figure("  ratio of the totals", totals[True], totals[False], "s", totals[True] / totals[False], "(diag.)", None),
+    ]
+
+
+def bootstrap_interval(ratios: list[float], rounds: int = 4000) -> tuple[float, float]:
+    """95% interval of the median of `ratios`, resampling the pairs (a fixed seed: the same data, the same answer)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+
+
+def figure_slowdown_jobs(args: argparse.Namespace, bench: Bench) -> list[Figure]:
+    """Diagnostic beside figure 1: whole jobs, one without durability labels (no sidecar at all) and one with,
+    back to back. Jobs start about 15 s apart, so the machine's load differs more between the two than
+    between figure 1's adjacent windows."""
     plain: list[float] = []
     guarded: list[float] = []
-    drains: list[float] = []
-    runtimes: dict[str, list[float]] = {"a": [], "b": []}
-    cpu: dict[str, list[float]] = {"a": [], "b": []}
-    for index in range(args.repeats + 1):  # the first pair warms caches and is not counted
+    for index in range(args.job_pairs + 1):  # the first pair warms caches and is not counted
         a = bench.train("tiny-base", args.steps, args.save_steps, None)
         b = bench.train("tiny-base", args.steps, args.save_steps, bench.fresh_repo("slowdown"))
         assert a.durability is None, "the unlabelled job must not be guarded"
         pushes = b.durability["pushes"] if b.durability else []
         expected = [f"checkpoint-{s}" for s in range(args.save_steps, args.steps + 1, args.save_steps)]
         assert [p["label"] for p in pushes] == [*expected, FINAL_LABEL], pushes
-        during = sum(1 for p in pushes if p["time"] <= b.marks["trained"])
-        drain = final_push_after(b)
         print(f"  pair {index}{' (warm-up)' if index == 0 else ''}: train a {a.train_seconds:.2f} s, "
-              f"b {b.train_seconds:.2f} s (train_runtime {a.marks['train_runtime']:.2f} / "
-              f"{b.marks['train_runtime']:.2f}); b: {len(pushes)} pushes, {sum(p['bytes'] for p in pushes):,} bytes, "
-              f"{during} recorded before training ended, saved {drain:.2f} s after save_model", flush=True)
+              f"b {b.train_seconds:.2f} s; b: {len(pushes)} pushes, {sum(p['bytes'] for p in pushes):,} bytes",
+              flush=True)
         if index:
             plain.append(a.train_seconds)
             guarded.append(b.train_seconds)
-            drains.append(drain)
-            runtimes["a"].append(a.marks["train_runtime"])
-            runtimes["b"].append(b.marks["train_runtime"])
-            cpu["a"].append(a.marks["train_cpu"])
-            cpu["b"].append(b.marks["train_cpu"])
-    measured, baseline = statistics.median(guarded), statistics.median(plain)
-    # Each pair ran back to back, under the same load from the machine's neighbours: the median of the
-    # pairs' ratios is less at the mercy of that load than the ratio of the two medians (printed as well).
     paired = statistics.median(b / a for a, b in zip(plain, guarded))
-    print(f"training time without pushing (a), s: {' '.join(f'{s:.2f}' for s in plain)}  (alone they spread "
-          f"{(max(plain) - min(plain)) / baseline:.0%} of their median: the noise any ratio here carries)")
-    print(f"training time with the sidecar (b), s: {' '.join(f'{s:.2f}' for s in guarded)}")
-    print(f"Trainer train_runtime a/b medians: {statistics.median(runtimes['a']):.2f} / "
-          f"{statistics.median(runtimes['b']):.2f} s; (b) save_model -> saved, median {statistics.median(drains):.2f} s")
-    return [
-        Figure(f"train time, ckpt push every {args.save_steps} (median b/a)", measured, baseline, "s", paired,
-               f"<= {SLOWDOWN_TARGET:g}x", paired <= SLOWDOWN_TARGET),
-        Figure("  ratio of the medians", measured, baseline, "s", measured / baseline, "(diag.)", None),
-        # CPU seconds the training process itself spent in train(): what the sidecar adds to the training's
-        # own work (cache and memory contention), without the wall-time noise of the machine's neighbours.
-        Figure("  training CPU time, median b/a", statistics.median(cpu["b"]), statistics.median(cpu["a"]), "s",
-               statistics.median(b / a for a, b in zip(cpu["a"], cpu["b"])), "(diag.)", None),
-    ]
+    return [Figure("  whole jobs, unlabelled vs labelled (median b/a)", statistics.median(guarded),
+                   statistics.median(plain), "s", paired, "(diag.)", None)]
 
 
 def figures_saved(args: argparse.Namespace, bench: Bench) -> list[Figure]:
@@ -327,8 +416,12 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
         bench.setup(args.hidden, args.layers)
         figures = []
         if not args.skip_slowdown:
-            print(f"figure 1: {args.steps} steps, checkpoint every {args.save_steps}, tiny model", flush=True)
+            print(f"figure 1: tiny model, checkpoint every {args.save_steps} steps, {args.jobs} jobs of {args.chunks} "
+                  f"alternating {args.chunk}-step chunks", flush=True)
             figures += figure_slowdown(args, bench)
+            if args.job_pairs:
+                print(f"figure 1, whole jobs: {args.steps} steps, unlabelled vs labelled", flush=True)
+                figures += figure_slowdown_jobs(args, bench)
         print(f"figure 2: hidden {args.hidden}, {args.layers} layers, {args.big_steps} steps", flush=True)
         figures += figures_saved(args, bench)
     finally:
@@ -338,9 +431,14 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each kind (default 7)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps for figure 1 (default 200)")
+    parser.add_argument("--jobs", type=int, default=6, help="figure 1's jobs, each a run of alternating chunks (default 6)")
+    parser.add_argument("--chunks", type=int, default=16, help="chunks per job, half pushed (even; default 16)")
+    parser.add_argument("--chunk", type=int, default=100, help="training steps per chunk (default 100)")
     parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
+    parser.add_argument("--job-pairs", type=int, default=3,
+                        help="timed pairs of whole jobs, unlabelled and labelled, after a warm-up pair (default 3; 0 skips)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of those jobs (default 200)")
+    parser.add_argument("--repeats", type=int, default=7, help="figure 2's timed runs (default 7)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of figure 2's model (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="layers of figure 2's model (default 4)")
     parser.add_argument("--big-steps", type=int, default=20, help="training steps for figure 2 (default 20)")
@@ -348,12 +446,15 @@ def main() -> int:
     parser.add_argument("--skip-slowdown", action="store_true", help="measure figure 2 only")
     add_work_dir_options(parser)
     args = parser.parse_args()
+    if args.chunks % 2 or args.chunks < 4 or args.chunk % args.save_steps or args.chunk < 2 * args.save_steps:
+        parser.error("--chunks must be even and at least 4, and --chunk a multiple of --save-steps, at least twice it")
     with work_dir(parser, args, "keephub-durability-bench-") as work:
         os.environ["HF_HOME"] = str(work / "hf-home")
         figures = run(args, work)
     print_table(figures, {
-        "train-time baseline": "median wall time of trainer.train() inside the same job without durability labels "
-                               "(nothing pushed); interleaved with the sidecar runs, first pair not counted",
+        "train-time baseline": "the same training run's adjacent window whose checkpoints (saved alike) are not "
+                               "pushed; figure = median of the pairs' ratios; whole-jobs row: trainer.train() in a "
+                               "job without durability labels vs one with, first pair not counted",
         "saved baseline": "median HfApi.upload_folder of the same final files from the benchmark process to a "
                           "fresh keephub server (none of their bytes there); measured = the training process's "
                           "exit -> the sidecar's 'saved' verdict (both recorded in the verdict)",
