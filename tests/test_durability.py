@@ -332,6 +332,11 @@ def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trai
             "checkpoint-30/trainer_state.json", "model.safetensors"} <= files
     record = record_of(api, name, job)["durability"]
     assert record["verdict"]["status"] == "saved" and all(p["verified"] for p in record["pushes"])
+    # The three checkpoints saved during the outage waited in the queue and went up in one commit when the
+    # hub came back, each still recorded (and verified) on its own.
+    commits = {p["label"]: p["commit"] for p in record["pushes"]}
+    assert commits["checkpoint-10"] == commits["checkpoint-20"] == commits["checkpoint-30"], record["pushes"]
+    assert any(line.startswith("[keephub] Pushing checkpoint-10, checkpoint-20, checkpoint-30 to") for line in lines)
 
 
 def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 RECORD_PREFIX = "keephub-durability "
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCAN_SECONDS = 0.1
+# Checkpoints queued behind a push in flight (or waiting out an outage) join one commit while together they
+# stay under this size: each commit costs a dozen requests, which matter next to uploading small checkpoints;
+# bigger ones commit one by one, so the earliest do not wait for the upload of the later ones.
+COALESCE_BYTES = 100 * 1024 * 1024
 FINAL_LABEL = "final model files"
 # The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
 LAST_SAVED = "training_args.bin"
@@ -73,6 +77,17 @@ class Push:
     files: list[Path]
     snapshot: Snapshot = field(default=())
     upload_only: bool = False  # upload the content now; the commit comes later, once the branch is known
+
+    @property
+    def size(self) -> int:
+        """Bytes of the files as they are now (0 for one removed since it was listed)."""
+        total = 0
+        for path in self.files:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     @classmethod
     def checkpoint(cls, folder: Path, revision: str, label: str | None = None) -> "Push":
@@ -159,6 +174,7 @@ class Pusher:
         self.sole_pusher = sole_pusher
         self.job_cores = job_cores
         self.queue: queue.Queue[Push | None] = queue.Queue()
+        self.held: list[Push | None] = []  # taken from the queue to join a commit, but did not fit: next
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stop_retrying_at: float | None = None
         self.failed: str | None = None
@@ -185,13 +201,32 @@ class Pusher:
     def _run(self) -> None:
         keep_off(self.job_cores)
         while True:
-            push = self.queue.get()
+            push = self.held.pop(0) if self.held else self.queue.get()
             if push is None:
                 return
             if push.upload_only:
                 self._upload_ahead(push)
             else:
-                self._push_with_retries(push)
+                self._push_with_retries([push])
+
+    def _join_queued(self, batch: list[Push]) -> None:
+        """Add to a batch of checkpoints those queued behind it for the same branch, in order, while the batch
+        stays under COALESCE_BYTES: one commit then brings them all, and none is skipped. Anything else queued
+        (the final files, the end of the queue) keeps its turn after the batch."""
+        if self.held or not CHECKPOINT.match(batch[-1].label):
+            return
+        size = sum(push.size for push in batch)
+        while True:
+            try:
+                queued = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if (queued is None or queued.upload_only or not CHECKPOINT.match(queued.label)
+                    or queued.revision != batch[-1].revision or size + queued.size > COALESCE_BYTES):
+                self.held.append(queued)
+                return
+            batch.append(queued)
+            size += queued.size
 
     def _upload_ahead(self, push: Push) -> None:
         """Upload the content of `push` without committing it; best effort, as the commit uploads whatever
@@ -221,12 +256,16 @@ class Pusher:
             for p in push.files
         ]
 
-    def _push_with_retries(self, push: Push) -> None:
+    def _push_with_retries(self, batch: list[Push]) -> None:
+        """Push `batch` (one push, or checkpoints joined into one commit), retrying with backoff; checkpoints
+        queued meanwhile join it before each try, so after an outage one commit brings them all."""
         delay = 1.0
         retry = False
         while True:
+            self._join_queued(batch)
+            labels = ", ".join(push.label for push in batch)
             try:
-                self._push(push, retry)
+                self._push(batch, retry)
                 return
             except Exception as exc:  # noqa: BLE001 - every failure is explained and retried or reported
                 reason = explain(exc, self.repo)
@@ -234,63 +273,71 @@ class Pusher:
                 permanent = status in (400, 401, 403, 404, 413, 422)
                 out_of_time = self.stop_retrying_at is not None and time.time() + delay > self.stop_retrying_at
                 if permanent or out_of_time:
-                    self.failed = f"{push.label}: {reason}"
-                    say(f"❌ could not push {push.label} to {self.repo}: {reason}")
-                    record("push-failed", label=push.label, revision=push.revision, reason=reason)
+                    self.failed = f"{labels}: {reason}"
+                    say(f"❌ could not push {labels} to {self.repo}: {reason}")
+                    for push in batch:
+                        record("push-failed", label=push.label, revision=push.revision, reason=reason)
                     return
-                say(f"⚠️ push of {push.label} failed ({reason}); retrying in {delay:.0f}s")
+                say(f"⚠️ push of {labels} failed ({reason}); retrying in {delay:.0f}s")
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 retry = True
 
-    def _push(self, push: Push, retry: bool = False) -> None:
-        """Commit `push` and verify it. Unless this sidecar is the only pusher and this is the first try, the
-        branch is first compared with the local files: the script's own push_to_hub, or this push's earlier
-        try whose answer was lost, may have put them there already."""
-        files = push.files
-        size = sum(p.stat().st_size for p in files)
-        final = push.label == FINAL_LABEL
+    def _push(self, batch: list[Push], retry: bool = False) -> None:
+        """Commit `batch` (one push, or checkpoints of one branch) and verify it. Unless this sidecar is the
+        only pusher and this is the first try, the branch is first compared with the local files: the
+        script's own push_to_hub, or this push's earlier try whose answer was lost, may have put them there
+        already."""
+        revision = batch[0].revision
+        labels = ", ".join(push.label for push in batch)
+        files = [path for push in batch for path in push.files]
+        size = sum(push.size for push in batch)
+        final = labels == FINAL_LABEL
         # The final push's lines read as the reference workflow's do ("Pushing model to ...", "Upload file
         # ...: 100%", "✅ Model pushed successfully"), which users already look for in their logs.
         if final:
-            say(f"Pushing model to {self.repo}@{push.revision} ({push.label}: {len(files)} files, {size:,} bytes)...")
+            say(f"Pushing model to {self.repo}@{revision} ({labels}: {len(files)} files, {size:,} bytes)...")
         else:
-            say(f"Pushing {push.label} to {self.repo}@{push.revision} ({len(files)} files, {size:,} bytes)")
-        if push.revision != "main":
-            self.api.create_branch(self.repo, branch=push.revision, exist_ok=True)
+            say(f"Pushing {labels} to {self.repo}@{revision} ({len(files)} files, {size:,} bytes)")
+        if revision != "main":
+            self.api.create_branch(self.repo, branch=revision, exist_ok=True)
         # The operations are built here, not inside upload_folder, so that verification can reuse the sha256
         # each computes for the upload instead of reading and hashing every file a second time.
-        operations = self._operations(push)
-        present = self._already_on_hub(operations, push.revision) if retry or not self.sole_pusher else None
+        each = [self._operations(push) for push in batch]
+        operations = [op for ops in each for op in ops]
+        present = self._already_on_hub(operations, revision) if retry or not self.sole_pusher else None
         if present is not None:
             # The script's own push_to_hub (or an earlier attempt) put these exact files there: a second commit
             # of the same content would only clutter the history.
             commit, verified = present, True
-            say(f"✅ {push.label}: already on {self.repo}@{push.revision} at commit {commit[:12]}, identical to "
+            say(f"✅ {labels}: already on {self.repo}@{revision} at commit {commit[:12]}, identical to "
                 "the local files (verified against the server); nothing to push")
         else:
-            info = self.api.create_commit(repo_id=self.repo, operations=operations, revision=push.revision,
-                                          commit_message=f"keephub: {push.label} (job {self.job_id})")
+            info = self.api.create_commit(repo_id=self.repo, operations=operations, revision=revision,
+                                          commit_message=f"keephub: {labels} (job {self.job_id})")
             commit = info.oid
             verified = self._verify(operations, commit)
-            if not CHECKPOINT.match(push.label):
+            if not CHECKPOINT.match(batch[0].label):
                 for op in operations:
                     say(f"Upload file {op.path_in_repo}: 100% ({op.upload_info.size:,} bytes)")
             if final and verified:
                 say(f"✅ Model pushed successfully: {self.api.endpoint}/{self.repo} (commit {commit[:12]} on "
-                    f"{push.revision}, verified against the server)")
+                    f"{revision}, verified against the server)")
             else:
-                say(f"{'✅' if verified else '❌'} {push.label} pushed to {self.repo}@{push.revision} commit "
+                say(f"{'✅' if verified else '❌'} {labels} pushed to {self.repo}@{revision} commit "
                     f"{commit[:12]}{' (verified against the server)' if verified else ' (VERIFICATION FAILED)'}")
-        record("push", label=push.label, revision=push.revision, commit=commit,
-               files=[str(p.relative_to(push.folder)) for p in files], bytes=size, verified=verified,
-               already_there=present is not None)
+        for push in batch:
+            record("push", label=push.label, revision=revision, commit=commit,
+                   files=[str(p.relative_to(push.folder)) for p in push.files], bytes=push.size, verified=verified,
+                   already_there=present is not None)
         if not verified:
-            raise RuntimeError(f"the hub's copy of {push.label} does not match the local files")
-        if CHECKPOINT.match(push.label):
-            self.pushed_checkpoints.add(push.label)
-            _release_older(push.folder)
-        if self.uploaded is not None and operations is self.uploaded[1]:
+            raise RuntimeError(f"the hub's copy of {labels} does not match the local files")
+        for push in batch:
+            if CHECKPOINT.match(push.label):
+                self.pushed_checkpoints.add(push.label)
+        if CHECKPOINT.match(batch[-1].label):
+            _release_older(batch[-1].folder)
+        if self.uploaded is not None and any(ops is self.uploaded[1] for ops in each):
             self.uploaded = None  # committed: a later push of the same files builds new operations
 
     def _already_on_hub(self, operations: list[CommitOperationAdd], revision: str) -> str | None:
