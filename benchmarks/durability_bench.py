@@ -25,7 +25,7 @@
 The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
 with the sidecar beside it; the server and this process share the machine's other core(s).
 
-Run:  .venv/bin/python benchmarks/durability_bench.py [--jobs 6] [--chunks 16] [--repeats 7]   (about 10 min)
+Run:  .venv/bin/python benchmarks/durability_bench.py [--jobs 6] [--chunks 32] [--repeats 7]   (about 10 min)
 The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
 end unless --keep. Exit status 1 if a figure fails.
 """
@@ -152,7 +152,7 @@ ALTERNATING = textwrap.dedent('''
         save_total_limit=1,
         max_steps=int(os.environ["MAX_STEPS"]),
         per_device_train_batch_size=4,
-        train_sampling_strategy="sequential",  # every chunk (two epochs) sees the same batches, so the same work
+        train_sampling_strategy="sequential",  # chunks of whole epochs see the same batches: the same work
         logging_steps=50,
         seed=7,
         disable_tqdm=True,
@@ -432,8 +432,9 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=6, help="figure 1's jobs, each a run of alternating chunks (default 6)")
-    parser.add_argument("--chunks", type=int, default=16, help="chunks per job, half pushed (even; default 16)")
-    parser.add_argument("--chunk", type=int, default=100, help="training steps per chunk (default 100)")
+    parser.add_argument("--chunks", type=int, default=32, help="chunks per job, half pushed (even; default 32)")
+    parser.add_argument("--chunk", type=int, default=50,
+                        help="training steps per chunk (default 50: one epoch of the 200-row data set at batch size 4)")
     parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
     parser.add_argument("--job-pairs", type=int, default=3,
                         help="timed pairs of whole jobs, unlabelled and labelled, after a warm-up pair (default 3; 0 skips)")
