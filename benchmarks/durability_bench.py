@@ -25,7 +25,7 @@
 The server runs with KEEPHUB_JOB_CPUS=1, so every job (cpu-basic: 1 core) is pinned to the same core,
 with the sidecar beside it; the server and this process share the machine's other core(s).
 
-Run:  .venv/bin/python benchmarks/durability_bench.py [--jobs 6] [--chunks 32] [--repeats 7]   (about 10 min)
+Run:  .venv/bin/python benchmarks/durability_bench.py [--jobs 6] [--chunks 32] [--repeats 7]   (about 16 min)
 The data dir and server log live in a temporary directory under --tmp (default /tmp), removed at the
 end unless --keep. Exit status 1 if a figure fails.
 """
