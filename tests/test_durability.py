@@ -352,3 +352,38 @@ def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:
     claimed = [p for p in record["pushes"] if p["label"] == "checkpoint-99"]
     assert claimed and claimed[0]["verified"] is False, "a commit the hub never recorded is not 'verified'"
     assert record["verdict"]["status"] != "saved" or "checkpoint-99" not in record["verdict"]["message"]
+
+
+MID_LINE = textwrap.dedent('''
+    import json, os, sys, time, urllib.error, urllib.request
+    sys.stdout.write("step 21 loss 6.5")  # a line begun and not ended while the sidecar speaks
+    sys.stdout.flush()
+    os.makedirs("out/checkpoint-10")
+    with open("out/checkpoint-10/trainer_state.json", "w") as state:
+        json.dump({"global_step": 10}, state)
+    url = os.environ["HF_ENDPOINT"] + "/" + os.environ["REPO"] + "/resolve/main/checkpoint-10/trainer_state.json"
+    request = urllib.request.Request(url, headers={"authorization": "Bearer " + os.environ["HF_TOKEN"]})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(request)
+            break
+        except urllib.error.HTTPError:
+            time.sleep(0.1)
+    print(" and its end")
+''')
+
+
+def test_the_sidecar_never_glues_its_lines_to_the_scripts_unfinished_line(trainer_user) -> None:
+    name, api = trainer_user
+    repo = f"{name}/mid-line"
+    job = api.run_job(image=UV_IMAGE, command=["python", "-c", MID_LINE], env={"REPO": repo, **JOB_XET_ENV},
+                      secrets={"HF_TOKEN": "$HF_TOKEN"}, namespace=name,
+                      labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
+    info = api.wait_for_job(job_id=job.id, namespace=name, timeout=90)
+    lines = list(api.fetch_job_logs(job_id=job.id, namespace=name))
+    assert info.status.stage == "COMPLETED", lines
+    assert api.file_exists(repo, "checkpoint-10/trainer_state.json"), lines
+    assert "step 21 loss 6.5" in lines, lines
+    assert any(line.startswith(f"[keephub] Pushing checkpoint-10 to {repo}@main") for line in lines), lines
+    assert all(line.startswith("[keephub]") for line in lines if "[keephub]" in line), lines

@@ -56,14 +56,21 @@ LAST_SAVED = "training_args.bin"
 Snapshot = tuple[tuple[str, int, int, int], ...]
 
 
+def _emit_line(line: str) -> None:
+    """Write one whole line to the output the training process shares. It starts with a newline: that process
+    may be between writing a line and its end (print() writes them separately; a progress bar may never end
+    its line), and this line must not be glued to it. The job log drops the empty lines this makes, and one
+    flushed write under PIPE_BUF is never split by the other process's writes."""
+    print("\n" + line, flush=True)
+
+
 def say(message: str) -> None:
-    print(f"[keephub] {message}", flush=True)
+    _emit_line(f"[keephub] {message}")
 
 
 def record(kind: str, **fields: object) -> None:
-    """One record line for the scheduler. It starts with a newline: the training process shares this output and
-    may have left a progress bar's line unfinished."""
-    print("\n" + RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}), flush=True)
+    """One record line for the scheduler."""
+    _emit_line(RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}))
 
 
 @dataclass
