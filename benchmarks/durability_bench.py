@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from report import Figure, add_work_dir_options, print_table, work_dir
+from report import Figure, add_work_dir_options, at_least, print_table, work_dir
 
 from keephub.devserver import LocalServer
 from keephub.durability.sidecar import FINAL_LABEL
@@ -431,19 +431,20 @@ def run(args: argparse.Namespace, work: Path) -> list[Figure]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=6, help="figure 1's jobs, each a run of alternating chunks (default 6)")
-    parser.add_argument("--chunks", type=int, default=32, help="chunks per job, half pushed (even; default 32)")
-    parser.add_argument("--chunk", type=int, default=50,
+    parser.add_argument("--jobs", type=at_least(1), default=6,
+                        help="figure 1's jobs, each a run of alternating chunks (default 6)")
+    parser.add_argument("--chunks", type=at_least(1), default=32, help="chunks per job, half pushed (even; default 32)")
+    parser.add_argument("--chunk", type=at_least(1), default=50,
                         help="training steps per chunk (default 50: one epoch of the 200-row data set at batch size 4)")
-    parser.add_argument("--save-steps", type=int, default=10, help="checkpoint interval for figure 1 (default 10)")
-    parser.add_argument("--job-pairs", type=int, default=3,
+    parser.add_argument("--save-steps", type=at_least(1), default=10, help="checkpoint interval for figure 1 (default 10)")
+    parser.add_argument("--job-pairs", type=at_least(0), default=3,
                         help="timed pairs of whole jobs, unlabelled and labelled, after a warm-up pair (default 3; 0 skips)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps of those jobs (default 200)")
-    parser.add_argument("--repeats", type=int, default=7, help="figure 2's timed runs (default 7)")
-    parser.add_argument("--hidden", type=int, default=256, help="hidden size of figure 2's model (default 256)")
-    parser.add_argument("--layers", type=int, default=4, help="layers of figure 2's model (default 4)")
-    parser.add_argument("--big-steps", type=int, default=20, help="training steps for figure 2 (default 20)")
-    parser.add_argument("--big-save-steps", type=int, default=10, help="checkpoint interval for figure 2 (default 10)")
+    parser.add_argument("--steps", type=at_least(1), default=200, help="training steps of those jobs (default 200)")
+    parser.add_argument("--repeats", type=at_least(1), default=7, help="figure 2's timed runs (default 7)")
+    parser.add_argument("--hidden", type=at_least(1), default=256, help="hidden size of figure 2's model (default 256)")
+    parser.add_argument("--layers", type=at_least(1), default=4, help="layers of figure 2's model (default 4)")
+    parser.add_argument("--big-steps", type=at_least(1), default=20, help="training steps for figure 2 (default 20)")
+    parser.add_argument("--big-save-steps", type=at_least(1), default=10, help="checkpoint interval for figure 2 (default 10)")
     parser.add_argument("--skip-slowdown", action="store_true", help="measure figure 2 only")
     add_work_dir_options(parser)
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -22,6 +22,19 @@ class Figure:
     target: str
     passed: bool | None  # None: a diagnostic row, shown for context, with no target to pass
     digits: int = 2
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type for a count: an int no smaller than `minimum`, else a usage error naming the bound."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
 
 
 def print_table(figures: list[Figure], notes: dict[str, str]) -> None:
