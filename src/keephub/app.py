@@ -20,6 +20,7 @@ from keephub.config import Settings
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import LocalBlobStore
 from keephub.storage.db import Database
+from keephub.storage.permissions import make_private_dir, warn_about_open_entries
 from keephub.wire.errors import HubError, header_safe, render_hub_error
 
 log = logging.getLogger("keephub")
@@ -28,9 +29,10 @@ JANITOR_INTERVAL_SECONDS = 3600
 
 def open_hub(settings: Settings) -> hub.Hub:
     """Open (and migrate) the stores named by `settings`; used by the server and the admin CLI alike."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     db = Database(settings.sqlalchemy_url)
     db.migrate()
+    warn_about_open_entries(settings.data_dir)
     cas = xet.Cas(settings, db, LocalBlobStore(settings.data_dir / "xorbs"))
     return hub.Hub(settings, db, LocalBlobStore(settings.data_dir / "blobs"), cas)
 

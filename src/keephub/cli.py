@@ -10,9 +10,13 @@ from pathlib import Path
 
 from keephub.accounts import AccountError
 from keephub.config import ConfigError, Settings
+from keephub.storage.permissions import restrict_new_files
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """Settings of the commands that work on the data directory (serve and the admin commands), which keep
+    everything they create there private to the account running keephub (umask 077)."""
+    restrict_new_files()
     overrides = {"data_dir": args.data_dir, "host": getattr(args, "host", None), "port": getattr(args, "port", None),
                  "public_url": getattr(args, "public_url", None)}
     return Settings.load(config_file=args.config, overrides=overrides)
@@ -28,12 +32,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from keephub.app import build_app
+    from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
     settings = _settings(args)
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, date_header=False)
+                timeout_graceful_shutdown=5, date_header=False, http=BoundedHttpToolsProtocol)
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from keephub.wire import BadRequest
 from keephub.wire.errors import NotFound
+from keephub.wire.text import text_problem
 
 REPO_TYPES = ("model", "dataset", "space")
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -58,11 +60,11 @@ def split_repo_id(repo_id: object) -> tuple[str, str]:
 
 
 def check_text(value: str, what: str) -> str:
-    """JSON may carry lone surrogates ("\\ud800") that no UTF-8 database, git object or header can hold."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise BadRequest(f"the {what} {value!r} is not valid Unicode (it holds a lone surrogate); send UTF-8 text")
+    """JSON may carry lone surrogates ("\\ud800") that no UTF-8 database, git object or header can hold, and
+    NUL bytes that git and C APIs cut strings at."""
+    problem = text_problem(value)
+    if problem:
+        raise BadRequest(f"the {what} {value!r} {problem}; send UTF-8 text without NUL bytes")
     return value
 
 
@@ -71,7 +73,12 @@ def is_commit_sha(value: str) -> bool:
 
 
 def check_ref_name(name: object, what: str = "branch") -> str:
-    """git's rules for ref names (check-ref-format), in a form a user can act on."""
+    """A new branch or tag name: git's rules (`git check-ref-format --branch`), in a form a user can act on.
+
+    Names git would read as something else are refused too: `HEAD`, `@` (git's shorthand for HEAD), a full
+    ref (`refs/heads/main`, `refs/pr/1`, which keephub resolves itself) and a commit id. Only creation is
+    checked: existing revisions such as `refs/pr/1` keep resolving.
+    """
     if not isinstance(name, str) or not name:
         raise BadRequest(f"the {what} name is missing")
     check_text(name, f"{what} name")
@@ -82,10 +89,17 @@ def check_ref_name(name: object, what: str = "branch") -> str:
         problems.append("contains a space, a control character or one of ~ ^ : ? * [ \\")
     if ".." in name or "@{" in name or "//" in name:
         problems.append("contains '..', '@{' or '//'")
-    if name.startswith(("/", "-", ".")) or name.endswith(("/", ".", ".lock")):
-        problems.append("starts with '/', '-' or '.', or ends with '/', '.' or '.lock'")
-    if any(part.startswith(".") for part in name.split("/")):
+    if name.startswith(("/", "-", ".")) or name.endswith(("/", ".")):
+        problems.append("starts with '/', '-' or '.', or ends with '/' or '.'")
+    parts = name.split("/")
+    if any(part.startswith(".") for part in parts):
         problems.append("has a path component starting with '.'")
+    if any(part.endswith(".lock") for part in parts):
+        problems.append("has a path component ending with '.lock'")
+    if name in ("HEAD", "@"):
+        problems.append("is a name git reserves for the current commit")
+    if name.startswith("refs/"):
+        problems.append("starts with 'refs/'; give the short name (e.g. 'v1.0', not 'refs/tags/v1.0')")
     if is_commit_sha(name):
         problems.append("looks like a commit id")
     if problems:
@@ -94,16 +108,18 @@ def check_ref_name(name: object, what: str = "branch") -> str:
 
 
 def check_path(path: object, what: str = "path") -> str:
-    """A path inside a repo: relative, forward slashes, no '..', no '.git', no control characters.
+    """A path inside a repo, in Unicode NFC form: relative, forward slashes, no '..', no '.git', no control
+    characters.
 
     A newline in a name would be stored but could never be downloaded (URL routes stop at it), so
     control characters are refused at commit time rather than accepted into an unreadable file.
+    Paths are normalised to NFC, as the Hub does, both when stored and when looked up: "café.txt" typed on
+    Linux (NFC) and on macOS (NFD) is one file, not two that look the same.
     """
     if not isinstance(path, str) or not path:
         raise BadRequest(f"the {what} is missing or empty")
     check_text(path, what)
-    if "\x00" in path:
-        raise BadRequest(f"the {what} {path!r} contains a NUL byte")
+    path = unicodedata.normalize("NFC", path)
     if _CONTROL.search(path):
         raise BadRequest(f"the {what} {path!r} contains a control character (e.g. a newline); rename the file")
     if "\\" in path:

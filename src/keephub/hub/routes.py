@@ -21,11 +21,15 @@ from keephub.accounts import Actor
 from keephub.hub import lfs, naming
 from keephub.hub.service import Hub
 from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized, headers
-from keephub.wire.errors import NotFound
+from keephub.wire.errors import HubError, NotFound
 from keephub.wire.bodies import read_body, receive_into
+from keephub.wire.params import int_param
 from keephub.wire.ranges import parse_range
+from keephub.wire.text import first_invalid_string
 
 JSON_LIMIT = 8 * 1024 * 1024
+MAX_LIST_LIMIT = 100_000
+MAX_TREE_CURSOR = 10**9
 EXPANDED_TREE_PAGE_SIZE = 50
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
@@ -63,14 +67,22 @@ async def actor_of(request: Request) -> Actor | None:
     return actor
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, invalid_text: type[HubError] = BadRequest) -> Any:
+    """The JSON body, every string in it storable text (see wire/text.py); a string that is not is refused
+    with `invalid_text` (the Jobs API answers 422 for a bad field, the Hub API 400) naming its field."""
     body = await read_body(request, JSON_LIMIT)
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
         raise BadRequest(f"the request body is not valid JSON: {exc}")
+    invalid = first_invalid_string(parsed)
+    if invalid is not None:
+        field, problem = invalid
+        raise invalid_text(f"the field {field or '(the whole body)'!r} of the request body {problem}; "
+                           "send UTF-8 text without NUL bytes")
+    return parsed
 
 
 async def read_json_object(request: Request) -> dict:
@@ -156,11 +168,9 @@ async def list_repos(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     repo_type = naming.repo_type_from_plural(request.path_params["plural"])
     query = request.query_params
-    limit = query.get("limit")
-    if limit is not None and not limit.isdigit():
-        raise BadRequest("'limit' must be a non-negative integer")
+    limit = int_param(query, "limit", minimum=0, maximum=MAX_LIST_LIMIT)
     found = await call(hub_of(request).list_repos, actor, repo_type, query.get("author"), query.get("search"),
-                       int(limit) if limit else None)
+                       limit)
     return JSONResponse(found)
 
 
@@ -168,15 +178,14 @@ async def tree(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     path = request.path_params.get("path", "").strip("/")
     if path:
-        naming.check_path(path)
+        path = naming.check_path(path)
     recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
     expand = request.query_params.get("expand", "").lower() in ("1", "true")
-    cursor = request.query_params.get("cursor", "0")
-    if not cursor.isdigit():
-        raise BadRequest("'cursor' must come from the Link header of the previous page")
+    start = int_param(request.query_params, "cursor", minimum=0, maximum=MAX_TREE_CURSOR, default=0,
+                      hint="; pass the cursor from the Link header of the previous page") or 0
     sha, entries = await call(hub_of(request).tree, actor, *repo_params(request), revision_param(request), path,
                               recursive)
-    start, size = int(cursor), hub_of(request).settings.tree_page_size
+    size = hub_of(request).settings.tree_page_size
     if expand:  # as on the Hub, expanded pages are small: each entry costs a walk back through history
         size = min(size, EXPANDED_TREE_PAGE_SIZE)
     page = entries[start : start + size]

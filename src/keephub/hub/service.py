@@ -212,7 +212,8 @@ class Hub:
                     entry = gitobjects.entry_for(session, path, *existing)
                     oid = entry.lfs_oid or entry.sha
                 mode = "lfs" if self._wants_lfs(path, size, sample, lfs_patterns) else "regular"
-                answers.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+                # The path as the client sent it, not its NFC form: the client matches answers by that key.
+                answers.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
             return {"files": answers, "commitOid": sha}
 
     def _wants_lfs(self, path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
@@ -269,7 +270,7 @@ class Hub:
     # -- files -----------------------------------------------------------------------------------
     def file_target(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
                     path: str) -> FileTarget:
-        naming.check_path(path)
+        path = naming.check_path(path)
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
             sha = repos.resolve_revision(session, repo, revision)

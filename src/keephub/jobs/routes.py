@@ -39,7 +39,7 @@ async def jobs_collection(request: Request) -> JSONResponse:
     namespace = request.path_params["namespace"]
     service = jobs_of(request)
     if request.method == "POST":
-        info = await call(service.submit, actor, namespace, await read_json(request))
+        info = await call(service.submit, actor, namespace, await read_json(request, Unprocessable))
         scheduler_of(request).poke()
         return JSONResponse(info)
     stages = request.query_params.getlist("stage")
@@ -104,7 +104,8 @@ async def scheduled_collection(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     namespace = request.path_params["namespace"]
     if request.method == "POST":
-        return JSONResponse(await call(scheduled_of(request).create, actor, namespace, await read_json(request)))
+        body = await read_json(request, Unprocessable)
+        return JSONResponse(await call(scheduled_of(request).create, actor, namespace, body))
     return JSONResponse(await call(scheduled_of(request).list, actor, namespace))
 
 
@@ -126,7 +127,8 @@ async def scheduled_action(request: Request) -> JSONResponse:
     if action in ("suspend", "resume"):
         result = await call(service.set_suspended, actor, namespace, scheduled_id, action == "suspend")
     elif action == "schedule":
-        result = await call(service.set_schedule, actor, namespace, scheduled_id, await read_json(request))
+        body = await read_json(request, Unprocessable)
+        result = await call(service.set_schedule, actor, namespace, scheduled_id, body)
     elif action == "run":
         result = await call(service.trigger, actor, namespace, scheduled_id)
         scheduler_of(request).poke()

@@ -19,7 +19,7 @@ from keephub.jobs.service import TERMINAL, JobService, aware, iso, utcnow
 from keephub.jobs.spec import parse_spec, spec_from_wire
 from keephub.storage.schema import Job, ScheduledJob
 from keephub.wire import BadRequest, Conflict, Forbidden
-from keephub.wire.errors import NotFound
+from keephub.wire.errors import NotFound, Unprocessable
 
 log = logging.getLogger("keephub.jobs")
 
@@ -28,16 +28,31 @@ def next_run(schedule: str, after: datetime) -> datetime:
     return croniter(schedule, after).get_next(datetime)
 
 
+# The Hub's aliases, as huggingface_hub documents them for create_scheduled_job.
+SCHEDULE_ALIASES = ("@annually", "@yearly", "@monthly", "@weekly", "@daily", "@hourly")
+CRON_FIELDS = 5
+_SCHEDULE_HELP = ("use a five-field cron expression (minute hour day-of-month month day-of-week, e.g. '*/5 * * * *') "
+                  f"or one of {', '.join(SCHEDULE_ALIASES)}")
+
+
 def check_schedule(schedule: object) -> str:
-    if not isinstance(schedule, str) or not croniter.is_valid(schedule):
-        raise BadRequest(
-            f"schedule {schedule!r} is not valid; use a cron expression like '*/5 * * * *' or one of "
-            "@hourly, @daily, @weekly, @monthly, @yearly"
-        )
+    """A schedule the Hub accepts: exactly five cron fields or an alias, so no run comes sooner than a minute
+    after the last. croniter alone also takes a sixth (seconds) field, which fired a job every second."""
+    if not isinstance(schedule, str):
+        raise Unprocessable(f"'schedule' must be a string; {_SCHEDULE_HELP}")
+    if schedule.startswith("@"):
+        if schedule not in SCHEDULE_ALIASES:
+            raise Unprocessable(f"'schedule' {schedule!r} is not a known alias; {_SCHEDULE_HELP}")
+    elif (fields := len(schedule.split())) != CRON_FIELDS:
+        no_seconds = " (there is no seconds field: runs are at least a minute apart)" if fields > CRON_FIELDS else ""
+        raise Unprocessable(f"'schedule' {schedule!r} has {fields} fields, not {CRON_FIELDS}{no_seconds}; "
+                            f"{_SCHEDULE_HELP}")
+    if not croniter.is_valid(schedule):
+        raise Unprocessable(f"'schedule' {schedule!r} is not a valid cron expression; {_SCHEDULE_HELP}")
     try:
         next_run(schedule, utcnow())
     except CroniterBadDateError:
-        raise BadRequest(f"schedule {schedule!r} never fires (no such date); check the day and month fields")
+        raise Unprocessable(f"'schedule' {schedule!r} never fires (no such date); check the day and month fields")
     return schedule
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from keephub.jobs.flavors import Flavor
 from keephub.wire import BadRequest, TooLarge
 from keephub.wire.errors import Unprocessable
+from keephub.wire.text import first_invalid_string
 
 # The images the clients send by default; keephub runs them on the host's Python with uv.
 SUPPORTED_IMAGES = (
@@ -19,7 +20,7 @@ SUPPORTED_IMAGES = (
     "python:3.11-slim",
     "python:3.12-slim",
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Variables the dynamic loader or libc act on: harmless inside the sandbox, refused anyway as defence in depth.
 _LOADER_NAMES = re.compile(r"^(LD_|GCONV_PATH$|MALLOC_|GLIBC_TUNABLES$)")
 _TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -82,7 +83,8 @@ def parse_timeout(value: object, default: int) -> int:
         match = _TIMEOUT.match(str(value))
         if not match:
             raise BadRequest(f"timeout {value!r} is malformed; use seconds (300) or a duration like '5m', '2h', '1d'")
-        seconds = int(float(match.group(1)) * _UNITS[match.group(2)])
+        amount = float(match.group(1)) * _UNITS[match.group(2)]  # inf for a 400-digit number: refused below
+        seconds = int(amount) if amount <= MAX_TIMEOUT_SECONDS else MAX_TIMEOUT_SECONDS + 1
     if seconds <= 0 or seconds > MAX_TIMEOUT_SECONDS:
         raise BadRequest(f"timeout must be between 1 second and 7 days, not {seconds} s")
     return seconds
@@ -96,10 +98,10 @@ def _string_map(body: dict, key: str, check_names: bool) -> dict[str, str]:
         raise TooLarge(f"'{key}' has {len(value)} entries; at most {MAX_ENTRIES} are allowed")
     result = {}
     for name, item in value.items():
-        if check_names and not _ENV_NAME.match(str(name)):
-            raise BadRequest(
-                f"'{key}' name {name!r} is not a valid environment variable name; use letters, digits and '_', "
-                "not starting with a digit"
+        if check_names and not _ENV_NAME.fullmatch(str(name)):
+            raise Unprocessable(
+                f"'{key}' name {name!r} is not a valid environment variable name; use ASCII letters, digits and "
+                "'_', not starting with a digit (no '=', spaces, NUL or other characters)"
             )
         if check_names and _LOADER_NAMES.match(str(name)):
             raise BadRequest(f"'{key}' name {name!r} controls the dynamic loader and is not allowed in jobs")
@@ -113,6 +115,12 @@ def parse_spec(body: object, flavors: dict[str, Flavor], default_timeout: int) -
     """Validate a job spec; returns it and the secret values (kept apart so they are never stored in clear)."""
     if not isinstance(body, dict):
         raise BadRequest("the job spec must be a JSON object")
+    # Values reach the sandbox launcher's argument list and environment, where a NUL would cut or split them,
+    # and the database, where a lone surrogate makes every later read of the job fail: refuse both first.
+    invalid = first_invalid_string(body)
+    if invalid is not None:
+        field, problem = invalid
+        raise Unprocessable(f"'{field}' {problem}; job specs must be UTF-8 text without NUL bytes")
     command = body.get("command")
     arguments = body.get("arguments") or []
     if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
@@ -127,13 +135,13 @@ def parse_spec(body: object, flavors: dict[str, Flavor], default_timeout: int) -
     if body.get("spaceId"):
         raise Unprocessable("jobs from a Space image are not supported; use one of: " + ", ".join(SUPPORTED_IMAGES))
     image = body.get("dockerImage") or SUPPORTED_IMAGES[0]
-    if image not in SUPPORTED_IMAGES:
+    if not isinstance(image, str) or image not in SUPPORTED_IMAGES:
         raise Unprocessable(
             f"image {image!r} cannot be run here: keephub runs jobs on the host's Python with uv, "
             f"for these images: {', '.join(SUPPORTED_IMAGES)}"
         )
     flavor = body.get("flavor") or "cpu-basic"
-    if flavor not in flavors:
+    if not isinstance(flavor, str) or flavor not in flavors:
         raise BadRequest(f"unknown flavor {flavor!r}; this keephub offers: {', '.join(flavors)}")
     if body.get("volumes"):
         raise Unprocessable(

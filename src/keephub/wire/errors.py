@@ -30,7 +30,8 @@ class HubError(Exception):
         hdrs = {headers.X_ERROR_MESSAGE: header_safe(self.message), **self.extra_headers}
         if self.error_code:
             hdrs[headers.X_ERROR_CODE] = self.error_code
-        return JSONResponse({**self.extra_body, "error": self.message}, status_code=self.status_code, headers=hdrs)
+        return JSONResponse({**self.extra_body, "error": body_safe(self.message)}, status_code=self.status_code,
+                            headers=hdrs)
 
 
 class BadRequest(HubError):
@@ -88,10 +89,26 @@ class Unprocessable(HubError):
     status_code = 422
 
 
+MAX_HEADER_MESSAGE = 1000
+
+
 def header_safe(message: str) -> str:
-    """HTTP header values must be latin-1 and single-line; the JSON body keeps the full text."""
+    """One line of printable ASCII for `X-Error-Message`; the JSON body keeps the full text.
+
+    A NUL or other control character in a header makes uvicorn drop the connection without any answer, and
+    error messages quote what the client sent (a repo name, a path), so everything else is escaped: control
+    characters and non-ASCII text as backslash escapes, line breaks and tabs folded into single spaces.
+    """
     flat = " ".join(message.split())
-    return flat.encode("latin-1", "replace").decode("latin-1")[:1000]
+    escaped = flat.encode("ascii", "backslashreplace").decode("ascii")
+    printable = "".join(char if " " <= char <= "~" else f"\\x{ord(char):02x}" for char in escaped)
+    return printable[:MAX_HEADER_MESSAGE]
+
+
+def body_safe(message: str) -> str:
+    """The message as text that encodes to UTF-8: a lone surrogate a client sent (JSON "\\ud800") is shown
+    escaped instead of failing the answer with a 500."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def render_hub_error(request: Request, exc: Exception) -> JSONResponse:
