@@ -112,7 +112,7 @@ def test_sandbox_isolation_and_ephemerality(jobs_server: Server, user) -> None:
     assert "caps: 0000000000000000 uid: 65534" in lines, "jobs run as an unprivileged user with no capabilities"
     assert any(line.startswith("pids: [1, 2") for line in lines), lines
     assert api.wait_for_job(job_id=job.id, timeout=30).status.stage == "COMPLETED"
-    assert list((data_dir / "jobs" / "workspaces").iterdir()) == [], "the workspace is deleted with the attempt"
+    assert list((data_dir / "sandboxes" / "workspaces").iterdir()) == [], "the workspace is deleted with the attempt"
     leftover = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "no process outlives its attempt"
 

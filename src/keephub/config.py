@@ -58,10 +58,24 @@ class Settings:
     job_gpus: str = ""
     # Memory limit of every job in GB, capping the flavor's own (0: the flavor's).
     job_memory_gb: int = 0
+    # Disk (/workspace plus what an attempt adds to its uv cache) of every job in GB, capping the flavor's (0: the flavor's).
+    job_disk_gb: int = 0
+    # Processes and threads of every job, capping the flavor's (0: the flavor's).
+    job_processes: int = 0
+    # Started as root, keephub runs each job as host uid job_uid_base + the owner's account id; that range must
+    # belong to no one else on the host.
+    job_uid_base: int = 200000
+    # "isolated": each attempt in its own network namespace, reaching only keephub and job_egress_allow;
+    # "host": jobs share the host's network (for a public_url the sandbox cannot reach, e.g. https).
+    job_network: str = "isolated"
+    # host:port pairs jobs may reach through the egress proxy (the package index the uv shim installs from).
+    job_egress_allow: str = "pypi.org:443,files.pythonhosted.org:443"
     # After SIGTERM (timeout or cancel), a job gets this long to save its work before SIGKILL.
     job_grace_seconds: int = 60
     # Timeout of a job that names none.
     job_default_timeout_seconds: int = 1800
+    # Log bytes kept per job attempt; output past it is dropped (the job goes on) and the log says how much.
+    job_log_max_bytes: int = 100 * 1024**2
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
 

@@ -1,28 +1,57 @@
 """Throwaway sandboxes for job attempts, built with bubblewrap.
 
-Each attempt sees a read-only host system (/usr, /etc, the Python installation with the training
-stack), a private writable /workspace and /tmp, its own PID namespace (when the attempt's main
-process ends, everything it started ends with it), and nothing else: not keephub's data
-directory, not other jobs' workspaces. Secrets reach the job through the environment of the
-bwrap process, never its command line (which other local users could read in /proc).
+Each attempt sees a read-only host system (/usr, the parts of /etc programs need, the Python installation
+with the training stack), a private writable /workspace, RAM-backed /tmp and /dev/shm, its own PID, IPC
+and network namespaces, and nothing else: not keephub's data directory, not other jobs, not the host's
+network. Its only ways out are two Unix sockets bound into it, to keephub's API and to the egress proxy
+(see `keephub.agent.sandbox_init`, the sandbox's first process, and `egress.py`).
+
+Nothing a user sends reaches bubblewrap's command line: bwrap parses options out of its arguments, so
+the command and the environment travel to the sandbox's first process as JSON on its stdin instead.
+
+Started as root (as slurmd and container runtimes are), keephub runs each job as a host uid of its own
+(`job_uid_base` + the owner's account id): files a job leaves on the host belong to that uid, never to
+keephub's, so a setuid file it makes grants nothing, and such bits are stripped all the same. Started as
+an ordinary user, keephub runs jobs as that user. It never runs a job as root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
 import os
+import resource
 import shutil
 import signal
+import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import keephub
+import keephub.agent
 
 WORKSPACE = "/workspace"
 TOOLS_DIR = "/opt/keephub/bin"
 UV_CACHE = "/opt/keephub/uv-cache"
+SOCKETS_DIR = "/run/keephub"
+SANDBOX_INIT = Path(keephub.agent.__file__).resolve().with_name("sandbox_init.py")
+# The uid the job sees inside its user namespace; on the host it is the job's own uid (see JobUser).
+INSIDE_UID = 65534
+# Where, in a mount namespace private to one sandbox, the host paths it is built from are bind-mounted for
+# bwrap, which runs as the job's uid and could not reach them through keephub's own 0700 directories.
+STAGE = "/run"
+# The parts of /etc programs need (TLS roots, name resolution, users, the loader cache, locale, alternatives),
+# not all of it: a keephub config file in /etc may hold the signing key or a database password. /etc/hosts
+# is written for each sandbox (keephub's host name points at the sandbox's own loopback).
+ETC_ENTRIES = ("alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "resolv.conf",
+               "host.conf", "gai.conf", "nsswitch.conf", "passwd", "group", "ld.so.cache", "ld.so.conf",
+               "ld.so.conf.d", "localtime", "timezone", "mime.types", "protocols", "services", "os-release",
+               "debian_version", "magic", "magic.mime", "pki")
+_NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -30,36 +59,108 @@ class SandboxUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class JobUser:
+    """The host uid and gid a job runs as; None when keephub cannot switch uids (jobs run as keephub's)."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one attempt may hold at once. Memory counts processes, files in its RAM-backed mounts and memfds;
+    processes counts threads too; disk counts /workspace and what the attempt adds to its uv cache."""
+
+    memory_bytes: int
+    processes: int
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """A loopback port inside the sandbox that leads to a Unix socket outside it."""
+
+    host: str
+    port: int
+    host_socket: Path
+
+    @property
+    def inside_socket(self) -> str:
+        return f"{SOCKETS_DIR}/{self.host_socket.name}"
+
+
+def sandboxes_root(data_dir: Path) -> Path:
+    return data_dir / "sandboxes"
+
+
+def jobs_socket(data_dir: Path) -> socket.socket:
+    """The Unix socket keephub serves its API on for jobs (`SandboxLayout.hub_socket`), bound and open to
+    every uid: only sandboxes are given a path to it."""
+    path = sandboxes_root(data_dir) / "run" / "hub.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    path.chmod(0o666)
+    return listener
+
+
+@dataclass(frozen=True)
 class SandboxLayout:
-    """Host paths the sandbox exposes read-only, and the shared writable uv cache."""
+    """Host paths the sandbox exposes read-only, and where job-writable directories live on the host
+    (`root`: workspaces, uv caches, the sockets; inside the data directory, reachable by keephub alone)."""
 
     readonly: tuple[Path, ...]
-    tools_dir: Path
-    uv_cache: Path
     python: Path
+    root: Path
+    uid_base: int | None
 
     @classmethod
-    def for_this_host(cls, jobs_dir: Path) -> "SandboxLayout":
+    def for_this_host(cls, data_dir: Path, uid_base: int) -> "SandboxLayout":
         venv = Path(sys.prefix)
         paths = {Path(sys.base_prefix).resolve(), venv.resolve(), Path(keephub.__file__).resolve().parents[1]}
-        tools_dir = jobs_dir / "bin"
-        tools_dir.mkdir(parents=True, exist_ok=True)
-        shim = tools_dir / "uv"
-        # The shim runs as a file, not `-m keephub.jobs.uvshim`: that would import the keephub.jobs package,
-        # and with it the whole server stack (~0.8 s on every uv job). -P keeps this directory, whose
-        # secrets.py and logs.py would shadow the standard library's, off the shim's sys.path.
-        uvshim = Path(__file__).resolve().with_name("uvshim.py")
-        shim.write_text(f"#!/bin/sh\nexec {venv / 'bin' / 'python'} -P {uvshim} \"$@\"\n")
-        shim.chmod(0o755)
-        uv_cache = jobs_dir / "uv-cache"
-        uv_cache.mkdir(parents=True, exist_ok=True)
-        return cls(readonly=tuple(sorted(paths)), tools_dir=tools_dir, uv_cache=uv_cache, python=venv / "bin" / "python")
+        layout = cls(readonly=tuple(sorted(paths)), python=venv / "bin" / "python",
+                     root=sandboxes_root(data_dir).resolve(), uid_base=uid_base if os.geteuid() == 0 else None)
+        for directory in (layout.root, layout.workspaces, layout.uv_caches, layout.sockets):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return layout
 
-    def uv_cache_for(self, owner: str) -> Path:
-        """One uv cache per job owner: a shared writable cache would let one user plant code in another's jobs."""
-        path = self.uv_cache / owner
-        path.mkdir(exist_ok=True)
+    @property
+    def workspaces(self) -> Path:
+        return self.root / "workspaces"
+
+    @property
+    def uv_caches(self) -> Path:
+        return self.root / "uv-cache"
+
+    @property
+    def sockets(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def hub_socket(self) -> Path:
+        return self.sockets / "hub.sock"
+
+    @property
+    def egress_socket(self) -> Path:
+        return self.sockets / "egress.sock"
+
+    def user_for(self, account_id: int) -> JobUser | None:
+        if self.uid_base is None:
+            return None
+        uid = self.uid_base + account_id
+        return JobUser(uid, uid)
+
+    def job_dir(self, path: Path, user: JobUser | None) -> Path:
+        """A directory only the job's uid may enter (mode 0700, owned by it)."""
+        path.mkdir(mode=0o700, exist_ok=True)
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
         return path
+
+    def uv_cache_for(self, owner: str, user: JobUser | None) -> Path:
+        """One uv cache per job owner: a shared writable cache would let one user plant code in another's jobs."""
+        return self.job_dir(self.uv_caches / owner, user)
 
     def check_isolated_from(self, data_dir: Path) -> None:
         data = data_dir.resolve()
@@ -71,50 +172,61 @@ class SandboxLayout:
                 )
 
 
-JOB_UID = 65534
-# The parts of /etc programs need (TLS roots, name resolution, users, the loader cache, locale, alternatives),
-# not all of it: a keephub config file in /etc may hold the signing key or a database password.
-ETC_ENTRIES = ("alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "resolv.conf", "hosts",
-               "host.conf", "gai.conf", "nsswitch.conf", "passwd", "group", "ld.so.cache", "ld.so.conf",
-               "ld.so.conf.d", "localtime", "timezone", "mime.types", "protocols", "services", "os-release",
-               "debian_version", "magic", "magic.mime", "pki")
-_NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything one attempt's sandbox is built from."""
+
+    workspace: Path
+    uv_cache: Path
+    command: list[str]
+    env: dict[str, str]
+    gpus: list[str]
+    cpus: list[int]
+    limits: Limits
+    user: JobUser | None
+    routes: tuple[Route, ...]
+    hosts: tuple[str, ...]
 
 
-def bwrap_argv(layout: SandboxLayout, workspace: Path, command: list[str], owner: str,
-               gpus: list[str], memory_bytes: int) -> list[str]:
-    """The bwrap command line. It carries no job data: the job's environment arrives through `--args FD`.
+def bwrap_argv(layout: SandboxLayout, spec: SandboxSpec, data_fds: dict[str, int],
+               source: Callable[[Path], Path]) -> list[str]:
+    """The bwrap command line: keephub's own paths and numbers only, no value a user sent.
 
-    /tmp and /run are RAM-backed, so each is capped at the job's memory limit (files there do not count
-    towards the resident memory the scheduler watches)."""
+    / is read-only; RAM-backed /tmp and /dev/shm are capped at the memory limit (the scheduler counts what
+    they hold against it); `data_fds` are pipes holding /etc/hosts and the uv shim; `source` says where
+    bwrap finds each host path (see `staged_sources`)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+    memory = spec.limits.memory_bytes
     argv = [
-        bwrap, "--clearenv", "--args", "{args_fd}",
-        "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_UID), "--cap-drop", "ALL",
-        "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        bwrap, "--clearenv",
+        "--unshare-user", "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--disable-userns",
+        "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        *([] if not spec.routes else ["--unshare-net"]),
         "--hostname", "keephub-job",
         "--ro-bind", "/usr", "/usr", "--dir", "/etc",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--proc", "/proc", "--dev", "/dev",
-        "--size", str(memory_bytes), "--tmpfs", "/tmp", "--size", str(memory_bytes), "--tmpfs", "/run",
+        "--size", str(memory), "--tmpfs", "/tmp", "--size", str(max(memory // 2, 1)), "--tmpfs", "/dev/shm",
+        "--perms", "0644", "--ro-bind-data", str(data_fds["hosts"]), "/etc/hosts",
     ]
     for entry in ETC_ENTRIES:
         argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
-    for device in [f"/dev/nvidia{gpu}" for gpu in gpus] + list(_NVIDIA_SHARED if gpus else ()):
+    for device in [f"/dev/nvidia{gpu}" for gpu in spec.gpus] + list(_NVIDIA_SHARED if spec.gpus else ()):
         argv += ["--dev-bind-try", device, device]
     for path in layout.readonly:
-        argv += ["--ro-bind", str(path), str(path)]
-    argv += [
-        "--ro-bind", str(layout.tools_dir), TOOLS_DIR,
-        "--bind", str(layout.uv_cache_for(owner)), UV_CACHE,
-        "--bind", str(workspace), WORKSPACE,
-        "--chdir", WORKSPACE,
-        "--",
-    ]
-    return argv + command
+        argv += ["--ro-bind", str(source(path)), str(path)]
+    argv += ["--perms", "0755", "--ro-bind-data", str(data_fds["uv"]), f"{TOOLS_DIR}/uv",
+             "--bind", str(source(spec.uv_cache)), UV_CACHE,
+             "--bind", str(source(spec.workspace)), WORKSPACE]
+    for route in spec.routes:
+        argv += ["--bind", str(source(route.host_socket)), route.inside_socket]
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKSPACE,
+             "--", str(layout.python), "-I", "-S", str(SANDBOX_INIT)]
+    return argv
 
 
 def sandbox_env(layout: SandboxLayout, defaults: dict[str, str], user_values: dict[str, str],
@@ -133,38 +245,102 @@ def sandbox_env(layout: SandboxLayout, defaults: dict[str, str], user_values: di
     return {**base, **user_values, "UV_CACHE_DIR": UV_CACHE, "KEEPHUB_JOB_PYTHON": str(layout.python), **enforced}
 
 
-async def start(argv: list[str], env: dict[str, str], cpus: list[int]) -> asyncio.subprocess.Process:
-    """Start the sandbox in its own session, pinned to `cpus`, with stdout and stderr merged.
+def uv_shim(layout: SandboxLayout) -> bytes:
+    # The shim runs as a file, not `-m keephub.jobs.uvshim`: that would import the keephub.jobs package, and
+    # with it the whole server stack (~0.8 s on every uv job). -P keeps this directory, whose secrets.py and
+    # logs.py would shadow the standard library's, off the shim's sys.path.
+    uvshim = Path(__file__).resolve().with_name("uvshim.py")
+    return f"#!/bin/sh\nexec {layout.python} -P {uvshim} \"$@\"\n".encode()
 
-    bwrap itself runs with an empty environment (a job's LD_PRELOAD must never reach a host process);
-    the job's variables, secrets included, go to bwrap as `--setenv` arguments over a pipe, so they appear
-    neither in bwrap's environment nor on any command line.
-    """
+
+def hosts_file(names: tuple[str, ...]) -> bytes:
+    return f"127.0.0.1\tlocalhost keephub-job {' '.join(names)}\n::1\tlocalhost ip6-localhost\n".encode()
+
+
+_CLONE_NEWNS, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
+
+
+def staged_sources(layout: SandboxLayout, spec: SandboxSpec) -> dict[Path, Path]:
+    """Each host path the sandbox is built from, and the path under STAGE where bwrap finds it."""
+    paths = [*layout.readonly, spec.uv_cache, spec.workspace, *(route.host_socket for route in spec.routes)]
+    return {path: Path(STAGE) / str(index) for index, path in enumerate(paths)}
+
+
+def _mount_stage(sources: dict[Path, Path]) -> None:
+    """In the child about to become bwrap, still root: a private mount namespace with a fresh tmpfs on STAGE,
+    where each source is bind-mounted (through an fd opened before, since the tmpfs may cover it). The
+    host's mounts are not touched."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            raise OSError(ctypes.get_errno(), f"cannot {what} for the sandbox")
+
+    check(libc.unshare(_CLONE_NEWNS), "make a private mount namespace")
+    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
+    fds = {path: os.open(path, os.O_PATH) for path in sources}
+    check(libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", 0, b"mode=0755,size=1m"), f"mount a tmpfs on {STAGE}")
+    for path, mount_point in sources.items():
+        if path.is_dir():
+            mount_point.mkdir()
+        else:
+            mount_point.touch()
+        check(libc.mount(f"/proc/self/fd/{fds[path]}".encode(), bytes(mount_point), None, _MS_BIND | _MS_REC, None),
+              f"bind {path}")
+        os.close(fds[path])
+
+
+def _data_pipe(content: bytes) -> int:
+    """A pipe's read end already holding `content` (small: it fits the pipe buffer)."""
     read_end, write_end = os.pipe()
-    payload = b"".join(b"--setenv\0" + k.encode() + b"\0" + v.encode() + b"\0" for k, v in env.items())
+    try:
+        os.write(write_end, content)
+    finally:
+        os.close(write_end)
+    return read_end
 
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
 
+async def start(layout: SandboxLayout, spec: SandboxSpec) -> asyncio.subprocess.Process:
+    """Start the sandbox in its own session, as the job's uid, pinned to its cores, with stdout and stderr
+    merged; the command, environment and routes go to the sandbox's first process over stdin.
+
+    bwrap runs with an empty environment (a job's LD_PRELOAD must never reach a host process)."""
+    fds = {"hosts": _data_pipe(hosts_file(spec.hosts)), "uv": _data_pipe(uv_shim(layout))}
+    payload = json.dumps({
+        "command": spec.command, "env": spec.env, "cwd": WORKSPACE,
+        "routes": [{"host": r.host, "port": r.port, "socket": r.inside_socket} for r in spec.routes],
+    }).encode()
+    limits = spec.limits
+    sources = staged_sources(layout, spec) if spec.user is not None else {}
+
+    def confine() -> None:
+        if spec.cpus:
+            os.sched_setaffinity(0, spec.cpus)
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.disk_bytes, limits.disk_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if spec.user is not None:
+            _mount_stage(sources)
+            os.setgroups([])
+            os.setgid(spec.user.gid)
+            os.setuid(spec.user.uid)
     try:
         process = await asyncio.create_subprocess_exec(
-            *[str(read_end) if a == "{args_fd}" else a for a in argv], env={}, pass_fds=(read_end,),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=pin,
+            *bwrap_argv(layout, spec, fds, lambda path: sources.get(path, path)), env={}, pass_fds=tuple(fds.values()),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=confine,
         )
     finally:
-        os.close(read_end)
-    await asyncio.to_thread(_write_all, write_end, payload)
-    return process
-
-
-def _write_all(fd: int, payload: bytes) -> None:
+        for fd in fds.values():
+            os.close(fd)
+    assert process.stdin is not None
     try:
-        with os.fdopen(fd, "wb") as pipe:
-            pipe.write(payload)
-    except BrokenPipeError:
-        pass
+        process.stdin.write(payload)
+        await process.stdin.drain()
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass  # the sandbox ended before reading its spec; its output says why
+    return process
 
 
 def _descendants(pid: int) -> list[int]:
@@ -174,10 +350,10 @@ def _descendants(pid: int) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
+                stat_line = fh.read()
         except OSError:
             continue
-        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        parent = int(stat_line[stat_line.rindex(b")") + 2 :].split()[1])
         children.setdefault(parent, []).append(int(entry))
     found, frontier = [], [pid]
     while frontier:
@@ -187,16 +363,100 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def resident_bytes(process: asyncio.subprocess.Process) -> int:
-    """Resident memory of every process in the sandbox (shared pages counted once per process: conservative)."""
+@dataclass(frozen=True)
+class Usage:
+    memory_bytes: int
+    tasks: int
+
+
+def _status_fields(pid: int) -> dict[str, int]:
+    wanted = {"RssAnon:", "RssFile:", "Threads:"}
+    values = {}
+    with open(f"/proc/{pid}/status", "rb") as fh:
+        for line in fh:
+            parts = line.split()
+            if parts and parts[0].decode() in wanted:
+                values[parts[0].decode()] = int(parts[1])
+    return values
+
+
+def _memfd_bytes(pid: int, seen: set[tuple[int, int]]) -> int:
+    """Bytes held by memfds the process has open and has not counted yet (memfds are in no mount)."""
     total = 0
-    for pid in _descendants(process.pid):
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
         try:
-            with open(f"/proc/{pid}/statm", "rb") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            if not os.readlink(f"{fd_dir}/{fd}").startswith("/memfd:"):
+                continue
+            info = os.stat(f"{fd_dir}/{fd}")
+        except OSError:
             continue
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
     return total
+
+
+def _ram_mounts_bytes(pid: int) -> int:
+    """Bytes stored in the sandbox's RAM-backed mounts, seen through one of its processes."""
+    total = 0
+    for mount in ("tmp", "dev/shm", "dev"):
+        try:
+            info = os.statvfs(f"/proc/{pid}/root/{mount}")
+        except OSError:
+            continue
+        total += (info.f_blocks - info.f_bfree) * info.f_frsize
+    return total
+
+
+def usage(process: asyncio.subprocess.Process) -> Usage:
+    """Memory and tasks of everything in the sandbox: resident memory of its processes (shared pages counted
+    once per process: conservative), files in its /tmp and /dev/shm, and its memfds; threads count as tasks."""
+    pids = _descendants(process.pid)
+    memory, tasks, seen = 0, 0, set()
+    for pid in pids:
+        try:
+            fields = _status_fields(pid)
+            memory += (fields.get("RssAnon:", 0) + fields.get("RssFile:", 0)) * 1024
+            tasks += fields.get("Threads:", 1)
+            memory += _memfd_bytes(pid, seen)
+        except (OSError, ValueError):
+            continue
+    if pids:
+        memory += _ram_mounts_bytes(pids[-1])
+    return Usage(memory, tasks)
+
+
+def disk_bytes(paths: list[Path]) -> int:
+    """Space the files under `paths` take on disk (hard links counted once)."""
+    total, seen = 0, set()
+    for root in paths:
+        for directory, _, files in os.walk(root):
+            for name in files:
+                try:
+                    info = os.lstat(os.path.join(directory, name))
+                except OSError:
+                    continue
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+    return total
+
+
+def strip_setid_bits(root: Path) -> int:
+    """Clear setuid/setgid bits a job left on files under `root`; returns how many files had them."""
+    stripped = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                    stripped += 1
+            except OSError:
+                continue
+    return stripped
 
 
 def terminate_sandbox(process: asyncio.subprocess.Process) -> None:
