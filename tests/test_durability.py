@@ -350,7 +350,7 @@ def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:
     api.wait_for_job(job_id=job.id, namespace=name, timeout=60)
     record = record_of(api, name, job.id)["durability"]
     claimed = [p for p in record["pushes"] if p["label"] == "checkpoint-99"]
-    assert claimed and claimed[0]["verified"] is False, "a commit the hub never recorded is not 'verified'"
+    assert claimed == [], "what the script prints is log text, never a record (records come over the sidecar's channel)"
     assert record["verdict"]["status"] != "saved" or "checkpoint-99" not in record["verdict"]["message"]
 
 

@@ -4,40 +4,73 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from keephub.durability.sidecar import RECORD_PREFIX
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, JobRecordEntry, Repo, RepoCommit
+from keephub.wire import BadRequest, Conflict, HubError
 
 KINDS = ("push", "push-failed", "resume", "verdict")
 MAX_RECORD_BYTES = 256 * 1024
+# Records (and their bytes) an attempt may store besides its one verdict, which always fits: a job that
+# reports without end must not fill the database or slow other users' commits.
+MAX_RECORDS_PER_ATTEMPT = 1000
+MAX_RECORD_BYTES_PER_ATTEMPT = 8 * 1024 * 1024
 
 
-def split_record(line: str) -> tuple[str, str | None]:
-    """(log text, record payload or None): a record may follow text the training process left on the line."""
-    index = line.find(RECORD_PREFIX)
-    if index < 0:
-        return line, None
-    return line[:index], line[index + len(RECORD_PREFIX):]
+class TooManyRecords(HubError):
+    status_code = 429
 
 
-def parse(payload: str) -> dict:
-    """A record as the sidecar writes it, or a `malformed` one: job output must never break the record."""
-    try:
-        data = json.loads(payload[:MAX_RECORD_BYTES])
-    except (ValueError, RecursionError):
-        data = None
+def check(data: object) -> None:
+    """Refuse (400) what is not a record the summary can show: a JSON object of a known kind, all text UTF-8."""
     if not isinstance(data, dict) or data.get("kind") not in KINDS:
-        return {"kind": "malformed", "raw": payload[:2000]}
-    return data
+        raise BadRequest(f"a durability record is a JSON object whose 'kind' is one of {', '.join(KINDS)}")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the record holds text that is not valid UTF-8 (a lone surrogate); send UTF-8 text") from None
 
 
-def store(db: Database, job_id: str, attempt: int, payload: str) -> None:
-    data = parse(payload)
-    kind = data["kind"]
+def add(session: Session, job_id: str, attempt: int, data: dict) -> int:
+    """Store one checked record within the caller's transaction; returns how many more records fit."""
+    stored = json.dumps(data)
+    if data["kind"] == "verdict":
+        reported = session.execute(select(JobRecordEntry.id).where(
+            JobRecordEntry.job_id == job_id, JobRecordEntry.attempt == attempt, JobRecordEntry.kind == "verdict")
+        ).first()
+        if reported is not None:
+            raise Conflict(f"attempt {attempt} of job {job_id} already reported its verdict; an attempt has one")
+        session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind="verdict", data_json=stored))
+        return 0
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(func.length(JobRecordEntry.data_json)), 0))
+        .where(JobRecordEntry.job_id == job_id, JobRecordEntry.attempt == attempt, JobRecordEntry.kind != "verdict")
+    ).one()
+    if count >= MAX_RECORDS_PER_ATTEMPT:
+        raise TooManyRecords(f"attempt {attempt} of job {job_id} has reported {MAX_RECORDS_PER_ATTEMPT} records, "
+                             "the most an attempt may; only its verdict is still taken")
+    if size + len(stored) > MAX_RECORD_BYTES_PER_ATTEMPT:
+        raise TooManyRecords(f"attempt {attempt} of job {job_id} has reported {size:,} bytes of records; this one "
+                             f"would pass the {MAX_RECORD_BYTES_PER_ATTEMPT:,} bytes an attempt may store, so only "
+                             "its verdict is still taken")
+    session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind=data["kind"], data_json=stored))
+    return MAX_RECORDS_PER_ATTEMPT - count - 1
+
+
+def add_missing_verdict(db: Database, job_id: str, attempt: int) -> None:
+    """When an attempt of a guarded job ends without the sidecar's verdict, keephub records why it has none,
+    so the job's record never reads as if everything was reported."""
     with db.write() as session:
-        session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind=kind, data_json=json.dumps(data)))
+        reported = session.execute(select(JobRecordEntry.id).where(
+            JobRecordEntry.job_id == job_id, JobRecordEntry.attempt == attempt, JobRecordEntry.kind == "verdict")
+        ).first()
+        if reported is None:
+            reason = (f"the durability sidecar of attempt {attempt} reported no verdict: it was stopped before it "
+                      "could, or could not reach keephub at HF_ENDPOINT; see the job's log")
+            session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind="verdict", data_json=json.dumps(
+                {"kind": "verdict", "status": "not-saved", "reason": reason, "source": "keephub"})))
 
 
 def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -> dict | None:

@@ -15,7 +15,10 @@
   rescue branch otherwise.
 - Rescue: when CMD fails or the sandbox is told to stop (timeout, cancel), whatever is not yet on the hub is
   pushed to `rescue/<job-id>`, never to main.
-Every push is reported on stdout as a `keephub-durability {json}` line, which the scheduler records.
+Every push, resume and the verdict is sent to keephub as a durability record over the agent contract
+(keephub.jobs.agent_api): an HTTP POST to HF_ENDPOINT with the attempt's own credential, which the scheduler
+leaves in a file this process reads and deletes before the training starts. What the training prints is only
+log text, so it cannot forge a record.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +46,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd
 
-RECORD_PREFIX = "keephub-durability "
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCAN_SECONDS = 0.1
 # Checkpoints queued behind a push in flight (or waiting out an outage) join one commit while together they
@@ -68,9 +72,137 @@ def say(message: str) -> None:
     _emit_line(f"[keephub] {message}")
 
 
+# A record that keephub could not be reached for is retried with backoff up to this many seconds apart.
+RECORD_RETRY_MAX_SECONDS = 30.0
+# Once the training has ended, records not yet sent get this long at most (less after a stop request: the
+# grace period) before the sidecar exits without them; keephub's record then says the verdict never came.
+RECORD_FLUSH_SECONDS = 120.0
+RECORD_TIMEOUT_SECONDS = 20.0
+
+
+class RecordChannel:
+    """Sends durability records to keephub in order, from a thread of its own, so training never waits.
+
+    While keephub is unreachable (or answers 5xx) a record is retried with backoff. A refusal is final and is
+    said once in the log: 401/403 (the credential is not valid: no more records are sent), 429 (the attempt's
+    quota is spent: only the verdict is still sent), 400/409/413 (that record is dropped).
+    """
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self.credential: str | None = None
+        self.unavailable: str | None = "the sidecar was started without an agent credential"
+        self.told_unavailable = False
+        self.capped = False
+        self.queue: queue.Queue[dict | None] = queue.Queue()
+        self.give_up = threading.Event()
+        self.last_error = ""
+        self.thread: threading.Thread | None = None
+
+    def open(self, endpoint: str, job_id: str, attempt: int, credential_file: Path, job_cores: set[int]) -> None:
+        """Read the attempt's credential and delete its file, before the training script can see it."""
+        try:
+            credential = credential_file.read_text().strip()
+            credential_file.unlink()
+        except OSError as exc:
+            self.unavailable = f"its agent credential could not be read ({exc})"
+            return
+        if not endpoint:
+            self.unavailable = "HF_ENDPOINT is not set"
+            return
+        self.url = f"{endpoint.rstrip('/')}/api/agent/v1/jobs/{job_id}/attempts/{attempt}/records"
+        self.credential = credential
+        self.unavailable = None
+        self.thread = threading.Thread(target=self._run, args=(job_cores,), daemon=True)
+        self.thread.start()
+
+    def send(self, record: dict) -> None:
+        if self.unavailable is not None:
+            if not self.told_unavailable:
+                self.told_unavailable = True
+                say(f"⚠️ durability records are not sent to keephub: {self.unavailable}")
+            return
+        self.queue.put(record)
+
+    def drain(self, stop: threading.Event, grace: float, not_after: float | None) -> None:
+        """Wait for the records queued so far: RECORD_FLUSH_SECONDS at most, and after a stop request no later
+        than the pushes' own deadline `not_after` (or `grace` from now), so the sandbox is never killed first."""
+        if self.thread is None:
+            return
+        self.queue.put(None)
+        deadline = min(time.time() + RECORD_FLUSH_SECONDS, not_after or float("inf"))
+        stopped = False
+        while self.thread.is_alive() and time.time() < deadline:
+            if stop.is_set() and not stopped:
+                stopped, deadline = True, min(deadline, time.time() + grace)
+            self.thread.join(0.2)
+        if self.thread.is_alive():
+            self.give_up.set()
+            say(f"❌ durability records could not all be sent to keephub ({self.last_error}); the job's record "
+                "will say that its verdict did not arrive")
+
+    def _run(self, job_cores: set[int]) -> None:
+        keep_off(job_cores)
+        while (record := self.queue.get()) is not None:
+            if self.unavailable is None and not (self.capped and record["kind"] != "verdict"):
+                self._deliver(record)
+
+    def _deliver(self, record: dict) -> None:
+        assert self.url is not None
+        body = json.dumps(record).encode()
+        delay = 1.0
+        while not self.give_up.is_set():
+            request = urllib.request.Request(self.url, data=body, method="POST", headers={
+                "authorization": f"Bearer {self.credential}", "content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=RECORD_TIMEOUT_SECONDS):
+                    return
+            except urllib.error.HTTPError as exc:
+                status, message = exc.code, _error_message(exc)
+            except (OSError, ValueError) as exc:  # URLError, a refused or dropped connection, a timeout
+                status, message = 0, f"keephub was unreachable at {self.url.split('/api/')[0]}: {exc}"
+            if status in (401, 403):
+                self.unavailable = f"keephub refused the attempt's credential ({message})"
+                say(f"❌ durability records: {self.unavailable}; no more are sent")
+                return
+            if status == 429:
+                self.capped = True
+                say(f"⚠️ durability records: {message}; later pushes still happen but are not recorded")
+                return
+            if 400 <= status < 500:
+                say(f"⚠️ keephub refused a {record['kind']} record: {message}")
+                return
+            self.last_error = message if status == 0 else f"HTTP {status}: {message}"
+            self.give_up.wait(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    """keephub's message for a refusal (its JSON `error`), else the status line."""
+    try:
+        return str(json.loads(error.read(64 * 1024))["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"HTTP {error.code} {error.reason}"
+
+
+RECORDS = RecordChannel()
+
+
 def record(kind: str, **fields: object) -> None:
-    """One record line for the scheduler."""
-    _emit_line(RECORD_PREFIX + json.dumps({"kind": kind, "time": time.time(), **fields}))
+    """One durability record, sent to keephub in the background."""
+    RECORDS.send({"kind": kind, "time": time.time(), **fields})
+
+
+def stay_unreadable() -> None:
+    """Make this process non-dumpable: the training script runs as the same uid, and could otherwise read
+    the agent credential from this process's memory (/proc/PID/mem). Its own children are unaffected."""
+    import ctypes
+
+    pr_set_dumpable = 4
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to protect against here
+        pass
 
 
 @dataclass
@@ -530,9 +662,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the script does not push to the hub itself: upload the top-level files' content as "
                              "soon as save_model() has written them, and commit without first looking for the "
                              "script's own pushes")
+    parser.add_argument("--agent-credential-file", type=Path,
+                        help="where keephub left the attempt's agent credential; read, then deleted")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    stay_unreadable()
+    job_cores = os.sched_getaffinity(0)
+    if args.agent_credential_file is not None:
+        RECORDS.open(os.environ.get("HF_ENDPOINT", ""), args.job_id, args.attempt, args.agent_credential_file,
+                     job_cores)
     output_dir = args.output_dir if args.output_dir.is_absolute() else Path.cwd() / args.output_dir
     staging = Path(os.environ.get("HOME", "/tmp")) / ".keephub" / "staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -547,7 +686,6 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # A retried attempt may find its predecessor's pushes on the hub: those are looked for on every try.
-    job_cores = os.sched_getaffinity(0)
     pusher = Pusher(args.repo, args.job_id, job_cores, sole_pusher=args.sole_pusher and args.attempt == 1)
     try:
         pusher.api.create_repo(args.repo, exist_ok=True)
@@ -598,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing",
                training_ended=training_ended)
+    RECORDS.drain(stop, args.grace, pusher.stop_retrying_at)
     if code is None:
         return 1
     return 128 - code if code < 0 else code

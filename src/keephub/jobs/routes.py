@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import AsyncIterator
 
 from starlette.requests import Request
@@ -11,6 +10,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from keephub.hub.routes import actor_of, call, read_json
+from keephub.jobs import agent_api
 from keephub.jobs.logs import LogCursor
 from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.scheduler import Scheduler
@@ -62,7 +62,12 @@ async def cancel(request: Request) -> JSONResponse:
 
 
 async def logs(request: Request) -> StreamingResponse:
-    """Server-sent events, one per log line; the stream stays open until the job ends (follow)."""
+    """Server-sent events, one per log line; the stream stays open until the job ends (follow).
+
+    Memory stays bounded whatever the log's size: a tail is found by reading backwards from the end, the
+    log is sent a page at a time, and the next page is read only once the client has taken the last one
+    (uvicorn holds a send while the socket's buffer is full), so a slow client never makes keephub read ahead.
+    """
     actor = await actor_of(request)
     namespace, job_id = request.path_params["namespace"], request.path_params["job_id"]
     service = jobs_of(request)
@@ -72,24 +77,22 @@ async def logs(request: Request) -> StreamingResponse:
         raise BadRequest("'tail' must be a non-negative number of lines")
     cursor = LogCursor(service.jobs_dir, job_id)
 
-    async def stream() -> AsyncIterator[str]:
-        backlog = await asyncio.to_thread(cursor.read_new)
+    async def stream() -> AsyncIterator[bytes]:
         if tail is not None:
-            backlog = backlog[-int(tail):] if int(tail) else []
-        for event in backlog:
-            yield f"data: {json.dumps(event)}\n\n"
+            await asyncio.to_thread(cursor.seek_tail, int(tail))
         quiet = 0.0
         while True:
             finished = (await call(service.load, namespace, job_id)).job.stage in TERMINAL
-            events = await asyncio.to_thread(cursor.read_new)
-            for event in events:
-                yield f"data: {json.dumps(event)}\n\n"
+            sent = False
+            while page := await asyncio.to_thread(cursor.read_page):
+                sent = True
+                yield b"".join(b"data: " + event + b"\n\n" for event in page)
             if finished:
                 return
-            quiet = 0.0 if events else quiet + POLL_SECONDS
+            quiet = 0.0 if sent else quiet + POLL_SECONDS
             if quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0
-                yield ": keep-alive\n\n"
+                yield b": keep-alive\n\n"
             await asyncio.sleep(POLL_SECONDS)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -156,4 +159,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/jobs/{namespace}/{job_id}", job_info, methods=["GET"]),
         Route("/api/jobs/{namespace}/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/api/jobs/{namespace}/{job_id}/logs", logs, methods=["GET"]),
+        *agent_api.routes(),
     ]

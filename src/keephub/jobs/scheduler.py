@@ -16,12 +16,13 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 
 from keephub.config import Settings
 from keephub.durability import record as durability_record
-from keephub.jobs import sandbox
+from keephub.jobs import agent_api, sandbox
 from keephub.jobs.logs import LogWriter, attempt_log, timestamp
 from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.secrets import Redactor
@@ -184,17 +185,19 @@ class Scheduler:
         redact = Redactor(list(secrets.values()))
         workspace = self.jobs_dir / "workspaces" / f"{job_id}-{number}"
         workspace.mkdir(parents=True, mode=0o700)
-        writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
+        writer = LogWriter(attempt_log(self.jobs_dir, job_id, number), self.settings.job_log_max_bytes)
         try:
             if number == 1:
-                writer.write(f"===== Job started at {timestamp()} =====")
+                writer.note(f"===== Job started at {timestamp()} =====")
                 for note in spec.get("preflightNotes", []):
-                    writer.write(note)
+                    writer.note(note)
             else:
-                writer.write(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
+                writer.note(f"===== Attempt {number} of {job.max_attempts}: starting in a fresh sandbox =====")
             deadline = await asyncio.to_thread(self._mark_running, job_id, number)
             if deadline is None:
                 return Outcome("CANCELED", f"canceled by {await asyncio.to_thread(self._canceller, job_id)}")
+            if spec.get("durability"):
+                await asyncio.to_thread(self._open_record_channel, job_id, number, workspace)
             env = sandbox.sandbox_env(
                 self.layout,
                 {"HF_ENDPOINT": self.settings.base_url,
@@ -210,38 +213,41 @@ class Scheduler:
                 process = await sandbox.start(argv, env, allocation.cpus)
             except (sandbox.SandboxUnavailable, OSError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
-                writer.write(f"keephub: {outcome.message}")
+                writer.note(f"keephub: {outcome.message}")
                 await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
                 return outcome
-            def emit(line: str) -> None:
-                text, payload = durability_record.split_record(line)
-                if text.strip() or payload is None:
-                    writer.write(redact(text))
-                if payload is not None:
-                    records.put_nowait(redact(payload))
-
-            records: asyncio.Queue[str] = asyncio.Queue()
-            recorder = asyncio.create_task(self._store_records(records, job_id, number))
-
-            pump = asyncio.create_task(sandbox.pump_output(process, emit))
+            pump = asyncio.create_task(sandbox.pump_output(process, lambda line: writer.write(redact(line))))
             outcome = await self._supervise(process, handle, deadline, job)
             try:
                 await asyncio.wait_for(pump, 10)
             except TimeoutError:
                 pump.cancel()
-            await records.put(None)  # type: ignore[arg-type]
-            await recorder
-            writer.write(f"===== {outcome.message} =====")
+            if spec.get("durability"):
+                await asyncio.to_thread(self._close_record_channel, job_id, number)
+            writer.end_output()
+            writer.note(f"===== {outcome.message} =====")
             await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
             return outcome
         finally:
             writer.close()
             shutil.rmtree(workspace, ignore_errors=True)
 
-    async def _store_records(self, records: "asyncio.Queue[str]", job_id: str, number: int) -> None:
-        """Save the sidecar's records off the event loop, in order, until the attempt's output ends."""
-        while (payload := await records.get()) is not None:
-            await asyncio.to_thread(durability_record.store, self.db, job_id, number, payload)
+    def _open_record_channel(self, job_id: str, number: int, workspace: Path) -> None:
+        """Make the attempt's agent credential and leave it for the sidecar in the private workspace (mode
+        600), never on a command line or in the environment: the sidecar reads and deletes the file before
+        the training script starts."""
+        credential = agent_api.issue_credential(self.db, job_id, number)
+        owner = workspace.stat()
+        fd = os.open(workspace / agent_api.CREDENTIAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            if owner.st_uid != os.geteuid():  # the job runs as a uid of its own, which owns its workspace
+                os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
+            fh.write(credential)
+
+    def _close_record_channel(self, job_id: str, number: int) -> None:
+        """Once the sandbox has ended: revoke the credential, and say so if no verdict came."""
+        agent_api.revoke_credential(self.db, job_id, number)
+        durability_record.add_missing_verdict(self.db, job_id, number)
 
     def _with_sidecar(self, spec: dict, job_id: str, number: int) -> list[str]:
         """Wrap the user's command in the durability sidecar when keephub guards this job's results."""
@@ -250,7 +256,8 @@ class Scheduler:
             return spec["command"]
         wrapper = [str(self.layout.python), "-m", "keephub.durability.sidecar", "--repo", plan["repo"],
                    "--output-dir", plan["outputDir"], "--job-id", job_id, "--attempt", str(number),
-                   "--grace", str(max(1, self.settings.job_grace_seconds - 5))]
+                   "--grace", str(max(1, self.settings.job_grace_seconds - 5)),
+                   "--agent-credential-file", f"{sandbox.WORKSPACE}/{agent_api.CREDENTIAL_FILE}"]
         if plan.get("resume"):
             wrapper.append("--resume")
         if plan.get("scriptPushes") is False:
@@ -363,7 +370,7 @@ class Scheduler:
             handled.add(job_id)
             mark_interrupted(self.db, job_id, number, reason)
             writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
-            writer.write(f"===== {reason} =====")
+            writer.note(f"===== {reason} =====")
             writer.close()
             shutil.rmtree(self.jobs_dir / "workspaces" / f"{job_id}-{number}", ignore_errors=True)
             if number < max_attempts:

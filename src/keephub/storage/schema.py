@@ -169,6 +169,8 @@ class JobAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(12))  # RUNNING | COMPLETED | ERROR | CANCELED | TIMEOUT
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # sha256 of the credential the attempt's sidecar reports records with; cleared when the attempt ends.
+    agent_credential_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ScheduledJob(Base):

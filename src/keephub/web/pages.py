@@ -12,12 +12,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from keephub.hub.routes import actor_of, call, hub_of
-from keephub.jobs.logs import LogCursor
-from keephub.wire import EntryNotFound
+from keephub.jobs.logs import LogCursor, LogPosition
+from keephub.wire import BadRequest, EntryNotFound
 from keephub.wire.errors import NotFound
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+# A page of the job log: its last lines, but no more bytes than this (lines can be 64 KiB each).
+PAGE_LINES = 500
+PAGE_BYTES = 1024 * 1024
 # The client's own rule for a model card's YAML block (huggingface_hub.repocard.REGEX_YAML_BLOCK).
 _FRONT_MATTER = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 
@@ -104,15 +107,22 @@ def _repo_route(prefix: str, repo_type: str, suffix: str = "") -> Route:
 
 
 async def job_page(request: Request) -> Response:
-    """The page behind the job URL clients print: status, attempts, durability record and the latest log lines."""
+    """The page behind the job URL clients print: status, attempts, durability record and the latest log lines,
+    with older lines a page at a time (`?before=POSITION`), so a huge log costs no more to show than a small one."""
     actor = await actor_of(request)
     namespace, job_id = request.path_params["namespace"], request.path_params["job_id"]
     jobs = request.app.state.jobs
     info = await call(jobs.get, actor, namespace, job_id)
     if _wants_json(request):
         return JSONResponse(info)
-    lines = [event["data"] for event in await call(LogCursor(jobs.jobs_dir, job_id).read_new)][-300:]
-    return templates.TemplateResponse(request, "job.html", {"job": info, "lines": lines})
+    before = request.query_params.get("before")
+    try:
+        position = LogPosition.parse(before) if before is not None else None
+    except ValueError as exc:
+        raise BadRequest(f"{exc}; use the 'Older lines' link of the job page") from None
+    events, older = await call(LogCursor(jobs.jobs_dir, job_id).page_before, position, PAGE_LINES, PAGE_BYTES)
+    return templates.TemplateResponse(request, "job.html", {
+        "job": info, "lines": [event["data"] for event in events], "older": older, "paged": position is not None})
 
 
 def routes() -> list[BaseRoute]:
