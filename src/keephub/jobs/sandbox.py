@@ -410,9 +410,10 @@ def _ram_mounts_bytes(pid: int) -> int:
 
 
 def usage(process: asyncio.subprocess.Process) -> Usage:
-    """Memory and tasks of everything in the sandbox: resident memory of its processes (shared pages counted
-    once per process: conservative), files in its /tmp and /dev/shm, and its memfds; threads count as tasks."""
-    pids = _descendants(process.pid)
+    """Memory and tasks of the sandbox, bwrap included (it counts towards RLIMIT_NPROC): resident memory of its
+    processes (shared pages counted once per process: conservative), files in its /tmp and /dev/shm, and its
+    memfds; threads count as tasks."""
+    pids = [process.pid, *_descendants(process.pid)]
     memory, tasks, seen = 0, 0, set()
     for pid in pids:
         try:
@@ -422,7 +423,7 @@ def usage(process: asyncio.subprocess.Process) -> Usage:
             memory += _memfd_bytes(pid, seen)
         except (OSError, ValueError):
             continue
-    if pids:
+    if len(pids) > 1:
         memory += _ram_mounts_bytes(pids[-1])
     return Usage(memory, tasks)
 
