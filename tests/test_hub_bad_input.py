@@ -574,7 +574,7 @@ def test_tampered_or_expired_upload_urls_are_403(http: httpx.Client, owner: tupl
     # An expired URL, correctly signed with the server's own key, is refused as expired.
     key = (server.data_dir / "signing.key").read_text().strip()
     expired = lfs.UploadGrant(int(query["repo"]), oid, len(data), query["upload"], int(time.time()) - 5,
-                              int(query["rs"]))
+                              int(query["rs"]), int(query["t"]))
     rejected(httpx.put(f"{base}?{lfs.grant_query(Settings(signing_key=key), expired)}", content=data), 403, "expired")
     rejected(repo.commit(ndjson(header(), add_lfs("w.bin", oid, 1000))), 400, "never uploaded")
     assert httpx.put(href, content=data).status_code == 200  # the untouched URL still works

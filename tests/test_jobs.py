@@ -167,13 +167,15 @@ def test_secrets_are_redacted_and_hf_token_is_job_scoped(jobs_server: Server, us
         print('token reversed', token[::-1])
         api = HfApi()
         print('whoami', api.whoami()['name'])
-        api.create_repo({repo!r})
+        api.create_repo({repo!r}, exist_ok=True)
         api.upload_file(path_or_fileobj=b'made in a job', path_in_repo='job.txt', repo_id={repo!r})
     """
     key = "-----BEGIN KEY-----\nQUJDREVGR0hJSktMTU5PUA==\n-----END KEY-----"
-    job = python_job(api, code, secrets={"HF_TOKEN": "$HF_TOKEN", "MY_SECRET": "s3cr3t/value \"42\"", "MY_KEY": key})
+    # The job's token may write only the repo the job is submitted for (its keephub.repo label).
+    job = python_job(api, code, secrets={"HF_TOKEN": "$HF_TOKEN", "MY_SECRET": "s3cr3t/value \"42\"", "MY_KEY": key},
+                     labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
     lines = logs(api, job.id)
-    assert api.wait_for_job(job_id=job.id, timeout=60).status.stage == "COMPLETED", lines
+    assert api.wait_for_job(job_id=job.id, timeout=60).status.stage == "COMPLETED", "\n".join(lines)
     assert "my secret is ***" in lines
     assert 'as json {"k": "***"}' in lines and "in a url ***" in lines and "key line ***" in lines
     assert f"whoami {name}" in lines

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from keephub.accounts import AccountError
@@ -61,12 +63,32 @@ def cmd_org_add_member(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    secret = _accounts(args).create_token(args.user, name=args.name, role=args.role)
+    scopes = [*args.repo, *(f"namespace:{name}" for name in args.namespace)] or None
+    expires_at = datetime.now(timezone.utc) + parse_lifetime(args.expires) if args.expires else None
+    secret = _accounts(args).create_token(args.user, name=args.name, role=args.role, expires_at=expires_at,
+                                          scopes=scopes)
     if args.quiet:
         print(secret)
-    else:
-        print(f"{args.role} token '{args.name}' for {args.user} (shown once, keep it safe):\n{secret}")
+        return 0
+    kind = "fine-grained write" if scopes else args.role
+    print(f"{kind} token '{args.name}' for {args.user} (shown once, keep it safe):\n{secret}")
+    if scopes:
+        print(f"   writes only: {', '.join(scopes)}; reads what {args.user} can read")
+    if expires_at:
+        print(f"   expires: {expires_at.isoformat(timespec='seconds')}")
     return 0
+
+
+_LIFETIME = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+
+
+def parse_lifetime(text: str) -> timedelta:
+    """`--expires` values: a number and a unit, e.g. 90s, 30m, 12h, 30d."""
+    match = _LIFETIME.match(text.strip())
+    if not match:
+        raise AccountError(f"--expires {text!r} is not a lifetime; use a number and a unit: 90s, 30m, 12h or 30d")
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return timedelta(seconds=int(match.group(1)) * seconds)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -145,8 +167,18 @@ def cmd_jobs_inspect(args: argparse.Namespace) -> int:
     for attempt in info["attempts"]:
         print(f"   attempt {attempt['number']}: {attempt['outcome']}"
               + (f" ({attempt['message']})" if attempt["message"] else ""))
+    print(_token_summary(info))
     print(client.durability_summary(info))
     return 0
+
+
+def _token_summary(info: dict) -> str:
+    """The job's own token as a person reads it: what it may write and whether it still works."""
+    token = info.get("token")
+    if not token:
+        return "   token: none (the job was submitted without an HF_TOKEN=$HF_TOKEN secret)"
+    writes = ", ".join(token["scopes"]) if token["role"] == "write" else "nothing (read-only)"
+    return f"   token {token['name']}: writes {writes}; {token['state']}"
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
@@ -186,14 +218,23 @@ def _hub_answers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     api = _jobs_api(args)
     me = api.whoami()
     roles = {me["name"]: "admin", **{org["name"]: org.get("roleInOrg", "read") for org in me.get("orgs", [])}}
-    token_role = me.get("auth", {}).get("accessToken", {}).get("role", "read")
+    access_token = me.get("auth", {}).get("accessToken", {})
+    token_role = access_token.get("role", "read")
+    # A fine-grained token writes only the repos and namespaces whoami lists under fineGrained.scoped.
+    scoped = {(entry["entity"]["type"], entry["entity"]["name"])
+              for entry in access_token.get("fineGrained", {}).get("scoped", [])
+              if "repo.write" in entry.get("permissions", [])}
 
     def can_write(repo: str) -> tuple[bool, str]:
         namespace = repo.split("/")[0]
-        if token_role != "write":
+        if token_role not in ("write", "fineGrained"):
             return False, "your token is read-only; create a write token"
         if roles.get(namespace) not in ("write", "admin"):
             return False, f"user '{me['name']}' has no write access to namespace '{namespace}'"
+        covered = ("model", repo) in scoped or any(kind in ("user", "org") and name == namespace
+                                                  for kind, name in scoped)
+        if token_role == "fineGrained" and not covered:
+            return False, f"your fine-grained token may not write to {repo}; use a token that covers model:{repo}"
         return True, ""
 
     def repo_files(repo: str) -> list[str] | None:
@@ -283,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("user")
     token_create.add_argument("--name", default="default", help="a label for the token")
     token_create.add_argument("--role", default="read", choices=["read", "write"])
+    token_create.add_argument("--repo", action="append", default=[], metavar="TYPE:NAMESPACE/NAME",
+                              help="fine-grained: the token may write only listed repos and namespaces "
+                                   "(model:alice/foo, dataset:alice/d; repeatable); it still reads what the user reads")
+    token_create.add_argument("--namespace", action="append", default=[], metavar="NAME",
+                              help="fine-grained: the token may write every repo of this user or organization and "
+                                   "run jobs there (repeatable)")
+    token_create.add_argument("--expires", metavar="LIFETIME", help="the token stops working after e.g. 30d, 12h")
     token_create.add_argument("--quiet", action="store_true", help="print only the token")
     token_create.set_defaults(func=cmd_token_create)
     gc = commands.add_parser("gc", help="delete Xet storage no commit references (keeps recent uploads)")

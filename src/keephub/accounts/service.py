@@ -1,7 +1,7 @@
-"""Accounts and access: who is calling (`Actor`), and what they may do in a namespace.
+"""Accounts and tokens: who is calling (`Actor`), their roles, and the tokens they act through.
 
 Tokens are random secrets shown once; only their sha256 is stored, so a stolen database does not
-yield working tokens.
+yield working tokens. What an actor may do is decided in one place, `access.authorize`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from keephub.accounts.scopes import Scope, ScopeError, dump_scopes, load_scopes, parse_scope
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Membership, Token
+from keephub.wire import Unauthorized
 
 Role = Literal["read", "write", "admin"]
 ROLES: tuple[str, ...] = ("read", "write", "admin")
 TOKEN_ROLES: tuple[str, ...] = ("read", "write")
 TOKEN_PREFIX = "kh_"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 _RESERVED = {"api", "datasets", "spaces", "models", "new", "settings", "static", "login", "logout", "jobs", "docs"}
 
 
@@ -33,7 +36,10 @@ class AccountError(ValueError):
 
 @dataclass(frozen=True)
 class Actor:
-    """The authenticated caller: a user acting through one token."""
+    """The authenticated caller: a user acting through one token, and what the token narrows.
+
+    `scopes` None: the token may write whatever its user may; a tuple: only what it lists (fine-grained and
+    job tokens). `job_id` marks a job's own token."""
 
     user_id: int
     name: str
@@ -44,41 +50,20 @@ class Actor:
     is_admin: bool = False
     org_roles: dict[str, str] = field(default_factory=dict)
     token_id: int | None = None
+    scopes: tuple[Scope, ...] | None = None
+    job_id: str | None = None
+
+    @property
+    def is_job_token(self) -> bool:
+        return self.job_id is not None
 
     def namespace_role(self, namespace: str) -> str | None:
-        """The caller's role in a namespace, before the token's own limit is applied."""
+        """The user's role in a namespace, before the token's own limit is applied."""
         if namespace == self.name:
             return "admin"
         if self.is_admin:
             return "admin"
         return self.org_roles.get(namespace)
-
-    def can_read_namespace(self, namespace: str) -> bool:
-        return self.namespace_role(namespace) is not None
-
-    def can_write_namespace(self, namespace: str) -> bool:
-        return self.token_role == "write" and self.namespace_role(namespace) in ("write", "admin")
-
-    def can_admin_namespace(self, namespace: str) -> bool:
-        return self.token_role == "write" and self.namespace_role(namespace) == "admin"
-
-    def write_denial(self, namespace: str) -> str:
-        """Why this caller may not write to `namespace`, phrased with the fix."""
-        if self.token_role != "write":
-            return (
-                f"the token '{self.token_name}' is read-only; create a write token "
-                f"(keephub token create {self.name} --role write) and use it"
-            )
-        role = self.namespace_role(namespace)
-        if role is None:
-            return (
-                f"user '{self.name}' has no write access to namespace '{namespace}': push to your own namespace "
-                f"'{self.name}/...' or ask an admin of '{namespace}' to add you with the write role"
-            )
-        return (
-            f"user '{self.name}' has only the '{role}' role in organization '{namespace}'; "
-            f"an admin of '{namespace}' can grant write (keephub org add-member {namespace} {self.name} --role write)"
-        )
 
 
 def validate_account_name(name: str) -> None:
@@ -140,16 +125,57 @@ class Accounts:
                 membership.role = role
 
     def create_token(self, user: str, name: str = "default", role: str = "write",
-                     expires_at: datetime | None = None) -> str:
-        """Create a token and return its secret: the only time the secret exists outside the caller."""
+                     expires_at: datetime | None = None, scopes: list[str] | None = None) -> str:
+        """Create a token and return its secret: the only time the secret exists outside the caller.
+
+        `scopes` makes a fine-grained token: it writes only the listed repos and namespaces."""
         if role not in TOKEN_ROLES:
             raise AccountError(f"unknown token role {role!r}; choose read or write")
+        if scopes is not None and role != "write":
+            raise AccountError("--repo and --namespace list what a write token may write; a read token writes "
+                               "nothing: use --role write, or drop them")
+        if expires_at is not None and _aware(expires_at) <= datetime.now(timezone.utc):
+            raise AccountError("the expiry must be in the future, e.g. --expires 30d")
+        try:
+            parsed = None if scopes is None else [parse_scope(entry) for entry in scopes]
+        except ScopeError as exc:
+            raise AccountError(str(exc))
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.db.write() as session:
             account = self._get(session, user, "user")
+            for scope in parsed or []:
+                if session.execute(select(Account.id).where(Account.name == scope.namespace)).first() is None:
+                    raise AccountError(f"scope {scope}: no user or organization named {scope.namespace!r}")
             session.add(Token(user_id=account.id, name=name, role=role, secret_sha256=hash_secret(secret),
-                              expires_at=expires_at, revoked=False))
+                              expires_at=expires_at, revoked=False, scopes_json=dump_scopes(parsed)))
         return secret
+
+    def create_job_token(self, user: str, job_id: str, writable: list[Scope], expires_at: datetime,
+                         parent_token_id: int | None) -> str:
+        """A job's own token: writes only `writable` (read-only when empty), never manages repos or jobs, and
+        authenticates only while its parent token does and until the job ends."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.db.write() as session:
+            account = self._get(session, user, "user")
+            session.add(Token(user_id=account.id, name=f"job-{job_id}", role="write" if writable else "read",
+                              secret_sha256=hash_secret(secret), expires_at=expires_at, revoked=False,
+                              scopes_json=dump_scopes(writable), is_job_token=True, job_id=job_id,
+                              parent_token_id=parent_token_id))
+        return secret
+
+    def job_token_info(self, job_id: str) -> dict | None:
+        """A job's token as its record shows it: name, what it may write, whether it still works; no secret."""
+        with self.db.read() as session:
+            token = session.execute(select(Token).where(Token.job_id == job_id, Token.is_job_token.is_(True))
+                                    ).scalars().first()
+            if token is None:
+                return None
+            if token.revoked or _refusal(session, token) is None:
+                state = "revoked" if token.revoked else "live"
+            else:
+                state = "expired" if _expired(token) else "revoked"
+        return {"name": token.name, "role": token.role, "scopes": [str(s) for s in load_scopes(token.scopes_json) or ()],
+                "state": state, "expiresAt": _aware(token.expires_at).isoformat() if token.expires_at else None}
 
     @staticmethod
     def token_hash(secret: str) -> str:
@@ -167,29 +193,23 @@ class Accounts:
             token.revoked = True
             return True
 
-    def authenticate(self, secret: str) -> Actor | None:
-        """The actor a token secret stands for, or None when it is unknown, revoked or expired."""
+    def authenticate(self, secret: str) -> Actor:
+        """The actor a token secret stands for; 401 naming why when it is unknown, revoked or expired."""
         with self.db.read() as session:
-            row = session.execute(
-                select(Token, Account).join(Account, Account.id == Token.user_id)
-                .where(Token.secret_sha256 == hash_secret(secret))
-            ).one_or_none()
-            if row is None:
-                return None
-            token, user = row
-            if token.revoked:
-                return None
-            if token.expires_at is not None and _aware(token.expires_at) <= datetime.now(timezone.utc):
-                return None
-            orgs = session.execute(
-                select(Account.name, Membership.role).join(Membership, Membership.org_id == Account.id)
-                .where(Membership.user_id == user.id)
-            ).all()
-            return Actor(
-                user_id=user.id, name=user.name, fullname=user.fullname, token_name=token.name,
-                token_role=token.role, token_created_at=token.created_at, is_admin=user.is_admin,
-                org_roles={name: role for name, role in orgs}, token_id=token.id,
-            )
+            token = session.execute(select(Token).where(Token.secret_sha256 == hash_secret(secret))
+                                    ).scalar_one_or_none()
+            if token is None:
+                raise Unauthorized(INVALID_CREDENTIALS)
+            return _live_actor(session, token)
+
+    def actor_of_token(self, token_id: int) -> Actor:
+        """The actor behind a credential derived from a token (upload URL, CAS token), as of now; 401 when the
+        token no longer authenticates."""
+        with self.db.read() as session:
+            token = session.get(Token, token_id)
+            if token is None:
+                raise Unauthorized("the access token this credential was issued for no longer exists")
+            return _live_actor(session, token)
 
     def namespace_role_of(self, user: str, namespace: str) -> str | None:
         """A user's role in a namespace now (for work started on their behalf later, like scheduled runs)."""
@@ -204,14 +224,6 @@ class Accounts:
                 select(Membership.role).join(Account, Account.id == Membership.org_id)
                 .where(Membership.user_id == account.id, Account.name == namespace)
             ).scalar_one_or_none()
-
-    def token_is_live(self, token_id: int) -> bool:
-        """Whether a token still authenticates: credentials derived from it (CAS tokens) end with it."""
-        with self.db.read() as session:
-            token = session.get(Token, token_id)
-            if token is None or token.revoked:
-                return False
-            return token.expires_at is None or _aware(token.expires_at) > datetime.now(timezone.utc)
 
     def find(self, name: str) -> Account | None:
         with self.db.read() as session:
@@ -229,6 +241,45 @@ class Accounts:
             label = "user" if kind == "user" else "organization"
             raise AccountError(f"no {label} named {name!r}; create it first (keephub {kind} create {name})")
         return account
+
+
+def _refusal(session, token: Token) -> str | None:  # type: ignore[no-untyped-def]
+    """Why a token no longer authenticates (revoked, expired, or made from a token that no longer does)."""
+    if token.revoked:
+        if token.is_job_token:
+            return f"this job's token was revoked when job {token.job_id} ended; a job's token works only while it runs"
+        return f"the token '{token.name}' has been revoked; use another, or create one with keephub token create"
+    if _expired(token):
+        assert token.expires_at is not None
+        return (f"the token '{token.name}' expired at {_aware(token.expires_at).isoformat(timespec='seconds')}; "
+                "create a new one (keephub token create USER --expires 30d)")
+    if token.parent_token_id is not None:
+        parent = session.get(Token, token.parent_token_id)
+        inherited = "it no longer exists" if parent is None else _refusal(session, parent)
+        if inherited is not None:
+            return f"the token '{token.name}' ended with the token it was made from: {inherited}"
+    return None
+
+
+def _expired(token: Token) -> bool:
+    return token.expires_at is not None and _aware(token.expires_at) <= datetime.now(timezone.utc)
+
+
+def _live_actor(session, token: Token) -> Actor:  # type: ignore[no-untyped-def]
+    refusal = _refusal(session, token)
+    if refusal is not None:
+        raise Unauthorized(refusal)
+    user = session.get(Account, token.user_id)
+    orgs = session.execute(
+        select(Account.name, Membership.role).join(Membership, Membership.org_id == Account.id)
+        .where(Membership.user_id == user.id)
+    ).all()
+    return Actor(
+        user_id=user.id, name=user.name, fullname=user.fullname, token_name=token.name,
+        token_role=token.role, token_created_at=token.created_at, is_admin=user.is_admin,
+        org_roles={name: role for name, role in orgs}, token_id=token.id,
+        scopes=load_scopes(token.scopes_json), job_id=token.job_id if token.is_job_token else None,
+    )
 
 
 def _aware(moment: datetime) -> datetime:

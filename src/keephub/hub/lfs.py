@@ -1,7 +1,9 @@
 """The git-lfs batch API, with uploads the server verifies before anything can reference them.
 
 Upload URLs are self-authenticating (the client PUTs bytes without an Authorization header, as
-it does to S3 on the Hub): each carries an HMAC over the repo, the object and an expiry. Bytes
+it does to S3 on the Hub): each carries an HMAC over the repo, the object, an expiry and the id of
+the access token it was issued to, which the server re-checks at use time (live, still allowed to
+write the repo), so a URL dies with its token. Bytes
 are hashed as they arrive; an object becomes visible to a repo (an `LfsLink`) only after its
 sha256 and size match what the client announced.
 """
@@ -33,7 +35,8 @@ MAX_OBJECT_BYTES = 500 * 1024**3
 
 @dataclass(frozen=True)
 class UploadGrant:
-    """What a signed upload URL authorises: one object of one size into one repo, until `expires`."""
+    """What a signed upload URL authorises: one object of one size into one repo, until `expires`, while the
+    access token `token_id` it was issued to may still write there."""
 
     repo_id: int
     oid: str
@@ -41,9 +44,11 @@ class UploadGrant:
     upload_id: str
     expires: int
     repo_stamp: int
+    token_id: int
 
     def payload(self) -> str:
-        return f"{self.repo_id}|{self.repo_stamp}|{self.oid}|{self.size}|{self.upload_id}|{self.expires}"
+        return (f"{self.repo_id}|{self.repo_stamp}|{self.oid}|{self.size}|{self.upload_id}|{self.expires}"
+                f"|{self.token_id}")
 
 
 def sign(settings: Settings, grant: UploadGrant) -> str:
@@ -52,13 +57,14 @@ def sign(settings: Settings, grant: UploadGrant) -> str:
 
 def grant_query(settings: Settings, grant: UploadGrant) -> str:
     return urlencode({"repo": grant.repo_id, "rs": grant.repo_stamp, "size": grant.size, "upload": grant.upload_id,
-                      "exp": grant.expires, "sig": sign(settings, grant)})
+                      "exp": grant.expires, "t": grant.token_id, "sig": sign(settings, grant)})
 
 
 def check_grant(settings: Settings, oid: str, params: dict[str, str]) -> UploadGrant:
     try:
         grant = UploadGrant(repo_id=int(params["repo"]), oid=oid, size=int(params["size"]),
-                            upload_id=params["upload"], expires=int(params["exp"]), repo_stamp=int(params["rs"]))
+                            upload_id=params["upload"], expires=int(params["exp"]), repo_stamp=int(params["rs"]),
+                            token_id=int(params["t"]))
         signature = params["sig"]
     except (KeyError, ValueError):
         raise Forbidden("this upload URL is incomplete; request a fresh one from the LFS batch endpoint")
@@ -95,8 +101,9 @@ def _validate_batch(body: object) -> list[tuple[str, int]]:
     return result
 
 
-def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> dict:
-    """Answer a batch request: nothing to do for objects this repo already has, signed URLs for the rest."""
+def batch(session: Session, settings: Settings, repo: RepoRef, body: object, token_id: int | None) -> dict:
+    """Answer a batch request: nothing to do for objects this repo already has, signed URLs for the rest, bound
+    to the uploader's token (`token_id`; None only for downloads, which need no URL of their own)."""
     operation = body.get("operation") if isinstance(body, dict) else None
     objects = _validate_batch(body)
     transfers = body.get("transfers") or ["basic"]  # type: ignore[union-attr]
@@ -115,8 +122,9 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object) -> 
         elif oid in linked and linked[oid] == size:
             pass
         else:
+            assert token_id is not None, "uploads need a write token, so an upload answer always has one"
             grant = UploadGrant(repo.id, oid, size, uuid.uuid4().hex, int(time.time()) + settings.upload_url_ttl_seconds,
-                                repo_stamp(repo.created_at))
+                                repo_stamp(repo.created_at), token_id)
             href = f"{settings.base_url}/api/lfs/objects/{oid}?{grant_query(settings, grant)}"
             upload: dict = {"href": href}
             chunk = settings.lfs_multipart_chunk_bytes

@@ -14,11 +14,11 @@ from dulwich.objects import Commit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keephub.accounts import Actor
+from keephub.accounts import Actor, RepoTarget, allowed, authorize, require_actor
 from keephub.hub import naming
 from keephub.storage import gitobjects
 from keephub.storage.schema import Account, Ref, Repo, RepoCommit
-from keephub.wire import BadRequest, Conflict, Forbidden, RepoNotFound, RevisionNotFound, Unauthorized
+from keephub.wire import BadRequest, Conflict, Forbidden, RepoNotFound, RevisionNotFound
 
 DEFAULT_BRANCH = "main"
 INITIAL_GITATTRIBUTES = "\n".join(
@@ -53,18 +53,13 @@ class RepoRef:
     def url_path(self) -> str:
         return f"{naming.URL_PREFIX[self.type]}{self.repo_id}"
 
+    @property
+    def target(self) -> RepoTarget:
+        return RepoTarget(self.type, self.namespace, self.name, self.private)
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def require_actor(actor: Actor | None, action: str) -> Actor:
-    if actor is None:
-        raise Unauthorized(
-            f"you must be authenticated to {action}: pass a token (HF_TOKEN, or `hf auth login`) "
-            "created with `keephub token create USER --role write`"
-        )
-    return actor
 
 
 def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
@@ -73,27 +68,29 @@ def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor
         select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
         .where(Repo.type == repo_type, Account.name == namespace, Repo.name == name)
     ).one_or_none()
-    if row is None or (row[0].private and (actor is None or not actor.can_read_namespace(namespace))):
+    if row is None:
         hint = "" if actor else " If it is private, pass a token with read access."
         raise RepoNotFound(f"{repo_type.capitalize()} repository {namespace}/{name} not found.{hint}")
     repo, owner = row
-    return RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
-                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+    found = RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
+                    space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+    authorize(actor, "repo.read", found.target)
+    return found
 
 
 def find_repo_for_write(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
-    actor = require_actor(actor, f"write to {namespace}/{name}")
+    """The repo if the caller's token may change its content (commits, branches, tags, uploads)."""
+    require_actor(actor, f"write to {namespace}/{name}")
     repo = find_repo(session, repo_type, namespace, name, actor)
-    if not actor.can_write_namespace(namespace):
-        raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+    authorize(actor, "repo.write", repo.target)
     return repo
 
 
 def find_repo_for_admin(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
-    repo = find_repo_for_write(session, repo_type, namespace, name, actor)
-    assert actor is not None
-    if not actor.can_admin_namespace(namespace):
-        raise Forbidden(f"403 Forbidden: only admins of '{namespace}' can change the settings of {repo.repo_id}.")
+    """The repo if the caller may delete, move it or change its settings."""
+    require_actor(actor, f"manage {namespace}/{name}")
+    repo = find_repo(session, repo_type, namespace, name, actor)
+    authorize(actor, "repo.manage", repo.target)
     return repo
 
 
@@ -144,8 +141,7 @@ def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace
     owner = session.execute(select(Account).where(Account.name == namespace)).scalar_one_or_none()
     if owner is None:
         raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; create it or push to '{actor.name}/...'.")
-    if not actor.can_write_namespace(namespace):
-        raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+    authorize(actor, "repo.create", RepoTarget(repo_type, namespace, name))
     existing = session.execute(
         select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == name)
     ).scalar_one_or_none()
@@ -180,10 +176,9 @@ def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tup
     assert actor is not None
     new_namespace, new_name = target
     owner = session.execute(select(Account).where(Account.name == new_namespace)).scalar_one_or_none()
-    if owner is None or not actor.can_write_namespace(new_namespace):
-        raise Forbidden(f"403 Forbidden: cannot move to '{new_namespace}': "
-                        + (f"namespace '{new_namespace}' does not exist" if owner is None
-                           else actor.write_denial(new_namespace)) + ".")
+    if owner is None:
+        raise Forbidden(f"403 Forbidden: cannot move to '{new_namespace}': namespace '{new_namespace}' does not exist.")
+    authorize(actor, "repo.create", RepoTarget(repo_type, new_namespace, new_name, repo.private))
     clash = session.execute(
         select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == new_name)
     ).scalar_one_or_none()
@@ -277,10 +272,10 @@ def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, 
         query = query.where((Account.name + "/" + Repo.name).contains(search))
     repos = []
     for repo, owner in session.execute(query.order_by(Repo.last_modified.desc())):
-        if repo.private and (actor is None or not actor.can_read_namespace(owner)):
-            continue
-        repos.append(RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
-                             space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified))
+        found = RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
+                        space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+        if allowed(actor, "repo.read", found.target):
+            repos.append(found)
     return repos
 
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keephub.accounts import Actor
+from keephub.accounts import INVALID_CREDENTIALS, Actor, access_token_info
 from keephub.hub import lfs, naming
 from keephub.hub.service import Hub
 from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized, headers
@@ -31,7 +31,6 @@ JSON_LIMIT = 8 * 1024 * 1024
 MAX_LIST_LIMIT = 100_000
 MAX_TREE_CURSOR = 10**9
 EXPANDED_TREE_PAGE_SIZE = 50
-INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 class EncodedSlashes:
@@ -61,10 +60,7 @@ async def actor_of(request: Request) -> Actor | None:
     scheme, _, secret = value.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized(INVALID_CREDENTIALS)
-    actor = await run_in_threadpool(hub_of(request).accounts.authenticate, secret.strip())
-    if actor is None:
-        raise Unauthorized(INVALID_CREDENTIALS)
-    return actor
+    return await run_in_threadpool(hub_of(request).accounts.authenticate, secret.strip())
 
 
 async def read_json(request: Request, invalid_text: type[HubError] = BadRequest) -> Any:
@@ -127,10 +123,15 @@ async def whoami(request: Request) -> JSONResponse:
         "avatarUrl": "",
         "orgs": [{"type": "org", "name": n, "fullname": orgs.get(n, n), "roleInOrg": r}
                  for n, r in actor.org_roles.items()],
-        "auth": {"type": "access_token",
-                 "accessToken": {"displayName": actor.token_name, "role": actor.token_role,
-                                 "createdAt": actor.token_created_at.isoformat()}},
+        "auth": {"type": "access_token", "accessToken": access_token_info(actor)},
     })
+
+
+async def auth_check(request: Request) -> JSONResponse:
+    """`HfApi.auth_check`: 200 when the caller's token may read (or, under /write, write) the repo."""
+    actor = await actor_of(request)
+    await call(hub_of(request).auth_check, actor, *repo_params(request), request.url.path.endswith("/write"))
+    return JSONResponse({})
 
 
 # -- repos ------------------------------------------------------------------------------------------
@@ -317,6 +318,7 @@ async def lfs_upload(request: Request) -> Response:
     hub = hub_of(request)
     oid = request.path_params["oid"]
     grant = lfs.check_grant(hub.settings, oid, dict(request.query_params))
+    await call(hub.check_upload_grant, grant)
     if request.method == "POST":
         await call(lfs.complete_multipart, hub.blobs, grant, await read_body(request, JSON_LIMIT))
     else:
@@ -326,6 +328,7 @@ async def lfs_upload(request: Request) -> Response:
             await call(lfs.commit_verified, pending, grant)
         finally:
             await call(pending.abort)
+    await call(hub.check_upload_grant, grant)
     await call(lfs.link, hub.db, grant)
     return JSONResponse({})
 
@@ -333,6 +336,7 @@ async def lfs_upload(request: Request) -> Response:
 async def lfs_upload_part(request: Request) -> Response:
     hub = hub_of(request)
     grant = lfs.check_grant(hub.settings, request.path_params["oid"], dict(request.query_params))
+    await call(hub.check_upload_grant, grant)
     number = request.path_params["part"]
     chunk_size = hub.settings.lfs_multipart_chunk_bytes
     if number < 1 or (number - 1) * chunk_size >= max(grant.size, 1):
@@ -440,6 +444,8 @@ def routes() -> list[BaseRoute]:
         Route(api, repo_info, methods=["GET"]),
         Route(api + "/revision/{revision}", repo_info, methods=["GET"]),
         Route(api + "/settings", repo_settings, methods=["PUT"]),
+        Route(api + "/auth-check", auth_check, methods=["GET"]),
+        Route(api + "/auth-check/write", auth_check, methods=["GET"]),
         Route(api + "/tree/{revision}", tree, methods=["GET"]),
         Route(api + "/tree/{revision}/{path:path}", tree, methods=["GET"]),
         Route(api + "/paths-info/{revision}", paths_info, methods=["POST"]),

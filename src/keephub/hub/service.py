@@ -13,14 +13,16 @@ from typing import Iterator
 
 from sqlalchemy import select
 
-from keephub.accounts import Accounts, Actor
+from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
+from keephub.accounts.access import Action
 from keephub.config import Settings
 from keephub.hub import commits, lfs, naming, repos, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_file
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Repo, repo_stamp
-from keephub.wire import BadRequest, EntryNotFound, Forbidden, PreconditionFailed, Unauthorized
+from keephub.wire import BadRequest, EntryNotFound, Forbidden, HubError, PreconditionFailed, RepoNotFound, Unauthorized
+from keephub.wire.errors import NotFound
 from keephub.xet import Cas, tokens
 
 _COMMIT_RETRIES = 5
@@ -251,7 +253,7 @@ class Hub:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
             else:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
-            return lfs.batch(session, self.settings, repo, body)
+            return lfs.batch(session, self.settings, repo, body, actor.token_id if actor else None)
 
     def lfs_verify(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> None:
         with self.db.read() as session:
@@ -310,24 +312,48 @@ class Hub:
                 "casUrl": f"{self.settings.base_url}/cas"}
 
     def check_cas_grant(self, grant: tokens.CasGrant) -> None:
-        """Re-check a CAS token against the present: the same repo (not a later one that reused its id), and
-        the user's rights on it now (a repo made private, a role lowered), not when the token was issued."""
+        """Re-check a CAS token against the present: the same repo (not a later one that reused its id), the
+        Hub token behind it still live, and that token's rights on the repo now, not when it was issued."""
         renew = "ask for a new CAS token (xet-read-token / xet-write-token)"
-        if grant.hub_token_id is not None and not self.accounts.token_is_live(grant.hub_token_id):
-            raise Unauthorized("the access token this CAS token was issued for has been revoked or has expired; "
-                               "authenticate with a valid token and " + renew)
+        self._recheck("CAS token", renew, grant.hub_token_id, grant.repo_id, grant.repo_stamp,
+                      "repo.write" if grant.access == tokens.WRITE else "repo.read",
+                      Unauthorized(f"the repo this CAS token was issued for no longer exists; {renew}"))
+
+    def check_upload_grant(self, grant: lfs.UploadGrant) -> None:
+        """Re-check a signed upload URL at use time: it works only while the token it was issued to is live and
+        may still write the repo (a job's URL ends with the job)."""
+        self._recheck("upload URL", "request a fresh one from the LFS batch endpoint", grant.token_id,
+                      grant.repo_id, grant.repo_stamp, "repo.write",
+                      NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked"))
+
+    def _recheck(self, credential: str, renew: str, token_id: int | None, repo_id: int, stamp: int,
+                 action: Action, gone: HubError) -> None:
+        """A credential derived from a Hub token allows no more than that token allows now."""
+        try:
+            actor = None if token_id is None else self.accounts.actor_of_token(token_id)
+        except Unauthorized as exc:
+            raise Unauthorized(f"the access token this {credential} was issued for no longer works: {exc.message}; "
+                               f"authenticate with a valid token and {renew}")
         with self.db.read() as session:
             row = session.execute(select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
-                                  .where(Repo.id == grant.repo_id)).one_or_none()
-        if row is None or repo_stamp(row[0].created_at) != grant.repo_stamp:
-            raise Unauthorized(f"the repo this CAS token was issued for no longer exists; {renew}")
+                                  .where(Repo.id == repo_id)).one_or_none()
+        if row is None or repo_stamp(row[0].created_at) != stamp:
+            raise gone
         repo, namespace = row
-        role = self.accounts.namespace_role_of(grant.user, namespace) if grant.user else None
-        if grant.access == tokens.WRITE and role not in ("write", "admin"):
-            raise Forbidden(f"{grant.user or 'this caller'} can no longer write to {namespace}/{repo.name}; {renew}")
-        if repo.private and role is None:
-            raise Forbidden(f"{grant.user or 'an anonymous caller'} can no longer read {namespace}/{repo.name}; "
-                            f"{renew}")
+        who = actor.name if actor else "an anonymous caller"
+        refusal = refusal_of(actor, action, RepoTarget(repo.type, namespace, repo.name, repo.private))
+        if isinstance(refusal, RepoNotFound):
+            raise Forbidden(f"{who} can no longer read {namespace}/{repo.name}; {renew}")
+        if refusal is not None:
+            raise Forbidden(f"{who} can no longer write to {namespace}/{repo.name} "
+                            f"({refusal.message.removeprefix('403 Forbidden: ')}); {renew}")
+
+    def auth_check(self, actor: Actor | None, repo_type: str, namespace: str, name: str, write: bool) -> None:
+        with self.db.read() as session:
+            if write:
+                repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            else:
+                repos.find_repo(session, repo_type, namespace, name, actor)
 
     def _read_small(self, session, tree: str, path: str) -> bytes | None:  # type: ignore[no-untyped-def]
         found = gitobjects.lookup(session, tree, path)

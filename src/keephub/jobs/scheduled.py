@@ -69,18 +69,20 @@ class ScheduledJobs:
         self.db = jobs.db
 
     def create(self, actor: Actor | None, namespace: str, body: object) -> dict:
-        actor = self.jobs.check_write(actor, namespace)
+        actor = self.jobs.check_write(actor, namespace, "scheduled_jobs.create")
         if not isinstance(body, dict):
             raise BadRequest("the body must be {jobSpec: {...}, schedule: '...'}")
         schedule = check_schedule(body.get("schedule"))
         spec, secret_values = parse_spec(body.get("jobSpec"), self.jobs.flavors,
                                          self.jobs.settings.job_default_timeout_seconds)
-        spec = self.jobs.preflight_spec(actor, spec)
+        spec = self.jobs.preflight_spec(actor, spec, secret_values)
         suspend, concurrency = _flag(body, "suspend"), _flag(body, "concurrency")
         scheduled_id = random_secrets.token_hex(12)
         with self.db.write() as session:
             session.add(ScheduledJob(
-                id=scheduled_id, namespace=namespace, owner=actor.name, owner_token_role=actor.token_role,
+                id=scheduled_id, namespace=namespace, owner=actor.name,
+                owner_token_role="write" if self.jobs.job_token_scopes(actor, spec) else "read",
+                owner_token_id=actor.token_id,
                 spec_json=json.dumps(spec.to_wire()),
                 secrets_sealed=self.jobs.box.seal(secret_values) if secret_values else None,
                 schedule=schedule, suspend=suspend, concurrency=concurrency, created_at=utcnow(),
@@ -190,7 +192,9 @@ class ScheduledJobs:
                 return None
         spec = spec_from_wire(json.loads(row.spec_json))
         secrets = self.jobs.box.open(row.secrets_sealed)
-        job_id = self.jobs.create_job(row.owner, row.owner_token_role, row.namespace, spec, secrets)
+        # Each run's token writes the target only if the schedule's creator could, and lives while their token does.
+        scopes = self.jobs.target_scopes(spec, row.owner) if row.owner_token_role == "write" else []
+        job_id = self.jobs.create_job(row.owner, row.namespace, spec, secrets, scopes, row.owner_token_id)
         with self.db.write() as session:
             fresh = session.get(ScheduledJob, row.id)
             if fresh is not None:

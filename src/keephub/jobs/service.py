@@ -13,19 +13,19 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
-from keephub.accounts import Actor
+from keephub.accounts import Actor, NamespaceTarget, RepoTarget, Scope, authorize, refusal_of, require_actor
+from keephub.accounts.access import Action
 from keephub.config import Settings
 from keephub.durability import record as durability_record
 from keephub.durability.gate import OVERRIDE_LABEL, OVERRIDE_VALUE, PreflightGate
 from keephub.durability.script import find_script
-from keephub.hub.repos import require_actor
 from keephub.hub.service import Hub
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
 from keephub.jobs.spec import JobSpec, parse_spec
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Job, JobAttempt
-from keephub.wire import BadRequest, Forbidden, HubError
+from keephub.wire import BadRequest, Forbidden, HubError, Unauthorized
 from keephub.wire.errors import NotFound, Unprocessable
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
@@ -80,30 +80,42 @@ class JobService:
 
     # -- access ------------------------------------------------------------------------------------
     def check_read(self, actor: Actor | None, namespace: str) -> Actor:
-        actor = require_actor(actor, f"see jobs in {namespace}")
-        if not actor.can_read_namespace(namespace):
-            raise NotFound(f"no jobs namespace {namespace!r} visible to {actor.name}")
-        return actor
+        authorize(actor, "jobs.read", NamespaceTarget(namespace))
+        return require_actor(actor, f"see jobs in {namespace}")
 
-    def check_write(self, actor: Actor | None, namespace: str) -> Actor:
+    def check_write(self, actor: Actor | None, namespace: str, action: Action = "jobs.manage") -> Actor:
         actor = require_actor(actor, f"run jobs in {namespace}")
         with self.db.read() as session:
             exists = session.execute(select(Account.id).where(Account.name == namespace)).scalar_one_or_none()
         if exists is None:
             raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; run jobs in '{actor.name}'.")
-        if not actor.can_write_namespace(namespace):
-            raise Forbidden(f"403 Forbidden: {actor.write_denial(namespace)}.")
+        authorize(actor, action, NamespaceTarget(namespace))
         return actor
 
     # -- API operations ------------------------------------------------------------------------------
     def submit(self, actor: Actor | None, namespace: str, body: object) -> dict:
-        actor = self.check_write(actor, namespace)
+        actor = self.check_write(actor, namespace, "jobs.create")
         spec, secret_values = parse_spec(body, self.flavors, self.settings.job_default_timeout_seconds)
-        spec = self.preflight_spec(actor, spec)
-        job_id = self.create_job(actor.name, actor.token_role, namespace, spec, secret_values)
+        spec = self.preflight_spec(actor, spec, secret_values)
+        job_id = self.create_job(actor.name, namespace, spec, secret_values, self.job_token_scopes(actor, spec),
+                                 actor.token_id)
         return self.get(actor, namespace, job_id)
 
-    def preflight_spec(self, actor: Actor, spec: JobSpec) -> JobSpec:
+    @staticmethod
+    def target_scopes(spec: JobSpec, owner: str) -> list[Scope]:
+        """What a job's token may write: the repo its results go to (rescue branches included), if it has one;
+        a repo named without a namespace is the owner's, as the Hub resolves it."""
+        repo = (spec.durability or {}).get("repo")
+        if not repo:
+            return []
+        return [Scope("model", repo if "/" in repo else f"{owner}/{repo}")]
+
+    def job_token_scopes(self, actor: Actor, spec: JobSpec) -> list[Scope]:
+        """The job's target repo if the submitting token may write it; nothing (a read-only job token) otherwise."""
+        return [scope for scope in self.target_scopes(spec, actor.name)
+                if refusal_of(actor, "repo.write", _repo_target(scope.name)) is None]
+
+    def preflight_spec(self, actor: Actor, spec: JobSpec, secret_values: dict[str, str]) -> JobSpec:
         """Refuse a training job that would lose its results (422 with the checklist), unless overridden;
         otherwise decide what the sidecar guards and put preflight's warnings at the head of the log."""
         plan = durability_plan(spec.labels)
@@ -114,7 +126,7 @@ class JobService:
         verdict = self.gate.check(
             source.text, secret_names=spec.secret_names, timeout_seconds=spec.timeout_seconds,
             environment=spec.environment, labels=spec.labels,
-            can_write=lambda repo: self._can_write(actor, repo),
+            can_write=lambda repo: self._job_token_can_write(actor, secret_values.get("HF_TOKEN"), repo),
             repo_files=lambda repo: self._repo_files(actor, repo),
         )
         if verdict is None:
@@ -145,13 +157,22 @@ class JobService:
             return None
         return b"".join(self.hub.large_file(target.etag))
 
-    def _can_write(self, actor: Actor, repo_id: str) -> tuple[bool, str]:
+    def _job_token_can_write(self, actor: Actor, hf_token: str | None, repo_id: str) -> tuple[bool, str]:
+        """Whether the token the job will hold can write `repo_id`: a `$HF_TOKEN` job token writes its target
+        where the submitter's token may; a literal HF_TOKEN secret is judged as the token it is."""
         namespace = repo_id.split("/")[0]
         if self.accounts.find(namespace) is None:
             return False, f"namespace '{namespace}' does not exist on this keephub; use '{actor.name}/...'"
-        if not actor.can_write_namespace(namespace):
-            return False, actor.write_denial(namespace)
-        return True, ""
+        holder = actor
+        if hf_token is not None and hf_token != HF_TOKEN_PLACEHOLDER:
+            try:
+                holder = self.accounts.authenticate(hf_token)
+            except Unauthorized as exc:
+                return False, f"the HF_TOKEN secret is not a usable token on this keephub: {exc.message}"
+        refusal = refusal_of(holder, "repo.write", _repo_target(repo_id))
+        if refusal is None:
+            return True, ""
+        return False, refusal.message.removeprefix("403 Forbidden: ").removesuffix(".")
 
     def _repo_files(self, actor: Actor, repo_id: str) -> list[str] | None:
         namespace, _, name = repo_id.partition("/")
@@ -161,14 +182,15 @@ class JobService:
             return None
         return [s["rfilename"] for s in info.get("siblings", [])]
 
-    def create_job(self, owner: str, token_role: str, namespace: str, spec: JobSpec,
-                   secret_values: dict[str, str]) -> str:
-        """Store a new SCHEDULING job; a `$HF_TOKEN` secret becomes a token for this job alone."""
+    def create_job(self, owner: str, namespace: str, spec: JobSpec, secret_values: dict[str, str],
+                   token_scopes: list[Scope], parent_token_id: int | None) -> str:
+        """Store a new SCHEDULING job; a `$HF_TOKEN` secret becomes a token for this job alone, writing only
+        `token_scopes` and living only while the job runs and its parent token lives."""
         job_id = random_secrets.token_hex(12)
         token_hash = None
         if any(v == HF_TOKEN_PLACEHOLDER for v in secret_values.values()):
             expires = utcnow() + timedelta(seconds=spec.timeout_seconds * spec.attempts + 7 * 86400)
-            job_token = self.accounts.create_token(owner, name=f"job-{job_id}", role=token_role, expires_at=expires)
+            job_token = self.accounts.create_job_token(owner, job_id, token_scopes, expires, parent_token_id)
             secret_values = {k: job_token if v == HF_TOKEN_PLACEHOLDER else v for k, v in secret_values.items()}
             token_hash = self.accounts.token_hash(job_token)
         with self.db.write() as session:
@@ -215,7 +237,7 @@ class JobService:
         return result
 
     def cancel(self, actor: Actor | None, namespace: str, job_id: str) -> None:
-        actor = self.check_write(actor, namespace)
+        actor = self.check_write(actor, namespace, "jobs.manage")
         with self.db.write() as session:
             job = session.get(Job, job_id)
             if job is None or job.namespace != namespace:
@@ -281,6 +303,7 @@ class JobService:
             "owner": owner,
             "initiator": {"type": "user", "id": job.owner, "name": job.owner},
             "startedBy": job.owner,
+            "token": self.accounts.job_token_info(job.id),
             "durability": durability_record.summary(self.db, job.id, (spec.get("durability") or {}).get("repo"),
                                                     self.settings.base_url),
             "attempts": [
@@ -289,6 +312,11 @@ class JobService:
                 for a in record.attempts
             ],
         }
+
+
+def _repo_target(repo_id: str) -> RepoTarget:
+    namespace, _, name = repo_id.partition("/")
+    return RepoTarget("model", namespace, name)
 
 
 def durability_plan(labels: dict[str, str]) -> dict | None:

@@ -63,6 +63,13 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What a write token may write, as a JSON list like ["model:alice/foo", "namespace:acme"]; null: all the
+    # user may write. Everything outside the list the token may only read.
+    scopes_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    is_job_token: Mapped[bool] = mapped_column(Boolean, default=False)
+    job_id: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
+    # The token this one was made with (a job token: the submitter's); it authenticates only while that one does.
+    parent_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)
 
 
 class Repo(Base):
@@ -181,6 +188,8 @@ class ScheduledJob(Base):
     namespace: Mapped[str] = mapped_column(String(96), index=True)
     owner: Mapped[str] = mapped_column(String(96))
     owner_token_role: Mapped[str] = mapped_column(String(8))
+    # The token that created the schedule: each run's job token lives only while it does.
+    owner_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     spec_json: Mapped[str] = mapped_column(Text)
     secrets_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     schedule: Mapped[str] = mapped_column(String(100))

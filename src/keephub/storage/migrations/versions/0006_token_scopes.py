@@ -21,7 +21,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("parent_token_id", sa.Integer, nullable=True))
         batch.create_index("ix_tokens_job_id", ["job_id"])
         batch.create_foreign_key("fk_tokens_parent_token_id", "tokens", ["parent_token_id"], ["id"],
-                                 ondelete="SET NULL")
+                                 ondelete="CASCADE")
     with op.batch_alter_table("scheduled_jobs") as batch:
         batch.add_column(sa.Column("owner_token_id", sa.Integer, nullable=True))
 
