@@ -1,6 +1,6 @@
 """The local scheduler: start SCHEDULING jobs when their flavor's cores and GPUs are free, run each attempt
-in a fresh sandbox, enforce timeout and cancel (SIGTERM, grace, SIGKILL), retry failed attempts, and
-recover after a restart.
+in a fresh sandbox, enforce timeout, cancel (SIGTERM, grace, SIGKILL) and the flavor's limits (memory,
+processes, disk), retry failed attempts, and recover after a restart.
 
 Every transition is written to the database before it is acted on. Sandboxes die with the server
 (bwrap --die-with-parent), so after a restart no attempt can still be running: those recorded as
@@ -10,19 +10,22 @@ RUNNING are marked ERROR with the reason and retried if attempts remain.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import shutil
 import signal
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from sqlalchemy import select
 
-from keephub.config import Settings
+from keephub.config import ConfigError, Settings
 from keephub.durability import record as durability_record
-from keephub.jobs import agent_api, sandbox
+from keephub.jobs import agent_api, egress, sandbox
+from keephub.jobs.flavors import Flavor
 from keephub.jobs.logs import LogWriter, attempt_log, timestamp
 from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.secrets import Redactor
@@ -32,7 +35,10 @@ from keephub.storage.schema import Job, JobAttempt
 
 log = logging.getLogger("keephub.jobs")
 POLL_SECONDS = 1.0
-MEMORY_SAMPLE_SECONDS = 0.5
+USAGE_SAMPLE_SECONDS = 0.25
+DISK_SAMPLE_SECONDS = 2.0
+EGRESS_PORT = 3128
+JOB_NETWORKS = ("isolated", "host")
 
 
 @dataclass
@@ -68,14 +74,62 @@ def keep_to(cpus: list[int]) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class JobNetwork:
+    """How jobs reach keephub and the egress proxy: routes into isolated sandboxes, or the host's network."""
+
+    endpoint: str
+    routes: tuple[sandbox.Route, ...] = ()
+    host_names: tuple[str, ...] = ()
+    proxy_env: dict[str, str] = field(default_factory=dict)
+
+
+def job_network(settings: Settings, layout: sandbox.SandboxLayout) -> JobNetwork:
+    """In an isolated sandbox, keephub's URL leads to the sandbox's own loopback, where a route forwards it to
+    keephub's Unix socket: a host name in the URL is pointed at loopback, a non-loopback address is replaced
+    by 127.0.0.1 (links keephub returns with it will not work from jobs: give public_url a host name)."""
+    if settings.job_network == "host":
+        return JobNetwork(endpoint=settings.base_url)
+    url = urlsplit(settings.base_url)
+    if url.scheme != "http":
+        raise ConfigError(f"public_url {settings.base_url} is not http://: jobs in isolated networks reach keephub "
+                          "over plain HTTP on a socket of their own; set job_network = \"host\" to let jobs use it")
+    host, port = (url.hostname or "127.0.0.1"), url.port or 80
+    names: tuple[str, ...] = ()
+    try:
+        address = ipaddress.ip_address(host)
+        listen = host if address.is_loopback else "127.0.0.1"
+    except ValueError:
+        listen, names = "127.0.0.1", (host,)
+    endpoint = f"http://{host if listen == host or names else listen}:{port}"
+    egress_port = EGRESS_PORT if port != EGRESS_PORT else EGRESS_PORT + 1
+    proxy = f"http://127.0.0.1:{egress_port}"
+    no_proxy = ",".join(["127.0.0.1", "localhost", "::1", *names])
+    return JobNetwork(
+        endpoint=endpoint,
+        routes=(sandbox.Route(listen, port, layout.hub_socket), sandbox.Route("127.0.0.1", egress_port,
+                                                                               layout.egress_socket)),
+        host_names=names,
+        proxy_env={"HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy,
+                   "NO_PROXY": no_proxy, "no_proxy": no_proxy},
+    )
+
+
 class Scheduler:
     def __init__(self, settings: Settings, db: Database, service: JobService) -> None:
         self.settings = settings
         self.db = db
         self.service = service
         self.jobs_dir = service.jobs_dir
-        self.layout = sandbox.SandboxLayout.for_this_host(self.jobs_dir)
+        if settings.job_network not in JOB_NETWORKS:
+            raise ConfigError(f"job_network={settings.job_network!r} must be one of {', '.join(JOB_NETWORKS)}")
+        if settings.job_uid_base <= 0:
+            raise ConfigError(f"job_uid_base={settings.job_uid_base} must be a positive uid: jobs never run as root")
+        self.layout = sandbox.SandboxLayout.for_this_host(settings.data_dir, settings.job_uid_base)
         self.layout.check_isolated_from(settings.data_dir)
+        self.egress = egress.EgressProxy(self.layout.egress_socket,
+                                         egress.parse_allow_list(settings.job_egress_allow))
+        self.network = job_network(settings, self.layout)
         available = sorted(os.sched_getaffinity(0))
         self.free_cpus: list[int] = available[: settings.job_cpus or len(available)]
         keep_to(available[len(self.free_cpus):])
@@ -87,6 +141,8 @@ class Scheduler:
     # -- main loop -----------------------------------------------------------------------------------
     async def run(self) -> None:
         await asyncio.to_thread(self.recover)
+        if self.settings.job_network == "isolated":
+            await self.egress.start()
         while True:
             try:
                 await self.schedule_once()
@@ -183,8 +239,11 @@ class Scheduler:
         job, spec = loaded.job, loaded.spec
         secrets = await asyncio.to_thread(self.service.secrets_of, job)
         redact = Redactor(list(secrets.values()))
-        workspace = self.jobs_dir / "workspaces" / f"{job_id}-{number}"
-        workspace.mkdir(parents=True, mode=0o700)
+        account = await asyncio.to_thread(self.service.accounts.find, job.owner)
+        user = self.layout.user_for(account.id) if account is not None else None
+        if account is None or (user is None and self.layout.uid_base is not None):
+            return Outcome("ERROR", f"the job's owner {job.owner!r} no longer exists")
+        workspace = self.layout.job_dir(self.layout.workspaces / f"{job_id}-{number}", user)
         writer = LogWriter(attempt_log(self.jobs_dir, job_id, number), self.settings.job_log_max_bytes)
         try:
             if number == 1:
@@ -200,24 +259,27 @@ class Scheduler:
                 await asyncio.to_thread(self._open_record_channel, job_id, number, workspace)
             env = sandbox.sandbox_env(
                 self.layout,
-                {"HF_ENDPOINT": self.settings.base_url,
+                {"HF_ENDPOINT": self.network.endpoint, **self.network.proxy_env,
                  "OMP_NUM_THREADS": str(max(1, len(allocation.cpus)))},
                 {**spec["environment"], **secrets},
                 {"JOB_ID": job_id, "KEEPHUB_JOB_ID": job_id, "KEEPHUB_ATTEMPT": str(number),
                  "CUDA_VISIBLE_DEVICES": ",".join(allocation.gpus)},
             )
+            flavor = self.service.flavors[job.flavor]
+            uv_cache = self.layout.uv_cache_for(job.owner, user)
+            box = sandbox.SandboxSpec(
+                workspace=workspace, uv_cache=uv_cache, command=self._with_sidecar(spec, job_id, number),
+                env=env, gpus=allocation.gpus, cpus=allocation.cpus, limits=self._limits(flavor), user=user,
+                routes=self.network.routes, hosts=self.network.host_names)
             try:
-                command = self._with_sidecar(spec, job_id, number)
-                argv = sandbox.bwrap_argv(self.layout, workspace, command, job.owner, allocation.gpus,
-                                          self._memory_limit_gb(job.flavor) * 1024**3)
-                process = await sandbox.start(argv, env, allocation.cpus)
+                process = await sandbox.start(self.layout, box)
             except (sandbox.SandboxUnavailable, OSError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
                 writer.note(f"keephub: {outcome.message}")
                 await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
                 return outcome
             pump = asyncio.create_task(sandbox.pump_output(process, lambda line: writer.write(redact(line))))
-            outcome = await self._supervise(process, handle, deadline, job)
+            outcome = await self._supervise(process, handle, deadline, job, box)
             try:
                 await asyncio.wait_for(pump, 10)
             except TimeoutError:
@@ -231,6 +293,10 @@ class Scheduler:
         finally:
             writer.close()
             shutil.rmtree(workspace, ignore_errors=True)
+            stripped = await asyncio.to_thread(sandbox.strip_setid_bits, self.layout.uv_cache_for(job.owner, user))
+            if stripped:
+                log.warning("job %s left %d setuid/setgid files in the uv cache of %s; their bits were cleared",
+                            job_id, stripped, job.owner)
 
     def _open_record_channel(self, job_id: str, number: int, workspace: Path) -> None:
         """Make the attempt's agent credential and leave it for the sidecar in the private workspace (mode
@@ -265,20 +331,18 @@ class Scheduler:
         return [*wrapper, "--", *spec["command"]]
 
     async def _supervise(self, process: asyncio.subprocess.Process, handle: Running, deadline: float,
-                         job: Job) -> Outcome:
+                         job: Job, box: sandbox.SandboxSpec) -> Outcome:
         waiter = asyncio.create_task(process.wait())
         canceller = asyncio.create_task(handle.cancel.wait())
-        limit_gb = self._memory_limit_gb(job.flavor)
-        memory = asyncio.create_task(self._watch_memory(process, limit_gb))
+        limits = asyncio.create_task(self._watch_limits(process, box, job.flavor))
         remaining = max(0.0, deadline - time.monotonic())
-        done, _ = await asyncio.wait({waiter, canceller, memory}, timeout=remaining,
+        done, _ = await asyncio.wait({waiter, canceller, limits}, timeout=remaining,
                                      return_when=asyncio.FIRST_COMPLETED)
         canceller.cancel()
-        memory.cancel()
-        if memory in done and not memory.cancelled():
+        limits.cancel()
+        if limits in done and not limits.cancelled():
             await waiter
-            return Outcome("ERROR", f"exceeded the memory limit of {limit_gb} GB of flavor {job.flavor}; "
-                                    "choose a bigger flavor or use less memory", process.returncode)
+            return Outcome("ERROR", limits.result(), process.returncode)
         if waiter in done:
             code = waiter.result()
             if code == 0:
@@ -294,25 +358,47 @@ class Scheduler:
         await self._stop(process, waiter)
         return Outcome(result.kind, result.message, process.returncode)
 
-    def _memory_limit_gb(self, flavor: str) -> int:
-        flavor_gb = self.service.flavors[flavor].memory_gb if flavor in self.service.flavors else 1
-        cap = self.settings.job_memory_gb
-        return min(flavor_gb, cap) if cap else flavor_gb
+    def _limits(self, flavor: Flavor) -> sandbox.Limits:
+        """The flavor's limits, each capped by its job_* setting when that is set."""
+        def capped(own: int, cap: int) -> int:
+            return min(own, cap) if cap else own
+        return sandbox.Limits(memory_bytes=capped(flavor.memory_gb, self.settings.job_memory_gb) * 1024**3,
+                              processes=capped(flavor.processes, self.settings.job_processes),
+                              disk_bytes=capped(flavor.disk_gb, self.settings.job_disk_gb) * 1024**3)
 
     @staticmethod
-    async def _watch_memory(process: asyncio.subprocess.Process, limit_gb: int) -> None:
-        """Return (after killing the sandbox) once its processes hold more than the flavor's memory.
+    async def _watch_limits(process: asyncio.subprocess.Process, box: sandbox.SandboxSpec, flavor: str) -> str:
+        """Kill the sandbox and return the reason once it holds more than a limit of its flavor.
 
-        Enforced from user space by sampling resident memory every half second, since the machines keephub
-        runs on may offer no writable cgroup; a burst shorter than that can exceed the limit briefly.
-        """
-        limit = limit_gb * 1024**3
-        while process.returncode is None:
-            if await asyncio.to_thread(sandbox.resident_bytes, process) > limit:
+        Enforced from user space by sampling, since the machines keephub runs on may offer no writable
+        cgroup: memory and tasks every quarter second (RLIMIT_NPROC on the job's own uid stops a fork or
+        thread bomb outright), disk every two seconds (RLIMIT_FSIZE caps any single file)."""
+        limits = box.limits
+        disk_paths = [box.workspace, box.uv_cache]
+        disk_before = await asyncio.to_thread(sandbox.disk_bytes, [box.uv_cache])
+        next_disk_sample = 0.0
+        while True:
+            await asyncio.sleep(USAGE_SAMPLE_SECONDS)
+            if process.returncode is not None:
+                continue
+            used = await asyncio.to_thread(sandbox.usage, process)
+            reason = None
+            if used.memory_bytes > limits.memory_bytes:
+                reason = (f"exceeded the memory limit of {limits.memory_bytes // 1024**3} GB of flavor {flavor} "
+                          "(processes, files in /tmp and /dev/shm, memfds); choose a bigger flavor or use less memory")
+            elif used.tasks >= limits.processes:
+                reason = (f"reached the limit of {limits.processes} processes and threads of flavor {flavor}; "
+                          "start fewer workers or threads")
+            elif time.monotonic() >= next_disk_sample:
+                next_disk_sample = time.monotonic() + DISK_SAMPLE_SECONDS
+                disk = await asyncio.to_thread(sandbox.disk_bytes, disk_paths) - disk_before
+                if disk > limits.disk_bytes:
+                    reason = (f"exceeded the disk limit of {limits.disk_bytes // 1024**3} GB of flavor {flavor} "
+                              "(/workspace and what the job added to its uv cache); write less or push "
+                              "checkpoints and delete old ones")
+            if reason is not None:
                 sandbox.kill_sandbox(process)
-                return
-            await asyncio.sleep(MEMORY_SAMPLE_SECONDS)
-        await asyncio.Event().wait()
+                return reason
 
     async def _stop(self, process: asyncio.subprocess.Process, waiter: asyncio.Task) -> None:
         sandbox.terminate_sandbox(process)
@@ -372,7 +458,7 @@ class Scheduler:
             writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
             writer.note(f"===== {reason} =====")
             writer.close()
-            shutil.rmtree(self.jobs_dir / "workspaces" / f"{job_id}-{number}", ignore_errors=True)
+            shutil.rmtree(self.layout.workspaces / f"{job_id}-{number}", ignore_errors=True)
             if number < max_attempts:
                 with self.db.write() as session:
                     job = session.get(Job, job_id)
@@ -383,8 +469,7 @@ class Scheduler:
         for job_id in stuck:
             if job_id not in handled:
                 self.service.finish(job_id, "ERROR", reason)
-        leftovers = self.jobs_dir / "workspaces"
-        if leftovers.is_dir():
-            for path in leftovers.iterdir():
-                shutil.rmtree(path, ignore_errors=True)
+        for path in self.layout.workspaces.iterdir():
+            shutil.rmtree(path, ignore_errors=True)
+        sandbox.strip_setid_bits(self.layout.uv_caches)
 
