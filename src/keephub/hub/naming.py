@@ -75,9 +75,9 @@ def is_commit_sha(value: str) -> bool:
 def check_ref_name(name: object, what: str = "branch") -> str:
     """A new branch or tag name: git's rules (`git check-ref-format --branch`), in a form a user can act on.
 
-    Names git would read as something else are refused too: `HEAD`, `@` (git's shorthand for HEAD), a full
-    ref (`refs/heads/main`, `refs/pr/1`, which keephub resolves itself) and a commit id. Only creation is
-    checked: existing revisions such as `refs/pr/1` keep resolving.
+    Names git would read as something else are refused too: `HEAD`, `@` (git's shorthand for HEAD), anything
+    under `refs/` (a branch "refs/heads/main" would shadow main for git clients; `refs/pr/N` is the Hub's
+    pull-request namespace) and a commit id. Only creation is checked, not revisions a request names.
     """
     if not isinstance(name, str) or not name:
         raise BadRequest(f"the {what} name is missing")
