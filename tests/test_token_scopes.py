@@ -267,3 +267,18 @@ def test_job_without_target_gets_a_read_only_token_that_ends_with_its_parent(ser
     assert created.startswith("create 403") and "this job's token is read-only" in created, created
     after = next(line for line in lines if line.startswith("after parent"))
     assert after.startswith("after parent 401") and "ended with the token it was made from" in after, after
+
+
+def test_preflight_judges_a_literal_hf_token_secret_as_the_token_it_is(server: Server, alice, api: HfApi) -> None:
+    name, _ = alice
+    read_only = server.token(name, "read")
+    script = textwrap.dedent(f"""
+        from trl import SFTConfig, SFTTrainer
+        config = SFTConfig(output_dir="out", push_to_hub=True, hub_model_id="{name}/tuned", save_steps=50)
+        SFTTrainer(model="m", args=config).train()
+    """)
+    status, message = refusal(lambda: api.run_job(image=UV_IMAGE, command=["python", "-c", script],
+                                                  secrets={"HF_TOKEN": read_only}, timeout="2h"))
+    assert status == 422, message
+    assert f"❌ write access: the job's token cannot write to {name}/tuned" in message and "read-only" in message
+    assert list(api.list_jobs(namespace=name)) == [], "a refused job is never stored"
