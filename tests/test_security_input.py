@@ -185,6 +185,7 @@ def test_oversized_or_too_many_headers_get_431_and_the_server_stays_well(server:
         head + b"X-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",                               # one 1 MiB header
         head + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1000) for i in range(1000)) + b"\r\n",  # 1 MB in many
         head + b"".join(b"X-C%d: 1\r\n" % i for i in range(150)) + b"\r\n",               # small, too many
+        head + b"".join(b"X-D%d: %s\r\n" % (i, b"e" * 2000) for i in range(50)) + b"\r\n",  # 100 kB, few
         b"GET /api/models?q=" + b"c" * 200_000 + b" HTTP/1.1\r\nHost: keephub\r\n\r\n",  # a huge URL
     ]
     baseline = _peak_rss_kib(server)
@@ -194,6 +195,10 @@ def test_oversized_or_too_many_headers_get_431_and_the_server_stays_well(server:
     assert _peak_rss_kib(server) - baseline < 20 * 1024, "the server must not buffer the oversized heads"
     normal = head + b"".join(b"X-N%d: %s\r\n" % (i, b"d" * 500) for i in range(90)) + b"Connection: close\r\n\r\n"
     assert _send_raw(server, normal).startswith(b"HTTP/1.1 200 ")
+    large_body = b"[" + b"1," * 500_000 + b"1]"  # a body is not a head, however it arrives
+    with_body = (b"POST /api/validate-yaml HTTP/1.1\r\nHost: keephub\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(large_body) + large_body)
+    assert _send_raw(server, with_body).startswith(b"HTTP/1.1 400 "), "refused for its JSON, not as a head"
     assert httpx.get(f"{server.url}/api/models").status_code == 200
 
 

@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
+_TOO_LARGE = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes; send fewer or shorter headers"
 
 
 class HeadTooLarge(Exception):
@@ -26,25 +27,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing heads over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS`
     headers with 431 Request Header Fields Too Large.
 
-    Bytes are counted per read, after feeding it to the parser, only while the head is still incomplete
-    afterwards (every byte of such a read belongs to the head). A pipelined read that ends one request's
-    body and starts the next head counts whole, so it may be refused a read early; clients do not pipeline.
+    Bytes are counted per read, after feeding it to the parser: a read that began while a head was awaited
+    and completed no head holds nothing but head bytes, which bounds the memory an unfinished head holds.
+    A head completed within one read is measured once parsed (URL, names and values); bodies never count.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = True
+        self._heads_completed = 0
         self._head_bytes = 0
         self._refusal: str | None = None
 
     def data_received(self, data: bytes) -> None:
+        was_reading_head, heads_before = self._reading_head, self._heads_completed
         super().data_received(data)
-        if not self._reading_head or self._refusal is not None or self.transport.is_closing():
+        if not was_reading_head or self._heads_completed != heads_before:
+            return
+        if self._refusal is not None or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
-            self._refusal = (f"the request line and headers exceed {MAX_HEAD_BYTES} bytes; "
-                             "send fewer or shorter headers")
+            self._refusal = _TOO_LARGE
             self.send_400_response(self._refusal)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -55,6 +59,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes = False, 0
+        self._heads_completed += 1
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+            self._refusal = _TOO_LARGE
+            raise HeadTooLarge(self._refusal)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

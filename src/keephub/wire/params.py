@@ -17,12 +17,13 @@ _ASCII_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 def int_param(query: Mapping[str, str], name: str, *, minimum: int, maximum: int,
               default: int | None = None, hint: str = "") -> int | None:
-    """The query parameter `name` as an int in [minimum, maximum]; `default` when it is absent or empty.
+    """The query parameter `name` as an int in [minimum, maximum]; `default` when it is absent (an empty value
+    is refused like any other non-number).
 
     `hint` ends the error message where a bare range would not tell the user what to send.
     """
     raw = query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if _ASCII_INTEGER.fullmatch(raw) is None or not minimum <= int(raw) <= maximum:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
