@@ -25,6 +25,12 @@ from huggingface_hub.errors import HfHubHTTPError
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 
 
+@pytest.fixture(scope="module")
+def alice(server: Server) -> tuple[str, str]:
+    """One user for the whole module (creating one takes seconds): every refusal must leave it unchanged."""
+    return server.user()
+
+
 def refused(call, status: int, *words: str) -> str:  # type: ignore[no-untyped-def]
     """Run a client call that must fail with `status`; return the server's message, which must name `words`."""
     with pytest.raises(HfHubHTTPError) as info:
@@ -120,6 +126,24 @@ def test_lone_surrogates_and_nul_never_reach_storage(server: Server, api: HfApi,
     assert api.list_repo_commits(repo_id) == before
     assert [r.name for r in api.list_repo_refs(repo_id).tags] == []
     assert not api.repo_exists(f"{alice[0]}/ok-name")
+
+
+@pytest.mark.parametrize(("front_matter", "card"), [
+    (b"tags: [\"\\ud800\"]", None),                     # a YAML escape for a lone surrogate
+    (b"a: &x [*x]", None),                                 # a cycle
+    (b"a: &a [1, 1]\nb: &b [*a, *a]\nc: [*b, *b]", None),  # aliases, which nest into a "billion laughs"
+    (b"a: [" * 3000, None),                                # nesting past the parser's depth
+    (b"license: mit\ndate: 2024-01-01", {"license": "mit", "date": "2024-01-01"}),
+], ids=["surrogate", "cycle", "aliases", "deep", "date"])
+def test_model_card_metadata_never_breaks_repo_info(server: Server, api: HfApi, repo_id: str,
+                                                    front_matter: bytes, card: dict | None) -> None:
+    """The README is stored as written; its cardData used to make model_info (and the repo page) answer 500."""
+    api.upload_file(path_or_fileobj=b"---\n" + front_matter + b"\n---\n# Model\n", path_in_repo="README.md",
+                    repo_id=repo_id)
+    assert api.model_info(repo_id, files_metadata=True).sha is not None
+    auth = {"authorization": f"Bearer {api.token}"}
+    assert httpx.get(f"{server.url}/api/models/{repo_id}", headers=auth).json()["cardData"] == card
+    assert httpx.get(f"{server.url}/{repo_id}", headers=auth).status_code == 200
 
 
 # -- 3. numeric query parameters -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import yaml
@@ -10,6 +11,7 @@ from dulwich.objects import Commit
 from keephub.hub.repos import RepoRef
 from keephub.storage.gitobjects import Entry, lfs_pointer
 from keephub.storage.schema import Ref
+from keephub.wire.text import first_invalid_string
 
 
 def iso(moment: datetime) -> str:
@@ -40,8 +42,24 @@ def sibling(entry: Entry, with_metadata: bool) -> dict:
     return item
 
 
+class _CardLoader(yaml.SafeLoader):
+    """YAML without aliases: `a: &x [*x]` is a cycle no JSON answer can hold, and nested aliases expand
+    exponentially (a "billion laughs") once written out; model card metadata has no use for either."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("YAML aliases are not allowed in model card metadata")
+        return super().compose_node(parent, index)
+
+
 def card_data(readme: bytes | None) -> dict | None:
-    """The YAML front matter of README.md, which the Hub exposes as cardData."""
+    """The YAML front matter of README.md, which the Hub exposes as cardData; None when there is none or it
+    cannot be answered as JSON text.
+
+    The README is stored as written; only what is derived from it must always render, or one README would
+    make the repo's info answer 500 for good: dates become ISO strings, and metadata that is nested past
+    the parser's depth, has non-text keys, or holds a lone surrogate (YAML "\\ud800") is left out.
+    """
     if not readme:
         return None
     text = readme.decode("utf-8", "replace")
@@ -51,16 +69,18 @@ def card_data(readme: bytes | None) -> dict | None:
     if end < 0:
         return None
     try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
+        card = json.loads(json.dumps(yaml.load(text[3:end], Loader=_CardLoader), default=str))
+    except (yaml.YAMLError, RecursionError, TypeError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(card, dict) or first_invalid_string(card) is not None:
+        return None
+    return card
 
 
 def repo_info(repo: RepoRef, sha: str | None, files: list[Entry] | None, readme: bytes | None,
               with_file_metadata: bool, base_url: str) -> dict:
     card = card_data(readme)
-    tags = list(card.get("tags") or []) if card and isinstance(card.get("tags"), list) else []
+    tags = [tag for tag in card["tags"] if isinstance(tag, str)] if card and isinstance(card.get("tags"), list) else []
     info: dict = {
         "_id": f"{repo.type}-{repo.id}",
         "id": repo.repo_id,
