@@ -171,7 +171,8 @@ def test_error_headers_are_printable_ascii_whatever_the_url_holds(server: Server
     """Messages quote the URL; a NUL or control character in X-Error-Message made uvicorn drop the connection."""
     for path in (f"/api/models/{alice[0]}/{segment}", f"/api/models/{alice[0]}/{segment}/resolve/main/a.txt",
                  f"/api/models/{alice[0]}/repo/resolve/main/{segment}", f"/api/nope/{segment}",
-                 f"/{alice[0]}/{segment}/resolve/main/{segment}"):
+                 f"/{alice[0]}/{segment}/resolve/main/{segment}", f"/api/models?limit={segment}",
+                 f"/api/models/{alice[0]}/repo/tree/main?cursor={segment}"):
         response = httpx.get(server.url + path, headers={"authorization": f"Bearer {alice[1]}"})
         assert 400 <= response.status_code < 500, (path, response.status_code)
         header = response.headers.get("x-error-message", "")
