@@ -259,19 +259,30 @@ def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) 
 
 
 class FlakyProxy:
-    """A loopback TCP proxy to the hub that can refuse connections for a while: the hub 'unreachable'."""
+    """Stands in for keephub's socket for jobs (jobs live in network namespaces of their own and reach keephub
+    only through it), forwarding to the real one, and can refuse connections for a while: the hub
+    'unreachable' from inside the job."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, hub: Server) -> None:
         import socket
         import threading
 
-        self.target_port = target_port
-        self.port = free_port()
+        self.path = hub.data_dir / "sandboxes" / "run" / "hub.sock"
+        self.real = self.path.with_name("hub-real.sock")
+        self.path.rename(self.real)
         self.down_until = 0.0
-        self.server = socket.create_server(("127.0.0.1", self.port))
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(self.path))
+        self.path.chmod(0o666)
+        self.server.listen(64)
         self.threads: list[threading.Thread] = []
         self.open_sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+        self.path.unlink()
+        self.real.rename(self.path)
 
     def outage(self, seconds: float) -> None:
         import time
@@ -293,7 +304,8 @@ class FlakyProxy:
             if time.time() < self.down_until:
                 client.close()
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(str(self.real))
             self.open_sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -315,16 +327,19 @@ class FlakyProxy:
 
 def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trainer_user) -> None:
     name, api = trainer_user
-    proxy = FlakyProxy(hub.port)
     repo = f"{name}/through-an-outage"
     api.create_repo(repo)
-    job = submit(api, name, repo, env={"SLEEP_PER_STEP": "0.2", "HF_ENDPOINT": f"http://127.0.0.1:{proxy.port}"})
-    lines = []
-    for line in api.fetch_job_logs(job_id=job, namespace=name, follow=True):
-        lines.append(line)
-        if line.startswith("step 5 "):
-            proxy.outage(30)
-    info = api.wait_for_job(job_id=job, namespace=name, timeout=120)
+    proxy = FlakyProxy(hub)
+    try:
+        job = submit(api, name, repo, env={"SLEEP_PER_STEP": "0.2"})
+        lines = []
+        for line in api.fetch_job_logs(job_id=job, namespace=name, follow=True):
+            lines.append(line)
+            if line.startswith("step 5 "):
+                proxy.outage(30)
+        info = api.wait_for_job(job_id=job, namespace=name, timeout=120)
+    finally:
+        proxy.close()
     assert info.status.stage == "COMPLETED", lines
     assert any("failed" in line and "retrying" in line for line in lines), "pushes were retried during the outage"
     files = set(api.list_repo_files(repo))
