@@ -83,8 +83,10 @@ def parse_timeout(value: object, default: int) -> int:
         match = _TIMEOUT.match(str(value))
         if not match:
             raise BadRequest(f"timeout {value!r} is malformed; use seconds (300) or a duration like '5m', '2h', '1d'")
-        amount = float(match.group(1)) * _UNITS[match.group(2)]  # inf for a 400-digit number: refused below
-        seconds = int(amount) if amount <= MAX_TIMEOUT_SECONDS else MAX_TIMEOUT_SECONDS + 1
+        amount = float(match.group(1)) * _UNITS[match.group(2)]
+        if amount > MAX_TIMEOUT_SECONDS:  # checked before int(): a 400-digit number is inf as a float
+            raise BadRequest(f"timeout {value!r} is longer than 7 days, the longest a job may run")
+        seconds = int(amount)
     if seconds <= 0 or seconds > MAX_TIMEOUT_SECONDS:
         raise BadRequest(f"timeout must be between 1 second and 7 days, not {seconds} s")
     return seconds

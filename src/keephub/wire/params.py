@@ -1,8 +1,8 @@
 """Numeric query parameters, parsed one way for every route: ASCII digits within a stated range, else a 400.
 
 `str.isdigit()` accepts digits of any script ("١٢") and `int()` any size, so ad-hoc parsing let through
-values that later overflowed SQLite's 64-bit integers or meant nothing; one parser names the parameter and
-the range it takes.
+values no client means (a limit of 10^23, a cursor in Arabic-Indic digits); one parser names the parameter
+and the range it takes.
 """
 
 from __future__ import annotations
