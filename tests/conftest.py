@@ -69,3 +69,81 @@ def repo_id(api, alice: tuple[str, str]) -> str:  # type: ignore[no-untyped-def]
     repo = f"{alice[0]}/repo-{uuid.uuid4().hex[:8]}"
     api.create_repo(repo)
     return repo
+
+
+class JobSocketProxy:
+    """Stands in for keephub's socket for jobs (sandboxes/run/hub.sock: jobs live in network namespaces of
+    their own and reach keephub only through it) and forwards to the real one. A test can make keephub
+    unreachable from inside jobs for a while (`outage`) and see what jobs send (`sent`)."""
+
+    def __init__(self, hub: Server) -> None:
+        import socket
+        import threading
+
+        self.path = hub.data_dir / "sandboxes" / "run" / "hub.sock"
+        self.real = self.path.with_name("hub-real.sock")
+        self.path.rename(self.real)
+        self.down_until = 0.0
+        self.sent = b""
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(self.path))
+        self.path.chmod(0o666)
+        self.server.listen(64)
+        self.open_sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> "JobSocketProxy":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.close()
+        self.path.unlink()
+        self.real.rename(self.path)
+
+    def outage(self, seconds: float) -> None:
+        import time
+
+        self.down_until = time.time() + seconds
+        for sock in list(self.open_sockets):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        import time
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            if time.time() < self.down_until:
+                client.close()
+                continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(str(self.real))
+            except OSError:  # the hub has stopped
+                client.close()
+                continue
+            self.open_sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, target, outgoing: bool) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := source.recv(65536):
+                if outgoing:
+                    self.sent += data
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass

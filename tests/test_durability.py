@@ -7,7 +7,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, JobSocketProxy, Server, free_port
 from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.training
@@ -258,79 +258,11 @@ def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) 
     assert any(line.startswith("[keephub] Uploading final model files") for line in lines), lines
 
 
-class FlakyProxy:
-    """Stands in for keephub's socket for jobs (jobs live in network namespaces of their own and reach keephub
-    only through it), forwarding to the real one, and can refuse connections for a while: the hub
-    'unreachable' from inside the job."""
-
-    def __init__(self, hub: Server) -> None:
-        import socket
-        import threading
-
-        self.path = hub.data_dir / "sandboxes" / "run" / "hub.sock"
-        self.real = self.path.with_name("hub-real.sock")
-        self.path.rename(self.real)
-        self.down_until = 0.0
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(self.path))
-        self.path.chmod(0o666)
-        self.server.listen(64)
-        self.threads: list[threading.Thread] = []
-        self.open_sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.close()
-        self.path.unlink()
-        self.real.rename(self.path)
-
-    def outage(self, seconds: float) -> None:
-        import time
-
-        self.down_until = time.time() + seconds
-        for sock in list(self.open_sockets):
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-        import time
-
-        while True:
-            client, _ = self.server.accept()
-            if time.time() < self.down_until:
-                client.close()
-                continue
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(str(self.real))
-            self.open_sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source, target) -> None:  # type: ignore[no-untyped-def]
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-
 def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trainer_user) -> None:
     name, api = trainer_user
     repo = f"{name}/through-an-outage"
     api.create_repo(repo)
-    proxy = FlakyProxy(hub)
-    try:
+    with JobSocketProxy(hub) as proxy:
         job = submit(api, name, repo, env={"SLEEP_PER_STEP": "0.2"})
         lines = []
         for line in api.fetch_job_logs(job_id=job, namespace=name, follow=True):
@@ -338,8 +270,6 @@ def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trai
             if line.startswith("step 5 "):
                 proxy.outage(30)
         info = api.wait_for_job(job_id=job, namespace=name, timeout=120)
-    finally:
-        proxy.close()
     assert info.status.stage == "COMPLETED", lines
     assert any("failed" in line and "retrying" in line for line in lines), "pushes were retried during the outage"
     files = set(api.list_repo_files(repo))

@@ -8,7 +8,6 @@ training script could print fake ones (and 30,000 of them).
 from __future__ import annotations
 
 import re
-import socket
 import textwrap
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, JobSocketProxy, Server, free_port
 from huggingface_hub import HfApi
 
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -184,48 +183,6 @@ def test_output_past_the_log_cap_is_dropped_with_one_notice_and_the_job_goes_on(
 
 # -- durability records ---------------------------------------------------------------------------------
 
-class SniffingProxy:
-    """A loopback TCP proxy to the hub that notes the agent credentials passing through it: the way a test can
-    hold the credential the sidecar was given (nothing in the job's sandbox but the sidecar ever sees it)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.credentials: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.server.accept()
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:  # the hub has stopped
-                client.close()
-                continue
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, sniff: bool) -> None:
-        seen = b""
-        try:
-            while data := source.recv(65536):
-                if sniff:
-                    seen = seen[-200:] + data
-                    for found in re.findall(rb"Bearer (khagent_[A-Za-z0-9_\-]{20,})\r\n", seen):
-                        if found.decode() not in self.credentials:
-                            self.credentials.append(found.decode())
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-
 WAIT_FOR_GO = textwrap.dedent('''
     import json, os, time, urllib.error, urllib.request
     os.makedirs("out/checkpoint-10")
@@ -275,42 +232,44 @@ def test_records_need_the_attempts_own_credential_and_are_capped(hub: Server) ->
     name, api = user_of(hub)
     repo = f"{name}/channel"
     other = api.run_job(image=UV_IMAGE, command=["python", "-c", "pass"], namespace=name)
-    proxy = SniffingProxy(hub.port)
-    job = guarded_job(api, name, repo, WAIT_FOR_GO, env={"HF_ENDPOINT": f"http://127.0.0.1:{proxy.port}"})
-    deadline = time.time() + 90
-    while not proxy.credentials and time.time() < deadline:
-        time.sleep(0.2)
-    assert proxy.credentials, "the sidecar reports its checkpoint push with its credential"
-    credential = proxy.credentials[0]
-    records = f"{hub.url}/api/agent/v1/jobs/{job.id}/attempts/1/records"
-    bearer = {"authorization": f"Bearer {credential}"}
-    push = {"kind": "push", "label": "checkpoint-1", "revision": "main", "commit": "1" * 40, "files": [], "bytes": 0}
+    # Nothing in the job's sandbox but the sidecar ever sees its credential: the test reads it on the wire.
+    # The proxy stays in place while the job runs: the sandbox was bound to the proxy's socket.
+    with JobSocketProxy(hub) as proxy:
+        job = guarded_job(api, name, repo, WAIT_FOR_GO)
+        deadline = time.time() + 90
+        while not (credentials := re.findall(rb"Bearer (khagent_[A-Za-z0-9_\-]{20,})\r\n", proxy.sent)):
+            assert time.time() < deadline, "the sidecar reports its checkpoint push with its credential"
+            time.sleep(0.2)
+        credential = credentials[0].decode()
+        records = f"{hub.url}/api/agent/v1/jobs/{job.id}/attempts/1/records"
+        bearer = {"authorization": f"Bearer {credential}"}
+        push = {"kind": "push", "label": "checkpoint-1", "revision": "main", "commit": "1" * 40, "files": [], "bytes": 0}
 
-    with httpx.Client(timeout=30) as http:
-        elsewhere = [f"{hub.url}/api/agent/v1/jobs/{other.id}/attempts/1/records",
-                     f"{hub.url}/api/agent/v1/jobs/{job.id}/attempts/2/records"]
-        for url in elsewhere:
-            refused = http.post(url, json=push, headers=bearer)
-            assert refused.status_code == 403 and "valid only for the attempt" in refused.json()["error"]
-        user_token = http.post(records, json=push, headers={"authorization": f"Bearer {api.token}"})
-        assert user_token.status_code == 401 and "agent credential" in user_token.json()["error"]
-        huge = http.post(records, json={**push, "files": ["f" * 1000] * 300}, headers=bearer)
-        assert huge.status_code == 413 and "262144-byte limit" in huge.json()["error"]
-        unknown = http.post(records, json={"kind": "anything"}, headers=bearer)
-        assert unknown.status_code == 400 and "push, push-failed, resume, verdict" in unknown.json()["error"]
+        with httpx.Client(timeout=30) as http:
+            elsewhere = [f"{hub.url}/api/agent/v1/jobs/{other.id}/attempts/1/records",
+                         f"{hub.url}/api/agent/v1/jobs/{job.id}/attempts/2/records"]
+            for url in elsewhere:
+                refused = http.post(url, json=push, headers=bearer)
+                assert refused.status_code == 403 and "valid only for the attempt" in refused.json()["error"]
+            user_token = http.post(records, json=push, headers={"authorization": f"Bearer {api.token}"})
+            assert user_token.status_code == 401 and "agent credential" in user_token.json()["error"]
+            huge = http.post(records, json={**push, "files": ["f" * 1000] * 300}, headers=bearer)
+            assert huge.status_code == 413 and "262144-byte limit" in huge.json()["error"]
+            unknown = http.post(records, json={"kind": "anything"}, headers=bearer)
+            assert unknown.status_code == 400 and "push, push-failed, resume, verdict" in unknown.json()["error"]
 
-        answers = [http.post(records, json=push, headers=bearer).status_code for _ in range(1000)]
-        refused = http.post(records, json=push, headers=bearer)
-    assert answers.count(201) == 999 and answers[-1] == 429, "1,000 records per attempt, the sidecar's included"
-    assert refused.status_code == 429 and "1000 records" in refused.json()["error"]
-    assert len(durability_of(api, name, job.id)["pushes"]) == 1000
+            answers = [http.post(records, json=push, headers=bearer).status_code for _ in range(1000)]
+            refused = http.post(records, json=push, headers=bearer)
+        assert answers.count(201) == 999 and answers[-1] == 429, "1,000 records per attempt, the sidecar's included"
+        assert refused.status_code == 429 and "1000 records" in refused.json()["error"]
+        assert len(durability_of(api, name, job.id)["pushes"]) == 1000
 
-    api.upload_file(path_or_fileobj=b"go", path_in_repo="go.txt", repo_id=repo)
-    assert api.wait_for_job(job_id=job.id, namespace=name, timeout=90).status.stage == "COMPLETED"
-    lines = list(api.fetch_job_logs(job_id=job.id, namespace=name))
-    assert sum("the most an attempt may" in line for line in lines) == 1, "the sidecar says it once, then stops"
-    record = durability_of(api, name, job.id)
-    assert len(record["pushes"]) == 1000
-    assert "reported no verdict" not in record["verdict"]["message"], "the verdict always fits"
+        api.upload_file(path_or_fileobj=b"go", path_in_repo="go.txt", repo_id=repo)
+        assert api.wait_for_job(job_id=job.id, namespace=name, timeout=90).status.stage == "COMPLETED"
+        lines = list(api.fetch_job_logs(job_id=job.id, namespace=name))
+        assert sum("the most an attempt may" in line for line in lines) == 1, "the sidecar says it once, then stops"
+        record = durability_of(api, name, job.id)
+        assert len(record["pushes"]) == 1000
+        assert "reported no verdict" not in record["verdict"]["message"], "the verdict always fits"
     after = httpx.post(records, json={"kind": "verdict", "status": "saved"}, headers=bearer)
     assert after.status_code == 403, "the credential is revoked when the attempt ends"
