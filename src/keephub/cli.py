@@ -34,13 +34,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from keephub.app import build_app
+    from keephub.jobs.sandbox import jobs_socket
     from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
     settings = _settings(args)
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, date_header=False, http=BoundedHttpToolsProtocol)
+    config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5, date_header=False, http=BoundedHttpToolsProtocol)
+    # Jobs in isolated networks reach the API through this socket, bound into each sandbox.
+    uvicorn.Server(config).run(sockets=[config.bind_socket(), jobs_socket(settings.data_dir)])
     return 0
 
 
