@@ -295,15 +295,14 @@ def private_server() -> Iterator[Server]:
 
 
 def _group_or_other_access(data_dir: Path) -> list[str]:
-    """Entries under `data_dir` that other users could read or write; a directory may keep the search bit
-    (x), which job sandboxes running as their own uids need to reach their workspace."""
+    """Entries under `data_dir` that other users could enter, read or write (sockets: reached only through
+    the mounts keephub makes for sandboxes)."""
     found = []
     for path in [data_dir, *data_dir.rglob("*")]:
         mode = path.lstat().st_mode
         if stat.S_ISSOCK(mode) or stat.S_ISLNK(mode):
             continue
-        allowed = (stat.S_IXGRP | stat.S_IXOTH) if stat.S_ISDIR(mode) else 0
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) & ~allowed:
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
             found.append(f"{path.relative_to(data_dir)} {stat.filemode(mode)}")
     return found
 

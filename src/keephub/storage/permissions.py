@@ -4,11 +4,8 @@ The data directory holds the database (token hashes, sealed job secrets), the si
 every uploaded file and every job's log, so nothing in it may be readable by other local users. New files
 are created private by a umask of 077 set when `keephub serve` or an admin command starts; what already
 exists is checked at start-up, and anything group- or world-accessible is reported with the `chmod` that
-fixes it (keephub does not change modes behind an operator's back).
-
-One exception: job sandboxes run as their own uids and must reach their workspace under the data directory,
-so directories on that way may carry the search bit (x) for group and others, which lets a process pass
-through a directory to a name it already knows but not list or read it.
+fixes it (keephub does not change modes behind an operator's back). Job sandboxes, which run as uids of
+their own, need no way in: keephub mounts what they use for them (see keephub.jobs.sandbox).
 """
 
 from __future__ import annotations
@@ -22,8 +19,7 @@ log = logging.getLogger("keephub")
 
 PRIVATE_UMASK = 0o077
 PRIVATE_DIR_MODE = 0o700
-_OPEN_FILE_BITS = stat.S_IRWXG | stat.S_IRWXO
-_OPEN_DIR_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
+_OPEN_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 def restrict_new_files() -> None:
@@ -37,8 +33,8 @@ def make_private_dir(path: Path) -> None:
 
 
 def is_open(mode: int) -> bool:
-    """Whether a file of this `st_mode` lets other users read or write it (or a directory list or change it)."""
-    return bool(mode & (_OPEN_DIR_BITS if stat.S_ISDIR(mode) else _OPEN_FILE_BITS))
+    """Whether a file or directory of this `st_mode` lets other users in at all."""
+    return bool(mode & _OPEN_BITS)
 
 
 def open_entries(data_dir: Path) -> list[tuple[Path, int]]:
