@@ -254,3 +254,12 @@ def test_the_egress_proxy_lets_through_only_its_allow_list(user, echo_port: int)
     assert f"127.0.0.1:{echo_port} 200 True" in lines, lines
     assert "127.0.0.1:22 403 False" in lines
     assert "example.com:443 403 False" in lines
+
+
+def test_a_user_value_given_to_the_sidecar_is_never_one_of_its_options(user) -> None:
+    """The output directory comes from a label: '--sole-pusher' there is a directory's name, nothing more."""
+    name, api = user
+    info, lines = run(api, "import os; print('ran in', os.getcwd())", secrets={"HF_TOKEN": "$HF_TOKEN"},
+                      labels={"keephub.repo": f"{name}/option-like", "keephub.output-dir": "--sole-pusher"})
+    assert info.status.stage == "COMPLETED", lines
+    assert "ran in /workspace" in lines

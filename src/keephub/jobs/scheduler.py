@@ -316,12 +316,14 @@ class Scheduler:
         durability_record.add_missing_verdict(self.db, job_id, number)
 
     def _with_sidecar(self, spec: dict, job_id: str, number: int) -> list[str]:
-        """Wrap the user's command in the durability sidecar when keephub guards this job's results."""
+        """Wrap the user's command in the durability sidecar when keephub guards this job's results. Values that
+        come from the user (repo, output directory) are given as `--option=value`, so none can be read as an
+        option of its own."""
         plan = spec.get("durability")
         if not plan:
             return spec["command"]
-        wrapper = [str(self.layout.python), "-m", "keephub.durability.sidecar", "--repo", plan["repo"],
-                   "--output-dir", plan["outputDir"], "--job-id", job_id, "--attempt", str(number),
+        wrapper = [str(self.layout.python), "-m", "keephub.durability.sidecar", f"--repo={plan['repo']}",
+                   f"--output-dir={plan['outputDir']}", "--job-id", job_id, "--attempt", str(number),
                    "--grace", str(max(1, self.settings.job_grace_seconds - 5)),
                    "--agent-credential-file", f"{sandbox.WORKSPACE}/{agent_api.CREDENTIAL_FILE}"]
         if plan.get("resume"):
