@@ -134,10 +134,11 @@ def test_the_root_and_system_directories_are_read_only(user) -> None:
     assert "tmp, shm and /dev/null work" in lines
 
 
-@pytest.mark.parametrize("where", ["tmpfs", "memfd"])
+@pytest.mark.parametrize("where", ["tmpfs", "memfd", "shared-mmap", "sysv-shm"])
 def test_memory_held_in_ram_backed_files_counts_against_the_limit(user, where: str) -> None:
-    """600 MiB in /tmp and 480 in /dev/shm (each within its own cap), or 2 GiB in memfds, under a 1 GiB
-    limit: the job ends ERROR. (The review held 600 MB in each of /tmp, /run, /dev/shm, / and more.)"""
+    """600 MiB in /tmp and 480 in /dev/shm (each within its own cap), 2 GiB in memfds, 1.5 GiB of shared
+    anonymous memory, or a detached System V segment of 1.5 GiB, under a 1 GiB limit: the job ends ERROR.
+    (The review held 600 MB in each of /tmp, /run, /dev/shm, / and more.)"""
     _, api = user
     fill = {
         "tmpfs": """
@@ -158,6 +159,25 @@ def test_memory_held_in_ram_backed_files_counts_against_the_limit(user, where: s
                 for _ in range(512):
                     os.write(fd, block)
             print('filled', flush=True)
+            time.sleep(30)
+        """,
+        "shared-mmap": """
+            import mmap, time
+            hoard = mmap.mmap(-1, 1536 << 20)
+            for offset in range(0, len(hoard), 1 << 20):
+                hoard[offset:offset + (1 << 20)] = b'x' * (1 << 20)
+            print('filled', flush=True)
+            time.sleep(30)
+        """,
+        "sysv-shm": """
+            import ctypes, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.shmat.restype = ctypes.c_void_p
+            segment = libc.shmget(0, ctypes.c_size_t(1536 << 20), 0o1600)
+            address = libc.shmat(segment, None, 0)
+            ctypes.memset(address, 1, 1536 << 20)
+            libc.shmdt(ctypes.c_void_p(address))
+            print('filled and detached', flush=True)
             time.sleep(30)
         """,
     }[where]
@@ -263,3 +283,27 @@ def test_a_user_value_given_to_the_sidecar_is_never_one_of_its_options(user) -> 
                       labels={"keephub.repo": f"{name}/option-like", "keephub.output-dir": "--sole-pusher"})
     assert info.status.stage == "COMPLETED", lines
     assert "ran in /workspace" in lines
+
+
+def test_a_deep_directory_tree_neither_blinds_the_limits_nor_outlives_the_attempt(box: Server, user) -> None:
+    """A tree deeper than Python's recursion limit in /workspace and the uv cache made the limit watch fail,
+    leaving the job without limits, timeout or cancel."""
+    name, api = user
+    info, lines = run(api, """
+        import os, time
+        for root in ('/workspace', '/opt/keephub/uv-cache'):
+            os.chdir(root)
+            for _ in range(1500):
+                os.mkdir('d')
+                os.chdir('d')
+        print('deep', flush=True)
+        time.sleep(3)
+        hoard = bytearray(1536 << 20)
+        print('allocated', flush=True)
+        time.sleep(30)
+    """)
+    assert info.status.stage == "ERROR" and "exceeded the memory limit of 1 GB" in info.status.message, lines
+    assert "deep" in lines
+    assert list((box.data_dir / "sandboxes" / "workspaces").iterdir()) == [], "the deep workspace is deleted"
+    follow_up, lines = run(api, "print('the owner can still run jobs')")
+    assert follow_up.status.stage == "COMPLETED" and "the owner can still run jobs" in lines

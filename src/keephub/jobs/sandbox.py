@@ -26,7 +26,9 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,11 @@ TOOLS_DIR = "/opt/keephub/bin"
 UV_CACHE = "/opt/keephub/uv-cache"
 SOCKETS_DIR = "/run/keephub"
 SANDBOX_INIT = Path(keephub.agent.__file__).resolve().with_name("sandbox_init.py")
+# Open files per process in a job: room for data loaders and many shards, and a bound on what the limit
+# watch has to look through (it reads every descriptor of the sandbox to find memfds).
+OPEN_FILES = 16384
+# At most this many descriptors are looked at per sample; a sandbox with more is stopped (see `usage`).
+MAX_OPEN_FILES_SEEN = 200_000
 # The uid the job sees inside its user namespace; on the host it is the job's own uid (see JobUser).
 INSIDE_UID = 65534
 # Where, in a mount namespace private to one sandbox, the host paths it is built from are bind-mounted for
@@ -257,7 +264,9 @@ def hosts_file(names: tuple[str, ...]) -> bytes:
     return f"127.0.0.1\tlocalhost keephub-job {' '.join(names)}\n::1\tlocalhost ip6-localhost\n".encode()
 
 
-_CLONE_NEWNS, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
+_CLONE_NEWNS, _CLONE_NEWIPC, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x00020000, 0x08000000, 4096, 16384, 1 << 18
+# Resolved once, in the parent: a child between fork and exec must not load libraries.
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def staged_sources(layout: SandboxLayout, spec: SandboxSpec) -> dict[Path, Path]:
@@ -266,28 +275,36 @@ def staged_sources(layout: SandboxLayout, spec: SandboxSpec) -> dict[Path, Path]
     return {path: Path(STAGE) / str(index) for index, path in enumerate(paths)}
 
 
-def _mount_stage(sources: dict[Path, Path]) -> None:
+def _stage_plan(sources: dict[Path, Path]) -> list[tuple[bytes, bytes, bool]]:
+    """(source, mount point, is a directory) for `_mount_stage`, worked out before the fork."""
+    return [(bytes(path), bytes(point), path.is_dir()) for path, point in sources.items()]
+
+
+def _mount_stage(plan: list[tuple[bytes, bytes, bool]]) -> None:
     """In the child about to become bwrap, still root: a private mount namespace with a fresh tmpfs on STAGE,
     where each source is bind-mounted (through an fd opened before, since the tmpfs may cover it). The
-    host's mounts are not touched."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(result: int, what: str) -> None:
+    host's mounts are not touched. Only system calls here: this runs between fork and exec."""
+    def check(result: int, what: bytes) -> None:
         if result != 0:
-            raise OSError(ctypes.get_errno(), f"cannot {what} for the sandbox")
+            raise OSError(ctypes.get_errno(), b"cannot %s for the sandbox" % what)
 
-    check(libc.unshare(_CLONE_NEWNS), "make a private mount namespace")
-    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
-    fds = {path: os.open(path, os.O_PATH) for path in sources}
-    check(libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", 0, b"mode=0755,size=1m"), f"mount a tmpfs on {STAGE}")
-    for path, mount_point in sources.items():
-        if path.is_dir():
-            mount_point.mkdir()
+    check(_LIBC.unshare(_CLONE_NEWNS), b"make a private mount namespace")
+    check(_LIBC.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), b"make mounts private")
+    fds = [os.open(source, os.O_PATH) for source, _, _ in plan]
+    check(_LIBC.mount(b"tmpfs", STAGE.encode(), b"tmpfs", 0, b"mode=0755,size=1m"), b"mount a tmpfs on the stage")
+    for fd, (source, point, is_dir) in zip(fds, plan):
+        if is_dir:
+            os.mkdir(point)
         else:
-            mount_point.touch()
-        check(libc.mount(f"/proc/self/fd/{fds[path]}".encode(), bytes(mount_point), None, _MS_BIND | _MS_REC, None),
-              f"bind {path}")
-        os.close(fds[path])
+            os.close(os.open(point, os.O_CREAT | os.O_WRONLY, 0o644))
+        check(_LIBC.mount(b"/proc/self/fd/%d" % fd, point, None, _MS_BIND | _MS_REC, None), b"bind " + source)
+        os.close(fd)
+
+
+def _within_hard_limit(kind: int, value: int) -> int:
+    """A limit may be lowered, never raised past the hard limit keephub itself runs under (non-root)."""
+    hard = resource.getrlimit(kind)[1]
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
 
 
 def _data_pipe(content: bytes) -> int:
@@ -310,17 +327,19 @@ async def start(layout: SandboxLayout, spec: SandboxSpec) -> asyncio.subprocess.
         "command": spec.command, "env": spec.env, "cwd": WORKSPACE,
         "routes": [{"host": r.host, "port": r.port, "socket": r.inside_socket} for r in spec.routes],
     }).encode()
-    limits = spec.limits
     sources = staged_sources(layout, spec) if spec.user is not None else {}
+    plan = _stage_plan(sources)
+    rlimits = [(resource.RLIMIT_NPROC, spec.limits.processes), (resource.RLIMIT_FSIZE, spec.limits.disk_bytes),
+               (resource.RLIMIT_NOFILE, OPEN_FILES), (resource.RLIMIT_CORE, 0)]
+    rlimits = [(kind, _within_hard_limit(kind, value)) for kind, value in rlimits]
 
     def confine() -> None:
         if spec.cpus:
             os.sched_setaffinity(0, spec.cpus)
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.disk_bytes, limits.disk_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for kind, value in rlimits:
+            resource.setrlimit(kind, (value, value))
         if spec.user is not None:
-            _mount_stage(sources)
+            _mount_stage(plan)
             os.setgroups([])
             os.setgid(spec.user.gid)
             os.setuid(spec.user.uid)
@@ -367,10 +386,12 @@ def _descendants(pid: int) -> list[int]:
 class Usage:
     memory_bytes: int
     tasks: int
+    open_files: int
+    deleted_bytes: int
 
 
 def _status_fields(pid: int) -> dict[str, int]:
-    wanted = {"RssAnon:", "RssFile:", "Threads:"}
+    wanted = {"VmRSS:", "Threads:"}
     values = {}
     with open(f"/proc/{pid}/status", "rb") as fh:
         for line in fh:
@@ -380,25 +401,33 @@ def _status_fields(pid: int) -> dict[str, int]:
     return values
 
 
-def _memfd_bytes(pid: int, seen: set[tuple[int, int]]) -> int:
-    """Bytes held by memfds the process has open and has not counted yet (memfds are in no mount)."""
-    total = 0
+def _open_file_bytes(pid: int, seen: set[tuple[int, int]], budget: int) -> tuple[int, int, int]:
+    """(memfd bytes, bytes of deleted files still open, descriptors looked at) for files the process holds
+    that no mount shows: memfds are in no mount, a deleted file is in none any more. Counted once each."""
+    memfd = deleted = looked = 0
     fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
+    for fd in os.listdir(fd_dir)[:budget]:
+        looked += 1
         try:
-            if not os.readlink(f"{fd_dir}/{fd}").startswith("/memfd:"):
+            target = os.readlink(f"{fd_dir}/{fd}")
+            is_memfd = target.startswith("/memfd:")
+            if not is_memfd and not (target.endswith(" (deleted)") and target.startswith("/")):
                 continue
             info = os.stat(f"{fd_dir}/{fd}")
         except OSError:
             continue
-        if (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            total += info.st_blocks * 512
-    return total
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        if is_memfd:
+            memfd += info.st_blocks * 512
+        elif not target.startswith(("/tmp/", "/dev/shm/")):  # those are in the RAM-backed mounts' count
+            deleted += info.st_blocks * 512
+    return memfd, deleted, looked
 
 
 def _ram_mounts_bytes(pid: int) -> int:
-    """Bytes stored in the sandbox's RAM-backed mounts, seen through one of its processes."""
+    """Bytes stored in the sandbox's RAM-backed mounts, seen through its first process (bwrap's pid 1)."""
     total = 0
     for mount in ("tmp", "dev/shm", "dev"):
         try:
@@ -409,55 +438,110 @@ def _ram_mounts_bytes(pid: int) -> int:
     return total
 
 
+def _sysv_shm_bytes(pid: int) -> int:
+    """System V shared memory of the sandbox's IPC namespace, held whether attached or not. /proc/sysvipc
+    shows the reader's namespace, so a short-lived thread joins the sandbox's to read it (root only)."""
+    found: list[int] = []
+
+    def read() -> None:
+        target = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY)
+        try:
+            if _LIBC.setns(target, _CLONE_NEWIPC) != 0:
+                return
+            with open("/proc/sysvipc/shm") as fh:
+                next(fh)
+                found.extend(int(line.split()[3]) for line in fh)
+        finally:
+            os.close(target)
+
+    if os.geteuid() != 0:
+        return 0
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join()
+    return sum(found)
+
+
 def usage(process: asyncio.subprocess.Process) -> Usage:
-    """Memory and tasks of the sandbox, bwrap included (it counts towards RLIMIT_NPROC): resident memory of its
-    processes (shared pages counted once per process: conservative), files in its /tmp and /dev/shm, and its
-    memfds; threads count as tasks."""
+    """What the sandbox holds, bwrap included (it counts towards RLIMIT_NPROC): resident memory of its
+    processes (shared pages counted in each process that maps them: conservative), files in its /tmp and
+    /dev/shm, memfds and System V shared memory; threads count as tasks; deleted files still open count as
+    disk."""
     pids = [process.pid, *_descendants(process.pid)]
-    memory, tasks, seen = 0, 0, set()
+    memory = tasks = looked = deleted = 0
+    seen: set[tuple[int, int]] = set()
     for pid in pids:
         try:
             fields = _status_fields(pid)
-            memory += (fields.get("RssAnon:", 0) + fields.get("RssFile:", 0)) * 1024
+            memory += fields.get("VmRSS:", 0) * 1024
             tasks += fields.get("Threads:", 1)
-            memory += _memfd_bytes(pid, seen)
+            memfd, gone, count = _open_file_bytes(pid, seen, MAX_OPEN_FILES_SEEN - looked)
         except (OSError, ValueError):
             continue
+        memory, deleted, looked = memory + memfd, deleted + gone, looked + count
     if len(pids) > 1:
-        memory += _ram_mounts_bytes(pids[-1])
-    return Usage(memory, tasks)
+        memory += _ram_mounts_bytes(pids[1]) + _sysv_shm_bytes(pids[1])
+    return Usage(memory, tasks, looked, deleted)
+
+
+def _entries(root: Path):  # type: ignore[no-untyped-def]
+    """Every entry under `root`, symlinks not followed; a stack of its own, so no depth exhausts it."""
+    pending = [str(root)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            yield entry
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+            except OSError:
+                continue
 
 
 def disk_bytes(paths: list[Path]) -> int:
-    """Space the files under `paths` take on disk (hard links counted once)."""
+    """Space the files and directories under `paths` take on disk (hard links counted once)."""
     total, seen = 0, set()
     for root in paths:
-        for directory, _, files in os.walk(root):
-            for name in files:
-                try:
-                    info = os.lstat(os.path.join(directory, name))
-                except OSError:
-                    continue
-                if (info.st_dev, info.st_ino) not in seen:
-                    seen.add((info.st_dev, info.st_ino))
-                    total += info.st_blocks * 512
+        for entry in _entries(root):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
     return total
 
 
-def strip_setid_bits(root: Path) -> int:
-    """Clear setuid/setgid bits a job left on files under `root`; returns how many files had them."""
-    stripped = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            try:
-                info = os.lstat(path)
-                if stat.S_ISREG(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                    os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-                    stripped += 1
-            except OSError:
-                continue
-    return stripped
+def remove_tree(path: Path) -> None:
+    """Delete what a job left, however deep (rm walks without recursion) and without following symlinks."""
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, timeout=3600)
+
+
+def clear_setid_bits(root: Path, user: JobUser | None) -> int:
+    """Clear setuid/setgid bits a job left on files under `root`; returns how many it found.
+
+    find runs as the job's own uid, so a job that swaps a symlink in during the walk can make it change
+    nothing but the job's own files (find itself never follows symlinks and checks each directory it
+    enters is the one it listed)."""
+    def as_job_user() -> None:
+        os.chdir(root)  # while still keephub: the job's uid cannot reach `root` through the data directory
+        if user is not None:
+            os.setgroups([])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+
+    command = ["find", ".", "-xdev", "-type", "f", "(", "-perm", "-4000", "-o", "-perm", "-2000", ")",
+               "-print", "-exec", "chmod", "ug-s", "{}", "+"]
+    try:
+        result = subprocess.run(command, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=600,
+                                preexec_fn=as_job_user)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return result.stdout.count(b"\n")
 
 
 def terminate_sandbox(process: asyncio.subprocess.Process) -> None:

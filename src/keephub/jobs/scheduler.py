@@ -13,9 +13,10 @@ import asyncio
 import ipaddress
 import logging
 import os
-import shutil
 import signal
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from pathlib import Path
@@ -130,6 +131,7 @@ class Scheduler:
         self.egress = egress.EgressProxy(self.layout.egress_socket,
                                          egress.parse_allow_list(settings.job_egress_allow))
         self.network = job_network(settings, self.layout)
+        self.watch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keephub-limits")
         available = sorted(os.sched_getaffinity(0))
         self.free_cpus: list[int] = available[: settings.job_cpus or len(available)]
         keep_to(available[len(self.free_cpus):])
@@ -273,9 +275,11 @@ class Scheduler:
                 routes=self.network.routes, hosts=self.network.host_names)
             try:
                 process = await sandbox.start(self.layout, box)
-            except (sandbox.SandboxUnavailable, OSError) as exc:
+            except (sandbox.SandboxUnavailable, OSError, subprocess.SubprocessError) as exc:
                 outcome = Outcome("ERROR", f"the sandbox could not start: {exc}")
                 writer.note(f"keephub: {outcome.message}")
+                if spec.get("durability"):
+                    await asyncio.to_thread(self._close_record_channel, job_id, number)
                 await asyncio.to_thread(self._finish_attempt, job_id, number, outcome)
                 return outcome
             pump = asyncio.create_task(sandbox.pump_output(process, lambda line: writer.write(redact(line))))
@@ -292,8 +296,9 @@ class Scheduler:
             return outcome
         finally:
             writer.close()
-            shutil.rmtree(workspace, ignore_errors=True)
-            stripped = await asyncio.to_thread(sandbox.strip_setid_bits, self.layout.uv_cache_for(job.owner, user))
+            await asyncio.to_thread(sandbox.remove_tree, workspace)
+            stripped = await asyncio.to_thread(sandbox.clear_setid_bits, self.layout.uv_cache_for(job.owner, user),
+                                               user)
             if stripped:
                 log.warning("job %s left %d setuid/setgid files in the uv cache of %s; their bits were cleared",
                             job_id, stripped, job.owner)
@@ -336,15 +341,20 @@ class Scheduler:
                          job: Job, box: sandbox.SandboxSpec) -> Outcome:
         waiter = asyncio.create_task(process.wait())
         canceller = asyncio.create_task(handle.cancel.wait())
-        limits = asyncio.create_task(self._watch_limits(process, box, job.flavor))
+        limits = asyncio.create_task(self._watch_limits(process, box, job.flavor, self.watch_pool))
         remaining = max(0.0, deadline - time.monotonic())
         done, _ = await asyncio.wait({waiter, canceller, limits}, timeout=remaining,
                                      return_when=asyncio.FIRST_COMPLETED)
         canceller.cancel()
         limits.cancel()
         if limits in done and not limits.cancelled():
+            if limits.exception() is not None:
+                log.error("the limit watch of job %s failed", job.id, exc_info=limits.exception())
+                sandbox.kill_sandbox(process)
             await waiter
-            return Outcome("ERROR", limits.result(), process.returncode)
+            reason = limits.result() if limits.exception() is None else (
+                f"stopped: keephub could not check the job's limits ({limits.exception()!r})")
+            return Outcome("ERROR", reason, process.returncode)
         if waiter in done:
             code = waiter.result()
             if code == 0:
@@ -369,35 +379,44 @@ class Scheduler:
                               disk_bytes=capped(flavor.disk_gb, self.settings.job_disk_gb) * 1024**3)
 
     @staticmethod
-    async def _watch_limits(process: asyncio.subprocess.Process, box: sandbox.SandboxSpec, flavor: str) -> str:
+    async def _watch_limits(process: asyncio.subprocess.Process, box: sandbox.SandboxSpec, flavor: str,
+                            pool: ThreadPoolExecutor) -> str:
         """Kill the sandbox and return the reason once it holds more than a limit of its flavor.
 
         Enforced from user space by sampling, since the machines keephub runs on may offer no writable
         cgroup: memory and tasks every quarter second (RLIMIT_NPROC on the job's own uid stops a fork or
-        thread bomb outright), disk every two seconds (RLIMIT_FSIZE caps any single file)."""
+        thread bomb outright), disk every two seconds (RLIMIT_FSIZE caps any single file). Samples run on
+        threads of their own, so a sandbox that is slow to look through delays no request."""
+        loop = asyncio.get_running_loop()
         limits = box.limits
-        disk_paths = [box.workspace, box.uv_cache]
-        disk_before = await asyncio.to_thread(sandbox.disk_bytes, [box.uv_cache])
+        cache_before = await loop.run_in_executor(pool, sandbox.disk_bytes, [box.uv_cache])
         next_disk_sample = 0.0
         while True:
             await asyncio.sleep(USAGE_SAMPLE_SECONDS)
             if process.returncode is not None:
                 continue
-            used = await asyncio.to_thread(sandbox.usage, process)
+            used = await loop.run_in_executor(pool, sandbox.usage, process)
             reason = None
             if used.memory_bytes > limits.memory_bytes:
                 reason = (f"exceeded the memory limit of {limits.memory_bytes // 1024**3} GB of flavor {flavor} "
-                          "(processes, files in /tmp and /dev/shm, memfds); choose a bigger flavor or use less memory")
+                          "(processes, files in /tmp and /dev/shm, memfds, shared memory); choose a bigger "
+                          "flavor or use less memory")
             elif used.tasks >= limits.processes:
                 reason = (f"reached the limit of {limits.processes} processes and threads of flavor {flavor}; "
                           "start fewer workers or threads")
+            elif used.open_files >= sandbox.MAX_OPEN_FILES_SEEN:
+                reason = (f"holds {sandbox.MAX_OPEN_FILES_SEEN} or more open files across its processes; "
+                          "close files it no longer needs")
             elif time.monotonic() >= next_disk_sample:
                 next_disk_sample = time.monotonic() + DISK_SAMPLE_SECONDS
-                disk = await asyncio.to_thread(sandbox.disk_bytes, disk_paths) - disk_before
+                workspace, cache = await asyncio.gather(
+                    loop.run_in_executor(pool, sandbox.disk_bytes, [box.workspace]),
+                    loop.run_in_executor(pool, sandbox.disk_bytes, [box.uv_cache]))
+                disk = workspace + max(0, cache - cache_before) + used.deleted_bytes
                 if disk > limits.disk_bytes:
                     reason = (f"exceeded the disk limit of {limits.disk_bytes // 1024**3} GB of flavor {flavor} "
-                              "(/workspace and what the job added to its uv cache); write less or push "
-                              "checkpoints and delete old ones")
+                              "(/workspace, deleted files still open and what the job added to its uv cache); "
+                              "write less or push checkpoints and delete old ones")
             if reason is not None:
                 sandbox.kill_sandbox(process)
                 return reason
@@ -460,7 +479,7 @@ class Scheduler:
             writer = LogWriter(attempt_log(self.jobs_dir, job_id, number))
             writer.note(f"===== {reason} =====")
             writer.close()
-            shutil.rmtree(self.layout.workspaces / f"{job_id}-{number}", ignore_errors=True)
+            sandbox.remove_tree(self.layout.workspaces / f"{job_id}-{number}")
             if number < max_attempts:
                 with self.db.write() as session:
                     job = session.get(Job, job_id)
@@ -472,6 +491,9 @@ class Scheduler:
             if job_id not in handled:
                 self.service.finish(job_id, "ERROR", reason)
         for path in self.layout.workspaces.iterdir():
-            shutil.rmtree(path, ignore_errors=True)
-        sandbox.strip_setid_bits(self.layout.uv_caches)
+            sandbox.remove_tree(path)
+        for cache in self.layout.uv_caches.iterdir():
+            owner = cache.stat().st_uid
+            user = sandbox.JobUser(owner, owner) if self.layout.uid_base is not None else None
+            sandbox.clear_setid_bits(cache, user)
 
