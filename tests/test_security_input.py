@@ -335,3 +335,20 @@ def test_an_open_data_directory_is_reported_at_start(private_server: Server) -> 
         time.sleep(0.2)
     assert str(database) in log and "chmod" in log and "644" in log, log
     assert json.loads(httpx.get(f"{private_server.url}/api/models").text) == []
+
+
+@pytest.mark.parametrize("method, path, headers", [
+    ("PUT", "/api/lfs/objects/" + "a" * 64 + "?repo=1&size=1&upload=x&exp=1&rs=1&t=1&sig=%C3%A9", {}),
+    ("GET", "/cas/fetch/" + "a" * 64 + "?r=0-1&e=1&s=%C3%A9", {}),
+    ("GET", "/cas/v1/reconstructions/" + "a" * 64,
+     {b"authorization": b"Bearer kxet1.eyJyIjoxLCJhIjoiciIsInUiOiJ4IiwiZSI6MSwidCI6bnVsbCwicyI6MX0.\xe9"}),
+    ("POST", "/api/agent/v1/jobs/x/attempts/99999999999999999999/records", {b"authorization": b"Bearer khagent_a"}),
+    ("GET", "/api/jobs/x/y/logs?tail=" + "9" * 5000, {}),
+])
+def test_signatures_and_numbers_from_the_client_never_make_a_500(server: Server, alice: tuple[str, str],
+                                                                 method: str, path: str, headers: dict) -> None:
+    """Found by review: hmac.compare_digest raised TypeError on a non-ASCII signature; an attempt number or a
+    tail of thousands of digits overflowed."""
+    auth = {} if headers else {b"authorization": f"Bearer {alice[1]}".encode()}
+    response = httpx.request(method, server.url + path, headers={**auth, **headers}, content=b'{"kind": "push"}')
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)

@@ -28,6 +28,7 @@ from keephub.storage.db import Database
 from keephub.storage.schema import LfsLink, LfsObject, Repo, repo_stamp
 from keephub.wire import BadRequest, Forbidden, TooLarge
 from keephub.wire.errors import NotFound, Unprocessable
+from keephub.wire.text import same_signature
 
 MAX_BATCH_OBJECTS = 10_000
 MAX_OBJECT_BYTES = 500 * 1024**3
@@ -68,7 +69,7 @@ def check_grant(settings: Settings, oid: str, params: dict[str, str]) -> UploadG
         signature = params["sig"]
     except (KeyError, ValueError):
         raise Forbidden("this upload URL is incomplete; request a fresh one from the LFS batch endpoint")
-    if not hmac.compare_digest(sign(settings, grant), signature):
+    if not same_signature(sign(settings, grant), signature):
         raise Forbidden("this upload URL's signature is invalid; request a fresh one from the LFS batch endpoint")
     if grant.expires < time.time():
         raise Forbidden("this upload URL has expired; request a fresh one from the LFS batch endpoint")

@@ -81,7 +81,7 @@ def _credential(request: Request) -> str:
 async def post_record(request: Request) -> JSONResponse:
     job_id, attempt_text = request.path_params["job_id"], request.path_params["attempt"]
     credential = _credential(request)
-    if not (attempt_text.isascii() and attempt_text.isdigit()):
+    if not (attempt_text.isascii() and attempt_text.isdigit() and len(attempt_text) <= 6):
         raise BadRequest(f"the attempt in the URL must be its number (KEEPHUB_ATTEMPT), not {attempt_text[:20]!r}")
     try:
         body = await read_body(request, durability_record.MAX_RECORD_BYTES,

@@ -17,9 +17,13 @@ from keephub.jobs.scheduler import Scheduler
 from keephub.jobs.service import TERMINAL, JobService
 from keephub.wire import BadRequest
 from keephub.wire.errors import Unprocessable
+from keephub.wire.params import int_param
 
 KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 0.2
+
+# The most lines one tail read returns (a tail costs what it returns: see logs.LogCursor.seek_tail).
+MAX_TAIL_LINES = 1_000_000
 
 
 def jobs_of(request: Request) -> JobService:
@@ -72,14 +76,12 @@ async def logs(request: Request) -> StreamingResponse:
     namespace, job_id = request.path_params["namespace"], request.path_params["job_id"]
     service = jobs_of(request)
     await call(service.get, actor, namespace, job_id)
-    tail = request.query_params.get("tail")
-    if tail is not None and not (tail.isascii() and tail.isdigit()):
-        raise BadRequest("'tail' must be a non-negative number of lines")
+    tail = int_param(request.query_params, "tail", minimum=0, maximum=MAX_TAIL_LINES, hint=" (lines)")
     cursor = LogCursor(service.jobs_dir, job_id)
 
     async def stream() -> AsyncIterator[bytes]:
         if tail is not None:
-            await asyncio.to_thread(cursor.seek_tail, int(tail))
+            await asyncio.to_thread(cursor.seek_tail, tail)
         quiet = 0.0
         while True:
             finished = (await call(service.load, namespace, job_id)).job.stage in TERMINAL

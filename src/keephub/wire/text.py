@@ -8,6 +8,7 @@ the door, naming the field.
 
 from __future__ import annotations
 
+import hmac
 from typing import Iterator
 
 
@@ -51,3 +52,9 @@ def invalid_strings(value: object, where: str) -> Iterator[tuple[str, str]]:
 def first_invalid_string(value: object, where: str = "") -> tuple[str, str] | None:
     """The first (field, problem) of `invalid_strings`, or None when every string in `value` is clean."""
     return next(invalid_strings(value, where), None)
+
+
+def same_signature(expected: str, given: str) -> bool:
+    """Constant-time comparison of a signature keephub made with one a client sent, whatever the client sent:
+    `hmac.compare_digest` refuses str with non-ASCII characters with a TypeError (a 500)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))

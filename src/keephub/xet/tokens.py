@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from keephub.config import Settings
 from keephub.wire import Forbidden, Unauthorized
+from keephub.wire.text import same_signature
 
 _PREFIX = "kxet1"
 READ, WRITE = "read", "write"
@@ -78,7 +79,7 @@ def decode(settings: Settings, authorization: str | None) -> CasGrant:
                          None if hub_token is None else int(hub_token), int(fields["s"]))
     except (ValueError, KeyError, TypeError):
         raise Unauthorized(f"the CAS token is malformed; {refresh}")
-    if not hmac.compare_digest(_mac(settings, "xet-cas-token", payload), parts[2]):
+    if not same_signature(_mac(settings, "xet-cas-token", payload), parts[2]):
         raise Unauthorized(f"the CAS token's signature is invalid; {refresh}")
     if grant.expires < time.time():
         raise Unauthorized(f"the CAS token expired at {grant.expires}; {refresh}")
@@ -107,7 +108,7 @@ def check_fetch(settings: Settings, xorb: str, params: dict[str, str]) -> tuple[
         signature = params["s"]
     except (KeyError, ValueError):
         raise Forbidden("this xorb URL is incomplete; ask the CAS for a fresh reconstruction")
-    if not hmac.compare_digest(_mac(settings, "xet-fetch", f"{xorb}|{first}|{last}|{expires}".encode()), signature):
+    if not same_signature(_mac(settings, "xet-fetch", f"{xorb}|{first}|{last}|{expires}".encode()), signature):
         raise Forbidden("this xorb URL's signature is invalid; ask the CAS for a fresh reconstruction")
     if expires < time.time():
         raise Forbidden("this xorb URL has expired; ask the CAS for a fresh reconstruction")
