@@ -16,7 +16,8 @@
 - Rescue: when CMD fails or the sandbox is told to stop (timeout, cancel), whatever is not yet on the hub is
   pushed to `rescue/<job-id>`, never to main.
 Every push, resume and the verdict is sent to keephub as a durability record over the agent contract
-(keephub.jobs.agent_api): an HTTP POST to HF_ENDPOINT with the attempt's own credential, which the scheduler
+(keephub.jobs.agent_api): an HTTP POST to keephub's own URL for the job (KEEPHUB_AGENT_URL, which the job's
+environment cannot change, and never through a proxy) with the attempt's own credential, which the scheduler
 leaves in a file this process reads and deletes before the training starts. What the training prints is only
 log text, so it cannot forge a record.
 """
@@ -108,7 +109,7 @@ class RecordChannel:
             self.unavailable = f"its agent credential could not be read ({exc})"
             return
         if not endpoint:
-            self.unavailable = "HF_ENDPOINT is not set"
+            self.unavailable = "KEEPHUB_AGENT_URL is not set"
             return
         self.url = f"{endpoint.rstrip('/')}/api/agent/v1/jobs/{job_id}/attempts/{attempt}/records"
         self.credential = credential
@@ -155,7 +156,7 @@ class RecordChannel:
             request = urllib.request.Request(self.url, data=body, method="POST", headers={
                 "authorization": f"Bearer {self.credential}", "content-type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=RECORD_TIMEOUT_SECONDS):
+                with _DIRECT.open(request, timeout=RECORD_TIMEOUT_SECONDS):
                     return
             except urllib.error.HTTPError as exc:
                 status, message = exc.code, _error_message(exc)
@@ -175,6 +176,10 @@ class RecordChannel:
             self.last_error = message if status == 0 else f"HTTP {status}: {message}"
             self.give_up.wait(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+
+
+# Records go straight to keephub: a proxy the job's environment names would see the credential.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:
@@ -670,8 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     stay_unreadable()
     job_cores = os.sched_getaffinity(0)
     if args.agent_credential_file is not None:
-        RECORDS.open(os.environ.get("HF_ENDPOINT", ""), args.job_id, args.attempt, args.agent_credential_file,
-                     job_cores)
+        RECORDS.open(os.environ.get("KEEPHUB_AGENT_URL", ""), args.job_id, args.attempt,
+                     args.agent_credential_file, job_cores)
     output_dir = args.output_dir if args.output_dir.is_absolute() else Path.cwd() / args.output_dir
     staging = Path(os.environ.get("HOME", "/tmp")) / ".keephub" / "staging"
     staging.mkdir(parents=True, exist_ok=True)
