@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 from conftest import SESSION_DIR, Server, free_port
 from huggingface_hub import HfApi
@@ -307,3 +308,31 @@ def test_a_deep_directory_tree_neither_blinds_the_limits_nor_outlives_the_attemp
     assert list((box.data_dir / "sandboxes" / "workspaces").iterdir()) == [], "the deep workspace is deleted"
     follow_up, lines = run(api, "print('the owner can still run jobs')")
     assert follow_up.status.stage == "COMPLETED" and "the owner can still run jobs" in lines
+
+
+def test_the_job_environment_cannot_redirect_the_sidecars_records(box: Server, user) -> None:
+    """Found by review: the sidecar sent its credential to HF_ENDPOINT (and through HTTP_PROXY), which the
+    job's own environment sets: a listener in the job captured it and could forge records."""
+    name, api = user
+    listener = textwrap.dedent("""
+        import socket, sys
+        server = socket.create_server(('127.0.0.1', 9999))
+        server.settimeout(60)
+        print('listening', flush=True)
+        while True:
+            client, _ = server.accept()
+            if b'khagent_' in client.recv(65536):
+                print('CAPTURED an agent credential', flush=True)
+            client.close()
+    """)
+    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {listener!r}], " \
+           "start_new_session=True); time.sleep(1)"
+    trap = "http://127.0.0.1:9999"
+    info, lines = run(api, code, secrets={"HF_TOKEN": "$HF_TOKEN"},
+                      env={"HF_ENDPOINT": trap, "HTTP_PROXY": trap, "http_proxy": trap, "NO_PROXY": "", "no_proxy": ""},
+                      labels={"keephub.repo": f"{name}/redirected", "keephub.output-dir": "out"})
+    assert "listening" in lines
+    assert not [line for line in lines if "CAPTURED" in line], lines
+    job = httpx.get(f"{box.url}/api/jobs/{name}/{info.id}", headers={"authorization": f"Bearer {api.token}"})
+    verdict = job.json()["durability"]["verdict"]
+    assert "reported no verdict" not in verdict["message"], "the sidecar's verdict reached keephub all the same"

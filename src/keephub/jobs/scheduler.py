@@ -265,6 +265,7 @@ class Scheduler:
                  "OMP_NUM_THREADS": str(max(1, len(allocation.cpus)))},
                 {**spec["environment"], **secrets},
                 {"JOB_ID": job_id, "KEEPHUB_JOB_ID": job_id, "KEEPHUB_ATTEMPT": str(number),
+                 "KEEPHUB_AGENT_URL": self.network.endpoint,
                  "CUDA_VISIBLE_DEVICES": ",".join(allocation.gpus)},
             )
             flavor = self.service.flavors[job.flavor]
@@ -327,7 +328,7 @@ class Scheduler:
         plan = spec.get("durability")
         if not plan:
             return spec["command"]
-        wrapper = [str(self.layout.python), "-m", "keephub.durability.sidecar", f"--repo={plan['repo']}",
+        wrapper = [str(self.layout.python), "-I", "-m", "keephub.durability.sidecar", f"--repo={plan['repo']}",
                    f"--output-dir={plan['outputDir']}", "--job-id", job_id, "--attempt", str(number),
                    "--grace", str(max(1, self.settings.job_grace_seconds - 5)),
                    "--agent-credential-file", f"{sandbox.WORKSPACE}/{agent_api.CREDENTIAL_FILE}"]
