@@ -23,10 +23,28 @@ class TooManyRecords(HubError):
     status_code = 429
 
 
+# The fields the summary reads, each with the JSON type it must have when present.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "label": (str,), "revision": (str,), "commit": (str,), "reason": (str,), "status": (str,), "branch": (str,),
+    "files": (list,), "holds": (list,), "bytes": (int,), "verified": (bool,), "already_there": (bool,),
+    "time": (int, float), "training_ended": (int, float),
+}
+
+
 def check(data: object) -> None:
-    """Refuse (400) what is not a record the summary can show: a JSON object of a known kind, all text UTF-8."""
+    """Refuse (400) what is not a record the summary can show: a JSON object of a known kind whose fields have
+    the types the summary reads, all text UTF-8. A record of the wrong shape, stored, would break every read of
+    the job and of its namespace's job list."""
     if not isinstance(data, dict) or data.get("kind") not in KINDS:
         raise BadRequest(f"a durability record is a JSON object whose 'kind' is one of {', '.join(KINDS)}")
+    for name, types in _FIELD_TYPES.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        wrong = not isinstance(value, types) or (bool in types) != isinstance(value, bool)
+        if wrong or (types == (list,) and not all(isinstance(item, str) for item in value)):
+            wanted = "a list of strings" if types == (list,) else " or ".join(t.__name__ for t in types)
+            raise BadRequest(f"the record's field '{name}' must be {wanted}")
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
