@@ -257,6 +257,8 @@ def test_records_need_the_attempts_own_credential_and_are_capped(hub: Server) ->
             assert huge.status_code == 413 and "262144-byte limit" in huge.json()["error"]
             unknown = http.post(records, json={"kind": "anything"}, headers=bearer)
             assert unknown.status_code == 400 and "push, push-failed, resume, verdict" in unknown.json()["error"]
+            misshapen = http.post(records, json={**push, "files": 1}, headers=bearer)
+            assert misshapen.status_code == 400 and "'files' must be a list of strings" in misshapen.json()["error"]
 
             answers = [http.post(records, json=push, headers=bearer).status_code for _ in range(1000)]
             refused = http.post(records, json=push, headers=bearer)
