@@ -18,7 +18,9 @@ from keephub.accounts.access import Action
 from keephub.config import Settings
 from keephub.durability import record as durability_record
 from keephub.durability.gate import OVERRIDE_LABEL, OVERRIDE_VALUE, PreflightGate
-from keephub.durability.script import find_script
+from keephub.durability.preflight import WriteAccess
+from keephub.durability.script import find_script, inline_script
+from keephub.hub.naming import split_repo_id
 from keephub.hub.service import Hub
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
@@ -312,6 +314,32 @@ class JobService:
                 for a in record.attempts
             ],
         }
+
+
+_JOB_TOKEN_FIX = ('pass secrets={"HF_TOKEN": "$HF_TOKEN"} (a token for this job that writes its target repo), '
+                  "or a write token of yours")
+
+
+def _job_hf_token(secret_values: dict[str, str], environment: dict[str, str]) -> str | None:
+    """The token huggingface_hub inside the job will push with: secrets before the plain environment (the
+    sandbox's environment lets secrets win), HF_TOKEN before its older name."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        for source in (secret_values, environment):
+            if source.get(name):
+                return source[name]
+    return None
+
+
+def _full_repo_id(repo: str, owner: str) -> str:
+    """A repo named without a namespace is the owner's, as the Hub resolves it. An id no repo can have is
+    refused: it would become a job token's scope, which nothing could read back."""
+    full = repo if "/" in repo else f"{owner}/{repo}"
+    try:
+        split_repo_id(full)
+    except BadRequest as exc:
+        raise Unprocessable(f"the repo keephub would guard for this job is not a valid repo id ({exc.message}); "
+                            "fix the keephub.repo label or the script's hub_model_id") from None
+    return full
 
 
 def _repo_target(repo_id: str) -> RepoTarget:
