@@ -282,3 +282,16 @@ def test_preflight_judges_a_literal_hf_token_secret_as_the_token_it_is(server: S
     assert status == 422, message
     assert f"❌ write access: the job's token cannot write to {name}/tuned" in message and "read-only" in message
     assert list(api.list_jobs(namespace=name)) == [], "a refused job is never stored"
+
+
+@pytest.mark.parametrize("label", ["alice/foo bar", "alice/a:b", "a/b/c", "alice/" + "x" * 120])
+def test_a_target_repo_no_repo_can_have_is_refused_at_submission(label: str, server, alice) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: such a label became a job token scope that nothing could read back, and the job, its
+    namespace's job list and the job's own token answered 500."""
+    name, token = alice
+    api = HfApi(endpoint=server.url, token=token)
+    with pytest.raises(HfHubHTTPError) as info:
+        api.run_job(image="python:3.12", command=["python", "-c", "pass"], secrets={"HF_TOKEN": "$HF_TOKEN"},
+                    labels={"keephub.repo": label.replace("alice", name), "keephub.output-dir": "out"})
+    assert info.value.response.status_code == 422 and "keephub.repo" in str(info.value)
+    assert list(api.list_jobs(namespace=name)) == []

@@ -6,12 +6,15 @@ Each entry is one kind of thing and its name, so a new kind of writable thing (b
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 
 REPO_KINDS = ("model", "dataset", "space")
 SCOPE_KINDS = (*REPO_KINDS, "namespace")
 _PART = re.compile(r"^[A-Za-z0-9._-]{1,96}$")
+
+log = logging.getLogger("keephub.accounts")
 
 
 class ScopeError(ValueError):
@@ -56,4 +59,13 @@ def dump_scopes(scopes: list[Scope] | tuple[Scope, ...] | None) -> str | None:
 
 
 def load_scopes(stored: str | None) -> tuple[Scope, ...] | None:
-    return None if stored is None else tuple(parse_scope(entry) for entry in json.loads(stored))
+    """The stored scopes; an entry that no longer parses grants nothing (it never widens a token)."""
+    if stored is None:
+        return None
+    scopes = []
+    for entry in json.loads(stored):
+        try:
+            scopes.append(parse_scope(entry))
+        except ScopeError:
+            log.warning("a token scope %r no longer parses; it grants nothing", entry)
+    return tuple(scopes)
