@@ -130,7 +130,7 @@ def cmd_jobs_uv_run(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     client.follow_logs(api, job.id, namespace)
-    final = api.wait_for_job(job_id=job.id, namespace=namespace, poll_interval=0.5)
+    final = client.wait_for_job(api, job.id, namespace)
     print(f"job {job.id}: {final.status.stage} ({final.status.message})", flush=True)
     return client.exit_code_for(final.status.stage)
 
@@ -165,7 +165,12 @@ def cmd_jobs_inspect(args: argparse.Namespace) -> int:
     info = json.loads(document)
     print(f"job {info['id']} in {info['owner']['name']}: {info['status']['stage']}"
           + (f" ({info['status']['message']})" if info['status']['message'] else ""))
-    print(f"   command: {' '.join(info['command'])}")
+    script = info.get("script")
+    if script:
+        print(f"   script: {client.display_command(info['command'])} (sent inline, {script['inlineBytes']:,} "
+              "bytes; the full command with --json)")
+    else:
+        print(f"   command: {client.display_command(info['command'])}")
     print(f"   flavor {info['flavor']}, timeout {info['timeoutSeconds']}s, started by {info['startedBy']}")
     for attempt in info["attempts"]:
         print(f"   attempt {attempt['number']}: {attempt['outcome']}"
@@ -202,10 +207,11 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ClientError(f"cannot read {args.script}: {exc.strerror}")
     environment = dict(item.partition("=")[::2] for item in args.env)
+    secrets = resolve_secrets(args.secrets)
     can_write = repo_files = None
     if not args.offline:
-        can_write, repo_files = _hub_answers(args)
-    report = preflight(source, secret_names=sorted(resolve_secrets(args.secrets)),
+        can_write, repo_files = _hub_answers(args, secrets.get("HF_TOKEN"))
+    report = preflight(source, secret_names=sorted(secrets),
                        timeout_seconds=parse_timeout(args.timeout, 1800), can_write=can_write,
                        repo_files=repo_files, keephub_saving=args.keephub_saving, environment=environment)
     print(report.render())
@@ -215,11 +221,18 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hub_answers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _hub_answers(args: argparse.Namespace, hf_token: str | None):  # type: ignore[no-untyped-def]
+    """The hub's answers for preflight, for the token the job will push with: a literal HF_TOKEN secret as
+    itself, `$HF_TOKEN` (a job token that writes what yours may) as yours."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    from keephub.durability.preflight import WriteAccess
+    from keephub.jobs.service import HF_TOKEN_PLACEHOLDER
+
     api = _jobs_api(args)
-    me = api.whoami()
+    judged = api if hf_token in (None, HF_TOKEN_PLACEHOLDER) else HfApi(endpoint=api.endpoint, token=hf_token)
+    me = judged.whoami()
     roles = {me["name"]: "admin", **{org["name"]: org.get("roleInOrg", "read") for org in me.get("orgs", [])}}
     access_token = me.get("auth", {}).get("accessToken", {})
     token_role = access_token.get("role", "read")
@@ -228,17 +241,23 @@ def _hub_answers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
               for entry in access_token.get("fineGrained", {}).get("scoped", [])
               if "repo.write" in entry.get("permissions", [])}
 
-    def can_write(repo: str) -> tuple[bool, str]:
+    def can_write(repo: str) -> WriteAccess:
         namespace = repo.split("/")[0]
         if token_role not in ("write", "fineGrained"):
-            return False, "your token is read-only; create a write token"
+            return WriteAccess(False, f"the token '{access_token.get('displayName', '?')}' is read-only",
+                               "pass --secrets HF_TOKEN (a token for the job that writes its target repo), or a "
+                               "write token")
         if roles.get(namespace) not in ("write", "admin"):
-            return False, f"user '{me['name']}' has no write access to namespace '{namespace}'"
+            return WriteAccess(False, f"user '{me['name']}' has no write access to namespace '{namespace}'")
         covered = ("model", repo) in scoped or any(kind in ("user", "org") and name == namespace
                                                   for kind, name in scoped)
         if token_role == "fineGrained" and not covered:
-            return False, f"your fine-grained token may not write to {repo}; use a token that covers model:{repo}"
-        return True, ""
+            return WriteAccess(False, f"the fine-grained token may not write to {repo}",
+                               f"use a token that covers model:{repo}")
+        if hf_token is None:
+            return WriteAccess(None, "the job gets no HF_TOKEN, so it has no token to push with (see HF_TOKEN); "
+                               "with --secrets HF_TOKEN it could", "pass --secrets HF_TOKEN")
+        return WriteAccess(True)
 
     def repo_files(repo: str) -> list[str] | None:
         try:
@@ -250,14 +269,20 @@ def _hub_answers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _add_jobs(commands) -> None:  # type: ignore[no-untyped-def]
-    jobs = commands.add_parser("jobs", help="run and follow jobs on a keephub server")
+    jobs = commands.add_parser("jobs", help="run and follow jobs on a keephub server",
+                               description="Run scripts as jobs on a keephub server, list them, print and follow "
+                                           "their logs, show their records and cancel them.")
     jobs.add_argument("--endpoint", help="keephub URL (default: HF_ENDPOINT, else http://127.0.0.1:8080)")
     jobs.add_argument("--token", help="access token (default: HF_TOKEN or the token saved by `hf auth login`)")
     jobs.add_argument("--namespace", help="user or organization to run in (default: the token's user)")
     actions = jobs.add_subparsers(dest="action", required=True)
 
     uv = actions.add_parser("uv", help="run a uv script").add_subparsers(dest="uv_action", required=True)
-    run = uv.add_parser("run", help="run a local script (sent inline) or a script URL as a job")
+    run = uv.add_parser("run", help="run a local script (sent inline) or a script URL as a job and follow its log",
+                        description="Submit the script as a job, print its log as it runs (riding out a keephub "
+                                    "restart of up to a minute) and exit with 0 when it completes, 1 otherwise. "
+                                    "The job is named after the script (label name=...) unless --label name=... "
+                                    "says otherwise.")
     run.add_argument("script", help="local .py file or http(s) URL")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--flavor", default="cpu-basic", help="hardware flavor (see /api/jobs/hardware)")
@@ -272,17 +297,19 @@ def _add_jobs(commands) -> None:  # type: ignore[no-untyped-def]
     run.add_argument("--detach", "-d", action="store_true", help="print the job id and return")
     run.set_defaults(func=cmd_jobs_uv_run)
 
-    ps = actions.add_parser("ps", help="list running jobs")
+    ps = actions.add_parser("ps", help="list running jobs (id, stage, flavor, creation time, script or command)")
     ps.add_argument("--all", "-a", action="store_true", help="include finished jobs")
     ps.set_defaults(func=cmd_jobs_ps)
-    logs = actions.add_parser("logs", help="print a job's logs")
+    logs = actions.add_parser("logs", help="print a job's log; with --follow, until the job ends")
     logs.add_argument("job_id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
     logs.add_argument("--tail", type=int, help="only the last N lines")
     logs.set_defaults(func=cmd_jobs_logs)
-    inspect = actions.add_parser("inspect", help="print a job's full record as JSON")
+    inspect = actions.add_parser("inspect", help="show a job: stage, script, attempts, token and durability "
+                                                 "record (--json: the full record as JSON)")
     inspect.add_argument("job_id")
-    inspect.add_argument("--json", action="store_true", help="the full record as JSON")
+    inspect.add_argument("--json", action="store_true",
+                         help="print the server's full record as JSON instead (with the inline script's payload)")
     inspect.set_defaults(func=cmd_jobs_inspect)
     cancel = actions.add_parser("cancel", help="cancel a job (SIGTERM, grace period, SIGKILL)")
     cancel.add_argument("job_id")
@@ -357,15 +384,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return code
     except (AccountError, ConfigError) as exc:
         print(f"keephub: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`keephub jobs ps | head`): nothing more to say, and nothing to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         from huggingface_hub.errors import HfHubHTTPError
 
-        from keephub.jobs.client import ClientError
+        from keephub.jobs.client import ClientError, is_unreachable
 
+        if is_unreachable(exc):
+            endpoint = getattr(args, "endpoint", None) or os.environ.get("HF_ENDPOINT") or "http://127.0.0.1:8080"
+            print(f"keephub: error: cannot reach keephub at {endpoint} ({type(exc).__name__}: {exc}); check that "
+                  "it is running, or point --endpoint / HF_ENDPOINT at it", file=sys.stderr)
+            return 2
         if isinstance(exc, (HfHubHTTPError, ClientError)):
             print(f"keephub: error: {exc}", file=sys.stderr)
             return 2

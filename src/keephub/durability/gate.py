@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable
 
-from keephub.durability.preflight import UNKNOWN, analyze_script, preflight
+from keephub.durability.preflight import UNKNOWN, WriteAccess, analyze_script, preflight
 from keephub.wire.errors import Unprocessable
 
 _PR_SET_PDEATHSIG = 1
@@ -41,10 +41,11 @@ class Verdict:
 
 
 def _run(source: str, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
-         writable: dict[str, tuple[bool, str]], listings: dict[str, list[str] | None], keephub_saving: bool) -> tuple:
+         writable: dict[str, WriteAccess], listings: dict[str, list[str] | None], keephub_saving: bool) -> tuple:
     """In the worker: the full preflight, with the server's answers looked up from plain dicts."""
+    unasked = WriteAccess(None, "keephub could not tell which repo this is before the run")
     report = preflight(source, secret_names=secret_names, timeout_seconds=timeout_seconds,
-                       can_write=lambda repo: writable.get(repo, (True, "")),
+                       can_write=lambda repo: writable.get(repo, unasked),
                        repo_files=lambda repo: listings.get(repo), keephub_saving=keephub_saving,
                        environment=environment)
     return not report.failed, report.render(), report.to_wire()
@@ -83,21 +84,27 @@ class PreflightGate:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def check(self, source: str, *, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
-              labels: dict[str, str], can_write: Callable[[str], tuple[bool, str]],
+              labels: dict[str, str], can_write: Callable[[str, str | None], WriteAccess],
               repo_files: Callable[[str], list[str] | None]) -> Verdict | None:
-        """The verdict for a training script; None for a script that neither trains nor pushes (nothing to lose)."""
+        """The verdict for a training script; None for a script that neither trains nor pushes (nothing to lose).
+
+        `can_write(repo, target)` answers for the token the job will hold, given the repo keephub will guard
+        for it (`target`, None when it guards none): a job's own token writes only that repo."""
         repo, output_dir = labels.get("keephub.repo"), labels.get("keephub.output-dir")
         try:
             facts = analyze_script(source, environment=environment)
         except (SyntaxError, RecursionError):
             facts = None
+        script_repos: list[str] = []
         if facts is not None:
             if not (facts.configs or facts.lines("push") or repo):
                 return None
             repo = repo or _known(facts.hub_model_id)
             output_dir = output_dir or _known(facts.output_dir)
+            script_repos = [found for call in facts.configs if (found := _known(call.value("hub_model_id")))]
         guarded = bool(repo and output_dir)
-        writable = {repo: can_write(repo)} if repo else {}
+        target = repo if guarded else None
+        writable = {name: can_write(name, target) for name in {*script_repos, *([repo] if repo else [])}}
         listings = {repo: repo_files(repo)} if repo else {}
         try:
             ok, checklist, report = self.pool.submit(
@@ -109,9 +116,9 @@ class PreflightGate:
                 f"keephub could not finish the preflight checks ({type(exc).__name__}); retry, or resubmit with "
                 f"the label {OVERRIDE_LABEL}={OVERRIDE_VALUE} to skip them"
             )
-        if guarded and labels.get("keephub.repo") and not writable[repo][0]:
+        if guarded and labels.get("keephub.repo") and writable[repo].allowed is False:
             ok = False
-            checklist += (f"\n❌ keephub.repo: the sidecar could not push to {repo}: {writable[repo][1]}"
+            checklist += (f"\n❌ keephub.repo: the sidecar could not push to {repo}: {writable[repo].reason}"
                           "\n   fix: name a repo in your own namespace in the keephub.repo label")
             report = {**report, "ok": False, "failed": report.get("failed", 0) + 1}
         return Verdict(ok, checklist, report, repo if guarded else None, output_dir if guarded else None,

@@ -624,6 +624,16 @@ def _ok(name: str, message: str) -> Check:
 
 def _warn(name: str, message: str, fix: str) -> Check:
     return Check(name, "warn", message, fix)
+@dataclass(frozen=True)
+class WriteAccess:
+    """Whether the token the job will hold may push to a repo: True, False (why, and the fix when the general
+    one would mislead), or None when keephub cannot tell (why) and says so rather than guess."""
+
+    allowed: bool | None
+    reason: str = ""
+    fix: str | None = None
+
+
 
 
 def _fail(name: str, message: str, fix: str) -> Check:
@@ -662,7 +672,7 @@ def preflight(
     *,
     secret_names: Sequence[str],
     timeout_seconds: int,
-    can_write: Callable[[str], tuple[bool, str]] | None = None,
+    can_write: Callable[[str], WriteAccess] | None = None,
     repo_files: Callable[[str], list[str] | None] | None = None,
     keephub_saving: bool = False,
     environment: Mapping[str, str] | None = None,
@@ -670,7 +680,7 @@ def preflight(
     """Check a training script against its job spec before it runs.
 
     `can_write(repo_id)` says whether the job's token may push there, and why not; `repo_files(repo_id)`
-    lists the repo's files, or None when it does not exist. Either may be None to skip that check.
+    lists the repo's files, or None when it does not exist. Either may be None to skip that check (offline).
     `keephub_saving` means keephub itself pushes the job's checkpoints, so the script need not.
     `environment` is the job's (non-secret) environment, used to resolve `os.environ` lookups.
     """
@@ -681,11 +691,11 @@ def preflight(
         where = f" at line {exc.lineno}" if exc.lineno else ""
         broken = _fail("script", f"does not parse: SyntaxError{where}: {exc.msg}",
                        f"fix the syntax error{where}; `python -m py_compile <script>` shows the same error")
-        return PreflightReport([broken, *_token_checks(None, secrets, environment, keephub_saving)])
+        return PreflightReport([broken, *_token_checks(None, secrets, environment)])
     except RecursionError:  # expressions nested thousands deep: Python may run them, the analysis cannot
         unread = _warn("script", "nested too deeply for keephub to analyze; checks are limited to the job "
                        "spec", "split the deepest expressions into several statements")
-        return PreflightReport([unread, *_token_checks(None, secrets, environment, keephub_saving)])
+        return PreflightReport([unread, *_token_checks(None, secrets, environment)])
     context = _Context(facts, timeout_seconds, keephub_saving, can_write, repo_files)
     checks: list[Check] = []
     if not facts.configs:
@@ -703,17 +713,16 @@ def preflight(
 
     for call in facts.configs:
         checks += labelled(call, context.hub_checks(call))
-    checks += _token_checks(facts, secrets, environment, keephub_saving)
+    checks += _token_checks(facts, secrets, environment)
     for call in facts.configs:
         checks += labelled(call, [*context.argument_checks(call), *context.save_checks(call)])
     return PreflightReport(checks, facts)
 
 
-def _token_checks(facts: ScriptFacts | None, secrets: set[str], environment: Mapping[str, str] | None,
-                  keephub_saving: bool) -> list[Check]:
-    """HF_TOKEN must reach the job as a secret, and no token may be written into the script."""
+def _token_checks(facts: ScriptFacts | None, secrets: set[str], environment: Mapping[str, str] | None) -> list[Check]:
+    """HF_TOKEN must reach the job as a secret (keephub's sidecar pushes with it too), and no token may be
+    written into the script."""
     configs = facts.configs if facts else []
-    pushes_itself = facts is None or facts.pushes_itself
     hub_tokens = [c.kwargs["hub_token"] for c in configs if "hub_token" in c.kwargs]
     passed = [arg for arg in hub_tokens if arg.value is not None]
     fix = 'add secrets={"HF_TOKEN": "$HF_TOKEN"} to the job; keephub replaces $HF_TOKEN with a token for it'
@@ -721,8 +730,6 @@ def _token_checks(facts: ScriptFacts | None, secrets: set[str], environment: Map
         check = _ok("HF_TOKEN", "passed to the job as a secret")
     elif "HUGGING_FACE_HUB_TOKEN" in secrets:
         check = _ok("HF_TOKEN", "passed as the secret HUGGING_FACE_HUB_TOKEN (huggingface_hub's older name)")
-    elif keephub_saving and not pushes_itself:
-        check = _ok("HF_TOKEN", "not needed: the script does not push, keephub does")
     elif environment is not None and "HF_TOKEN" in environment:
         check = _warn("HF_TOKEN", "passed as a plain environment variable: it is stored in clear and shown "
                       "in the job's details", 'move it to the secrets: secrets={"HF_TOKEN": "$HF_TOKEN"}')
@@ -762,7 +769,7 @@ class _Context:
     facts: ScriptFacts
     timeout_seconds: int
     keephub_saving: bool
-    can_write: Callable[[str], tuple[bool, str]] | None
+    can_write: Callable[[str], WriteAccess] | None
     repo_files: Callable[[str], list[str] | None] | None
 
     @property
@@ -865,11 +872,7 @@ class _Context:
             shown = repo_id if arg.source == repr(repo_id) else f"{repo_id} (from {arg.source})"
             checks = [_ok("hub_model_id", shown)]
         if self.can_write is not None:
-            allowed, reason = self.can_write(repo_id)
-            checks.append(_ok("write access", f"the job's token can write to {repo_id}") if allowed else
-                          _fail("write access", f"the job's token cannot write to {repo_id}: {reason}",
-                                "push to a namespace you can write to (your own, or an organization where "
-                                "you have the write role), or get write access to this one"))
+            checks.append(self.write_check(call, repo_id))
         if self.repo_files is not None:
             checks.append(self.repo_check(call, repo_id, self.repo_files(repo_id)))
         return checks
@@ -903,6 +906,26 @@ class _Context:
         for key, arg in call.kwargs.items():
             if key in installed.fields or (arg.attribute and key in installed.attributes):
                 continue
+    def write_check(self, call: ConfigCall, repo_id: str) -> Check:
+        """Judged for the token the push will use: the script's own `hub_token` cannot be looked at here."""
+        assert self.can_write is not None
+        token = call.kwargs.get("hub_token")
+        if token is not None and token.value is not None:
+            access = WriteAccess(None, f"the script pushes with its own token ({self.written(call, 'hub_token')}), "
+                                 "which keephub does not look at before the run",
+                                 'drop hub_token and pass secrets={"HF_TOKEN": "$HF_TOKEN"}, so keephub can '
+                                 "check the token the push uses")
+        else:
+            access = self.can_write(repo_id)
+        if access.allowed:
+            return _ok("write access", f"the job's token can write to {repo_id}")
+        if access.allowed is None:
+            return _warn("write access", f"not checked for {repo_id}: {access.reason}",
+                         access.fix or "make sure the job's token can write to it")
+        return _fail("write access", f"the job's token cannot write to {repo_id}: {access.reason}",
+                     access.fix or "push to a namespace you can write to (your own, or an organization where "
+                     "you have the write role), or get write access to this one")
+
             effect = "it is silently ignored" if arg.attribute else "the script stops with TypeError"
             message = (f"{call.name} in {installed.package} has no argument {key!r} (line {arg.line}): "
                        f"{effect}")

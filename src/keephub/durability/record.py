@@ -147,8 +147,12 @@ def verdict(repo: str, pushes: list[dict], failures: list[dict], last: dict | No
                 "message": f"saved at commit {commit[:12]} of {repo}: {base_url}/{repo}{lost}"}
     if last is not None and last.get("status") == "rescued" and last.get("branch"):
         branch = str(last["branch"])
+        listed = last.get("holds")
+        holds = [item for item in listed if isinstance(item, str)] if isinstance(listed, list) else []
+        beyond_main = f": it holds {', '.join(holds)}, which main does not" if holds else ""
         return {"status": "rescued", "branch": branch,
-                "message": f"rescued to branch {branch} of {repo} ({last.get('reason')}); main was left untouched"}
+                "message": f"rescued to branch {branch} of {repo} ({last.get('reason')}){beyond_main}; main was "
+                           "left untouched"}
     if verified_main:
         commit = verified_main[-1]["commit"]
         reason = (last or {}).get("reason") or "the job did not finish"

@@ -16,10 +16,38 @@ from urllib.parse import unquote, urlparse
 _BASE64_PIPE = re.compile(r"echo\s+['\"]?([A-Za-z0-9+/=]{8,})['\"]?\s*\|\s*base64\s+(?:-d|--decode)")
 
 
+_INLINE_TARGET = re.compile(r"base64\s+(?:-d|--decode)\s*>\s*('[^']+'|\"[^\"]+\"|[^\s&;|]+)")
+_SHELLS = ("sh", "bash")
+
+
 @dataclass(frozen=True)
 class ScriptSource:
     text: str
     origin: str
+
+
+@dataclass(frozen=True)
+class InlineScript:
+    """A script that travels inside the job's command (base64): what people call the job by."""
+
+    name: str
+    arguments: list[str]
+    size: int
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "arguments": self.arguments, "inlineBytes": self.size}
+
+
+def inline_script(command: list[str]) -> InlineScript | None:
+    """The script's file name, its arguments and its size when the command carries it inline, as
+    `keephub jobs uv run` sends it: `sh -c "echo B64 | base64 -d > NAME && exec uv run NAME \"$@\"" sh ARGS...`."""
+    if len(command) < 3 or command[0].rsplit("/", 1)[-1] not in _SHELLS or command[1] != "-c":
+        return None
+    payload, target = _BASE64_PIPE.search(command[2]), _INLINE_TARGET.search(command[2])
+    if payload is None or target is None:
+        return None
+    name = target.group(1).strip("'\"")
+    return InlineScript(name, list(command[4:]), len(payload.group(1)) * 3 // 4)
 
 
 def find_script(command: list[str], base_url: str,

@@ -55,6 +55,7 @@ SCAN_SECONDS = 0.1
 COALESCE_BYTES = 100 * 1024 * 1024
 FINAL_LABEL = "final model files"
 # The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
+RESCUE_OF = "rescue of "
 LAST_SAVED = "training_args.bin"
 # What a set of files looked like when listed: (name, size, mtime_ns, inode) each. Equal snapshots mean
 # the same bytes, so a push of the earlier listing need not be repeated.
@@ -284,22 +285,26 @@ def _git_blob_sha(path: Path) -> str:
 
 
 def explain(exc: Exception, repo: str) -> str:
-    """The reference's troubleshooting section, applied: the cause and the fix for a failed push."""
+    """The reference's troubleshooting section, applied: the status, the real cause and its fix."""
     text = str(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     namespace = repo.split("/")[0]
     if status == 401 or "401" in text[:20]:
-        return ("401 Unauthorized: the job has no valid token. Submit it with secrets={'HF_TOKEN': '$HF_TOKEN'} "
-                "(keephub jobs uv run --secrets HF_TOKEN ...)")
+        said = f" ({server})" if server else ""
+        return (f"401 Unauthorized: the job has no valid token{said}. Fix: submit it with "
+                "secrets={'HF_TOKEN': '$HF_TOKEN'} (keephub jobs uv run --secrets HF_TOKEN ...)")
     if status == 403:
-        return (f"403 Forbidden: the job's token cannot write to namespace '{namespace}'. Use your own namespace in "
-                f"hub_model_id, or ask an admin of '{namespace}' to give you the write role. Server said: {text[:300]}")
+        cause, fix = _forbidden(server, repo, namespace)
+        said = f" (keephub said: {server})" if server else ""
+        return f"403 Forbidden: the job's token may not push to {repo}: {cause}{said}. Fix: {fix}"
     if status == 404:
-        return (f"repository {repo} not found or not visible to the job's token: check hub_model_id and that the "
-                "token's user can see it (private repos are invisible to others)")
+        return (f"404 Not Found: {repo} is not visible to the job's token: it does not exist and could not be "
+                "created, or it is a private repo of someone else. Fix: check hub_model_id; push to your own "
+                f"namespace, or ask the owner of '{namespace}' for access")
     if isinstance(exc, (ConnectionError, OSError)) or "connect" in type(exc).__name__.lower():
         return f"the hub was unreachable ({type(exc).__name__}: {text[:200]})"
     return f"{type(exc).__name__}: {text[:300]}"
+    server = str(getattr(exc, "server_message", None) or "").strip()
 
 
 class Pusher:
@@ -315,6 +320,36 @@ class Pusher:
         self.api = HfApi()
         self.repo = repo
         self.job_id = job_id
+def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
+    """(cause, fix) of a 403, told apart by keephub's reason (keephub.accounts.access words each one)."""
+    if "job's token is read-only" in server:
+        return ("the job's token is read-only: the job was submitted without a target repo it may write",
+                "name the repo in the job's keephub.repo label (or the script's hub_model_id and output_dir), "
+                "in a namespace your token can write")
+    if "is read-only" in server:
+        return ("the job's HF_TOKEN is a read-only token",
+                "submit the job with secrets={'HF_TOKEN': '$HF_TOKEN'} (a token for the job that writes its target "
+                "repo) or with a write token")
+    if "job's token may write only to" in server:
+        return (f"the job's token writes only the repo the job was submitted for, and {repo} is not it",
+                f"push to the job's target repo (hub_model_id), or submit the job for {repo} "
+                f"(label keephub.repo={repo})")
+    if "may write only to" in server:
+        return (f"the job's HF_TOKEN is a fine-grained token that does not cover {repo}",
+                f"use a token that covers it (keephub token create USER --role write --repo model:{repo})")
+    if "has only the" in server:
+        return (f"the token's user has only read access in the organization '{namespace}'",
+                f"ask an admin of '{namespace}' for the write role (keephub org add-member {namespace} USER "
+                "--role write)")
+    if "no write access to namespace" in server:
+        return (f"the token's user is not a member of '{namespace}' with write access",
+                f"use your own namespace in hub_model_id, or ask an admin of '{namespace}' to add you with the "
+                "write role")
+    return (f"the job's token cannot write to {repo}",
+            f"check that '{namespace}' is your namespace or an organization where you have the write role, and "
+            "that the job's token is a write token")
+
+
         self.sole_pusher = sole_pusher
         self.job_cores = job_cores
         self.queue: queue.Queue[Push | None] = queue.Queue()
@@ -335,7 +370,11 @@ class Pusher:
         told to stop: then they end `grace` seconds later. True if everything landed."""
         self.queue.put(None)
         while self.thread.is_alive():
+        # Why pushing cannot work (the token may not write the repo), known before any push: the verdict names it.
+        self.problem: str | None = None
             if stop.is_set() and self.stop_retrying_at is None:
+        # Every push that landed, in order: (label, whether the branch already held it, identical).
+        self.landed: list[tuple[str, bool]] = []
                 self.stop_retrying_at = time.time() + grace
             if self.stop_retrying_at is not None and time.time() > self.stop_retrying_at:
                 break
@@ -413,8 +452,7 @@ class Pusher:
                 return
             except Exception as exc:  # noqa: BLE001 - every failure is explained and retried or reported
                 reason = explain(exc, self.repo)
-                status = getattr(getattr(exc, "response", None), "status_code", None)
-                permanent = status in (400, 401, 403, 404, 413, 422)
+                permanent = _status_of(exc) in PERMANENT_STATUSES
                 out_of_time = self.stop_retrying_at is not None and time.time() + delay > self.stop_retrying_at
                 if permanent or out_of_time:
                     self.failed = f"{labels}: {reason}"
@@ -487,6 +525,7 @@ class Pusher:
     def _already_on_hub(self, operations: list[CommitOperationAdd], revision: str) -> str | None:
         """The head commit of `revision` if it already holds every file exactly as local, else None. The
         sha256s computed here are the ones the upload would compute anyway (and are reused by it)."""
+            self.landed.append((push.label, present is not None))
         try:
             head = self.api.repo_info(self.repo, revision=revision).sha
         except Exception:  # noqa: BLE001 - no such branch yet, or the hub is unreachable: just push
@@ -687,6 +726,24 @@ def main(argv: list[str] | None = None) -> int:
             resume(args.repo, output_dir, args.job_id)
         except Exception as exc:  # noqa: BLE001 - resuming is best effort; training can still start
             say(f"⚠️ resume failed ({explain(exc, args.repo)}); starting from scratch")
+PERMANENT_STATUSES = (400, 401, 403, 404, 413, 422)
+
+
+def _status_of(exc: Exception) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def check_write_access(pusher: Pusher) -> None:
+    """Ask the hub, before the training starts, whether the job's token may write the repo: creating a repo
+    that exists succeeds even for a read-only token, and the first push may be hours away."""
+    try:
+        pusher.api.auth_check(pusher.repo, write=True)
+    except Exception as exc:  # noqa: BLE001 - an unreachable hub is the pushes' business; a refusal is said now
+        if _status_of(exc) in PERMANENT_STATUSES:
+            pusher.problem = explain(exc, pusher.repo)
+            say(f"❌ {pusher.problem}")
+
+
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -739,7 +796,11 @@ def main(argv: list[str] | None = None) -> int:
     elif all_landed:
         record("verdict", status="saved", training_ended=training_ended)
     else:
+        if _status_of(exc) in PERMANENT_STATUSES:
+            pusher.problem = explain(exc, args.repo)
         record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing",
+    else:
+        check_write_access(pusher)
                training_ended=training_ended)
     RECORDS.drain(stop, args.grace, pusher.stop_retrying_at)
     if code is None:
@@ -758,32 +819,45 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
     else:
         why = f"the training process exited with status {code}"
     branch = f"rescue/{job_id}"
-    rescuer = Pusher(pusher.repo, job_id, pusher.job_cores, sole_pusher=pusher.sole_pusher)
+    # Not the sole pusher: each rescue push is first compared with the branch (made from main), so files main
+    # already holds, identical, are not presented as rescued.
+    rescuer = Pusher(pusher.repo, job_id, pusher.job_cores, sole_pusher=False)
     rescuer.stop_retrying_at = pusher.stop_retrying_at
     rescuer.uploaded = pusher.uploaded
     checkpoints = sorted((p for p in staging.iterdir() if p.name in complete),
                          key=lambda p: int(p.name.split("-")[1]))
     queued = False
     if checkpoints and checkpoints[-1].name not in pusher.pushed_checkpoints:
-        rescuer.submit(Push.checkpoint(checkpoints[-1], branch, f"rescue of {checkpoints[-1].name}"))
+        rescuer.submit(Push.checkpoint(checkpoints[-1], branch, f"{RESCUE_OF}{checkpoints[-1].name}"))
         queued = True
     if output_dir.is_dir():
-        files = Push.top_level(output_dir, branch, "rescue of the output directory's files")
+        files = Push.top_level(output_dir, branch, f"{RESCUE_OF}the output directory's files")
         if files.files:
             rescuer.submit(files)
             queued = True
     if not queued:
-        say(f"rescue ({why}): nothing new to rescue; the newest checkpoint is already on the hub")
-        record("verdict", status="checkpoint", reason=why, training_ended=training_ended)
+        if pusher.pushed_checkpoints:
+            newest = max(pusher.pushed_checkpoints, key=lambda name: int(name.split("-")[1]))
+            say(f"rescue ({why}): nothing new to rescue; the newest checkpoint, {newest}, is already on main")
+        else:
+            say(f"rescue ({why}): nothing to rescue; the training wrote no checkpoint and no output files")
+        record("verdict", status="checkpoint", reason=cause, training_ended=training_ended)
         return
     say(f"rescue ({why}): pushing unsaved results to {pusher.repo}@{branch}")
-    if rescuer.drain(stop, grace):
-        say(f"✅ results rescued to {pusher.repo}@{branch}")
-        record("verdict", status="rescued", branch=branch, reason=why, training_ended=training_ended)
-    else:
+    if not rescuer.drain(stop, grace):
         record("verdict", status="not-saved", reason=rescuer.failed or "the grace period ran out during the rescue",
                training_ended=training_ended)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+    cause = f"{why}; {pusher.problem}" if pusher.problem else why
+        return
+    holds = [label.removeprefix(RESCUE_OF) for label, already_there in rescuer.landed if not already_there]
+    if not holds:
+        say(f"rescue ({why}): {branch} holds nothing new; main already has the same files")
+        record("verdict", status="checkpoint", reason=f"{cause}; nothing new to rescue: main already holds the "
+               "same files", training_ended=training_ended)
+        return
+    say(f"✅ results rescued to {pusher.repo}@{branch}: {', '.join(holds)}, which main does not have")
+    record("verdict", status="rescued", branch=branch, reason=cause, holds=holds, training_ended=training_ended)

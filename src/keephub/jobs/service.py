@@ -28,7 +28,7 @@ from keephub.jobs.spec import JobSpec, parse_spec
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Job, JobAttempt
 from keephub.wire import BadRequest, Forbidden, HubError, Unauthorized
-from keephub.wire.errors import NotFound, Unprocessable
+from keephub.wire.errors import NotFound, Unprocessable, client_ready
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 HF_TOKEN_PLACEHOLDER = "$HF_TOKEN"
@@ -110,7 +110,7 @@ class JobService:
         repo = (spec.durability or {}).get("repo")
         if not repo:
             return []
-        return [Scope("model", repo if "/" in repo else f"{owner}/{repo}")]
+        return [Scope("model", _full_repo_id(repo, owner))]
 
     def job_token_scopes(self, actor: Actor, spec: JobSpec) -> list[Scope]:
         """The job's target repo if the submitting token may write it; nothing (a read-only job token) otherwise."""
@@ -128,16 +128,20 @@ class JobService:
         verdict = self.gate.check(
             source.text, secret_names=spec.secret_names, timeout_seconds=spec.timeout_seconds,
             environment=spec.environment, labels=spec.labels,
-            can_write=lambda repo: self._job_token_can_write(actor, secret_values.get("HF_TOKEN"), repo),
+            can_write=lambda repo, target: self._job_token_can_write(
+                actor, _job_hf_token(secret_values, spec.environment), repo, target),
             repo_files=lambda repo: self._repo_files(actor, repo),
         )
         if verdict is None:
             return replace(spec, durability=plan)
         overridden = spec.labels.get(OVERRIDE_LABEL) == OVERRIDE_VALUE
         if not verdict.ok and not overridden:
+            failed = verdict.report.get("failed", 0)
             raise Unprocessable(
-                "preflight refused this job because it would lose its results:\n" + verdict.checklist
-                + f"\nFix each ❌ line, or resubmit with the label {OVERRIDE_LABEL}={OVERRIDE_VALUE} to run it anyway.",
+                f"preflight refused this job because it would lose its results ({failed} check(s) failed; "
+                "the checklist follows)",
+                detail=verdict.checklist + f"\nFix each ❌ line, or resubmit with the label "
+                f"{OVERRIDE_LABEL}={OVERRIDE_VALUE} to run it anyway.",
                 extra_body={"preflight": verdict.report},
             )
         if verdict.repo and verdict.output_dir:
@@ -159,22 +163,45 @@ class JobService:
             return None
         return b"".join(self.hub.large_file(target.etag))
 
-    def _job_token_can_write(self, actor: Actor, hf_token: str | None, repo_id: str) -> tuple[bool, str]:
-        """Whether the token the job will hold can write `repo_id`: a `$HF_TOKEN` job token writes its target
-        where the submitter's token may; a literal HF_TOKEN secret is judged as the token it is."""
+    def _job_token_can_write(self, actor: Actor, hf_token: str | None, repo_id: str,
+                             target: str | None) -> WriteAccess:
+        """Whether the token the job will hold can write `repo_id`. A `$HF_TOKEN` job token writes only the job's
+        target repo (`target`, the one keephub guards; none without one), and only where the submitter's token
+        may; a literal token is judged as the token it is."""
         namespace = repo_id.split("/")[0]
         if self.accounts.find(namespace) is None:
-            return False, f"namespace '{namespace}' does not exist on this keephub; use '{actor.name}/...'"
-        holder = actor
+            return WriteAccess(False, f"namespace '{namespace}' does not exist on this keephub",
+                               f"push to your own namespace: hub_model_id=\"{actor.name}/{repo_id.split('/')[-1]}\"")
         if hf_token is not None and hf_token != HF_TOKEN_PLACEHOLDER:
             try:
                 holder = self.accounts.authenticate(hf_token)
             except Unauthorized as exc:
-                return False, f"the HF_TOKEN secret is not a usable token on this keephub: {exc.message}"
-        refusal = refusal_of(holder, "repo.write", _repo_target(repo_id))
-        if refusal is None:
-            return True, ""
-        return False, refusal.message.removeprefix("403 Forbidden: ").removesuffix(".")
+                return WriteAccess(False, f"the HF_TOKEN secret is not a usable token on this keephub: "
+                                   f"{client_ready(exc.message)}", _JOB_TOKEN_FIX)
+            refusal = refusal_of(holder, "repo.write", _repo_target(repo_id))
+            if refusal is None:
+                return WriteAccess(True)
+            read_only = holder.token_role != "write"
+            return WriteAccess(False, f"the HF_TOKEN secret: {client_ready(refusal.message)}",
+                               _JOB_TOKEN_FIX if read_only else None)
+        refusal = refusal_of(actor, "repo.write", _repo_target(repo_id))
+        if refusal is not None:
+            return WriteAccess(False, client_ready(refusal.message))
+        if hf_token is None:
+            return WriteAccess(None, "the job gets no HF_TOKEN, so it has no token to push with (see HF_TOKEN)",
+                               'add secrets={"HF_TOKEN": "$HF_TOKEN"} to the job')
+        if target is None:
+            return WriteAccess(False, "the job's token ($HF_TOKEN) will be read-only: keephub gives a job write "
+                               "access only to the repo whose results it guards, and it guards none: the script's "
+                               "output_dir is not a value keephub can read before the run",
+                               'pass output_dir="<folder>" as a literal to the config, or label the job '
+                               f"keephub.repo={repo_id} and keephub.output-dir=<the output_dir>")
+        if _full_repo_id(target, actor.name) != repo_id:
+            return WriteAccess(False, f"the job's token ($HF_TOKEN) writes only the job's target repo "
+                               f"{_full_repo_id(target, actor.name)} (the keephub.repo label), not {repo_id}",
+                               f'push to the target: hub_model_id="{_full_repo_id(target, actor.name)}", or name '
+                               f"{repo_id} in the keephub.repo label")
+        return WriteAccess(True)
 
     def _repo_files(self, actor: Actor, repo_id: str) -> list[str] | None:
         namespace, _, name = repo_id.partition("/")
@@ -294,6 +321,8 @@ class JobService:
             "spaceId": None,
             "command": spec["command"],
             "arguments": [],
+            # The script a `keephub jobs uv run` command carries inline, by name: what listings show.
+            "script": script.to_wire() if (script := inline_script(spec["command"])) else None,
             "environment": spec["environment"],
             "secrets": {name: "<hidden>" for name in spec["secrets"]},
             "flavor": job.flavor,

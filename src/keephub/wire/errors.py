@@ -3,9 +3,16 @@
 `hf_raise_for_status` picks the exception class from `X-Error-Code` and shows `X-Error-Message`
 and the JSON `error` field to the user, so every error keephub raises carries a message that
 names the problem and the fix. One exception handler renders the whole tree.
+
+huggingface_hub prints both texts unless they are equal, and for a 403 writes `403 Forbidden: <header>.`
+itself, so a message is sent without a status text of its own and without its final period, the same in
+the header and the body. A long message (a checklist) is a one-line `summary` in the header and the
+`detail` in the body only: the client prints the summary, then the checklist once, intact.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,19 +26,24 @@ class HubError(Exception):
     status_code = 400
     error_code: str | None = None
 
-    def __init__(self, message: str, *, extra_headers: dict[str, str] | None = None,
+    def __init__(self, message: str, *, detail: str | None = None, extra_headers: dict[str, str] | None = None,
                  extra_body: dict | None = None) -> None:
-        super().__init__(message)
+        """`message` is one line; `detail`, when given, is the long text (several lines) it summarizes."""
+        super().__init__(message if detail is None else f"{message}\n{detail}")
         self.message = message
+        self.detail = detail
         self.extra_headers = extra_headers or {}
         self.extra_body = extra_body or {}
 
     def to_response(self) -> JSONResponse:
-        hdrs = {headers.X_ERROR_MESSAGE: header_safe(self.message), **self.extra_headers}
+        summary = client_ready(self.message)
+        hdrs = {headers.X_ERROR_MESSAGE: header_safe(summary), **self.extra_headers}
         if self.error_code:
             hdrs[headers.X_ERROR_CODE] = self.error_code
-        return JSONResponse({**self.extra_body, "error": body_safe(self.message)}, status_code=self.status_code,
-                            headers=hdrs)
+        body = {**self.extra_body, "error": body_safe(summary if self.detail is None else self.detail)}
+        if self.detail is not None:
+            body["summary"] = body_safe(summary)
+        return JSONResponse(body, status_code=self.status_code, headers=hdrs)
 
 
 class BadRequest(HubError):
@@ -90,6 +102,14 @@ class Unprocessable(HubError):
 
 
 MAX_HEADER_MESSAGE = 1000
+_STATUS_TEXT = re.compile(r"^[1-5][0-9]{2} [A-Z][A-Za-z -]*: ")
+
+
+def client_ready(message: str) -> str:
+    """The message without what huggingface_hub adds itself: a leading status text ("403 Forbidden: ") and
+    one final period (an ellipsis stays)."""
+    text = _STATUS_TEXT.sub("", message.strip(), count=1)
+    return text[:-1] if text.endswith(".") and not text.endswith("..") else text
 
 
 def header_safe(message: str) -> str:
