@@ -112,7 +112,7 @@ def test_a_setuid_file_made_in_a_job_is_neither_root_owned_nor_setuid_on_the_hos
     assert "/opt/keephub/uv-cache/id 0o104755" in lines, "inside, the job may set the bit on its own file"
     left = box.data_dir / "sandboxes" / "uv-cache" / name / "id"
     mode = left.stat()
-    assert mode.st_uid != 0 and mode.st_uid >= 200000, "the file belongs to the job's own uid, not keephub's"
+    assert mode.st_uid >= 0x70000000, "the file belongs to the job's own uid (job_uid_base + account id), not keephub's"
     assert not mode.st_mode & (stat.S_ISUID | stat.S_ISGID), "the setuid bit does not survive the attempt"
     assert stat.S_IMODE((box.data_dir / "sandboxes" / "uv-cache" / name).stat().st_mode) == 0o700
     assert stat.S_IMODE(box.data_dir.stat().st_mode) == 0o700, "the data directory stays private"
@@ -336,3 +336,15 @@ def test_the_job_environment_cannot_redirect_the_sidecars_records(box: Server, u
     job = httpx.get(f"{box.url}/api/jobs/{name}/{info.id}", headers={"authorization": f"Bearer {api.token}"})
     verdict = job.json()["durability"]["verdict"]
     assert "reported no verdict" not in verdict["message"], "the sidecar's verdict reached keephub all the same"
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="uid separation needs keephub to run as root")
+def test_a_job_uid_range_another_host_user_holds_is_refused(tmp_path: Path) -> None:
+    """Found by review: a default range inside a subordinate-uid range let that host user map job uids
+    (newuidmap) and read jobs' environments."""
+    layout = sandbox.SandboxLayout.for_this_host(tmp_path / "data", 200000)
+    (tmp_path / "subuid").write_text("ubuntu:100000:65536\nbob:165536:65536\n")
+    with pytest.raises(sandbox.SandboxUnavailable, match="overlap /etc/subuid of 'bob'"):
+        layout.check_uid_range(tmp_path)
+    (tmp_path / "subuid").write_text("ubuntu:100000:65536\n")
+    layout.check_uid_range(tmp_path)

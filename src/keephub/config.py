@@ -63,8 +63,8 @@ class Settings:
     # Processes and threads of every job, capping the flavor's (0: the flavor's).
     job_processes: int = 0
     # Started as root, keephub runs each job as host uid job_uid_base + the owner's account id; that range must
-    # belong to no one else on the host.
-    job_uid_base: int = 200000
+    # belong to no one else on the host (keephub checks /etc/passwd, /etc/subuid and /etc/subgid at start).
+    job_uid_base: int = 0x70000000
     # "isolated": each attempt in its own network namespace, reaching only keephub and job_egress_allow;
     # "host": jobs share the host's network (for a public_url the sandbox cannot reach, e.g. https).
     job_network: str = "isolated"

@@ -21,6 +21,7 @@ import asyncio
 import ctypes
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -48,6 +49,8 @@ OPEN_FILES = 16384
 MAX_OPEN_FILES_SEEN = 200_000
 # The uid the job sees inside its user namespace; on the host it is the job's own uid (see JobUser).
 INSIDE_UID = 65534
+# How many host uids from job_uid_base keephub reserves for jobs, one per account.
+JOB_UIDS = 1 << 24
 # Where, in a mount namespace private to one sandbox, the host paths it is built from are bind-mounted for
 # bwrap, which runs as the job's uid and could not reach them through keephub's own 0700 directories.
 STAGE = "/run"
@@ -152,9 +155,36 @@ class SandboxLayout:
     def egress_socket(self) -> Path:
         return self.sockets / "egress.sock"
 
+    def check_uid_range(self, etc: Path = Path("/etc")) -> None:
+        """Refuse a job uid range another user of the host holds: a subordinate range (newuidmap) or an
+        account would let that user act as keephub's jobs (read their environment, signal them)."""
+        if self.uid_base is None:
+            return
+        end = self.uid_base + JOB_UIDS
+        for name in ("subuid", "subgid"):
+            try:
+                lines = (etc / name).read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                owner, _, rest = line.partition(":")
+                start_text, _, count_text = rest.partition(":")
+                if start_text.isdigit() and count_text.isdigit():
+                    start = int(start_text)
+                    if start < end and self.uid_base < start + int(count_text):
+                        raise SandboxUnavailable(
+                            f"job uids {self.uid_base}-{end - 1} overlap /etc/{name} of {owner!r} "
+                            f"({start}-{start + int(count_text) - 1}); set job_uid_base to a free range")
+        for account in pwd.getpwall():
+            if self.uid_base <= account.pw_uid < end:
+                raise SandboxUnavailable(f"job uids {self.uid_base}-{end - 1} include host user {account.pw_name!r} "
+                                         f"(uid {account.pw_uid}); set job_uid_base to a free range")
+
     def user_for(self, account_id: int) -> JobUser | None:
         if self.uid_base is None:
             return None
+        if account_id >= JOB_UIDS:
+            raise SandboxUnavailable(f"account id {account_id} is past the {JOB_UIDS} job uids keephub reserves")
         uid = self.uid_base + account_id
         return JobUser(uid, uid)
 

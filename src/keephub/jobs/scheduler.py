@@ -128,6 +128,7 @@ class Scheduler:
             raise ConfigError(f"job_uid_base={settings.job_uid_base} must be a positive uid: jobs never run as root")
         self.layout = sandbox.SandboxLayout.for_this_host(settings.data_dir, settings.job_uid_base)
         self.layout.check_isolated_from(settings.data_dir)
+        self.layout.check_uid_range()
         self.egress = egress.EgressProxy(self.layout.egress_socket,
                                          egress.parse_allow_list(settings.job_egress_allow))
         self.network = job_network(settings, self.layout)
