@@ -22,6 +22,8 @@ log = logging.getLogger("keephub.jobs.egress")
 MAX_HEAD_BYTES = 8192
 CONNECT_TIMEOUT_SECONDS = 30
 BUFFER_BYTES = 256 * 1024
+# Connections through the proxy at once, all jobs together: jobs cannot spend keephub's file descriptors.
+MAX_CONNECTIONS = 256
 
 
 def parse_allow_list(text: str) -> frozenset[tuple[str, int]]:
@@ -45,8 +47,9 @@ def _is_literal(host: str) -> bool:
 
 
 def _internal(address: str) -> bool:
+    """Anything but a public unicast address (loopback, private, shared, link-local, reserved, multicast)."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+    return not ip.is_global or ip.is_multicast
 
 
 class EgressProxy:
@@ -56,6 +59,7 @@ class EgressProxy:
         self.socket_path = socket_path
         self.allowed = allowed
         self._server: asyncio.base_events.Server | None = None
+        self._open = 0
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
@@ -69,18 +73,27 @@ class EgressProxy:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream = await self._open(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            upstream = None
-        if upstream is None:
+        if self._open >= MAX_CONNECTIONS:
+            await _refuse(writer, 503, f"all {MAX_CONNECTIONS} egress connections of this keephub are in use; "
+                                       "retry later")
             writer.close()
             return
-        up_reader, up_writer = upstream
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._open += 1
+        try:
+            try:
+                upstream = await self._connect(reader, writer)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+                upstream = None
+            if upstream is None:
+                writer.close()
+                return
+            up_reader, up_writer = upstream
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._open -= 1
 
-    async def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT_SECONDS)
         method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
         target = rest.partition(" ")[0]
@@ -90,18 +103,20 @@ class EgressProxy:
             return None
         host, _, port_text = target.rpartition(":")
         host = host.strip("[]").lower()
-        if not port_text.isdigit() or (host, int(port_text)) not in self.allowed:
+        if not (port_text.isascii() and port_text.isdigit()) or (host, int(port_text)) not in self.allowed:
             await _refuse(writer, 403, f"{target} is not on this keephub's job egress allow-list "
                                        "(setting job_egress_allow); ask its admin to add it")
             return None
         port = int(port_text)
+        address = host
         if not _is_literal(host):
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            if any(_internal(info[4][0]) for info in infos):
+            if not infos or any(_internal(info[4][0]) for info in infos):
                 await _refuse(writer, 403, f"{host} resolves to an internal address; refused")
                 return None
+            address = infos[0][4][0]  # the address checked, not a second look-up's answer
         try:
-            upstream = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_SECONDS)
+            upstream = await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT_SECONDS)
         except (OSError, TimeoutError) as exc:
             await _refuse(writer, 502, f"cannot reach {target}: {exc}")
             return None
@@ -112,7 +127,7 @@ class EgressProxy:
 
 async def _refuse(writer: asyncio.StreamWriter, status: int, message: str) -> None:
     body = f"keephub egress proxy: {message}\n".encode()
-    reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}[status]
+    reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
     writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
                  f"Connection: close\r\n\r\n".encode() + body)
     try:
