@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from keephub.durability.preflight import UNKNOWN, Check, PreflightReport, analyze_script, preflight
+from keephub.durability.preflight import UNKNOWN, Check, PreflightReport, WriteAccess, analyze_script, preflight
 
 REFERENCE = Path("/work/shared/reference/saving-training-results-to-hub.md")
 
@@ -174,7 +174,7 @@ def test_removed_arguments_with_values_are_mapped_to_hub_model_id_and_hub_token(
 
 def test_production_example_passes_with_token_secret_and_write_access() -> None:
     report = preflight(PRODUCTION_TRAIN, secret_names=["HF_TOKEN"], timeout_seconds=6 * 3600,
-                       can_write=lambda repo_id: (True, ""))
+                       can_write=lambda repo_id: WriteAccess(True))
     assert not report.failed, report.render()
     assert not report.warnings, report.render()
     assert check(report, "write access").message.endswith("can write to myusername/qwen-capybara-sft")
@@ -197,11 +197,12 @@ def test_missing_push_to_hub_fails_with_the_settings_to_add() -> None:
                           "to SFTConfig(...) (line 2)")
 
 
-def test_keephub_saving_makes_push_to_hub_unnecessary() -> None:
+def test_keephub_saving_makes_push_to_hub_unnecessary_but_not_the_token() -> None:
+    """keephub's sidecar pushes with the job's HF_TOKEN: without it every push fails with 401."""
+    assert not run(sft('output_dir="out"'), keephub_saving=True).failed
     report = run(sft('output_dir="out"'), keephub_saving=True, secret_names=[])
     assert check(report, "push_to_hub").message == "keephub will push checkpoints itself"
-    assert check(report, "HF_TOKEN").status == "ok"
-    assert not report.failed
+    assert check(report, "HF_TOKEN").status == "fail"
 
 
 def test_a_final_push_alone_is_a_warning() -> None:
@@ -293,7 +294,7 @@ def test_missing_hub_model_id_says_where_the_trainer_would_push() -> None:
 
 def test_write_access_denied_reports_the_reason() -> None:
     reason = "user 'bob' has no write access to namespace 'acme'"
-    report = run(sft('push_to_hub=True, hub_model_id="acme/m"'), can_write=lambda repo_id: (False, reason))
+    report = run(sft('push_to_hub=True, hub_model_id="acme/m"'), can_write=lambda repo_id: WriteAccess(False, reason))
     failed = check(report, "write access")
     assert failed.status == "fail" and failed.message.endswith(reason)
 

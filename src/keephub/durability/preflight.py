@@ -618,12 +618,6 @@ class Check:
         return {"name": self.name, "status": self.status, "message": self.message, "fix": self.fix}
 
 
-def _ok(name: str, message: str) -> Check:
-    return Check(name, "ok", message)
-
-
-def _warn(name: str, message: str, fix: str) -> Check:
-    return Check(name, "warn", message, fix)
 @dataclass(frozen=True)
 class WriteAccess:
     """Whether the token the job will hold may push to a repo: True, False (why, and the fix when the general
@@ -634,6 +628,12 @@ class WriteAccess:
     fix: str | None = None
 
 
+def _ok(name: str, message: str) -> Check:
+    return Check(name, "ok", message)
+
+
+def _warn(name: str, message: str, fix: str) -> Check:
+    return Check(name, "warn", message, fix)
 
 
 def _fail(name: str, message: str, fix: str) -> Check:
@@ -877,6 +877,26 @@ class _Context:
             checks.append(self.repo_check(call, repo_id, self.repo_files(repo_id)))
         return checks
 
+    def write_check(self, call: ConfigCall, repo_id: str) -> Check:
+        """Judged for the token the push will use: the script's own `hub_token` cannot be looked at here."""
+        assert self.can_write is not None
+        token = call.kwargs.get("hub_token")
+        if token is not None and token.value is not None:
+            access = WriteAccess(None, f"the script pushes with its own token ({self.written(call, 'hub_token')}), "
+                                 "which keephub does not look at before the run",
+                                 'drop hub_token and pass secrets={"HF_TOKEN": "$HF_TOKEN"}, so keephub can '
+                                 "check the token the push uses")
+        else:
+            access = self.can_write(repo_id)
+        if access.allowed:
+            return _ok("write access", f"the job's token can write to {repo_id}")
+        if access.allowed is None:
+            return _warn("write access", f"not checked for {repo_id}: {access.reason}",
+                         access.fix or "make sure the job's token can write to it")
+        return _fail("write access", f"the job's token cannot write to {repo_id}: {access.reason}",
+                     access.fix or "push to a namespace you can write to (your own, or an organization where "
+                     "you have the write role), or get write access to this one")
+
     def repo_check(self, call: ConfigCall, repo_id: str, files: list[str] | None) -> Check:
         if files is None:
             return _ok("target repo", f"{repo_id} is new; the first push creates it")
@@ -906,26 +926,6 @@ class _Context:
         for key, arg in call.kwargs.items():
             if key in installed.fields or (arg.attribute and key in installed.attributes):
                 continue
-    def write_check(self, call: ConfigCall, repo_id: str) -> Check:
-        """Judged for the token the push will use: the script's own `hub_token` cannot be looked at here."""
-        assert self.can_write is not None
-        token = call.kwargs.get("hub_token")
-        if token is not None and token.value is not None:
-            access = WriteAccess(None, f"the script pushes with its own token ({self.written(call, 'hub_token')}), "
-                                 "which keephub does not look at before the run",
-                                 'drop hub_token and pass secrets={"HF_TOKEN": "$HF_TOKEN"}, so keephub can '
-                                 "check the token the push uses")
-        else:
-            access = self.can_write(repo_id)
-        if access.allowed:
-            return _ok("write access", f"the job's token can write to {repo_id}")
-        if access.allowed is None:
-            return _warn("write access", f"not checked for {repo_id}: {access.reason}",
-                         access.fix or "make sure the job's token can write to it")
-        return _fail("write access", f"the job's token cannot write to {repo_id}: {access.reason}",
-                     access.fix or "push to a namespace you can write to (your own, or an organization where "
-                     "you have the write role), or get write access to this one")
-
             effect = "it is silently ignored" if arg.attribute else "the script stops with TypeError"
             message = (f"{call.name} in {installed.package} has no argument {key!r} (line {arg.line}): "
                        f"{effect}")

@@ -54,8 +54,8 @@ SCAN_SECONDS = 0.1
 # bigger ones commit one by one, so the earliest do not wait for the upload of the later ones.
 COALESCE_BYTES = 100 * 1024 * 1024
 FINAL_LABEL = "final model files"
-# The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
 RESCUE_OF = "rescue of "
+# The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
 LAST_SAVED = "training_args.bin"
 # What a set of files looked like when listed: (name, size, mtime_ns, inode) each. Equal snapshots mean
 # the same bytes, so a push of the earlier listing need not be repeated.
@@ -288,6 +288,7 @@ def explain(exc: Exception, repo: str) -> str:
     """The reference's troubleshooting section, applied: the status, the real cause and its fix."""
     text = str(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
+    server = str(getattr(exc, "server_message", None) or "").strip()
     namespace = repo.split("/")[0]
     if status == 401 or "401" in text[:20]:
         said = f" ({server})" if server else ""
@@ -304,22 +305,8 @@ def explain(exc: Exception, repo: str) -> str:
     if isinstance(exc, (ConnectionError, OSError)) or "connect" in type(exc).__name__.lower():
         return f"the hub was unreachable ({type(exc).__name__}: {text[:200]})"
     return f"{type(exc).__name__}: {text[:300]}"
-    server = str(getattr(exc, "server_message", None) or "").strip()
 
 
-class Pusher:
-    """Uploads queued folders in order, retrying transient failures with backoff, verifying every commit."""
-
-    def __init__(self, repo: str, job_id: str, job_cores: set[int], sole_pusher: bool = False) -> None:
-        """`job_cores`: the training's cores, which pushing keeps off. `sole_pusher`: the script does not push
-        itself, so a first try need not look for its pushes."""
-        from huggingface_hub import HfApi
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-        self.api = HfApi()
-        self.repo = repo
-        self.job_id = job_id
 def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
     """(cause, fix) of a 403, told apart by keephub's reason (keephub.accounts.access words each one)."""
     if "job's token is read-only" in server:
@@ -350,6 +337,19 @@ def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
             "that the job's token is a write token")
 
 
+class Pusher:
+    """Uploads queued folders in order, retrying transient failures with backoff, verifying every commit."""
+
+    def __init__(self, repo: str, job_id: str, job_cores: set[int], sole_pusher: bool = False) -> None:
+        """`job_cores`: the training's cores, which pushing keeps off. `sole_pusher`: the script does not push
+        itself, so a first try need not look for its pushes."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        self.api = HfApi()
+        self.repo = repo
+        self.job_id = job_id
         self.sole_pusher = sole_pusher
         self.job_cores = job_cores
         self.queue: queue.Queue[Push | None] = queue.Queue()
@@ -357,7 +357,11 @@ def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stop_retrying_at: float | None = None
         self.failed: str | None = None
+        # Why pushing cannot work (the token may not write the repo), known before any push: the verdict names it.
+        self.problem: str | None = None
         self.pushed_checkpoints: set[str] = set()
+        # Every push that landed, in order: (label, whether the branch already held it, identical).
+        self.landed: list[tuple[str, bool]] = []
         # Top-level files whose content is on the hub but not committed: (their snapshot, the operations).
         self.uploaded: tuple[Snapshot, list[CommitOperationAdd]] | None = None
         self.thread.start()
@@ -370,11 +374,7 @@ def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
         told to stop: then they end `grace` seconds later. True if everything landed."""
         self.queue.put(None)
         while self.thread.is_alive():
-        # Why pushing cannot work (the token may not write the repo), known before any push: the verdict names it.
-        self.problem: str | None = None
             if stop.is_set() and self.stop_retrying_at is None:
-        # Every push that landed, in order: (label, whether the branch already held it, identical).
-        self.landed: list[tuple[str, bool]] = []
                 self.stop_retrying_at = time.time() + grace
             if self.stop_retrying_at is not None and time.time() > self.stop_retrying_at:
                 break
@@ -512,6 +512,7 @@ def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
             record("push", label=push.label, revision=revision, commit=commit,
                    files=[str(p.relative_to(push.folder)) for p in push.files], bytes=push.size, verified=verified,
                    already_there=present is not None)
+            self.landed.append((push.label, present is not None))
         if not verified:
             raise RuntimeError(f"the hub's copy of {labels} does not match the local files")
         for push in batch:
@@ -525,7 +526,6 @@ def _forbidden(server: str, repo: str, namespace: str) -> tuple[str, str]:
     def _already_on_hub(self, operations: list[CommitOperationAdd], revision: str) -> str | None:
         """The head commit of `revision` if it already holds every file exactly as local, else None. The
         sha256s computed here are the ones the upload would compute anyway (and are reused by it)."""
-            self.landed.append((push.label, present is not None))
         try:
             head = self.api.repo_info(self.repo, revision=revision).sha
         except Exception:  # noqa: BLE001 - no such branch yet, or the hub is unreachable: just push
@@ -694,6 +694,24 @@ def _complete_state(path: Path) -> bool:
         return False
 
 
+PERMANENT_STATUSES = (400, 401, 403, 404, 413, 422)
+
+
+def _status_of(exc: Exception) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def check_write_access(pusher: Pusher) -> None:
+    """Ask the hub, before the training starts, whether the job's token may write the repo: creating a repo
+    that exists succeeds even for a read-only token, and the first push may be hours away."""
+    try:
+        pusher.api.auth_check(pusher.repo, write=True)
+    except Exception as exc:  # noqa: BLE001 - an unreachable hub is the pushes' business; a refusal is said now
+        if _status_of(exc) in PERMANENT_STATUSES:
+            pusher.problem = explain(exc, pusher.repo)
+            say(f"❌ {pusher.problem}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keephub-sidecar")
     parser.add_argument("--repo", required=True)
@@ -726,24 +744,6 @@ def main(argv: list[str] | None = None) -> int:
             resume(args.repo, output_dir, args.job_id)
         except Exception as exc:  # noqa: BLE001 - resuming is best effort; training can still start
             say(f"⚠️ resume failed ({explain(exc, args.repo)}); starting from scratch")
-PERMANENT_STATUSES = (400, 401, 403, 404, 413, 422)
-
-
-def _status_of(exc: Exception) -> int | None:
-    return getattr(getattr(exc, "response", None), "status_code", None)
-
-
-def check_write_access(pusher: Pusher) -> None:
-    """Ask the hub, before the training starts, whether the job's token may write the repo: creating a repo
-    that exists succeeds even for a read-only token, and the first push may be hours away."""
-    try:
-        pusher.api.auth_check(pusher.repo, write=True)
-    except Exception as exc:  # noqa: BLE001 - an unreachable hub is the pushes' business; a refusal is said now
-        if _status_of(exc) in PERMANENT_STATUSES:
-            pusher.problem = explain(exc, pusher.repo)
-            say(f"❌ {pusher.problem}")
-
-
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -752,7 +752,11 @@ def check_write_access(pusher: Pusher) -> None:
     try:
         pusher.api.create_repo(args.repo, exist_ok=True)
     except Exception as exc:  # noqa: BLE001 - the first push reports the same problem with its fix
+        if _status_of(exc) in PERMANENT_STATUSES:
+            pusher.problem = explain(exc, args.repo)
         say(f"⚠️ could not create {args.repo}: {explain(exc, args.repo)}")
+    else:
+        check_write_access(pusher)
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
     child = subprocess.Popen(command)
@@ -796,11 +800,7 @@ def check_write_access(pusher: Pusher) -> None:
     elif all_landed:
         record("verdict", status="saved", training_ended=training_ended)
     else:
-        if _status_of(exc) in PERMANENT_STATUSES:
-            pusher.problem = explain(exc, args.repo)
         record("verdict", status="not-saved", reason=pusher.failed or "the grace period ran out while pushing",
-    else:
-        check_write_access(pusher)
                training_ended=training_ended)
     RECORDS.drain(stop, args.grace, pusher.stop_retrying_at)
     if code is None:
@@ -818,6 +818,7 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
         why = f"the training process was killed by {signal.Signals(-code).name}"
     else:
         why = f"the training process exited with status {code}"
+    cause = f"{why}; {pusher.problem}" if pusher.problem else why
     branch = f"rescue/{job_id}"
     # Not the sole pusher: each rescue push is first compared with the branch (made from main), so files main
     # already holds, identical, are not presented as rescued.
@@ -847,11 +848,6 @@ def rescue(pusher: Pusher, output_dir: Path, staging: Path, complete: set[str], 
     if not rescuer.drain(stop, grace):
         record("verdict", status="not-saved", reason=rescuer.failed or "the grace period ran out during the rescue",
                training_ended=training_ended)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-    cause = f"{why}; {pusher.problem}" if pusher.problem else why
         return
     holds = [label.removeprefix(RESCUE_OF) for label, already_there in rescuer.landed if not already_there]
     if not holds:
@@ -861,3 +857,7 @@ if __name__ == "__main__":
         return
     say(f"✅ results rescued to {pusher.repo}@{branch}: {', '.join(holds)}, which main does not have")
     record("verdict", status="rescued", branch=branch, reason=cause, holds=holds, training_ended=training_ended)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
