@@ -363,7 +363,7 @@ def test_scheduled_job_stops_when_its_creator_loses_write_access(jobs_server: Se
     with pytest.raises(HfHubHTTPError) as info:
         admin_api.trigger_scheduled_job(scheduled_job_id=scheduled.id, namespace=org)
     assert info.value.response.status_code == 403
-    assert f"{member}, who can no longer write to {org}" in info.value.response.json()["error"]
+    assert f"{member} can no longer write to {org}" in info.value.response.json()["error"]
     assert admin_api.inspect_scheduled_job(scheduled_job_id=scheduled.id, namespace=org).suspend is True
     assert list(admin_api.list_jobs(namespace=org)) == []
 

@@ -295,3 +295,21 @@ def test_a_target_repo_no_repo_can_have_is_refused_at_submission(label: str, ser
                     labels={"keephub.repo": label.replace("alice", name), "keephub.output-dir": "out"})
     assert info.value.response.status_code == 422 and "keephub.repo" in str(info.value)
     assert list(api.list_jobs(namespace=name)) == []
+
+
+def test_a_schedule_stops_with_the_token_that_created_it(server: Server, alice) -> None:
+    """Found by review: a schedule made with a short-lived (or stolen, then revoked) token kept starting runs
+    as its creator after the token ended."""
+    name, _ = alice
+    token = scoped_token(server, name, "--expires", "3s")
+    expires = time.monotonic() + 3
+    scheduled = HfApi(endpoint=server.url, token=token).create_scheduled_job(
+        image="python:3.12", command=["python", "-c", "pass"], schedule="@hourly", namespace=name)
+    time.sleep(max(0.0, expires - time.monotonic()) + 1)
+    _, owner_token = alice
+    trigger = httpx.post(f"{server.url}/api/scheduled-jobs/{name}/{scheduled.id}/run",
+                         headers={"authorization": f"Bearer {owner_token}"})
+    assert trigger.status_code == 403, trigger.text
+    assert "the token that created the schedule no longer works" in trigger.json()["error"]
+    assert HfApi(endpoint=server.url, token=owner_token).inspect_scheduled_job(
+        scheduled_job_id=scheduled.id, namespace=name).suspend is True

@@ -18,7 +18,7 @@ from keephub.accounts import Actor
 from keephub.jobs.service import TERMINAL, JobService, aware, iso, utcnow
 from keephub.jobs.spec import parse_spec, spec_from_wire
 from keephub.storage.schema import Job, ScheduledJob
-from keephub.wire import BadRequest, Conflict, Forbidden
+from keephub.wire import BadRequest, Conflict, Forbidden, Unauthorized
 from keephub.wire.errors import NotFound, Unprocessable
 
 log = logging.getLogger("keephub.jobs")
@@ -139,10 +139,10 @@ class ScheduledJobs:
         """Run now, whatever the schedule says (409 if a run is still going and concurrency is off)."""
         actor = self.jobs.check_write(actor, namespace)
         row = self._load(namespace, scheduled_id)
-        if not self._creator_may_run(row):
-            self._suspend_orphaned(row)
-            raise Forbidden(f"scheduled job {scheduled_id} runs as its creator {row.owner}, who can no longer write "
-                            f"to {namespace}; it is now suspended: delete it and create it again as yourself")
+        if (why := self._why_creator_may_not_run(row)) is not None:
+            self._suspend_orphaned(row, why)
+            raise Forbidden(f"scheduled job {scheduled_id} runs as its creator {row.owner}, but {why}; it is now "
+                            "suspended: delete it and create it again as yourself")
         job_id = self._start_run(row, respect_concurrency=True)
         if job_id is None:
             raise Conflict(f"scheduled job {scheduled_id}'s previous run {row.last_job_id} is still running and "
@@ -159,8 +159,8 @@ class ScheduledJobs:
             if aware(row.next_run_at) > now:
                 continue
             try:
-                if not self._creator_may_run(row):
-                    self._suspend_orphaned(row)
+                if (why := self._why_creator_may_not_run(row)) is not None:
+                    self._suspend_orphaned(row, why)
                     continue
                 if self._start_run(row, respect_concurrency=True) is not None:
                     started += 1
@@ -172,13 +172,20 @@ class ScheduledJobs:
                     fresh.next_run_at = next_run(fresh.schedule, now)
         return started
 
-    def _creator_may_run(self, row: ScheduledJob) -> bool:
-        """Runs act with their creator's rights as they are now, not as they were when the schedule was made."""
-        return self.jobs.accounts.namespace_role_of(row.owner, row.namespace) in ("write", "admin")
+    def _why_creator_may_not_run(self, row: ScheduledJob) -> str | None:
+        """Runs act with their creator's rights as they are now, and through the token that made the schedule:
+        a revoked or expired token stops the schedule (a stolen token's schedule dies with it)."""
+        if row.owner_token_id is not None:
+            try:
+                self.jobs.accounts.actor_of_token(row.owner_token_id)
+            except Unauthorized as exc:
+                return f"the token that created the schedule no longer works ({exc.message})"
+        if self.jobs.accounts.namespace_role_of(row.owner, row.namespace) not in ("write", "admin"):
+            return f"{row.owner} can no longer write to {row.namespace}"
+        return None
 
-    def _suspend_orphaned(self, row: ScheduledJob) -> None:
-        log.warning("scheduled job %s suspended: its creator %s can no longer write to %s", row.id, row.owner,
-                    row.namespace)
+    def _suspend_orphaned(self, row: ScheduledJob, why: str) -> None:
+        log.warning("scheduled job %s suspended: %s", row.id, why)
         with self.db.write() as session:
             fresh = session.get(ScheduledJob, row.id)
             if fresh is not None:
