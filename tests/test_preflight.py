@@ -336,6 +336,16 @@ def test_a_config_class_the_installed_trl_moved_is_reported_with_its_new_import(
 # -- check 5: saving during long jobs, resuming --------------------------------------------------------------
 
 
+def test_what_cannot_be_read_is_not_checked_and_says_so() -> None:
+    """A ✅ is never a guess: settings keephub cannot resolve before the run are ⚠️ "not checked"."""
+    report = run(sft('push_to_hub=True, hub_model_id="alice/m", save_strategy=args.save, '
+                     'hub_strategy=args.hub, **extra'), timeout_seconds=1800)
+    for name in ("checkpoints", "hub_strategy", "arguments"):
+        found = check(report, name)
+        assert found.status == "warn" and "not checked" in found.message, report.render()
+    assert "**extra" in check(report, "arguments").message
+
+
 def test_save_strategy_no_warns_only_for_long_jobs() -> None:
     arguments = 'push_to_hub=True, hub_model_id="alice/m", save_strategy="no"'
     long = check(run(sft(arguments, "trainer.push_to_hub()\n"), timeout_seconds=6 * 3600), "checkpoints")

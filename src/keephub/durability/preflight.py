@@ -932,9 +932,11 @@ class _Context:
             checks.append(_fail(f"argument {key}", message, _argument_fix(key, arg, call, installed.fields)))
         if checks:
             return checks
-        unread = f" ({', '.join(call.opaque)} could not be read)" if call.opaque else ""
-        return [_ok("arguments", f"every argument passed exists in {installed.package}'s {call.name}"
-                    f"{unread}")]
+        if call.opaque:
+            return [_warn("arguments", f"not checked for {', '.join(call.opaque)}, which keephub cannot read "
+                          f"before the run; every other argument exists in {installed.package}'s {call.name}",
+                          "pass the config's arguments as keywords, so they can be checked")]
+        return [_ok("arguments", f"every argument passed exists in {installed.package}'s {call.name}")]
 
     def save_checks(self, call: ConfigCall) -> list[Check]:
         save = self.setting(call, "save_strategy")
@@ -951,9 +953,8 @@ class _Context:
         duration = _duration(self.timeout_seconds)
         periodic = 'save_strategy="steps", save_steps=<steps in about half an hour>'
         if save is UNKNOWN:
-            message = self.unresolved(call, "save_strategy")
-            return _warn("checkpoints", message, f"make sure it is {periodic}") if self.long \
-                else _ok("checkpoints", message)
+            return _warn("checkpoints", f"not checked: {self.unresolved(call, 'save_strategy')}",
+                         f"make sure it is {periodic}" if self.long else "write save_strategy as a literal")
         if save == "no":
             if not self.long:
                 return _ok("checkpoints", f"none (save_strategy='no'), acceptable for a {duration} job")
@@ -989,8 +990,8 @@ class _Context:
         if not (_is_on(push) or resume):
             return None
         if hub is UNKNOWN:
-            message = self.unresolved(call, "hub_strategy")
-            return _warn("hub_strategy", message, to_resume) if resume else _ok("hub_strategy", message)
+            return _warn("hub_strategy", f"not checked: {self.unresolved(call, 'hub_strategy')}",
+                         to_resume if resume else "write hub_strategy as a literal")
         if hub not in HUB_STRATEGIES:
             return _fail("hub_strategy", f"hub_strategy={hub!r} is not one of {', '.join(HUB_STRATEGIES)}: "
                          "the config raises ValueError",
