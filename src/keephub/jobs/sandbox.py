@@ -78,8 +78,9 @@ class JobUser:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one attempt may hold at once. Memory counts processes, files in its RAM-backed mounts and memfds;
-    processes counts threads too; disk counts /workspace and what the attempt adds to its uv cache."""
+    """What one attempt may hold at once. Memory counts processes, files in its RAM-backed mounts, memfds and
+    shared memory; processes counts threads too; disk counts /workspace, deleted files still open and what the
+    attempt adds to its uv cache."""
 
     memory_bytes: int
     processes: int
