@@ -429,3 +429,26 @@ def test_render_is_one_line_per_check_with_fixes_indented() -> None:
     assert (wire["ok"], wire["failed"], wire["warnings"]) == (False, 1, 0)
     assert wire["checks"][2] == {"name": "HF_TOKEN", "status": "fail", "message": hf_token.message,
                                  "fix": hf_token.fix}
+
+
+# -- resume: how a retried attempt picks up the checkpoint keephub restores -----------------------------------
+
+
+def test_preflight_says_how_a_retried_attempt_will_resume() -> None:
+    def resume(source: str) -> Check:
+        return check(run(source, keephub_saving=True), "resume")
+
+    plain = resume(PRODUCTION_TRAIN)
+    assert plain.status == "ok" and plain.message == (
+        "keephub will resume Trainer.train() (line 50) from the newest checkpoint on the hub when an attempt "
+        "is retried")
+    trainer = "trainer = SFTTrainer(model='m', args=config)\n"
+    own = resume(sft('output_dir="out"', trainer + "trainer.train(resume_from_checkpoint=True)\n"))
+    assert own.status == "ok" and own.message.startswith("the script passes resume_from_checkpoint itself (line 4)")
+    fresh = resume(sft('output_dir="out"', trainer + "trainer.train(resume_from_checkpoint=False)\n"))
+    assert fresh.status == "warn" and "a retried attempt starts from scratch" in fresh.message
+    loop = resume("from accelerate import Accelerator\naccelerator = Accelerator()\nmodel.train()\n"
+                  "accelerator.save_state('out/checkpoint-1')\n")
+    assert loop.status == "warn" and loop.message.startswith("not a transformers Trainer")
+    assert loop.fix is not None and "accelerator.load_state" in loop.fix
+    assert not [c for c in run(PRODUCTION_TRAIN).checks if c.name == "resume"], "only when keephub guards the job"

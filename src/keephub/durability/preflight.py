@@ -117,7 +117,10 @@ class ConfigCall:
         return self.kwargs[key].value if key in self.kwargs else default
 
 
-Kind = Literal["resume", "push", "save_model"]
+# "resume": train() with a resume_from_checkpoint the script sets; "train": a trainer's train() without one
+# (or None), which keephub's resume hook resumes from the checkpoint it restores on a retried attempt;
+# "from_scratch": a trainer's train(resume_from_checkpoint=False).
+Kind = Literal["resume", "train", "from_scratch", "push", "save_model"]
 _METHODS: dict[str, Kind] = {"train": "resume", "push_to_hub": "push", "save_model": "save_model"}
 
 
@@ -133,9 +136,10 @@ class MethodCall:
 
 @dataclass(frozen=True, eq=False)
 class _TrainerOf:
-    """A `*Trainer(args=config)` object, so that `trainer.train(...)` is tied to its config."""
+    """A `*Trainer(...)` object, so that `trainer.train(...)` is known to be a Trainer's and is tied to its
+    config (`args=config`; None when that cannot be told)."""
 
-    config: ConfigCall
+    config: ConfigCall | None
 
 
 @dataclass
@@ -344,11 +348,13 @@ class _Analyzer:
                 self.facts.parser = last
             elif isinstance(call.func, ast.Attribute) and call.func.attr in _METHODS:
                 kind = _METHODS[call.func.attr]
-                if kind == "resume" and not any(kw.arg == "resume_from_checkpoint" and self.eval(kw.value)
-                                                not in (None, False) for kw in call.keywords):
-                    continue
                 owner = self.eval(call.func.value)
                 config = owner.config if isinstance(owner, _TrainerOf) else None
+                passed = [self.eval(kw.value) for kw in call.keywords if kw.arg == "resume_from_checkpoint"]
+                if kind == "resume" and not any(value not in (None, False) for value in passed):
+                    if not isinstance(owner, _TrainerOf) or call.args:
+                        continue
+                    kind = "from_scratch" if False in passed else "train"
                 self.facts.calls.append(MethodCall(kind, call.lineno, config))
             elif isinstance(call.func, ast.Attribute) and call.func.attr in _MUTATORS and isinstance(
                     call.func.value, ast.Name) and isinstance(self.lookup(call.func.value.id), dict):
@@ -492,9 +498,9 @@ class _Analyzer:
                 return self.environment[name]
             return args[1] if len(args) > 1 else UNKNOWN  # unset without a default: the job may still set it
         if qualname.endswith("Trainer"):
-            for keyword in call.keywords:
-                if keyword.arg == "args" and isinstance(config := self.eval(keyword.value), ConfigCall):
-                    return _TrainerOf(config)
+            configs = [config for keyword in call.keywords
+                       if keyword.arg == "args" and isinstance(config := self.eval(keyword.value), ConfigCall)]
+            return _TrainerOf(configs[0] if configs else None)
         if qualname == "dict" and not args:
             keys: list[ast.expr | None] = [None if kw.arg is None else ast.Constant(kw.arg)
                                            for kw in call.keywords]
@@ -716,7 +722,30 @@ def preflight(
     checks += _token_checks(facts, secrets, environment)
     for call in facts.configs:
         checks += labelled(call, [*context.argument_checks(call), *context.save_checks(call)])
+    if keephub_saving:
+        checks.append(_resume_check(facts))
     return PreflightReport(checks, facts)
+
+
+def _resume_check(facts: ScriptFacts) -> Check:
+    """How a retried attempt resumes. keephub restores the newest checkpoint on the hub into the output
+    directory first; a Trainer's train() then resumes from it by itself (keephub's resume hook), unless the
+    script says where to resume from; any other training loop has to load it itself."""
+    if own := facts.lines("resume"):
+        return _ok("resume", f"the script passes resume_from_checkpoint itself (line {own[0]}); keephub puts the "
+                   "newest checkpoint on the hub into the output directory before a retried attempt starts")
+    if trains := facts.lines("train"):
+        return _ok("resume", f"keephub will resume Trainer.train() (line {trains[0]}) from the newest checkpoint "
+                   "on the hub when an attempt is retried")
+    if fresh := facts.lines("from_scratch"):
+        return _warn("resume", f"the script passes resume_from_checkpoint=False (line {fresh[0]}): a retried attempt "
+                     "starts from scratch, though keephub puts the newest checkpoint on the hub into the output "
+                     "directory first", "leave resume_from_checkpoint out, and keephub resumes from it")
+    return _warn("resume", "not a transformers Trainer (keephub found no trainer.train() call it can resume): a "
+                 "retried attempt resumes only if the script loads the checkpoint itself, which keephub puts "
+                 "into the output directory (checkpoint-N/) before the attempt starts",
+                 "at the start, load the newest checkpoint-N/ in the output directory when there is one, e.g. "
+                 "with accelerator.load_state(path), or train with a transformers Trainer")
 
 
 def _token_checks(facts: ScriptFacts | None, secrets: set[str], environment: Mapping[str, str] | None) -> list[Check]:

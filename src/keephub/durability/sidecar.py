@@ -3,7 +3,8 @@
     python -m keephub.durability.sidecar --repo alice/m --output-dir out --job-id ID --attempt N -- CMD...
 
 - Resume: before CMD starts, the newest checkpoint on the hub (ours, the Trainer's `last-checkpoint/`, or a
-  rescue branch of this job) is downloaded into the output directory, so `resume_from_checkpoint=True` works.
+  rescue branch of this job) is downloaded into the output directory, so `resume_from_checkpoint=True` works,
+  and CMD gets the resume hook (resume_hook/sitecustomize.py), so a plain `trainer.train()` resumes too.
 - Every checkpoint: each completed `checkpoint-N/` is hard-linked into a staging area at once (so the
   Trainer's `save_total_limit` rotation cannot delete it under us) and queued; one pusher uploads them in
   order, never skipping one, retrying with backoff while the hub is unreachable, and verifies each commit
@@ -55,6 +56,10 @@ SCAN_SECONDS = 0.1
 COALESCE_BYTES = 100 * 1024 * 1024
 FINAL_LABEL = "final model files"
 RESCUE_OF = "rescue of "
+# Put first on the training's PYTHONPATH after a restore: its sitecustomize.py makes Trainer.train() resume from
+# the checkpoint named in RESUME_ENV when the script does not say where to resume from itself.
+RESUME_HOOK = Path(__file__).resolve().with_name("resume_hook")
+RESUME_ENV = "KEEPHUB_RESUME_CHECKPOINT"
 # The Trainer's save_model() writes the weights, the config and the tokenizer, then this file, last.
 LAST_SAVED = "training_args.bin"
 # What a set of files looked like when listed: (name, size, mtime_ns, inode) each. Equal snapshots mean
@@ -63,11 +68,19 @@ Snapshot = tuple[tuple[str, int, int, int], ...]
 
 
 def _emit_line(line: str) -> None:
-    """Write one whole line to the output the training process shares. It starts with a newline: that process
-    may be between writing a line and its end (print() writes them separately; a progress bar may never end
-    its line), and this line must not be glued to it. The job log drops the empty lines this makes, and one
-    flushed write under PIPE_BUF is never split by the other process's writes."""
-    print("\n" + line, flush=True)
+    """Write one whole line to the output the training process shares, in a single write() of at most
+    PIPE_BUF bytes, which a pipe never splits nor lets another writer's bytes into. It starts with a newline:
+    the training may be between writing a line and its end (a progress bar may never end its line), and this
+    line must not be glued to it; the job log drops the empty lines this makes. print() would not do: under
+    PYTHONUNBUFFERED, which jobs get, it writes the text and its end separately, and the training's next
+    words landed between the two, glued to the end of this line."""
+    data = ("\n" + line).encode("utf-8", "replace")
+    if len(data) >= select.PIPE_BUF:
+        data = data[: select.PIPE_BUF - 4].decode("utf-8", "ignore").encode() + "…".encode()
+    sys.stdout.flush()
+    data += b"\n"
+    while data:
+        data = data[os.write(sys.stdout.fileno(), data):]
 
 
 def say(message: str) -> None:
@@ -576,20 +589,39 @@ def newest_remote_checkpoint(api, repo: str, branches: list[str]) -> tuple[str, 
     return best
 
 
-def resume(repo: str, output_dir: Path, job_id: str) -> None:
+def resume(repo: str, output_dir: Path, job_id: str, scratch: Path) -> Path | None:
+    """Download the newest checkpoint on the hub into `output_dir`/checkpoint-N/; returns that folder.
+
+    Its files are written as new, ordinary files of the job (mode from its umask), as if the Trainer had saved
+    them: the Trainer overwrites or rotates the folder later. Copies with the cache's modes would not do:
+    huggingface_hub keeps Xet downloads in a shared blob store as read-only files, and a script that trained
+    from step 0 again died with Permission denied rewriting the restored checkpoint. The download goes to a
+    cache under `scratch`, deleted afterwards, so the checkpoint takes its disk space once."""
     from huggingface_hub import HfApi, snapshot_download
 
     api = HfApi()
     found = newest_remote_checkpoint(api, repo, ["main", f"rescue/{job_id}"])
     if found is None:
         say(f"resume: no checkpoint of {repo} on the hub yet; starting from scratch")
-        return
+        return None
     branch, folder, step = found
     target = output_dir / f"checkpoint-{step}"
-    local = snapshot_download(repo, revision=branch, allow_patterns=[f"{folder}/*"])
-    shutil.copytree(Path(local) / folder, target, dirs_exist_ok=True)
+    cache = scratch / "restore-cache"
+    try:
+        local = Path(snapshot_download(repo, revision=branch, allow_patterns=[f"{folder}/*"], cache_dir=cache))
+        for source in sorted((local / folder).rglob("*")):
+            if source.is_file():
+                destination = target / source.relative_to(local / folder)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, destination)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # half a checkpoint must not be resumed from
+        raise
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     say(f"resume: downloaded {repo}@{branch}:{folder} (global_step {step}) into {target}")
     record("resume", revision=branch, folder=folder, step=step)
+    return target
 
 
 class Watcher:
@@ -712,6 +744,17 @@ def check_write_access(pusher: Pusher) -> None:
             say(f"❌ {pusher.problem}")
 
 
+def training_env(restored: Path | None) -> dict[str, str] | None:
+    """The training command's environment: the sidecar's own, plus, when a checkpoint was restored, the resume
+    hook first on PYTHONPATH and the checkpoint it makes Trainer.train() resume from (see resume_hook/)."""
+    if restored is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(part for part in (str(RESUME_HOOK), env.get("PYTHONPATH", "")) if part)
+    env[RESUME_ENV] = str(restored)
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keephub-sidecar")
     parser.add_argument("--repo", required=True)
@@ -739,9 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     say(f"durability: every checkpoint in {args.output_dir}/ goes to {args.repo}; rescue branch rescue/{args.job_id}")
 
+    restored: Path | None = None
     if args.resume or args.attempt > 1:
         try:
-            resume(args.repo, output_dir, args.job_id)
+            restored = resume(args.repo, output_dir, args.job_id, staging.parent)
         except Exception as exc:  # noqa: BLE001 - resuming is best effort; training can still start
             say(f"⚠️ resume failed ({explain(exc, args.repo)}); starting from scratch")
 
@@ -759,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         check_write_access(pusher)
     watcher = Watcher(output_dir, staging)
     watcher.mark_existing()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=training_env(restored))
     keep_off(job_cores)  # the training keeps the cores it inherited; the watching happens elsewhere
     # Waiting on the child's pidfd rather than sleeping ends the wait the moment training exits, so the
     # final push starts at once instead of up to SCAN_SECONDS later; a stop request is still seen within
