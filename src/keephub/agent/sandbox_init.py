@@ -102,7 +102,20 @@ def _relay(client: socket.socket, socket_path: str) -> None:
         back.join()
 
 
+def _keep_off_the_jobs_cores() -> None:
+    """Forwarding is platform work: like keephub's server and the durability sidecar's pusher, it runs on the
+    machine's other cores when there are any, so moving the job's bytes costs its training nothing. Threads
+    started by this one inherit its affinity."""
+    elsewhere = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+    if elsewhere:
+        try:
+            os.sched_setaffinity(threading.get_native_id(), elsewhere)
+        except OSError:
+            pass
+
+
 def _accept_forever(listener: socket.socket, socket_path: str) -> None:
+    _keep_off_the_jobs_cores()
     while True:
         client, _ = listener.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
