@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import JOB_XET_ENV, Server
 from huggingface_hub import HfApi
-from test_durability import TRAIN, UV_IMAGE, hub, losses, submit, trainer_user  # noqa: F401 - fixtures
+from test_durability import TRAIN, UV_IMAGE, hub, losses, record_of, submit, trainer_user  # noqa: F401 - fixtures
 
 import keephub.demo
 
@@ -138,6 +138,9 @@ def test_a_script_that_passes_resume_from_checkpoint_keeps_control(trainer_user)
            "(checkpoint-10, restored from the hub, is in the output directory)" in retried, retried
     assert sorted(losses(retried)) == list(range(1, 21)), "attempt 2 trained from step 1, as the script said"
     assert api.file_exists(repo, "checkpoint-20/trainer_state.json")
+    pushes = record_of(api, name, job)["durability"]["pushes"]
+    assert any(p["label"] == "checkpoint-10" and p["attempt"] == 2 and p["verified"] for p in pushes), \
+        "the checkpoint-10 attempt 2 wrote anew went up too, not only the one restored from the hub"
 
 
 FLOOD = textwrap.dedent('''

@@ -636,6 +636,8 @@ class Watcher:
         self.output_dir = output_dir
         self.staging = staging
         self.done: set[str] = set()
+        # Checkpoints already there at the start (restored from the hub), by the stamp of their trainer_state.json.
+        self.existing: dict[str, tuple[int, int, int] | None] = {}
         self.final_seen: Snapshot | None = None
 
     def saved_model(self) -> Push | None:
@@ -676,8 +678,10 @@ class Watcher:
         return [f"checkpoint-{step}" for step in range(steps[0], steps[-1], every) if step not in steps]
 
     def mark_existing(self) -> None:
+        """Checkpoints already in the output directory (restored from the hub) are not pushed again, unless the
+        training writes one of them anew (a script that starts from scratch): its trainer_state.json changes."""
         if self.output_dir.is_dir():
-            self.done |= {p.name for p in self.output_dir.iterdir() if CHECKPOINT.match(p.name)}
+            self.existing = {p.name: _state_stamp(p) for p in self.output_dir.iterdir() if CHECKPOINT.match(p.name)}
 
     def completed(self) -> list[Path]:
         if not self.output_dir.is_dir():
@@ -687,6 +691,8 @@ class Watcher:
                             key=lambda p: int(p.name.split("-")[1]))
         for folder in candidates:
             if folder.name in self.done:
+                continue
+            if folder.name in self.existing and _state_stamp(folder) == self.existing[folder.name]:
                 continue
             staged = self.staging / folder.name
             try:
@@ -742,6 +748,15 @@ def check_write_access(pusher: Pusher) -> None:
         if _status_of(exc) in PERMANENT_STATUSES:
             pusher.problem = explain(exc, pusher.repo)
             say(f"❌ {pusher.problem}")
+
+
+def _state_stamp(folder: Path) -> tuple[int, int, int] | None:
+    """What changes when a checkpoint's trainer_state.json (written last) is written again."""
+    try:
+        info = (folder / "trainer_state.json").stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def training_env(restored: Path | None) -> dict[str, str] | None:
