@@ -71,6 +71,22 @@ def repo_id(api, alice: tuple[str, str]) -> str:  # type: ignore[no-untyped-def]
     return repo
 
 
+# Job-side code (it runs in a sandbox, standard library only) for scripts that wait until a file of their repo
+# (env REPO) is on the hub; a script is WAIT_ON_HUB + its own code calling wait_on_hub(path, seconds, pause).
+WAIT_ON_HUB = """
+def wait_on_hub(path, seconds, pause):
+    import os, time, urllib.error, urllib.request
+    url = os.environ["HF_ENDPOINT"] + "/" + os.environ["REPO"] + "/resolve/main/" + path
+    request = urllib.request.Request(url, headers={"authorization": "Bearer " + os.environ["HF_TOKEN"]})
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(request)
+            return
+        except urllib.error.HTTPError:
+            time.sleep(pause)
+"""
+
 class JobSocketProxy:
     """Stands in for keephub's socket for jobs (sandboxes/run/hub.sock: jobs live in network namespaces of
     their own and reach keephub only through it) and forwards to the real one. A test can make keephub

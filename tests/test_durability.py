@@ -7,7 +7,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, JobSocketProxy, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port
 from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.training
@@ -299,22 +299,14 @@ def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:
     assert record["verdict"]["status"] != "saved" or "checkpoint-99" not in record["verdict"]["message"]
 
 
-MID_LINE = textwrap.dedent('''
-    import json, os, sys, time, urllib.error, urllib.request
+MID_LINE = WAIT_ON_HUB + textwrap.dedent('''
+    import json, os, sys
     sys.stdout.write("step 21 loss 6.5")  # a line begun and not ended while the sidecar speaks
     sys.stdout.flush()
     os.makedirs("out/checkpoint-10")
     with open("out/checkpoint-10/trainer_state.json", "w") as state:
         json.dump({"global_step": 10}, state)
-    url = os.environ["HF_ENDPOINT"] + "/" + os.environ["REPO"] + "/resolve/main/checkpoint-10/trainer_state.json"
-    request = urllib.request.Request(url, headers={"authorization": "Bearer " + os.environ["HF_TOKEN"]})
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(request)
-            break
-        except urllib.error.HTTPError:
-            time.sleep(0.1)
+    wait_on_hub("checkpoint-10/trainer_state.json", 60, 0.1)
     print(" and its end")
 ''')
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, JobSocketProxy, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port
 from huggingface_hub import HfApi
 
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -183,20 +183,12 @@ def test_output_past_the_log_cap_is_dropped_with_one_notice_and_the_job_goes_on(
 
 # -- durability records ---------------------------------------------------------------------------------
 
-WAIT_FOR_GO = textwrap.dedent('''
-    import json, os, time, urllib.error, urllib.request
+WAIT_FOR_GO = WAIT_ON_HUB + textwrap.dedent('''
+    import json, os
     os.makedirs("out/checkpoint-10")
     with open("out/checkpoint-10/trainer_state.json", "w") as state:
         json.dump({"global_step": 10}, state)
-    url = os.environ["HF_ENDPOINT"] + "/" + os.environ["REPO"] + "/resolve/main/go.txt"
-    request = urllib.request.Request(url, headers={"authorization": "Bearer " + os.environ["HF_TOKEN"]})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(request)
-            break
-        except urllib.error.HTTPError:
-            time.sleep(0.2)
+    wait_on_hub("go.txt", 120, 0.2)
     with open("out/model.txt", "w") as model:
         model.write("the final model")
 ''')

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import JOB_XET_ENV, Server
+from conftest import JOB_XET_ENV, WAIT_ON_HUB, Server
 from huggingface_hub import HfApi
 from test_durability import TRAIN, UV_IMAGE, hub, losses, record_of, submit, trainer_user  # noqa: F401 - fixtures
 
@@ -143,8 +143,8 @@ def test_a_script_that_passes_resume_from_checkpoint_keeps_control(trainer_user)
         "the checkpoint-10 attempt 2 wrote anew went up too, not only the one restored from the hub"
 
 
-FLOOD = textwrap.dedent('''
-    import json, os, sys, threading, time, urllib.error, urllib.request
+FLOOD = WAIT_ON_HUB + textwrap.dedent('''
+    import json, os, sys, threading, time
 
     done = threading.Event()
 
@@ -175,15 +175,7 @@ FLOOD = textwrap.dedent('''
         with open(f"out/checkpoint-{step}/trainer_state.json", "w") as state:
             json.dump({"global_step": step}, state)
         time.sleep(0.1)
-    url = os.environ["HF_ENDPOINT"] + "/" + os.environ["REPO"] + "/resolve/main/checkpoint-30/trainer_state.json"
-    request = urllib.request.Request(url, headers={"authorization": "Bearer " + os.environ["HF_TOKEN"]})
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(request)
-            break
-        except urllib.error.HTTPError:
-            time.sleep(0.1)
+    wait_on_hub("checkpoint-30/trainer_state.json", 60, 0.1)
     done.set()
     thread.join()
 ''')
