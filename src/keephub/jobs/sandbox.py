@@ -104,10 +104,15 @@ def sandboxes_root(data_dir: Path) -> Path:
     return data_dir / "sandboxes"
 
 
+def hub_socket_path(data_dir: Path) -> Path:
+    """Where keephub serves its API for jobs; bound into each sandbox."""
+    return sandboxes_root(data_dir) / "run" / "hub.sock"
+
+
 def jobs_socket(data_dir: Path) -> socket.socket:
-    """The Unix socket keephub serves its API on for jobs (`SandboxLayout.hub_socket`), bound and open to
-    every uid: only sandboxes are given a path to it."""
-    path = sandboxes_root(data_dir) / "run" / "hub.sock"
+    """The Unix socket keephub serves its API on for jobs, bound and open to every uid: only sandboxes are
+    given a path to it."""
+    path = hub_socket_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -145,12 +150,12 @@ class SandboxLayout:
         return self.root / "uv-cache"
 
     @property
-    def sockets(self) -> Path:
-        return self.root / "run"
+    def hub_socket(self) -> Path:
+        return hub_socket_path(self.root.parent)
 
     @property
-    def hub_socket(self) -> Path:
-        return self.sockets / "hub.sock"
+    def sockets(self) -> Path:
+        return self.hub_socket.parent
 
     @property
     def egress_socket(self) -> Path:

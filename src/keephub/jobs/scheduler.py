@@ -18,8 +18,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -88,7 +88,8 @@ class JobNetwork:
 def job_network(settings: Settings, layout: sandbox.SandboxLayout) -> JobNetwork:
     """In an isolated sandbox, keephub's URL leads to the sandbox's own loopback, where a route forwards it to
     keephub's Unix socket: a host name in the URL is pointed at loopback, a non-loopback address is replaced
-    by 127.0.0.1 (links keephub returns with it will not work from jobs: give public_url a host name)."""
+    by 127.0.0.1, as is an IPv6 one (links keephub returns with it will not work from jobs: give public_url a
+    host name)."""
     if settings.job_network == "host":
         return JobNetwork(endpoint=settings.base_url)
     url = urlsplit(settings.base_url)
@@ -99,10 +100,10 @@ def job_network(settings: Settings, layout: sandbox.SandboxLayout) -> JobNetwork
     names: tuple[str, ...] = ()
     try:
         address = ipaddress.ip_address(host)
-        listen = host if address.is_loopback else "127.0.0.1"
+        listen = host if address.version == 4 and address.is_loopback else "127.0.0.1"
     except ValueError:
         listen, names = "127.0.0.1", (host,)
-    endpoint = f"http://{host if listen == host or names else listen}:{port}"
+    endpoint = f"http://{host if names else listen}:{port}"
     egress_port = EGRESS_PORT if port != EGRESS_PORT else EGRESS_PORT + 1
     proxy = f"http://127.0.0.1:{egress_port}"
     no_proxy = ",".join(["127.0.0.1", "localhost", "::1", *names])
@@ -243,9 +244,9 @@ class Scheduler:
         secrets = await asyncio.to_thread(self.service.secrets_of, job)
         redact = Redactor(list(secrets.values()))
         account = await asyncio.to_thread(self.service.accounts.find, job.owner)
-        user = self.layout.user_for(account.id) if account is not None else None
-        if account is None or (user is None and self.layout.uid_base is not None):
+        if account is None:
             return Outcome("ERROR", f"the job's owner {job.owner!r} no longer exists")
+        user = self.layout.user_for(account.id)
         workspace = self.layout.job_dir(self.layout.workspaces / f"{job_id}-{number}", user)
         writer = LogWriter(attempt_log(self.jobs_dir, job_id, number), self.settings.job_log_max_bytes)
         try:
