@@ -87,6 +87,14 @@ def wait_on_hub(path, seconds, pause):
             time.sleep(pause)
 """
 
+def guarded_job(api, name: str, repo: str, code: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """A `python -c code` job whose results keephub guards (sidecar pushing ./out to `repo`), past preflight,
+    with REPO in its environment (for WAIT_ON_HUB) and the suite's Xet mode."""
+    return api.run_job(image="ghcr.io/astral-sh/uv:python3.12-bookworm", command=["python", "-c", code],
+                       env={"REPO": repo, **JOB_XET_ENV, **(env or {})}, secrets={"HF_TOKEN": "$HF_TOKEN"},
+                       namespace=name,
+                       labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
+
 class JobSocketProxy:
     """Stands in for keephub's socket for jobs (sandboxes/run/hub.sock: jobs live in network namespaces of
     their own and reach keephub only through it) and forwards to the real one. A test can make keephub

@@ -7,7 +7,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port
+from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port, guarded_job
 from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.training
@@ -314,9 +314,7 @@ MID_LINE = WAIT_ON_HUB + textwrap.dedent('''
 def test_the_sidecar_never_glues_its_lines_to_the_scripts_unfinished_line(trainer_user) -> None:
     name, api = trainer_user
     repo = f"{name}/mid-line"
-    job = api.run_job(image=UV_IMAGE, command=["python", "-c", MID_LINE], env={"REPO": repo, **JOB_XET_ENV},
-                      secrets={"HF_TOKEN": "$HF_TOKEN"}, namespace=name,
-                      labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
+    job = guarded_job(api, name, repo, MID_LINE)
     info = api.wait_for_job(job_id=job.id, namespace=name, timeout=90)
     lines = list(api.fetch_job_logs(job_id=job.id, namespace=name))
     assert info.status.stage == "COMPLETED", lines

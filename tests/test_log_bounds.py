@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port
+from conftest import SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port, guarded_job
 from huggingface_hub import HfApi
 
 UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -192,12 +192,6 @@ WAIT_FOR_GO = WAIT_ON_HUB + textwrap.dedent('''
     with open("out/model.txt", "w") as model:
         model.write("the final model")
 ''')
-
-
-def guarded_job(api: HfApi, name: str, repo: str, code: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return api.run_job(image=UV_IMAGE, command=["python", "-c", code], env={"REPO": repo, **JOB_XET_ENV, **(env or {})},
-                       secrets={"HF_TOKEN": "$HF_TOKEN"}, namespace=name,
-                       labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
 
 
 def durability_of(api: HfApi, name: str, job_id: str) -> dict:

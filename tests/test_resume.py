@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import JOB_XET_ENV, WAIT_ON_HUB, Server
+from conftest import JOB_XET_ENV, WAIT_ON_HUB, Server, guarded_job
 from huggingface_hub import HfApi
 from test_durability import TRAIN, UV_IMAGE, hub, losses, record_of, submit, trainer_user  # noqa: F401 - fixtures
 
@@ -184,9 +184,7 @@ FLOOD = WAIT_ON_HUB + textwrap.dedent('''
 def test_sidecar_lines_stay_whole_under_a_flood_of_partial_lines(trainer_user) -> None:  # noqa: F811
     name, api = trainer_user
     repo = f"{name}/flooded"
-    job = api.run_job(image=UV_IMAGE, command=["python", "-c", FLOOD], env={"REPO": repo, **JOB_XET_ENV},
-                      secrets={"HF_TOKEN": "$HF_TOKEN"}, namespace=name,
-                      labels={"keephub.repo": repo, "keephub.output-dir": "out", "keephub.preflight": "override"})
+    job = guarded_job(api, name, repo, FLOOD)
     info = api.wait_for_job(job_id=job.id, namespace=name, timeout=120)
     lines = list(api.fetch_job_logs(job_id=job.id, namespace=name))
     sidecar = [line for line in lines if "[keephub]" in line]
