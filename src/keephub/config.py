@@ -6,6 +6,7 @@ test) and the result is handed to `build_app`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
@@ -76,6 +77,14 @@ class Settings:
     job_default_timeout_seconds: int = 1800
     # Log bytes kept per job attempt; output past it is dropped (the job goes on) and the log says how much.
     job_log_max_bytes: int = 100 * 1024**2
+    # Where attempts run: "local" (this machine, in bubblewrap sandboxes) or "slurm" (a Slurm cluster; see
+    # job_slurm). Either way each attempt runs keephub's agent, which outlives a restart of this server.
+    job_executor: str = "local"
+    # The Slurm executor's settings, the [jobs.slurm] table of the config file (docs/jobs.md lists its keys).
+    job_slurm: dict = field(default_factory=dict)
+    # An attempt whose agent has not reported for this long (counted from this server's start at the
+    # earliest) is given up: marked ERROR and retried if attempts remain.
+    job_heartbeat_timeout_seconds: int = 90
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
 
@@ -106,6 +115,7 @@ class Settings:
                 raise ConfigError(f"config file {config_file} does not exist; create it or drop --config")
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {config_file} is not valid TOML: {exc}")
+        values = _flatten_tables(values)
         known = {f.name for f in fields(cls)}
         for name in known:
             env_value = environ.get(ENV_PREFIX + name.upper())
@@ -125,7 +135,9 @@ class Settings:
             raw = values[f.name]
             default = getattr(self, f.name)
             try:
-                if isinstance(default, Path):
+                if isinstance(default, dict):
+                    converted[f.name] = _table(f.name, raw)
+                elif isinstance(default, Path):
                     converted[f.name] = Path(raw).expanduser()
                 elif isinstance(default, int):
                     converted[f.name] = int(raw)
@@ -150,3 +162,28 @@ class Settings:
                 os.fsync(fh.fileno())
             os.replace(tmp, key_file)
         return replace(self, signing_key=key_file.read_text().strip())
+
+
+# Tables of the config file that group settings: `[jobs] executor = "slurm"` is the setting job_executor, and
+# `[jobs.slurm]` the table job_slurm.
+_TABLE_PREFIXES = {"jobs": "job_"}
+
+
+def _flatten_tables(values: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in values.items() if k not in _TABLE_PREFIXES or not isinstance(v, dict)}
+    for table, prefix in _TABLE_PREFIXES.items():
+        for key, value in (values.get(table) or {}).items() if isinstance(values.get(table), dict) else ():
+            flat[prefix + key] = value
+    return flat
+
+
+def _table(name: str, raw: Any) -> dict:
+    """A table setting: a TOML table, or JSON text in a KEEPHUB_* variable."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise ConfigError(f"setting {name} must be a table (JSON in {ENV_PREFIX}{name.upper()}): {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"setting {name} must be a table, as [{name.replace('job_', 'jobs.', 1)}] in the config file")
+    return dict(raw)

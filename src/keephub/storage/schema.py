@@ -173,11 +173,23 @@ class JobAttempt(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    outcome: Mapped[str] = mapped_column(String(12))  # RUNNING | COMPLETED | ERROR | CANCELED | TIMEOUT
+    outcome: Mapped[str] = mapped_column(String(12))  # PENDING | RUNNING | COMPLETED | ERROR | CANCELED | TIMEOUT
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     # sha256 of the credential the attempt's sidecar reports records with; cleared when the attempt ends.
     agent_credential_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The sidecar's credential (durability records only), apart from the agent's.
+    sidecar_credential_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Which executor runs the attempt, its handle there (a Slurm job id, a process), and the node.
+    executor: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    executor_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # When the agent last reported; an attempt silent past the heartbeat deadline is given up.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Log lines stored so far: the last sequence number and the log file's committed length (bytes past it
+    # are a torn append, cut off before the next one).
+    log_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ScheduledJob(Base):
