@@ -18,7 +18,7 @@ import pytest
 from conftest import SESSION_DIR, Server, free_port
 from huggingface_hub import HfApi
 
-from keephub.jobs import sandbox
+from keephub.agent import sandbox
 
 IMAGE = "python:3.12"
 AS_ROOT = os.geteuid() == 0

@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from keephub.app import build_app
-    from keephub.jobs.sandbox import jobs_socket
+    from keephub.agent.sandbox import jobs_socket
     from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
     settings = _settings(args)

@@ -79,13 +79,39 @@ class LocalServer:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
-    def stop(self) -> None:
+    def stop(self, keep_agents: bool = False) -> None:
+        """SIGTERM the server. Job agents outlive it, as they should in production; here they are stopped too
+        unless `keep_agents`, so a test or demo leaves no job behind."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if not keep_agents:
+            self.kill_agents()
+
+    def agent_pids(self) -> list[int]:
+        """The local executor's agents started for this data directory."""
+        marker = f"--work-dir={(self.data_dir / 'sandboxes').resolve()}".encode()
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                        argv = fh.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"keephub.agent.main" in argv and marker in argv:
+                    pids.append(int(entry))
+        return pids
+
+    def kill_agents(self) -> None:
+        for pid in self.agent_pids():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def user(self, name: str | None = None, role: str = "write") -> tuple[str, str]:
         """Create a user (a fresh name unless given) and return (name, token)."""

@@ -58,7 +58,7 @@ def read_spec() -> dict:
     return spec
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
+def pump(source: socket.socket, target: socket.socket) -> None:
     """Move bytes one way until the source ends: spliced through a pipe inside the kernel (no copy through
     this process, which shares the job's cores), or copied where a socket cannot splice."""
     try:
@@ -96,13 +96,13 @@ def _relay(client: socket.socket, socket_path: str) -> None:
             upstream.connect(socket_path)
         except OSError:
             return
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         back.start()
-        _pump(client, upstream)
+        pump(client, upstream)
         back.join()
 
 
-def _keep_off_the_jobs_cores() -> None:
+def keep_off_the_jobs_cores() -> None:
     """Forwarding is platform work: like keephub's server and the durability sidecar's pusher, it runs on the
     machine's other cores when there are any, so moving the job's bytes costs its training nothing. Threads
     started by this one inherit its affinity."""
@@ -115,7 +115,7 @@ def _keep_off_the_jobs_cores() -> None:
 
 
 def _accept_forever(listener: socket.socket, socket_path: str) -> None:
-    _keep_off_the_jobs_cores()
+    keep_off_the_jobs_cores()
     while True:
         client, _ = listener.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -11,93 +11,37 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
+
+from keephub.agent.output import event
 
 # Bytes a forward read takes from the files at once (at least one whole line).
 PAGE_BYTES = 256 * 1024
 # Bytes a backward scan reads at once.
 BLOCK_BYTES = 64 * 1024
-# Dropped lines kept and written at the end of an attempt past its cap: the error a job ends with is the
-# line its user looks for first. Each is shortened to KEPT_LINE_CHARS.
-KEPT_LINES = 50
-KEPT_LINE_CHARS = 8192
 _ATTEMPT_FILE = re.compile(r"^attempt-(\d+)\.jsonl$")
 
 
-def timestamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _event(line: str, at: str | None = None) -> bytes:
-    """One log line as stored and streamed: ASCII JSON (non-ASCII is escaped), so its length is its size."""
-    return (json.dumps({"timestamp": at or timestamp(), "data": line}) + "\n").encode("ascii")
-
-
-class LogWriter:
-    """Appends events; flushed on every line and fsynced at least once a second, so logs survive restarts.
-
-    `write` takes the job's output and stops storing it once the file holds `max_bytes` (None: no cap);
-    `note` takes keephub's own lines (status, limits), which are always stored.
-    """
-
-    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[bytes] = open(path, "ab")
-        self._size = self._fh.tell()
-        self._max_bytes = max_bytes
-        self._last_sync = 0.0
-        self._dropped_lines = 0
-        self._dropped_bytes = 0
-        self._last_dropped: deque[bytes] = deque(maxlen=KEPT_LINES)
-
-    def write(self, line: str) -> None:
-        event = _event(line)
-        if self._max_bytes is None or (not self._dropped_lines and self._size + len(event) <= self._max_bytes):
-            self._append(event)
-            return
-        if not self._dropped_lines:
-            self.note(f"keephub: this attempt's log reached its limit of {self._max_bytes:,} bytes "
-                      "(setting job_log_max_bytes); further output is dropped until the attempt ends, "
-                      "then its last lines are shown. The job goes on.")
-        self._dropped_lines += 1
-        self._dropped_bytes += len(line.encode("utf-8", "replace")) + 1
-        self._last_dropped.append(_event(line[:KEPT_LINE_CHARS]))
-
-    def note(self, line: str) -> None:
-        self._append(_event(line))
-
-    def end_output(self) -> None:
-        """After the job's output has ended: say how much was dropped, then show its last lines."""
-        if not self._dropped_lines:
-            return
-        kept = len(self._last_dropped)
-        self.note(f"keephub: dropped {self._dropped_bytes:,} bytes in {self._dropped_lines:,} lines of output "
-                  f"past this attempt's log limit; its last {kept} lines follow")
-        for event in self._last_dropped:
-            self._append(event)
-        self._dropped_lines = self._dropped_bytes = 0
-        self._last_dropped.clear()
-
-    def _append(self, event: bytes) -> None:
-        self._fh.write(event)
-        self._fh.flush()
-        self._size += len(event)
-        now = time.monotonic()
-        if now - self._last_sync > 1:
-            os.fsync(self._fh.fileno())
-            self._last_sync = now
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self.end_output()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+def append_events(path: Path, committed: int, events: list[tuple[str, str]]) -> int:
+    """Append (timestamp, line) events to an attempt's log after its first `committed` bytes and return its new
+    committed length. Bytes past `committed` are a torn append from a crash (never acknowledged, so the
+    agent sends those lines again) and are cut off first: a line is stored once, whatever was resent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size != committed:
+            os.ftruncate(fd, committed)
+        os.lseek(fd, committed, os.SEEK_SET)
+        data = b"".join(event(line, at) for at, line in events)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return committed + len(data)
 
 
 def attempt_log(jobs_dir: Path, job_id: str, attempt: int) -> Path:

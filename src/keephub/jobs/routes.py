@@ -61,7 +61,7 @@ async def cancel(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     params = request.path_params
     await call(jobs_of(request).cancel, actor, params["namespace"], params["job_id"])
-    scheduler_of(request).request_cancel(params["job_id"])
+    await call(scheduler_of(request).request_cancel, params["job_id"])
     return JSONResponse({})
 
 

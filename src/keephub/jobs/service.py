@@ -11,7 +11,7 @@ import secrets as random_secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from keephub.accounts import Actor, NamespaceTarget, RepoTarget, Scope, authorize, refusal_of, require_actor
 from keephub.accounts.access import Action
@@ -25,7 +25,6 @@ from keephub.hub.service import Hub
 from keephub.jobs.flavors import Flavor, machine_flavors
 from keephub.jobs.secrets import SecretBox
 from keephub.jobs.spec import JobSpec, parse_spec
-from keephub.storage.db import Database
 from keephub.storage.schema import Account, Job, JobAttempt
 from keephub.wire import BadRequest, Forbidden, HubError, Unauthorized
 from keephub.wire.errors import NotFound, Unprocessable, client_ready
@@ -386,12 +385,5 @@ def durability_plan(labels: dict[str, str]) -> dict | None:
 
 def _has_running_attempt(session, job_id: str) -> bool:  # type: ignore[no-untyped-def]
     return session.execute(
-        select(JobAttempt.number).where(JobAttempt.job_id == job_id, JobAttempt.outcome == "RUNNING")
+        select(JobAttempt.number).where(JobAttempt.job_id == job_id, JobAttempt.outcome.in_(("PENDING", "RUNNING")))
     ).first() is not None
-
-
-def mark_interrupted(db: Database, job_id: str, number: int, message: str) -> None:
-    with db.write() as session:
-        session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number)
-                        .values(outcome="ERROR", message=message, finished_at=utcnow()))
-

@@ -5,7 +5,7 @@ every uploaded file and every job's log, so nothing in it may be readable by oth
 are created private by a umask of 077 set when `keephub serve` or an admin command starts; what already
 exists is checked at start-up, and anything group- or world-accessible is reported with the `chmod` that
 fixes it (keephub does not change modes behind an operator's back). Job sandboxes, which run as uids of
-their own, need no way in: keephub mounts what they use for them (see keephub.jobs.sandbox).
+their own, need no way in: keephub mounts what they use for them (see keephub.agent.sandbox).
 """
 
 from __future__ import annotations

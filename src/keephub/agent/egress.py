@@ -1,7 +1,7 @@
 """The egress proxy: a job's one way beyond keephub.
 
 Jobs live in network namespaces of their own. The package index the uv shim installs from is outside,
-so keephub runs an HTTP CONNECT proxy on a Unix socket bound into every sandbox (HTTPS_PROXY inside),
+so the job's agent runs an HTTP CONNECT proxy on a Unix socket bound into every sandbox (HTTPS_PROXY inside),
 and lets through only the host:port pairs of `job_egress_allow`. A name on the list that resolves to a
 loopback, private or link-local address is refused too, so DNS cannot turn an allowed name into a way
 onto the host or its network; list an IP address itself to allow it on purpose.
@@ -16,9 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from keephub.config import ConfigError
-
-log = logging.getLogger("keephub.jobs.egress")
+log = logging.getLogger("keephub.agent.egress")
 MAX_HEAD_BYTES = 8192
 CONNECT_TIMEOUT_SECONDS = 30
 BUFFER_BYTES = 256 * 1024
@@ -33,7 +31,7 @@ def parse_allow_list(text: str) -> frozenset[tuple[str, int]]:
         host, _, port = entry.rpartition(":")
         host = host.strip("[]").lower()
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"job_egress_allow entry {entry!r} must be host:port (e.g. pypi.org:443)")
+            raise ValueError(f"job_egress_allow entry {entry!r} must be host:port (e.g. pypi.org:443)")
         allowed.add((host, int(port)))
     return frozenset(allowed)
 

@@ -133,10 +133,16 @@ class SandboxLayout:
 
     @classmethod
     def for_this_host(cls, data_dir: Path, uid_base: int) -> "SandboxLayout":
+        return cls.at(sandboxes_root(data_dir), uid_base)
+
+    @classmethod
+    def at(cls, root: Path, uid_base: int | None) -> "SandboxLayout":
+        """Sandboxes under `root` (a keephub data directory's, or an agent's work directory on a node), built
+        from this interpreter's installation, which therefore holds keephub and the training stack."""
         venv = Path(sys.prefix)
         paths = {Path(sys.base_prefix).resolve(), venv.resolve(), Path(keephub.__file__).resolve().parents[1]}
         layout = cls(readonly=tuple(sorted(paths)), python=venv / "bin" / "python",
-                     root=sandboxes_root(data_dir).resolve(), uid_base=uid_base if os.geteuid() == 0 else None)
+                     root=root.resolve(), uid_base=uid_base if os.geteuid() == 0 else None)
         for directory in (layout.root, layout.workspaces, layout.uv_caches, layout.sockets):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return layout
@@ -289,9 +295,8 @@ def sandbox_env(layout: SandboxLayout, defaults: dict[str, str], user_values: di
 
 
 def uv_shim(layout: SandboxLayout) -> bytes:
-    # The shim runs as a file, not `-m keephub.jobs.uvshim`: that would import the keephub.jobs package, and
-    # with it the whole server stack (~0.8 s on every uv job). -P keeps this directory, whose secrets.py and
-    # logs.py would shadow the standard library's, off the shim's sys.path.
+    # The shim runs as a file with the standard library only (no keephub import: fast on every uv job); -P
+    # keeps this directory off its sys.path, so no module here can shadow a standard one.
     uvshim = Path(__file__).resolve().with_name("uvshim.py")
     return f"#!/bin/sh\nexec {layout.python} -P {uvshim} \"$@\"\n".encode()
 
@@ -580,14 +585,20 @@ def clear_setid_bits(root: Path, user: JobUser | None) -> int:
     return result.stdout.count(b"\n")
 
 
-def terminate_sandbox(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM to every process inside the sandbox, but not to bwrap itself: killing bwrap would take the
-    whole sandbox down at once and leave the job no grace period to save its work."""
+def terminate_sandbox(process: asyncio.subprocess.Process, skip: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+    """SIGTERM to every process inside the sandbox not in `skip`, but not to bwrap itself: killing bwrap would
+    take the whole sandbox down at once and leave the job no grace period to save its work. Returns the
+    processes signalled, so a caller repeating this reaches processes started since, and only those."""
+    signalled = set()
     for pid in _descendants(process.pid):
+        if pid in skip:
+            continue
         try:
             os.kill(pid, signal.SIGTERM)
+            signalled.add(pid)
         except ProcessLookupError:
             pass
+    return signalled
 
 
 def kill_sandbox(process: asyncio.subprocess.Process) -> None:
