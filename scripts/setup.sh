@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up everything keephub needs on a fresh Debian machine: system packages, a virtualenv with the
-# pinned CPU torch first (so nothing pulls CUDA builds), then keephub and the training stack.
+# Set up everything keephub needs on a fresh Debian machine: system packages (bubblewrap, Slurm, munge),
+# a virtualenv with the pinned CPU torch first (so nothing pulls CUDA builds), then keephub and the training
+# stack.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,12 @@ VENV="${KEEPHUB_VENV:-.venv}"
 
 need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+# Slurm (controller, node daemon, client commands) and munge: the Slurm executor's tests start a throwaway
+# one-machine cluster with them.
+for cmd in slurmctld slurmd sbatch; do
+    command -v "$cmd" >/dev/null 2>&1 || { need_apt+=(slurm-wlm); break; }
+done
+command -v munged >/dev/null 2>&1 || need_apt+=(munge)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get"

@@ -21,6 +21,8 @@ _GPU_FLAVORS = (
     ("h200", "GPU H200", 16, 128, 1, 1000),
     ("a10g-largex2", "GPU A10G large x2", 24, 92, 2, 400),
 )
+# Every flavor name keephub knows, whatever this machine has (a cluster executor maps them onto partitions).
+FLAVOR_NAMES = tuple(flavor[0] for flavor in _CPU_FLAVORS + _GPU_FLAVORS)
 # Processes and threads a job may have at once: room for data-loader workers and BLAS pools, not for a bomb.
 PROCESSES_PER_CPU = 256
 MIN_PROCESSES = 1024
