@@ -6,6 +6,7 @@ set here, before any test module imports a client.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from slurm_cluster import SlurmCluster, keephub_slurm_env, slurm_cluster  # noqa: F401  (a session fixture)
 
 from keephub.devserver import LocalServer as Server
 from keephub.devserver import free_port
@@ -36,6 +39,17 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false",
 })
 os.environ.pop("HF_TOKEN", None)
+# The suite's job tests run on the local executor, and with KEEPHUB_TEST_EXECUTOR=slurm (scripts/test.sh's
+# second pass) every keephub the tests start hands its jobs to a throwaway one-machine Slurm cluster.
+EXECUTOR = os.environ.get("KEEPHUB_TEST_EXECUTOR", "local")
+SLURM = None
+if EXECUTOR == "slurm":
+    SLURM = SlurmCluster(SESSION_DIR / "slurm")
+    SLURM.start()
+    atexit.register(SLURM.stop)
+    os.environ.update(keephub_slurm_env(SLURM))
+elif EXECUTOR != "local":
+    raise RuntimeError(f"KEEPHUB_TEST_EXECUTOR={EXECUTOR!r}: use local or slurm")
 if XET_ENABLED:
     os.environ.pop("HF_HUB_DISABLE_XET", None)
 else:

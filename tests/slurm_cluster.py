@@ -8,6 +8,7 @@ munge). Processes started here run in the foreground as our children, so `stop()
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -227,3 +228,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     yield cluster
     cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def keephub_slurm_env(cluster: SlurmCluster) -> dict[str, str]:
+    """What a keephub server needs to run its jobs on `cluster` (each attempt a Slurm batch job)."""
+    return {"SLURM_CONF": str(cluster.conf), "KEEPHUB_JOB_EXECUTOR": "slurm",
+            "KEEPHUB_JOB_SLURM": json.dumps({"work_dir": str(cluster.dir / "agent-work")})}

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import SESSION_DIR, Server, free_port
+from conftest import EXECUTOR, SESSION_DIR, SLURM, Server, free_port
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -329,6 +329,10 @@ def test_job_outlives_a_kill_9_of_keephub_with_a_gap_free_log(jobs_server: Serve
     raw = httpx.get(f"{jobs_server.url}/api/jobs/{info.owner.name}/{job.id}",
                     headers={"authorization": f"Bearer {api.token}"}).json()
     assert [a["outcome"] for a in raw["attempts"]] == ["COMPLETED"]
+    executor = raw["attempts"][0]["executor"]
+    assert executor["name"] == EXECUTOR and executor["id"] and executor["node"], executor
+    if EXECUTOR == "slurm":
+        assert executor["node"] == SLURM.node
 
 
 def test_an_agent_that_dies_fails_its_attempt_and_the_job_is_retried(jobs_server: Server, user) -> None:

@@ -92,8 +92,8 @@ class LocalServer:
             self.kill_agents()
 
     def agent_pids(self) -> list[int]:
-        """The local executor's agents started for this data directory."""
-        marker = f"--work-dir={(self.data_dir / 'sandboxes').resolve()}".encode()
+        """The job agents of this server (local, or Slurm's on this machine): they name its URL."""
+        marker = f"--server={self.url}".encode()
         pids = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():

@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -291,8 +292,8 @@ class Attempt:
         gpus = self.args.gpus if self.args.gpus is not None else _visible_gpus()
         workspace = self.layout.job_dir(self.layout.workspaces / self.name, self.user)
         uv_cache = self.layout.uv_cache_for(self.plan["owner"], self.user)
-        run_dir = self.layout.sockets / self.name
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The attempt's sockets, in a short path of their own: a Unix socket's path has at most 107 bytes.
+        run_dir = Path(tempfile.mkdtemp(prefix="keephub-agent-"))
         forwarders: list[Forwarder] = []
         proxy = None
         try:
@@ -310,7 +311,7 @@ class Attempt:
             if self.plan.get("sidecar"):
                 _leave_credential(workspace, self.plan["sidecarCredential"])
             env = sandbox.sandbox_env(
-                self.layout, {**self.plan["env"]["defaults"], "OMP_NUM_THREADS": str(max(1, len(cpus)))},
+                self.layout, {**self.plan["env"]["defaults"], "OMP_NUM_THREADS": str(_threads(cpus))},
                 self.plan["env"]["user"], {**self.plan["env"]["enforced"], "CUDA_VISIBLE_DEVICES": ",".join(gpus)})
             limits = sandbox.Limits(**self.plan["limits"])
             box = sandbox.SandboxSpec(
@@ -459,6 +460,12 @@ def _leave_credential(workspace: Path, credential: str) -> None:
         if owner.st_uid != os.geteuid():
             os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
         fh.write(credential)
+
+
+def _threads(cpus: list[int]) -> int:
+    """Threads a job's math libraries should use: its cores (Slurm says how many it allotted)."""
+    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(allotted) if allotted.isdigit() and int(allotted) > 0 else max(1, len(cpus))
 
 
 def _visible_gpus() -> list[str]:

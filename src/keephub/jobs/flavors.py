@@ -57,3 +57,9 @@ def machine_flavors(total_cpus: int, gpu_ids: list[str]) -> dict[str, Flavor]:
     table = list(_CPU_FLAVORS) + [f for f in _GPU_FLAVORS if f[4] <= len(gpu_ids)]
     return {name: Flavor(name, pretty, min(cpus, total_cpus), memory, gpus, disk)
             for name, pretty, cpus, memory, gpus, disk in table}
+
+
+def cluster_flavors() -> dict[str, Flavor]:
+    """Every flavor, as asked: a cluster executor's scheduler decides where each fits (or refuses it)."""
+    return {name: Flavor(name, pretty, cpus, memory, gpus, disk)
+            for name, pretty, cpus, memory, gpus, disk in (*_CPU_FLAVORS, *_GPU_FLAVORS)}

@@ -22,7 +22,7 @@ from keephub.durability.preflight import WriteAccess
 from keephub.durability.script import find_script, inline_script
 from keephub.hub.naming import split_repo_id
 from keephub.hub.service import Hub
-from keephub.jobs.flavors import Flavor, machine_flavors
+from keephub.jobs.flavors import Flavor, cluster_flavors, machine_flavors
 from keephub.jobs.secrets import SecretBox
 from keephub.jobs.spec import JobSpec, parse_spec
 from keephub.storage.schema import Account, Job, JobAttempt
@@ -77,7 +77,8 @@ class JobService:
         self.jobs_dir = settings.data_dir / "jobs"
         self.box = SecretBox(self.jobs_dir / "secrets.key")
         gpu_ids = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
-        self.flavors: dict[str, Flavor] = machine_flavors(settings.job_cpus, gpu_ids)
+        self.flavors: dict[str, Flavor] = (machine_flavors(settings.job_cpus, gpu_ids)
+                                           if settings.job_executor == "local" else cluster_flavors())
 
     # -- access ------------------------------------------------------------------------------------
     def check_read(self, actor: Actor | None, namespace: str) -> Actor:
@@ -338,10 +339,18 @@ class JobService:
                                                     self.settings.base_url),
             "attempts": [
                 {"number": a.number, "outcome": a.outcome, "exitCode": a.exit_code, "message": a.message,
-                 "startedAt": iso(a.started_at), "finishedAt": iso(a.finished_at)}
+                 "startedAt": iso(a.started_at), "finishedAt": iso(a.finished_at),
+                 "executor": {"name": a.executor, "id": executor_id(a.executor, a.executor_ref), "node": a.node}}
                 for a in record.attempts
             ],
         }
+
+
+def executor_id(executor: str | None, ref: str | None) -> str | None:
+    """An attempt's id in its executor as people look it up: the Slurm job id, the local agent's pid."""
+    if not ref:
+        return None
+    return str(json.loads(ref)["pid"]) if executor == "local" else ref
 
 
 _JOB_TOKEN_FIX = ('pass secrets={"HF_TOKEN": "$HF_TOKEN"} (a token for this job that writes its target repo), '

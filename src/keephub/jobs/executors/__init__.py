@@ -6,6 +6,7 @@ from keephub.agent import sandbox
 from keephub.config import ConfigError, Settings
 from keephub.jobs.executors.base import Executor
 from keephub.jobs.executors.local import LocalExecutor
+from keephub.jobs.executors.slurm import SlurmExecutor
 
 EXECUTORS = ("local", "slurm")
 
@@ -18,9 +19,7 @@ def make_executor(settings: Settings, layout: sandbox.SandboxLayout, cpus: list[
                               "use the cluster, or remove the [jobs.slurm] table")
         return LocalExecutor(layout, cpus, gpus, sandbox.hub_socket_path(settings.data_dir))
     if settings.job_executor == "slurm":
-        from keephub.jobs.executors.slurm import SlurmExecutor
-
-        executor = SlurmExecutor(settings.job_slurm)
+        executor = SlurmExecutor(settings.job_slurm, hub_socket=str(sandbox.hub_socket_path(settings.data_dir)))
         executor.check()
         return executor
     raise ConfigError(f"[jobs] executor = {settings.job_executor!r} is not an executor keephub has; "

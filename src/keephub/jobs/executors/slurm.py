@@ -85,10 +85,11 @@ class SlurmExecutor:
     name = "slurm"
 
     def __init__(self, table: Mapping[str, object], *, env: Mapping[str, str] | None = None,
-                 agent_command: Callable[[Launch], list[str]] | None = None) -> None:
+                 agent_command: Callable[[Launch], list[str]] | None = None, hub_socket: str | None = None) -> None:
         """`env`: where Slurm's commands find Slurm (None: keephub's environment, of which only PATH, the
         locale, SLURM_* and SBATCH_* are used); `agent_command`: what the batch script execs (tests run
-        another program through real Slurm)."""
+        another program through real Slurm); `hub_socket`: keephub's own Unix socket, which an agent uses
+        when its node is keephub's machine (elsewhere the path does not exist and it uses TCP)."""
         unknown = sorted(set(table) - set(_SETTINGS))
         if unknown:
             raise ConfigError(f"[jobs.slurm] {unknown[0]} is not a setting keephub knows; remove it (the "
@@ -105,7 +106,8 @@ class SlurmExecutor:
         self.memory = memory
         self._env = {name: value for name, value in (os.environ if env is None else env).items()
                      if name in _COMMAND_ENV or name.startswith(("SLURM_", "SBATCH_"))}
-        self._agent_command = agent_command or (lambda launch: agent_argv(self.python, launch, self.work_dir))
+        extra = [f"--hub-socket={hub_socket}"] if hub_socket else []
+        self._agent_command = agent_command or (lambda launch: agent_argv(self.python, launch, self.work_dir, *extra))
 
     # -- start-up -------------------------------------------------------------------------------------------
 
