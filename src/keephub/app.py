@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keephub import hub, jobs, web, xet
+from keephub.buckets import routes as bucket_routes
+from keephub.buckets.service import Buckets
 from keephub.config import Settings
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import LocalBlobStore
@@ -94,6 +96,7 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         the_hub = await asyncio.to_thread(open_hub, settings)
         app.state.hub = the_hub
+        app.state.buckets = Buckets(the_hub)
         gate = PreflightGate()
         app.state.jobs = jobs.JobService(settings, the_hub, gate)
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
@@ -112,7 +115,7 @@ def build_app(settings: Settings) -> Starlette:
             the_hub.db.close()
 
     return Starlette(
-        routes=jobs.routes() + xet.routes() + hub.routes() + web.routes(),
+        routes=jobs.routes() + xet.routes() + bucket_routes.routes() + hub.routes() + web.routes(),
         middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},

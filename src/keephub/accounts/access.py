@@ -37,7 +37,8 @@ _JOB_TOKEN_REFUSALS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class RepoTarget:
-    """A repo as authorization sees it; `private` is False for a repo that does not exist yet."""
+    """A repo, or a bucket (`type` "bucket"), as authorization sees it; `private` is False for one that does not
+    exist yet. Buckets follow the repo rules: the same roles, scopes and job-token limits."""
 
     type: str
     namespace: str
@@ -88,7 +89,8 @@ def refusal_of(actor: Actor | None, action: Action, target: Target) -> HubError 
 def _repo_refusal(actor: Actor | None, action: Action, repo: RepoTarget) -> HubError | None:
     if action != "repo.create" and repo.private and (actor is None or actor.namespace_role(repo.namespace) is None):
         hint = "" if actor else " If it is private, pass a token with read access."
-        return RepoNotFound(f"{repo.type.capitalize()} repository {repo.repo_id} not found.{hint}")
+        what = "Bucket" if repo.type == "bucket" else f"{repo.type.capitalize()} repository"
+        return RepoNotFound(f"{what} {repo.repo_id} not found.{hint}")
     if action == "repo.read":
         return None
     verb = {"repo.create": "create", "repo.manage": "manage"}.get(action, "write to")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 REPO_KINDS = ("model", "dataset", "space")
-SCOPE_KINDS = (*REPO_KINDS, "namespace")
+SCOPE_KINDS = (*REPO_KINDS, "bucket", "namespace")
 _PART = re.compile(r"^[A-Za-z0-9._-]{1,96}$")
 
 log = logging.getLogger("keephub.accounts")
@@ -23,8 +23,8 @@ class ScopeError(ValueError):
 
 @dataclass(frozen=True)
 class Scope:
-    kind: str  # a repo type or "namespace"
-    name: str  # "alice/foo" for a repo, "acme" for a namespace
+    kind: str  # a repo type, "bucket" or "namespace"
+    name: str  # "alice/foo" for a repo or a bucket, "acme" for a namespace
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
@@ -42,7 +42,8 @@ class Scope:
 
 
 def parse_scope(text: str) -> Scope:
-    """`model:alice/foo`, `dataset:alice/d`, `space:alice/s`, `namespace:acme`; a bare `alice/foo` is a model."""
+    """`model:alice/foo`, `dataset:alice/d`, `space:alice/s`, `bucket:alice/b`, `namespace:acme`; a bare
+    `alice/foo` is a model."""
     kind, sep, name = text.partition(":")
     if not sep:
         kind, name = ("model", text) if "/" in text else ("namespace", text)
@@ -50,7 +51,7 @@ def parse_scope(text: str) -> Scope:
     shape_ok = len(parts) == (1 if kind == "namespace" else 2) and all(_PART.match(p) for p in parts)
     if kind not in SCOPE_KINDS or not shape_ok:
         raise ScopeError(f"invalid scope {text!r}: use model:NAMESPACE/NAME, dataset:NAMESPACE/NAME, "
-                         "space:NAMESPACE/NAME or namespace:NAME")
+                         "space:NAMESPACE/NAME, bucket:NAMESPACE/NAME or namespace:NAME")
     return Scope(kind, name)
 
 

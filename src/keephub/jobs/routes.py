@@ -142,17 +142,8 @@ async def scheduled_action(request: Request) -> JSONResponse:
     return JSONResponse(result)
 
 
-async def buckets(request: Request) -> JSONResponse:
-    raise Unprocessable(
-        "keephub does not host buckets yet (they are Xet-backed), so run_uv_job cannot upload a local script: "
-        "run it with `keephub jobs uv run train.py` (the script travels inline), or upload it to a repo and pass "
-        "its URL, e.g. run_uv_job(f'{HF_ENDPOINT}/alice/scripts/resolve/main/train.py')"
-    )
-
-
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/buckets/{rest:path}", buckets, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/api/scheduled-jobs/{namespace}", scheduled_collection, methods=["GET", "POST"]),
         Route("/api/scheduled-jobs/{namespace}/{scheduled_id}", scheduled_item, methods=["GET", "DELETE"]),
         Route("/api/scheduled-jobs/{namespace}/{scheduled_id}/{action}", scheduled_action, methods=["POST"]),

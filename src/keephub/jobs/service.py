@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from keephub.accounts import Actor, NamespaceTarget, RepoTarget, Scope, authorize, refusal_of, require_actor
 from keephub.accounts.access import Action
+from keephub.buckets.service import Buckets
 from keephub.config import Settings
 from keephub.durability import record as durability_record
 from keephub.durability.gate import OVERRIDE_LABEL, OVERRIDE_VALUE, PreflightGate
@@ -74,6 +75,7 @@ class JobService:
         self.db = hub.db
         self.accounts = hub.accounts
         self.gate = gate
+        self.buckets = Buckets(hub)
         self.jobs_dir = settings.data_dir / "jobs"
         self.box = SecretBox(self.jobs_dir / "secrets.key")
         gpu_ids = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
@@ -105,21 +107,26 @@ class JobService:
 
     @staticmethod
     def target_scopes(spec: JobSpec, owner: str) -> list[Scope]:
-        """What a job's token may write: the repo its results go to (rescue branches included), if it has one;
-        a repo named without a namespace is the owner's, as the Hub resolves it."""
+        """What a job's token may write: the repo its results go to (rescue branches included), if it has one
+        (a repo named without a namespace is the owner's, as the Hub resolves it), and its read-write buckets."""
         repo = (spec.durability or {}).get("repo")
-        if not repo:
-            return []
-        return [Scope("model", _full_repo_id(repo, owner))]
+        buckets = [Scope("bucket", v["source"]) for v in spec.volumes if v["type"] == "bucket" and not v["readOnly"]]
+        return ([Scope("model", _full_repo_id(repo, owner))] if repo else []) + buckets
 
     def job_token_scopes(self, actor: Actor, spec: JobSpec) -> list[Scope]:
-        """The job's target repo if the submitting token may write it; nothing (a read-only job token) otherwise."""
+        """What of `target_scopes` the submitting token may write; nothing (a read-only job token) otherwise."""
         return [scope for scope in self.target_scopes(spec, actor.name)
-                if refusal_of(actor, "repo.write", _repo_target(scope.name)) is None]
+                if refusal_of(actor, "repo.write", RepoTarget(scope.kind, *scope.name.split("/"))) is None]
 
     def preflight_spec(self, actor: Actor, spec: JobSpec, secret_values: dict[str, str]) -> JobSpec:
         """Refuse a training job that would lose its results (422 with the checklist), unless overridden;
-        otherwise decide what the sidecar guards and put preflight's warnings at the head of the log."""
+        otherwise decide what the sidecar guards and put preflight's warnings at the head of the log. Volumes the
+        submitter may not use are refused first (403/404), a repo volume's revision pinned to its commit."""
+        spec = replace(spec, volumes=[self.buckets.check_volume(actor, v) for v in spec.volumes])
+        if spec.volumes:  # until the agent mounts them (issue 15): refused rather than run without them
+            raise Unprocessable("volumes are checked but not yet mounted by keephub's job runner; download the files "
+                                "inside the job with huggingface_hub (hf_hub_download, download_bucket_files), or "
+                                "pass the script by URL or inline (keephub jobs uv run)")
         plan = durability_plan(spec.labels)
         source = find_script(spec.command, self.settings.base_url,
                              lambda *where: self._read_hub_file(actor, *where))
@@ -327,6 +334,7 @@ class JobService:
             "secrets": {name: "<hidden>" for name in spec["secrets"]},
             "flavor": job.flavor,
             "labels": spec["labels"] or None,
+            "volumes": spec.get("volumes") or None,
             "timeoutSeconds": job.timeout_seconds,
             "retry": job.max_attempts - 1,
             "status": {"stage": job.stage, "message": job.message},

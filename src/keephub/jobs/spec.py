@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from keephub.buckets.service import check_path
+from keephub.hub.naming import check_repo_name, check_text
 from keephub.jobs.flavors import Flavor
 from keephub.wire import BadRequest, TooLarge
 from keephub.wire.errors import Unprocessable
@@ -29,6 +31,12 @@ MAX_TIMEOUT_SECONDS = 7 * 86400
 MAX_ATTEMPTS = 10
 MAX_COMMAND_BYTES = 512 * 1024
 MAX_ENTRIES = 200
+MAX_VOLUMES = 16
+VOLUME_TYPES = ("bucket", "model", "dataset", "space")
+# Where a volume may not go: over or around the sandbox's system and keephub's own paths (a mount there would
+# hide what the job runs on), and over the root, /tmp or /workspace themselves (a folder inside them is fine).
+SYSTEM_PATHS = ("/usr", "/etc", "/proc", "/dev", "/sys", "/bin", "/sbin", "/lib", "/lib64", "/run", "/opt/keephub")
+WHOLE_PATHS = ("/", "/tmp", "/workspace")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class JobSpec:
     # Set by keephub at submission: where the sidecar pushes ({repo, outputDir, resume}) and preflight notes.
     durability: dict | None = None
     preflight_notes: list[str] = field(default_factory=list)
+    # {type, source, mountPath, readOnly, revision?, path?}, as checked by `parse_volumes`; at submission a repo
+    # volume gains `commit`, its revision pinned.
+    volumes: list[dict] = field(default_factory=list)
 
     def to_wire(self) -> dict:
         return {
@@ -58,6 +69,7 @@ class JobSpec:
             "labels": self.labels,
             "durability": self.durability,
             "preflightNotes": self.preflight_notes,
+            "volumes": self.volumes,
         }
 
 
@@ -66,7 +78,8 @@ def spec_from_wire(data: dict) -> JobSpec:
     return JobSpec(command=data["command"], image=data["dockerImage"], flavor=data["flavor"],
                    timeout_seconds=data["timeoutSeconds"], attempts=data["attempts"],
                    environment=data["environment"], secret_names=data["secrets"], labels=data["labels"],
-                   durability=data.get("durability"), preflight_notes=data.get("preflightNotes", []))
+                   durability=data.get("durability"), preflight_notes=data.get("preflightNotes", []),
+                   volumes=data.get("volumes", []))
 
 
 def parse_timeout(value: object, default: int) -> int:
@@ -145,11 +158,7 @@ def parse_spec(body: object, flavors: dict[str, Flavor], default_timeout: int) -
     flavor = body.get("flavor") or "cpu-basic"
     if not isinstance(flavor, str) or flavor not in flavors:
         raise BadRequest(f"unknown flavor {flavor!r}; this keephub offers: {', '.join(flavors)}")
-    if body.get("volumes"):
-        raise Unprocessable(
-            "volumes (buckets, repos mounted at a path) are not supported yet: download what you need inside the "
-            "job with huggingface_hub, or pass the script by URL (e.g. a keephub resolve URL) or inline"
-        )
+    volumes = parse_volumes(body.get("volumes"))
     attempts = body.get("attempts", 1)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= MAX_ATTEMPTS:
         raise BadRequest(f"'attempts' must be an integer from 1 to {MAX_ATTEMPTS}")
@@ -158,5 +167,87 @@ def parse_spec(body: object, flavors: dict[str, Flavor], default_timeout: int) -
     secrets = _string_map(body, "secrets", check_names=True)
     timeout = parse_timeout(body.get("timeoutSeconds", body.get("timeout")), default_timeout)
     spec = JobSpec(command=command, image=image, flavor=flavor, timeout_seconds=timeout, attempts=attempts,
-                   environment=environment, secret_names=sorted(secrets), labels=labels)
+                   environment=environment, secret_names=sorted(secrets), labels=labels, volumes=volumes)
     return spec, secrets
+
+
+def parse_volumes(value: object) -> list[dict]:
+    """The `volumes` of a job spec (huggingface_hub's `Volume.to_dict()`), each checked and in one form: buckets
+    read-write unless `readOnly`, repos read-only at a revision (default main), mount paths clean, absolute,
+    apart from each other and off the sandbox's own paths. 422 naming the volume and the fix otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Unprocessable("'volumes' must be a list of {type, source, mountPath[, readOnly, revision, path]}")
+    if len(value) > MAX_VOLUMES:
+        raise Unprocessable(f"'volumes' has {len(value)} entries; a job may mount at most {MAX_VOLUMES}")
+    volumes = [_volume(item, index) for index, item in enumerate(value)]
+    mounts = sorted((v["mountPath"], index) for index, v in enumerate(volumes))
+    for (outer, first), (inner, second) in zip(mounts, mounts[1:]):
+        if inner == outer or inner.startswith(outer + "/"):
+            raise Unprocessable(f"volumes[{second}] and volumes[{first}] both mount at {outer!r} (or one inside the "
+                                "other); give each volume a mount path of its own")
+    return volumes
+
+
+def _volume(item: object, index: int) -> dict:
+    where = f"volumes[{index}]"
+    if not isinstance(item, dict):
+        raise Unprocessable(f"{where} must be an object {{type, source, mountPath}}")
+    kind = item.get("type", "model")
+    if kind not in VOLUME_TYPES:
+        raise Unprocessable(f"{where}: unknown volume type {kind!r}; use one of {', '.join(VOLUME_TYPES)}")
+    source = item.get("source")
+    try:
+        if not isinstance(source, str) or source.count("/") != 1:
+            raise BadRequest(f"'source' {source!r} must be namespace/name, e.g. alice/my-{kind}")
+        for part, what in zip(source.split("/"), ("namespace", "name")):
+            check_repo_name(part, what)
+        path = item.get("path")
+        if path is not None:
+            path = check_path(path.strip("/") if isinstance(path, str) else path, "path")
+        revision = item.get("revision")
+        if revision is not None and (not isinstance(revision, str) or not revision):
+            raise BadRequest(f"'revision' must be a branch, tag or commit id, not {revision!r}")
+        if revision is not None:
+            check_text(revision, "revision")
+    except BadRequest as exc:
+        raise Unprocessable(f"{where} ({source!r}): {exc.message}") from None
+    read_only = item.get("readOnly")
+    if read_only is not None and not isinstance(read_only, bool):
+        raise Unprocessable(f"{where}: 'readOnly' must be true or false")
+    if kind == "bucket":
+        if revision is not None:
+            raise Unprocessable(f"{where}: buckets have no revisions; drop 'revision' for the bucket {source}")
+        read_only = bool(read_only)
+    elif read_only is False:
+        raise Unprocessable(f"{where}: {kind} volumes are mounted read-only; write results to a bucket volume "
+                            "or push them to the repo")
+    volume = {"type": kind, "source": source, "mountPath": _mount_path(item.get("mountPath"), where),
+              "readOnly": kind != "bucket" or read_only}
+    if kind != "bucket":
+        volume["revision"] = revision or "main"
+    if path:
+        volume["path"] = path
+    return volume
+
+
+def _mount_path(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Unprocessable(f"{where}: 'mountPath' {value!r} must be an absolute path inside the job, e.g. /data")
+    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > 1024:
+        raise Unprocessable(f"{where}: 'mountPath' {value!r} holds a backslash or a control character, or is "
+                            "longer than 1024 characters")
+    parts = value.rstrip("/").split("/")[1:]
+    if any(part in ("", ".", "..") for part in parts):
+        raise Unprocessable(f"{where}: 'mountPath' {value!r} has an empty, '.' or '..' component; write it plainly, "
+                            "e.g. /data/inputs")
+    mount = "/" + "/".join(parts)
+    if mount in WHOLE_PATHS:
+        raise Unprocessable(f"{where}: a volume cannot replace {mount}; mount it at a folder of its own, e.g. "
+                            f"{mount.rstrip('/')}/data")
+    for system in SYSTEM_PATHS:
+        if mount == system or mount.startswith(system + "/") or system.startswith(mount + "/"):
+            raise Unprocessable(f"{where}: 'mountPath' {mount} would cover {system}, which the job runs on; "
+                                "mount volumes elsewhere, e.g. /data or /workspace/data")
+    return mount

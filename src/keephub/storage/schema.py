@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -251,12 +252,50 @@ class XetDedupChunk(Base):
 class XetFile(Base):
     """A file as terms over verified xorbs, with the sha256 the server computed by rebuilding it.
 
-    `terms` packs (xorb hash, unpacked bytes, first chunk, end chunk) per term, in order.
+    `terms` packs (xorb hash, unpacked bytes, first chunk, end chunk) per term, in order. `sha256` is None
+    for content only buckets hold: nothing names it by sha256, so it is computed when a repo first needs it.
     """
 
     __tablename__ = "xet_files"
     file_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     size: Mapped[int] = mapped_column(BigInteger)
     terms: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Bucket(Base):
+    """A bucket: files without history in a namespace, each write replacing the file it names."""
+
+    __tablename__ = "buckets"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(96))
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BucketFile(Base):
+    """A file in a bucket: a path naming Xet content; `mtime` (ms) is the client's, `uploaded_at` the server's."""
+
+    __tablename__ = "bucket_files"
+    __table_args__ = (Index("ix_bucket_files_content", "bucket_id", "xet_hash"),)
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    xet_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ms: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BucketUpload(Base):
+    """Xet content a write token of this bucket uploaded (its shard verified): only such content, or content
+    the caller may read elsewhere (a copy), can be named by a batch's `addFile`."""
+
+    __tablename__ = "bucket_uploads"
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"), primary_key=True)
+    file_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,4 +1,5 @@
-"""HTML pages: the repo a training script prints the URL of, a namespace's repos, and the front page."""
+"""HTML pages: the repo a training script prints the URL of, a bucket, a namespace's repos and buckets, and the
+front page."""
 
 from __future__ import annotations
 
@@ -82,9 +83,23 @@ async def namespace_page(request: Request) -> Response:
     found = []
     for repo_type in ("model", "dataset", "space"):
         found += await call(hub.list_repos, actor, repo_type, namespace, None, None)
+    found += await call(request.app.state.buckets.list_buckets, actor, namespace, None)  # entries with "type": "bucket"
     if _wants_json(request):
         return JSONResponse(found)
     return templates.TemplateResponse(request, "namespace.html", {"namespace": namespace, "repos": found})
+
+
+async def bucket_page(request: Request) -> Response:
+    """A bucket: its size, file count and last change, and its files (the first page of a recursive listing)."""
+    actor = await actor_of(request)
+    buckets = request.app.state.buckets
+    namespace, name = request.path_params["namespace"], request.path_params["name"]
+    info = await call(buckets.info, actor, namespace, name)
+    files, more = await call(buckets.tree, actor, namespace, name, "", True, None)
+    if _wants_json(request):
+        return JSONResponse({**info, "files": files})
+    return templates.TemplateResponse(request, "bucket.html", {
+        "bucket": info, "files": files, "more": more is not None, "human_size": human_size})
 
 
 async def index_page(request: Request) -> Response:
@@ -127,7 +142,8 @@ async def job_page(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     table: list[BaseRoute] = [Route("/", index_page, methods=["GET"]),
-                              Route("/jobs/{namespace}/{job_id}", job_page, methods=["GET"])]
+                              Route("/jobs/{namespace}/{job_id}", job_page, methods=["GET"]),
+                              Route("/buckets/{namespace}/{name}", bucket_page, methods=["GET"])]
     for prefix, repo_type in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
         table.append(_repo_route(prefix, repo_type))
         table.append(_repo_route(prefix, repo_type, "/commit/{sha}"))

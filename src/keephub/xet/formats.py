@@ -29,6 +29,7 @@ SHARD_FOOTER_VERSION = 1
 SHARD_FOOTER_BYTES = 200
 FLAG_WITH_VERIFICATION = 1 << 31
 FLAG_WITH_METADATA_EXT = 1 << 30
+EMPTY_FILE_HASH = bytes(32)  # the file hash of zero bytes
 BOOKEND = b"\xff" * 32 + bytes(16)
 _ENTRY = 48
 
@@ -205,10 +206,14 @@ def parse_shard(data: bytes) -> Shard:
             break
         file_hash, flags, count = struct.unpack_from("<32sII", raw)
         label = f"file {hashing.to_hex(file_hash)}"
-        if count == 0 or count > 10_000_000:
+        if (count == 0 and file_hash != EMPTY_FILE_HASH) or count > 10_000_000:
             raise FormatError(f"{label} declares {count} terms")
         if flags & ~(FLAG_WITH_VERIFICATION | FLAG_WITH_METADATA_EXT):
             raise FormatError(f"{label} has unknown flags {flags:#x}")
+        if count == 0:  # an empty file (hf_xet lists them in bucket uploads): no content to record
+            if flags & FLAG_WITH_METADATA_EXT:
+                reader.entry(f"{label}'s metadata extension")
+            continue
         terms = []
         for _ in range(count):
             xorb, _cas_flags, unpacked, start, end = _TERM.unpack(reader.entry(f"{label}'s terms"))

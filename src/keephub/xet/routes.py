@@ -27,10 +27,11 @@ def cas_of(request: Request) -> Cas:
 
 async def grant_of(request: Request, needed: str) -> tokens.CasGrant:
     """The request's CAS grant, checked against the present on every request: the Hub token behind it still
-    valid (a job's token is revoked when the job ends), the same repo, the user's rights on it now."""
+    valid (a job's token is revoked when the job ends), the same repo or bucket, the user's rights on it now."""
     grant = tokens.decode(cas_of(request).settings, request.headers.get("authorization"))
     tokens.require(grant, needed)
-    await run_in_threadpool(request.app.state.hub.check_cas_grant, grant)
+    owner = request.app.state.buckets if grant.kind == tokens.BUCKET else request.app.state.hub
+    await run_in_threadpool(owner.check_cas_grant, grant)
     return grant
 
 

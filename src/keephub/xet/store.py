@@ -5,7 +5,8 @@ when each names an existing xorb, a valid chunk range, its true unpacked size an
 that proves the uploader knows the chunk hashes; the file hash is recomputed from those chunks, and the
 sha256 the commit will name is computed by rebuilding the file. Only then is the file linked to the repo
 the uploading token was issued for, through the same `LfsLink` the git-lfs path uses, so a commit
-cannot name content its author never proved to hold.
+cannot name content its author never proved to hold. A bucket's token links files by their Xet hash
+(`BucketUpload`) instead: buckets never name content by sha256, so none is computed for them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,19 @@ from sqlalchemy.orm import Session
 from keephub.config import Settings
 from keephub.storage.blobs import BlobStore, LocalBlobStore, PendingBlob, iter_file
 from keephub.storage.db import Database
-from keephub.storage.schema import GitObject, LfsLink, LfsObject, Repo, XetDedupChunk, XetFile, XetXorb, utcnow
+from keephub.storage.schema import (
+    Bucket,
+    BucketFile,
+    BucketUpload,
+    GitObject,
+    LfsLink,
+    LfsObject,
+    Repo,
+    XetDedupChunk,
+    XetFile,
+    XetXorb,
+    utcnow,
+)
 from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.errors import NotFound
 from keephub.wire.ranges import parse_range
@@ -54,7 +67,7 @@ class XorbEntry:
 @dataclass(frozen=True)
 class FileEntry:
     file_hash: str
-    sha256: str
+    sha256: str | None  # None: only buckets hold it (see XetFile)
     size: int
     terms: list[Term]
 
@@ -164,11 +177,12 @@ class Cas:
                              f"{MAX_SHARD_CHUNK_REFERENCES}: upload the files in several sessions")
         for cas in shard.xorbs:
             self._check_listed_xorb(cas)
-        verified = [self._verify_file(info) for info in shard.files]
+        verified = [self._verify_file(info, grant.kind) for info in shard.files]
         new = False
         with self.db.write() as session:
-            if session.get(Repo, grant.repo_id) is None:
-                raise NotFound("the repo this CAS token was issued for has been deleted; nothing was recorded")
+            if session.get(Bucket if grant.kind == tokens.BUCKET else Repo, grant.repo_id) is None:
+                raise NotFound(f"the {grant.kind} this CAS token was issued for has been deleted; nothing was "
+                               "recorded")
             needed = {hashing.to_hex(t.xorb) for entry in verified for t in entry.terms}
             present = set(session.scalars(select(XetXorb.hash).where(XetXorb.hash.in_(needed))))
             if needed - present:
@@ -183,17 +197,32 @@ class Cas:
                     new = True
                 else:
                     known.created_at = utcnow()
-                if session.get(LfsObject, entry.sha256) is None:
-                    session.add(LfsObject(oid=entry.sha256, size=entry.size))
-                    session.flush()
-                if session.get(LfsLink, (grant.repo_id, entry.sha256)) is None:
-                    session.add(LfsLink(repo_id=grant.repo_id, oid=entry.sha256))
-                    new = True
+                    if known.sha256 is None:
+                        known.sha256 = entry.sha256
+                new = self._link(session, grant, entry) or new
                 first = self.xorb(hashing.to_hex(entry.terms[0].xorb))
                 if first is not None:
                     chunk = first.chunks[entry.terms[0].start].hash
                     self._index_for_dedup(session, first.hash, {hashing.to_hex(chunk)})
         return 1 if new else 0
+
+    @staticmethod
+    def _link(session: Session, grant: tokens.CasGrant, entry: FileEntry) -> bool:
+        """Make verified content nameable by the grant's repo (a commit's lfsFile) or bucket (a batch's addFile);
+        True if the link is new."""
+        if grant.kind == tokens.BUCKET:
+            if session.get(BucketUpload, (grant.repo_id, entry.file_hash)) is not None:
+                return False
+            session.add(BucketUpload(bucket_id=grant.repo_id, file_hash=entry.file_hash))
+            return True
+        assert entry.sha256 is not None  # _verify_file computes it for repos
+        if session.get(LfsObject, entry.sha256) is None:
+            session.add(LfsObject(oid=entry.sha256, size=entry.size))
+            session.flush()
+        if session.get(LfsLink, (grant.repo_id, entry.sha256)) is not None:
+            return False
+        session.add(LfsLink(repo_id=grant.repo_id, oid=entry.sha256))
+        return True
 
     def _check_listed_xorb(self, cas: formats.CasInfo) -> None:
         name = hashing.to_hex(cas.xorb)
@@ -203,11 +232,11 @@ class Cas:
         if [c[0] for c in cas.chunks] != [c.hash for c in entry.chunks]:
             raise BadRequest(f"shard rejected: its chunk list for xorb {name} does not match the xorb's chunks")
 
-    def _verify_file(self, info: formats.FileInfo) -> FileEntry:
+    def _verify_file(self, info: formats.FileInfo, kind: str) -> FileEntry:
         label = f"file {hashing.to_hex(info.file_hash)}"
         if info.verifications is None:
             raise BadRequest(f"shard rejected: {label} has no verification entries; they are required")
-        if info.sha256 is None:
+        if info.sha256 is None and kind == tokens.REPO:
             raise BadRequest(f"shard rejected: {label} has no sha256 metadata extension; git repos require it")
         references = sum(term.end - term.start for term in info.terms)
         if references > MAX_FILE_CHUNK_REFERENCES:
@@ -236,10 +265,14 @@ class Cas:
             raise BadRequest(f"shard rejected: the chunks of {label} hash to {hashing.to_hex(recomputed)}, "
                              "not to its declared hash")
         file_hash = hashing.to_hex(info.file_hash)
-        claimed = hashing.to_hex(info.sha256)
         size = sum(size for _, size in chunk_list)
         known = self.file(file_hash)
-        if known is not None:
+        if kind == tokens.BUCKET:
+            # The file hash, recomputed above from chunks the server hashed itself, is all a bucket names.
+            return FileEntry(file_hash, known.sha256 if known else None, size, list(info.terms))
+        assert info.sha256 is not None  # refused above for repos
+        claimed = hashing.to_hex(info.sha256)
+        if known is not None and known.sha256 is not None:
             actual = known.sha256
         else:
             digest = hashlib.sha256()
@@ -274,13 +307,13 @@ class Cas:
         return found
 
     def readable_file(self, grant: tokens.CasGrant, file_hash: str) -> FileEntry:
-        """A file the grant's repo holds; 404 otherwise, so a token never reveals other repos' content."""
+        """A file the grant's repo or bucket holds; 404 otherwise, so a token never reveals others' content."""
         entry = self.file(file_hash) if hashing.is_hash_string(file_hash) else None
         if entry is not None:
             with self.db.read() as session:
-                if session.get(LfsLink, (grant.repo_id, entry.sha256)) is not None:
+                if _holds(session, grant, entry):
                     return entry
-        raise NotFound(f"file {file_hash} is not stored in the repo this CAS token was issued for")
+        raise NotFound(f"file {file_hash} is not stored in the {grant.kind} this CAS token was issued for")
 
     def plan(self, entry: FileEntry, first: int, last: int) -> tuple[int, list[TermSlice]]:
         """Terms covering file bytes [first, last], and how far into the first one the range starts."""
@@ -378,31 +411,34 @@ class Cas:
 
     # -- garbage collection ---------------------------------------------------------------------------
     def collect_garbage(self, lfs_blobs: BlobStore, dry_run: bool = False) -> dict:
-        """Delete xorbs no live file needs and files no stored commit names, keeping anything recent.
+        """Delete xorbs no live file needs and files no stored commit or bucket names, keeping anything recent.
 
-        A file is live if any git object (in any repo, any commit) points at its sha256, or it was
-        registered within the grace period. A xorb is live if a live file uses it, or it was uploaded
+        A file is live if any git object (in any repo, any commit) points at its sha256, a bucket holds it, or
+        it was registered within the grace period. A xorb is live if a live file uses it, or it was uploaded
         within the grace period — clients build new uploads on xorbs named in their shard cache.
         """
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.xet_gc_grace_seconds)
         with self.db.write() as session:
             referenced = set(session.scalars(select(GitObject.lfs_oid).where(GitObject.lfs_oid.is_not(None))))
+            in_buckets = set(session.scalars(select(BucketFile.xet_hash).distinct()))
             dead_files: list[str] = []
             unbacked: list[str] = []
             live_xorbs: set[str] = set()
             for row in session.scalars(select(XetFile)):
-                if row.sha256 in referenced or _aware(row.created_at) >= cutoff:
+                if row.sha256 in referenced or row.file_hash in in_buckets or _aware(row.created_at) >= cutoff:
                     live_xorbs.update(hashing.to_hex(t.xorb) for t in formats.unpack_terms(row.terms))
                 else:
                     dead_files.append(row.file_hash)
-                    if not lfs_blobs.exists(row.sha256):
+                    if row.sha256 is not None and not lfs_blobs.exists(row.sha256):
                         unbacked.append(row.sha256)
             dead_xorbs = [h for h, created in session.execute(select(XetXorb.hash, XetXorb.created_at))
                           if h not in live_xorbs and _aware(created) < cutoff]
             freed = sum(session.scalars(select(XetXorb.stored_bytes).where(XetXorb.hash.in_(dead_xorbs))))
             if not dry_run:
                 for start in range(0, len(dead_files), 900):
-                    session.execute(delete(XetFile).where(XetFile.file_hash.in_(dead_files[start : start + 900])))
+                    batch = dead_files[start : start + 900]
+                    session.execute(delete(BucketUpload).where(BucketUpload.file_hash.in_(batch)))
+                    session.execute(delete(XetFile).where(XetFile.file_hash.in_(batch)))
                 for start in range(0, len(unbacked), 900):
                     # Content that no longer exists anywhere must not stay linkable by a later commit.
                     batch = unbacked[start : start + 900]
@@ -429,6 +465,17 @@ class Cas:
                 for xorb in batch:
                     if xorb not in indexed:
                         self.xorbs.delete(xorb)
+
+
+def _holds(session: Session, grant: tokens.CasGrant, entry: FileEntry) -> bool:
+    """Whether the grant's bucket (a file in it, or content its tokens uploaded) or repo holds the file."""
+    if grant.kind == tokens.BUCKET:
+        if session.get(BucketUpload, (grant.repo_id, entry.file_hash)) is not None:
+            return True
+        in_bucket = select(BucketFile.path).where(BucketFile.bucket_id == grant.repo_id,
+                                                  BucketFile.xet_hash == entry.file_hash)
+        return session.scalars(in_bucket.limit(1)).first() is not None
+    return entry.sha256 is not None and session.get(LfsLink, (grant.repo_id, entry.sha256)) is not None
 
 
 def _aware(moment: datetime) -> datetime:

@@ -23,13 +23,15 @@ from keephub.wire.text import same_signature
 
 _PREFIX = "kxet1"
 READ, WRITE = "read", "write"
+REPO, BUCKET = "repo", "bucket"  # what a grant's id names: repos link content by sha256, buckets by Xet hash
 FETCH_URL_TTL_SECONDS = 3600
 
 
 @dataclass(frozen=True)
 class CasGrant:
-    """What a CAS token allows: `access` to the Xet content of repo `repo_id`, for `user` until `expires`,
-    and only while the Hub token it was exchanged for (`hub_token_id`; None for anonymous reads) lives."""
+    """What a CAS token allows: `access` to the Xet content of repo `repo_id` (a bucket's id when `kind` is
+    BUCKET), for `user` until `expires`, and only while the Hub token it was exchanged for (`hub_token_id`;
+    None for anonymous reads) lives."""
 
     repo_id: int
     access: str
@@ -38,6 +40,7 @@ class CasGrant:
     hub_token_id: int | None = None
     # The repo's creation time in microseconds: repo ids can be reused after a deletion, this cannot.
     repo_stamp: int = 0
+    kind: str = REPO
 
     def allows(self, needed: str) -> bool:
         return self.access == WRITE or needed == READ
@@ -49,15 +52,16 @@ def _mac(settings: Settings, purpose: str, payload: bytes) -> str:
 
 
 def issue(settings: Settings, repo_id: int, repo_stamp: int, access: str, user: str,
-          hub_token_id: int | None) -> CasGrant:
+          hub_token_id: int | None, kind: str = REPO) -> CasGrant:
     return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id,
-                    repo_stamp)
+                    repo_stamp, kind)
 
 
 
 def encode(settings: Settings, grant: CasGrant) -> str:
     payload = json.dumps({"r": grant.repo_id, "a": grant.access, "u": grant.user, "e": grant.expires,
-                          "t": grant.hub_token_id, "s": grant.repo_stamp}, separators=(",", ":")).encode()
+                          "t": grant.hub_token_id, "s": grant.repo_stamp, "k": grant.kind},
+                         separators=(",", ":")).encode()
     body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
     return f"{_PREFIX}.{body}.{_mac(settings, 'xet-cas-token', payload)}"
 
@@ -76,7 +80,8 @@ def decode(settings: Settings, authorization: str | None) -> CasGrant:
         fields = json.loads(payload)
         hub_token = fields["t"]
         grant = CasGrant(int(fields["r"]), str(fields["a"]), str(fields["u"]), int(fields["e"]),
-                         None if hub_token is None else int(hub_token), int(fields["s"]))
+                         None if hub_token is None else int(hub_token), int(fields["s"]),
+                         str(fields.get("k", REPO)))
     except (ValueError, KeyError, TypeError):
         raise Unauthorized(f"the CAS token is malformed; {refresh}")
     if not same_signature(_mac(settings, "xet-cas-token", payload), parts[2]):
