@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -425,3 +426,63 @@ def test_run_uv_job_with_local_file_explains_what_works(user, tmp_path: Path) ->
         api.run_uv_job(str(script))
     assert info.value.response.status_code == 422
     assert "keephub jobs uv run" in str(info.value)
+
+
+def test_a_cancel_at_any_moment_of_the_start_ends_the_job_promptly(jobs_server: Server, user) -> None:
+    """Cancels sent from the moment of submission to well into the sandbox's start: each job ends CANCELED
+    within a second or two of the cancel, never after the grace period's SIGKILL (the grace here is 3 s)."""
+    _, api, _ = user
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.2):
+        job = python_job(api, "import time\nprint('started', flush=True)\ntime.sleep(60)")
+        time.sleep(delay)
+        sent = time.monotonic()
+        api.cancel_job(job_id=job.id)
+        info = api.wait_for_job(job_id=job.id, timeout=30, poll_interval=0.1)
+        took = time.monotonic() - sent
+        assert info.status.stage == "CANCELED", (delay, info.status)
+        assert took < 2.9, f"a cancel {delay} s after submission took {took:.1f} s"
+
+
+def test_executor_mistakes_in_the_config_stop_keephub_serve(tmp_path: Path) -> None:
+    def serve(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(tmp_path / "data"), "serve",
+                               "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env})
+    unknown = serve(KEEPHUB_JOB_EXECUTOR="kubernetes")
+    assert unknown.returncode == 2 and "[jobs] executor = 'kubernetes'" in unknown.stderr and "local, slurm" in unknown.stderr
+    stray = serve(KEEPHUB_JOB_EXECUTOR="slurm", KEEPHUB_JOB_SLURM='{"partitoin": "gpu"}')
+    assert stray.returncode == 2 and "[jobs.slurm] partitoin" in stray.stderr
+    if SLURM is not None:
+        missing = serve(KEEPHUB_JOB_EXECUTOR="slurm", KEEPHUB_JOB_SLURM='{"partitions": {"cpu-basic": "gpu-a100"}}')
+        assert missing.returncode == 2 and "gpu-a100" in missing.stderr and "partitions" in missing.stderr
+
+
+slurm_only = pytest.mark.skipif(SLURM is None, reason="needs the Slurm pass (KEEPHUB_TEST_EXECUTOR=slurm)")
+
+
+@slurm_only
+def test_slurm_refusing_a_job_ends_it_error_in_slurms_words(user) -> None:
+    _, api, _ = user
+    job = api.run_job(image=UV_IMAGE, command=["python", "-c", "print(1)"], flavor="cpu-xl")  # 8 CPUs, node has fewer
+    info = api.wait_for_job(job_id=job.id, timeout=60, poll_interval=0.3)
+    assert info.status.stage == "ERROR" and "Slurm cannot run the job" in info.status.message, info.status
+
+
+@slurm_only
+def test_a_job_waits_in_scheduling_while_slurm_is_down_and_runs_once_it_is_back(user) -> None:
+    _, api, _ = user
+    assert SLURM is not None
+    SLURM.stop_controller()
+    try:
+        job = python_job(api, "print('ran after the outage')")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status = api.inspect_job(job_id=job.id).status
+            if status.message and "waiting" in status.message:
+                break
+            time.sleep(0.5)
+        assert status.stage == "SCHEDULING" and "Slurm" in status.message, status
+    finally:
+        SLURM.start_controller()
+    assert "ran after the outage" in logs(api, job.id)
+    assert api.wait_for_job(job_id=job.id, timeout=60).status.stage == "COMPLETED"

@@ -72,6 +72,19 @@ def keep_to(cpus: list[int]) -> None:
             pass
 
 
+def check_job_settings(settings: Settings) -> None:
+    """The job settings keephub cannot run with, as a ConfigError naming the setting: `keephub serve` checks
+    them before it listens."""
+    if settings.job_uid_base <= 0:
+        raise ConfigError(f"job_uid_base={settings.job_uid_base} must be a positive uid: jobs never run as root")
+    try:
+        egress.parse_allow_list(settings.job_egress_allow)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    job_network(settings)
+    executors.check_settings(settings)
+
+
 @dataclass(frozen=True)
 class Outcome:
     kind: str  # COMPLETED | ERROR | CANCELED | TIMEOUT
@@ -85,12 +98,7 @@ class Scheduler:
         self.db = db
         self.service = service
         self.jobs_dir = service.jobs_dir
-        if settings.job_uid_base <= 0:
-            raise ConfigError(f"job_uid_base={settings.job_uid_base} must be a positive uid: jobs never run as root")
-        try:
-            egress.parse_allow_list(settings.job_egress_allow)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        check_job_settings(settings)
         self.network = job_network(settings)
         self.layout = sandbox.SandboxLayout.for_this_host(settings.data_dir, settings.job_uid_base)
         self.layout.check_isolated_from(settings.data_dir)

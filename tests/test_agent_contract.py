@@ -1,0 +1,119 @@
+"""The agent contract's guarantees, checked on the lifecycle itself and over HTTP on a live keephub: a
+credential works for its own attempt only, a resent log line is stored once, a gap is refused, an attempt
+ends once however many reports arrive, and a job is claimed by one keephub only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import Server
+
+from keephub.app import open_hub
+from keephub.config import Settings
+from keephub.jobs.logs import attempt_log
+from keephub.jobs.scheduler import Outcome, Scheduler, new_credential
+from keephub.jobs.service import JobService
+from keephub.jobs.spec import parse_spec
+from keephub.wire import Forbidden
+from keephub.wire.errors import Conflict
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path) -> Scheduler:
+    settings = Settings.load(environ={}, overrides={"data_dir": tmp_path / "data"}).with_signing_key()
+    hub = open_hub(settings)
+    hub.accounts.create_user("ada")
+    return Scheduler(settings, hub.db, JobService(settings, hub, None))
+
+
+def _job(lifecycle: Scheduler, attempts: int = 1) -> str:
+    spec, secrets = parse_spec({"command": ["python", "-c", "print(1)"], "dockerImage": "python:3.12",
+                                "flavor": "cpu-basic", "attempts": attempts}, lifecycle.service.flavors, 60)
+    return lifecycle.service.create_job("ada", "ada", spec, secrets, [], None)
+
+
+def _claimed(lifecycle: Scheduler, job_id: str) -> str:
+    credential = new_credential()
+    assert lifecycle._claim(job_id, credential) is not None
+    return credential
+
+
+def test_a_credential_works_for_its_own_attempt_only(lifecycle: Scheduler) -> None:
+    first, second = _job(lifecycle), _job(lifecycle)
+    mine, theirs = _claimed(lifecycle, first), _claimed(lifecycle, second)
+    plan = lifecycle.agent_start(first, 1, mine, "node-a")
+    assert plan["command"] == ["python", "-c", "print(1)"] and plan["flavor"] == "cpu-basic"
+    with pytest.raises(Forbidden):
+        lifecycle.agent_start(first, 1, theirs, "node-a")
+    with pytest.raises(Forbidden):
+        lifecycle.agent_log(first, 2, mine, 1, [("t", "a line for an attempt that does not exist")])
+    with pytest.raises(Forbidden):
+        lifecycle.agent_heartbeat(second, 1, mine, "node-a")
+    assert lifecycle.finish_attempt(first, 1, Outcome("COMPLETED", "completed", 0))
+    with pytest.raises(Forbidden):  # the attempt has ended: its credential is dead
+        lifecycle.agent_log(first, 1, mine, 1, [("t", "late")])
+
+
+def test_resent_lines_are_stored_once_and_a_gap_is_refused(lifecycle: Scheduler) -> None:
+    job_id = _job(lifecycle)
+    credential = _claimed(lifecycle, job_id)
+    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    assert lifecycle.agent_log(job_id, 1, credential, 1, [("t", "one"), ("t", "two")]) == {"next": 3, "stored": 2}
+    # The answer was lost: the agent sends lines 2-3 again, with line 3 new.
+    assert lifecycle.agent_log(job_id, 1, credential, 2, [("t", "two"), ("t", "three")]) == {"next": 4, "stored": 1}
+    assert lifecycle.agent_log(job_id, 1, credential, 1, [("t", "one")]) == {"next": 4, "stored": 0}
+    with pytest.raises(Conflict) as gap:
+        lifecycle.agent_log(job_id, 1, credential, 6, [("t", "six")])
+    assert gap.value.extra_body == {"next": 4}
+    stored = attempt_log(lifecycle.jobs_dir, job_id, 1).read_text()
+    assert [line for line in ("one", "two", "three", "six") if f'"data": "{line}"' in stored] == ["one", "two", "three"]
+    assert stored.count('"data": "two"') == 1
+
+
+def test_a_torn_append_is_cut_off_before_the_next(lifecycle: Scheduler) -> None:
+    """A crash between appending lines and recording them leaves bytes the agent will resend: they go."""
+    job_id = _job(lifecycle)
+    credential = _claimed(lifecycle, job_id)
+    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    lifecycle.agent_log(job_id, 1, credential, 1, [("t", "kept")])
+    path = attempt_log(lifecycle.jobs_dir, job_id, 1)
+    with open(path, "ab") as fh:
+        fh.write(b'{"timestamp": "t", "data": "torn"}\n{"times')
+    lifecycle.agent_log(job_id, 1, credential, 2, [("t", "torn"), ("t", "after")])
+    events = path.read_text().splitlines()
+    assert [e for e in events if "torn" in e] == ['{"timestamp": "t", "data": "torn"}'] and "after" in events[-1]
+
+
+def test_an_attempt_ends_once_and_a_failed_one_is_retried(lifecycle: Scheduler) -> None:
+    job_id = _job(lifecycle, attempts=2)
+    credential = _claimed(lifecycle, job_id)
+    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    assert lifecycle.agent_exit(job_id, 1, credential, {"exitCode": 3, "stopped": None, "reason": None}) == {
+        "outcome": "ERROR", "message": "exited with status 3"}
+    with pytest.raises(Forbidden):  # a second report of the same end
+        lifecycle.agent_exit(job_id, 1, credential, {"exitCode": 0, "stopped": None, "reason": None})
+    assert not lifecycle.finish_attempt(job_id, 1, Outcome("COMPLETED", "completed", 0))
+    record = lifecycle.service.load(None, job_id)
+    assert record.job.stage == "SCHEDULING" and "retrying" in (record.job.message or "")
+    assert [a.outcome for a in record.attempts] == ["ERROR"]
+
+
+def test_two_keephubs_never_claim_the_same_attempt(lifecycle: Scheduler, tmp_path: Path) -> None:
+    other = Scheduler(lifecycle.settings, lifecycle.db, lifecycle.service)
+    job_id = _job(lifecycle)
+    assert lifecycle._claim(job_id, new_credential()) is not None
+    assert other._claim(job_id, new_credential()) is None
+
+
+def test_the_contract_refuses_user_tokens_and_made_up_credentials(server: Server, alice: tuple[str, str]) -> None:
+    _, token = alice
+    url = f"{server.url}/api/agent/v1/jobs/0123456789abcdef01234567/attempts/1/log"
+    body = {"first": 1, "events": [["2026-01-01T00:00:00.000Z", "forged"]]}
+    user = httpx.post(url, json=body, headers={"authorization": f"Bearer {token}"})
+    assert user.status_code == 401 and "agent credential" in user.json()["error"]
+    made_up = httpx.post(url, json=body, headers={"authorization": f"Bearer {new_credential()}"})
+    assert made_up.status_code == 403 and "valid only for the attempt" in made_up.json()["error"]
+    bad = httpx.post(url, json={"first": 0, "events": "x"}, headers={"authorization": f"Bearer {new_credential()}"})
+    assert bad.status_code == 400 and "first" in bad.json()["error"]
