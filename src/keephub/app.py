@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keephub import hub, jobs, web, xet
+from keephub import hub, jobs, mcp, web, xet
 from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
@@ -91,6 +91,7 @@ class FreshDate:
 
 def build_app(settings: Settings) -> Starlette:
     settings = settings.with_signing_key()
+    mcp_endpoint = mcp.Endpoint()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -107,7 +108,8 @@ def build_app(settings: Settings) -> Starlette:
             asyncio.create_task(app.state.scheduler.run()),
         ]
         try:
-            yield
+            async with mcp_endpoint.running():
+                yield
         finally:
             for task in background:
                 task.cancel()
@@ -115,7 +117,8 @@ def build_app(settings: Settings) -> Starlette:
             the_hub.db.close()
 
     return Starlette(
-        routes=jobs.routes() + xet.routes() + bucket_routes.routes() + hub.routes() + web.routes(),
+        routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes() + hub.routes()
+                + web.routes()),
         middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},

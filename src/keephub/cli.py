@@ -158,43 +158,30 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 def cmd_jobs_inspect(args: argparse.Namespace) -> int:
     from keephub.jobs import client
+    from keephub.jobs.describe import describe
 
     api = _jobs_api(args)
     document = client.inspect_json(api, args.job_id, _namespace(api, args))
     if args.json:
         print(document)
         return 0
-    info = json.loads(document)
-    print(f"job {info['id']} in {info['owner']['name']}: {info['status']['stage']}"
-          + (f" ({info['status']['message']})" if info['status']['message'] else ""))
-    script = info.get("script")
-    if script:
-        print(f"   script: {client.display_command(info['command'])} (sent inline, {script['inlineBytes']:,} "
-              "bytes; the full command with --json)")
-    else:
-        print(f"   command: {client.display_command(info['command'])}")
-    print(f"   flavor {info['flavor']}, timeout {info['timeoutSeconds']}s, started by {info['startedBy']}")
-    for attempt in info["attempts"]:
-        print(f"   attempt {attempt['number']}: {attempt['outcome']}"
-              + (f" ({attempt['message']})" if attempt["message"] else ""))
-    print(_token_summary(info))
-    print(client.durability_summary(info))
+    print(describe(json.loads(document)))
     return 0
-
-
-def _token_summary(info: dict) -> str:
-    """The job's own token as a person reads it: what it may write and whether it still works."""
-    token = info.get("token")
-    if not token:
-        return "   token: none (the job was submitted without an HF_TOKEN=$HF_TOKEN secret)"
-    writes = ", ".join(token["scopes"]) if token["role"] == "write" else "nothing (read-only)"
-    return f"   token {token['name']}: writes {writes}; {token['state']}"
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     api = _jobs_api(args)
     api.cancel_job(job_id=args.job_id, namespace=_namespace(api, args))
     print(f"cancel requested for job {args.job_id}")
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from huggingface_hub import get_token
+
+    from keephub.mcp import serve_stdio
+
+    serve_stdio(args.endpoint or os.environ.get("HF_ENDPOINT") or "http://127.0.0.1:8080", args.token or get_token())
     return 0
 
 
@@ -369,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.set_defaults(func=cmd_gc)
     _add_jobs(commands)
+    mcp = commands.add_parser("mcp", help="serve the MCP tools (hf_jobs, hf_whoami, ...) on stdin/stdout for an "
+                                          "agent; each call goes to the keephub at --endpoint (see docs/mcp.md)")
+    mcp.add_argument("--endpoint", help="keephub URL (default: HF_ENDPOINT, else http://127.0.0.1:8080)")
+    mcp.add_argument("--token", help="access token (default: HF_TOKEN, else the token saved by `hf auth login`)")
+    mcp.set_defaults(func=cmd_mcp)
     check = commands.add_parser("preflight", help="check a training script before submitting it")
     check.add_argument("script", type=Path)
     check.add_argument("--secrets", "-s", action="append", default=[], metavar="NAME[=VALUE]")

@@ -27,7 +27,8 @@ TOKEN_ROLES: tuple[str, ...] = ("read", "write")
 TOKEN_PREFIX = "kh_"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
-_RESERVED = {"api", "datasets", "spaces", "models", "new", "settings", "static", "login", "logout", "jobs", "docs"}
+_RESERVED = {"api", "datasets", "spaces", "models", "new", "settings", "static", "login", "logout", "jobs", "docs",
+             "mcp"}
 
 
 class AccountError(ValueError):

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from keephub.demo.tiny import build_tiny_base, write_chat_dataset_jsonl
         from keephub.jobs import client
+        from keephub.jobs.describe import durability_summary
 
         api = HfApi(endpoint=url, token=token)
         base = build_tiny_base(inputs / "tiny-qwen2")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   latest commit {commits[0].commit_id[:12]} \"{commits[0].title}\" ({len(commits)} commits)")
         for path, size in sorted(files.items()):
             print(f"   {size:>10,d}  {path}")
-        print("\n" + client.durability_summary(json.loads(client.inspect_json(api, job.id, "alice"))))
+        print("\n" + durability_summary(json.loads(client.inspect_json(api, job.id, "alice"))))
         if not args.keep_serving:
             print(f"   keephub stops now; its data stays in {data_dir}. Serve it again with:\n"
                   f"   .venv/bin/keephub --data-dir {data_dir} serve --port {server.port}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote, urlparse
@@ -18,6 +19,8 @@ _BASE64_PIPE = re.compile(r"echo\s+['\"]?([A-Za-z0-9+/=]{8,})['\"]?\s*\|\s*base6
 
 _INLINE_TARGET = re.compile(r"base64\s+(?:-d|--decode)\s*>\s*('[^']+'|\"[^\"]+\"|[^\s&;|]+)")
 _SHELLS = ("sh", "bash")
+# The largest script sent inside a job's command (base64 makes it 4/3 larger; the spec's command holds 512 KiB).
+MAX_INLINE_SCRIPT_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class InlineScript:
 
     def to_wire(self) -> dict:
         return {"name": self.name, "arguments": self.arguments, "inlineBytes": self.size}
+
+
+def inline_command(code: bytes, name: str, uv_options: list[str], arguments: list[str]) -> list[str]:
+    """The job command that carries a script inline, as `inline_script` and `find_script` read it back: the
+    script needs no upload, and preflight can read it before anything runs."""
+    encoded = base64.b64encode(code).decode()
+    quoted = shlex.quote(name)
+    uv = " ".join(["uv", "run", *map(shlex.quote, uv_options), quoted])
+    return ["sh", "-c", f"echo {encoded} | base64 -d > {quoted} && exec {uv} \"$@\"", "sh", *arguments]
 
 
 def inline_script(command: list[str]) -> InlineScript | None:

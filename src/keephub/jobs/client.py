@@ -5,7 +5,6 @@ It speaks the same Jobs API as huggingface_hub (and uses its HfApi), so job ids 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -19,11 +18,11 @@ import httpx
 from huggingface_hub import HfApi
 from huggingface_hub.utils import build_hf_headers
 
-from keephub.durability.script import inline_script
+from keephub.durability.script import MAX_INLINE_SCRIPT_BYTES, inline_command
+from keephub.jobs.describe import display_command
 from keephub.jobs.service import HF_TOKEN_PLACEHOLDER
 from keephub.jobs.spec import SUPPORTED_IMAGES
 
-MAX_INLINE_SCRIPT_BYTES = 256 * 1024
 # Following a job's log rides out keephub being away this long (a restart), retrying every pause.
 RECONNECT_SECONDS = 60
 RECONNECT_PAUSE_SECONDS = 2.0
@@ -85,10 +84,7 @@ def uv_command(run: UvRun) -> list[str]:
     data = path.read_bytes()
     if len(data) > MAX_INLINE_SCRIPT_BYTES:
         raise ClientError(f"{path} is over {MAX_INLINE_SCRIPT_BYTES} bytes; upload it to a repo and pass its URL")
-    encoded = base64.b64encode(data).decode()
-    name = shlex.quote(path.name)
-    uv = " ".join(["uv", "run", *map(shlex.quote, with_args), name])
-    return ["sh", "-c", f"echo {encoded} | base64 -d > {name} && exec {uv} \"$@\"", "sh", *run.script_args]
+    return inline_command(data, path.name, with_args, run.script_args)
 
 
 def _labels_with_name(run: UvRun) -> dict[str, str]:
@@ -205,14 +201,6 @@ def is_unreachable(exc: BaseException) -> bool:
                             httpx.TransportError, ConnectionError))
 
 
-def display_command(command: list[str]) -> str:
-    """The command as people wrote it: a script sent inline shows as `uv run NAME ARGS`, not its base64."""
-    script = inline_script(command)
-    if script is not None:
-        return shlex.join(["uv", "run", script.name, *script.arguments])
-    return shlex.join(command)
-
-
 def print_table(jobs: list) -> None:
     rows = [("JOB ID", "STAGE", "FLAVOR", "CREATED", "COMMAND")]
     for job in jobs:
@@ -232,23 +220,6 @@ def inspect_json(api: HfApi, job_id: str, namespace: str) -> str:
     if reply.status_code != 200:
         raise ClientError(f"inspect failed ({reply.status_code}): {reply.headers.get('X-Error-Message', reply.text)}")
     return json.dumps(reply.json(), indent=2, ensure_ascii=False)
-
-
-def durability_summary(info: dict) -> str:
-    """The durability record as a person reads it: the verdict first, then every push."""
-    record = info.get("durability")
-    if not record:
-        return "durability: keephub did not guard this job's results (no training config or keephub.repo label)"
-    lines = [f"durability record of job {info['id']} → {record['targetRepo']}",
-             f"   verdict: {record['verdict']['message']}"]
-    for push in record["pushes"]:
-        mark = "✅" if push["verified"] else "❌"
-        lines.append(f"   {mark} attempt {push['attempt']}: {push['label']} → {push['revision']} "
-                     f"commit {push['commit'][:12]}, {len(push['files'])} files, {push['bytes']:,} bytes"
-                     f"{', verified' if push['verified'] else ', NOT verified'}"
-                     f"{' (already there, identical: nothing pushed)' if push.get('alreadyThere') else ''}")
-    lines += [f"   ❌ {failure['label']}: {failure['reason']}" for failure in record["failures"]]
-    return "\n".join(lines)
 
 
 def exit_code_for(stage: str) -> int:

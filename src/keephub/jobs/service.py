@@ -290,6 +290,21 @@ class JobService:
     def hardware(self) -> list[dict]:
         return [f.to_wire() for f in self.flavors.values()]
 
+    def latest_guarding(self, actor: Actor | None, repo_id: str) -> dict | None:
+        """The newest of the repo namespace's last 1000 jobs whose results keephub guarded in `repo_id` (the job
+        that produced it, with its durability record); None if there is none or the caller cannot see them."""
+        namespace = repo_id.partition("/")[0]
+        if refusal_of(actor, "jobs.read", NamespaceTarget(namespace)) is not None:
+            return None
+        with self.db.read() as session:
+            rows = session.execute(select(Job.id, Job.owner, Job.spec_json).where(Job.namespace == namespace)
+                                   .order_by(Job.created_at.desc()).limit(1000)).all()
+        for job_id, owner, spec_json in rows:
+            repo = (json.loads(spec_json).get("durability") or {}).get("repo")
+            if repo and (repo if "/" in repo else f"{owner}/{repo}") == repo_id:
+                return self.to_wire(self.load(namespace, job_id))
+        return None
+
     # -- used by the scheduler -------------------------------------------------------------------
     def secrets_of(self, job: Job) -> dict[str, str]:
         return self.box.open(job.secrets_sealed)
