@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 import uuid
 from typing import Iterator
 
@@ -282,6 +283,30 @@ def test_hub_unreachable_for_30s_during_training_loses_nothing(hub: Server, trai
     commits = {p["label"]: p["commit"] for p in record["pushes"]}
     assert commits["checkpoint-10"] == commits["checkpoint-20"] == commits["checkpoint-30"], record["pushes"]
     assert any(line.startswith("[keephub] Pushing checkpoint-10, checkpoint-20, checkpoint-30 to") for line in lines)
+
+
+def test_a_kill_9_of_keephub_mid_training_loses_nothing(hub: Server, trainer_user) -> None:
+    """keephub dies (SIGKILL) while a training job runs on this pass's executor and comes back 3 s later: the
+    job trains on, its log has every step once, and its results are saved."""
+    name, api = trainer_user
+    repo = f"{name}/through-a-crash"
+    api.create_repo(repo)
+    job = submit(api, name, repo, env={"SLEEP_PER_STEP": "0.2"})
+    for line in api.fetch_job_logs(job_id=job, namespace=name, follow=True):
+        if line.startswith("step 5 "):
+            break
+    hub.kill()
+    time.sleep(3)
+    hub.start()
+    info = api.wait_for_job(job_id=job, namespace=name, timeout=180)
+    lines = list(api.fetch_job_logs(job_id=job, namespace=name))
+    assert info.status.stage == "COMPLETED", lines
+    steps = [int(line.split()[1]) for line in lines if line.startswith("step ")]
+    assert steps == list(range(1, 31)), steps
+    record = record_of(api, name, job)
+    assert [a["outcome"] for a in record["attempts"]] == ["COMPLETED"]
+    assert record["durability"]["verdict"]["status"] == "saved", record["durability"]
+    assert {"checkpoint-30/trainer_state.json", "model.safetensors"} <= set(api.list_repo_files(repo))
 
 
 def test_a_job_cannot_forge_its_durability_record(trainer_user) -> None:
