@@ -62,8 +62,16 @@ class LocalExecutor:
         (layout.root / "agents").mkdir(mode=0o700, exist_ok=True)
 
     def has_room(self, flavor: Flavor) -> bool:
+        self._reap()
         with self._lock:
             return len(self._free_cpus) >= flavor.cpus and len(self._free_gpus) >= flavor.gpus
+
+    def _reap(self) -> None:
+        """Collect agents of this process that have exited (their attempts ended), so none stays a zombie."""
+        with self._lock:
+            for pid, child in list(self._children.items()):
+                if child.poll() is not None:
+                    del self._children[pid]
 
     def launch(self, launch: Launch) -> str:
         with self._lock:
