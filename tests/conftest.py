@@ -7,8 +7,8 @@ set here, before any test module imports a client.
 from __future__ import annotations
 
 import atexit
+import json
 import os
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,6 +19,7 @@ import pytest
 from slurm_cluster import SlurmCluster, keephub_slurm_env, slurm_cluster  # noqa: F401  (a session fixture)
 
 from keephub.devserver import LocalServer as Server
+from keephub.agent.sandbox import remove_tree
 from keephub.devserver import free_port
 
 # The suite runs twice (scripts/test.sh): with hf_xet, as a default install uploads, and with
@@ -56,13 +57,23 @@ else:
     os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 
+def agent_root(server: Server) -> Path:
+    """Where this pass's executor keeps job workspaces and uv caches: under the server's data directory on
+    the local executor, in the Slurm agents' work directory on a node."""
+    if SLURM is not None:
+        return Path(json.loads(os.environ["KEEPHUB_JOB_SLURM"])["work_dir"])
+    return server.data_dir / "sandboxes"
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     srv = Server(data_dir=SESSION_DIR / "data", port=PORT)
     srv.start()
     yield srv
     srv.stop()
-    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+    if SLURM is not None:
+        SLURM.stop()
+    remove_tree(SESSION_DIR)  # jobs may leave trees too deep for shutil.rmtree
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import EXECUTOR, SESSION_DIR, SLURM, Server, free_port
+from conftest import EXECUTOR, SESSION_DIR, SLURM, Server, agent_root, free_port
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -115,7 +115,7 @@ def test_sandbox_isolation_and_ephemerality(jobs_server: Server, user) -> None:
     assert "caps: 0000000000000000 uid: 65534" in lines, "jobs run as an unprivileged user with no capabilities"
     assert any(line.startswith("pids: [1, 2") for line in lines), lines
     assert api.wait_for_job(job_id=job.id, timeout=30).status.stage == "COMPLETED"
-    assert list((data_dir / "sandboxes" / "workspaces").iterdir()) == [], "the workspace is deleted with the attempt"
+    assert not (agent_root(jobs_server) / "workspaces" / f"{job.id}-1").exists(), "the workspace goes with the attempt"
     leftover = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "no process outlives its attempt"
 

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import JOB_XET_ENV, WAIT_ON_HUB, Server, guarded_job
+from conftest import JOB_XET_ENV, Server, WAIT_ON_HUB, agent_root, guarded_job
 from huggingface_hub import HfApi
 from test_durability import TRAIN, UV_IMAGE, hub, losses, record_of, submit, trainer_user  # noqa: F401 - fixtures
 
@@ -63,7 +63,7 @@ def run_production_example(api: HfApi, name: str, **options) -> tuple[str, str]:
 def kill_training_once_saved(hub: Server, job_id: str, script: str, checkpoint: str) -> None:  # noqa: F811
     """SIGKILL attempt 1's training process (not the sidecar) as soon as `checkpoint` is complete in its output
     directory, as an out-of-memory kill would: the script itself stays as the user wrote it."""
-    state = hub.data_dir / "sandboxes" / "workspaces" / f"{job_id}-1" / checkpoint / "trainer_state.json"
+    state = agent_root(hub) / "workspaces" / f"{job_id}-1" / checkpoint / "trainer_state.json"
     deadline = time.time() + 180
     while time.time() < deadline:
         try:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import SESSION_DIR, Server, free_port
+from conftest import SESSION_DIR, Server, agent_root, free_port
 from huggingface_hub import HfApi
 
 from keephub.agent import sandbox
@@ -110,11 +110,11 @@ def test_a_setuid_file_made_in_a_job_is_neither_root_owned_nor_setuid_on_the_hos
     """)
     assert info.status.stage == "COMPLETED", lines
     assert "/opt/keephub/uv-cache/id 0o104755" in lines, "inside, the job may set the bit on its own file"
-    left = box.data_dir / "sandboxes" / "uv-cache" / name / "id"
+    left = agent_root(box) / "uv-cache" / name / "id"
     mode = left.stat()
     assert mode.st_uid >= 0x70000000, "the file belongs to the job's own uid (job_uid_base + account id), not keephub's"
     assert not mode.st_mode & (stat.S_ISUID | stat.S_ISGID), "the setuid bit does not survive the attempt"
-    assert stat.S_IMODE((box.data_dir / "sandboxes" / "uv-cache" / name).stat().st_mode) == 0o700
+    assert stat.S_IMODE((agent_root(box) / "uv-cache" / name).stat().st_mode) == 0o700
     assert stat.S_IMODE(box.data_dir.stat().st_mode) == 0o700, "the data directory stays private"
 
 
@@ -305,10 +305,10 @@ def test_a_deep_directory_tree_neither_blinds_the_limits_nor_outlives_the_attemp
     """)
     assert info.status.stage == "ERROR" and "exceeded the memory limit of 1 GB" in info.status.message, lines
     assert "deep" in lines
-    assert list((box.data_dir / "sandboxes" / "workspaces").iterdir()) == [], "the deep workspace is deleted"
+    assert list((agent_root(box) / "workspaces").iterdir()) == [], "the deep workspace is deleted"
     follow_up, lines = run(api, "print('the owner can still run jobs')")
     assert follow_up.status.stage == "COMPLETED" and "the owner can still run jobs" in lines
-    sandbox.remove_tree(box.data_dir / "sandboxes" / "uv-cache" / name)  # too deep for shutil.rmtree at teardown
+    sandbox.remove_tree(agent_root(box) / "uv-cache" / name)  # too deep for shutil.rmtree at teardown
 
 
 def test_the_job_environment_cannot_redirect_the_sidecars_records(box: Server, user) -> None:

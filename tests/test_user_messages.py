@@ -268,7 +268,10 @@ def test_following_a_job_rides_out_a_keephub_restart(tmp_path: Path) -> None:
         hub.kill()
         time.sleep(3)  # the job goes on meanwhile: its agent keeps the lines keephub cannot take
         hub.start()
-        rest, stderr = follower.communicate(timeout=150)
+        # Read on through the same buffered reader: communicate() would skip what readline() buffered.
+        rest = follower.stdout.read()
+        stderr = follower.stderr.read() if follower.stderr else ""
+        follower.wait(150)
         output = "\n".join(seen) + "\n" + rest
         assert follower.returncode == 0, output + stderr
         steps = [line for line in output.splitlines() if line.startswith("step ")]

@@ -271,7 +271,7 @@ class Attempt:
     def heartbeats(self) -> None:
         while not self.finished.wait(HEARTBEAT_SECONDS):
             try:
-                answer = self.link.post("heartbeat", {"node": socket.gethostname()}, timeout=10)
+                answer = self.link.post("heartbeat", {"node": node_name()}, timeout=10)
             except OSError:
                 continue
             except Refused as exc:
@@ -462,6 +462,11 @@ def _leave_credential(workspace: Path, credential: str) -> None:
         fh.write(credential)
 
 
+def node_name() -> str:
+    """The node as its cluster names it (Slurm's node name may differ from the host name)."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def _threads(cpus: list[int]) -> int:
     """Threads a job's math libraries should use: its cores (Slurm says how many it allotted)."""
     allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
@@ -499,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     os.close(devnull)
     link = Link(args.server, args.job, args.attempt, credential)
     try:
-        plan = link.post_until_answered("start", {"node": socket.gethostname()})
+        plan = link.post_until_answered("start", {"node": node_name()})
     except Refused as exc:
         log.info("keephub will not run this attempt: %s", exc)
         return 0

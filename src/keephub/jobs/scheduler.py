@@ -178,12 +178,21 @@ class Scheduler:
             return [(r[0], r[1], r[2]) for r in rows]
 
     def request_cancel(self, job_id: str) -> None:
-        """Stop the job's active attempt now through its executor (its agent also hears it on its heartbeat)."""
+        """Act on a cancel now: an attempt whose agent has not started yet (queued in the cluster) ends
+        CANCELED and leaves the queue; a running one is stopped through its executor (its agent also hears it
+        on its next heartbeat)."""
         with self.db.read() as session:
-            row = session.execute(select(JobAttempt.number, JobAttempt.executor_ref).where(
-                JobAttempt.job_id == job_id, JobAttempt.outcome == "RUNNING")).first()
-        if row is not None and row[1]:
-            self._stop(job_id, row[0], row[1])
+            row = session.execute(
+                select(JobAttempt.number, JobAttempt.outcome, JobAttempt.executor_ref, Job.cancel_requested_by)
+                .join(Job, Job.id == JobAttempt.job_id)
+                .where(JobAttempt.job_id == job_id, JobAttempt.outcome.in_(ACTIVE))).first()
+        if row is not None and row[2]:
+            number, state, ref, cancel_by = row
+            canceled = Outcome("CANCELED", f"canceled by {cancel_by}")
+            if state == "PENDING" and self.finish_attempt(job_id, number, canceled, only_if=("PENDING",)):
+                self.executor.stop(ref)
+            else:
+                self._stop(job_id, number, ref)
         self.poke()
 
     # -- starting an attempt -------------------------------------------------------------------------
@@ -332,12 +341,14 @@ class Scheduler:
         return {"outcome": outcome.kind, "message": outcome.message}
 
     # -- ending an attempt ---------------------------------------------------------------------------
-    def finish_attempt(self, job_id: str, number: int, outcome: Outcome, retry: bool = True) -> bool:
-        """End an active attempt (once: False if it had already ended), then its job or its retry."""
+    def finish_attempt(self, job_id: str, number: int, outcome: Outcome, retry: bool = True,
+                       only_if: tuple[str, ...] = ACTIVE) -> bool:
+        """End an attempt still in one of the `only_if` states (once: False if it had already ended or moved
+        on), then its job or its retry."""
         with self.db.write() as session:
             ended = session.execute(
                 update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number,
-                                         JobAttempt.outcome.in_(ACTIVE))
+                                         JobAttempt.outcome.in_(only_if))
                 .values(outcome=outcome.kind, message=outcome.message, exit_code=outcome.exit_code,
                         finished_at=utcnow(), agent_credential_hash=None, sidecar_credential_hash=None)
             ).rowcount
