@@ -186,12 +186,13 @@ class Scheduler:
                 select(JobAttempt.number, JobAttempt.outcome, JobAttempt.executor_ref, Job.cancel_requested_by)
                 .join(Job, Job.id == JobAttempt.job_id)
                 .where(JobAttempt.job_id == job_id, JobAttempt.outcome.in_(ACTIVE))).first()
-        if row is not None and row[2]:
+        if row is not None:
             number, state, ref, cancel_by = row
             canceled = Outcome("CANCELED", f"canceled by {cancel_by}")
             if state == "PENDING" and self.finish_attempt(job_id, number, canceled, only_if=("PENDING",)):
-                self.executor.stop(ref)
-            else:
+                if ref:  # else it is being launched: start_attempt withdraws it once it has its ref
+                    self.executor.stop(ref)
+            elif ref:
                 self._stop(job_id, number, ref)
         self.poke()
 
@@ -224,6 +225,9 @@ class Scheduler:
         with self.db.write() as session:
             session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number)
                             .values(executor_ref=ref))
+            still_wanted = session.get(JobAttempt, (job_id, number)).outcome in ACTIVE  # type: ignore[union-attr]
+        if not still_wanted:  # canceled while it was being launched
+            self.executor.stop(ref)
         return True
 
     def _claim(self, job_id: str, credential: str) -> tuple[int, object, float] | None:
