@@ -4,6 +4,8 @@ ends once however many reports arrive, and a job is claimed by one keephub only.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -12,11 +14,13 @@ from conftest import Server
 
 from keephub.app import open_hub
 from keephub.config import Settings
+from keephub.durability import record as durability_record
+from keephub.jobs.agent_api import accept_record
 from keephub.jobs.logs import attempt_log
 from keephub.jobs.scheduler import Outcome, Scheduler, new_credential
 from keephub.jobs.service import JobService
 from keephub.jobs.spec import parse_spec
-from keephub.wire import Forbidden
+from keephub.wire import BadRequest, Forbidden
 from keephub.wire.errors import Conflict
 
 
@@ -98,6 +102,34 @@ def test_an_attempt_ends_once_and_a_failed_one_is_retried(lifecycle: Scheduler) 
     record = lifecycle.service.load(None, job_id)
     assert record.job.stage == "SCHEDULING" and "retrying" in (record.job.message or "")
     assert [a.outcome for a in record.attempts] == ["ERROR"]
+
+
+def test_volumes_reach_the_agent_with_a_token_of_their_own_and_each_credential_reports_its_own_kinds(
+        lifecycle: Scheduler) -> None:
+    """The job's token mounts the volumes: in the plan (redacted from the log), not in the job's environment
+    unless $HF_TOKEN asked for it. A bucket-sync record takes the agent's credential, the others the sidecar's."""
+    spec, secrets = parse_spec({"command": ["python", "-c", "print(1)"], "dockerImage": "python:3.12",
+                                "volumes": [{"type": "bucket", "source": "ada/runs", "mountPath": "/data"}]},
+                               lifecycle.service.flavors, 60)
+    guarded = replace(spec, durability={"repo": "ada/m", "outputDir": "o"})
+    job_id = lifecycle.service.create_job("ada", "ada", guarded, secrets, [], None)
+    credential = _claimed(lifecycle, job_id)
+    plan = lifecycle.agent_start(job_id, 1, credential, "node-a")
+    token = plan["volumeToken"]
+    assert token.startswith("kh_") and token in plan["redact"]
+    assert token not in json.dumps(plan["env"]) and plan["volumes"][0]["mountPath"] == "/data"
+    sync = {"kind": "bucket-sync", "bucket": "ada/runs", "prefix": "", "mountPath": "/data", "direction": "push",
+            "final": True, "files": 1, "bytes": 5, "deleted": 0, "deferred": 0, "verified": True, "seconds": 0.1,
+            "error": None}
+    db, sidecar = lifecycle.db, plan["sidecarCredential"]
+    with pytest.raises(Forbidden):
+        accept_record(db, job_id, 1, sidecar, sync)
+    with pytest.raises(Forbidden):
+        accept_record(db, job_id, 1, credential, {"kind": "verdict", "status": "saved"})
+    accept_record(db, job_id, 1, credential, sync)
+    accept_record(db, job_id, 1, sidecar, {"kind": "verdict", "status": "saved"})
+    with pytest.raises(BadRequest):
+        durability_record.check({**sync, "files": ["a"]})
 
 
 def test_two_keephubs_never_claim_the_same_attempt(lifecycle: Scheduler, tmp_path: Path) -> None:

@@ -418,14 +418,13 @@ def test_scheduled_job_fires_when_due(user) -> None:
     api.delete_scheduled_job(scheduled_job_id=scheduled.id)
 
 
-def test_run_uv_job_with_local_file_explains_what_works(user, tmp_path: Path) -> None:
+def test_run_uv_job_with_a_local_file_runs_it(user, tmp_path: Path) -> None:
     _, api, _ = user
     script = tmp_path / "local.py"
     script.write_text("print('hi')\n")
-    with pytest.raises(HfHubHTTPError) as info:
-        api.run_uv_job(str(script))
-    assert info.value.response.status_code == 422
-    assert "keephub jobs uv run" in str(info.value)
+    job = api.run_uv_job(str(script))  # uploaded to the jobs-artifacts bucket, mounted at /data (test_job_volumes)
+    assert "hi" in logs(api, job.id)
+    assert api.inspect_job(job_id=job.id).status.stage == "COMPLETED"
 
 
 def test_a_cancel_at_any_moment_of_the_start_ends_the_job_promptly(jobs_server: Server, user) -> None:

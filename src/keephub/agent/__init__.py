@@ -1,5 +1,5 @@
-"""Code that runs where a job runs, inside its sandbox.
+"""Code that runs where a job runs: its agent (on the job's node) and what runs inside its sandbox.
 
-Nothing here imports the server's packages: each module runs as a plain file under `python -I`, with the
-standard library only, so a job's sandbox needs no part of the server stack and no access to its data.
+Nothing here imports the server's packages: these modules use the standard library, and the volume sync
+huggingface_hub, so a job's node needs no part of the server stack and no access to its data.
 """

@@ -4,10 +4,11 @@ Started by an executor (a process of its own session on keephub's machine, a Slu
 
     python -I -m keephub.agent.main --server=URL --job=ID --attempt=N --work-dir=DIR  < credential
 
-it asks keephub for the attempt's plan (command, environment, limits, deadline), builds the sandbox on this
-machine, runs the script under the durability sidecar, and sends keephub its log lines (numbered from 1, kept
-in a spool on local disk until keephub has stored them), heartbeats (which carry a cancel back) and finally
-the exit status. Its credential is valid for this attempt alone, while it runs.
+it asks keephub for the attempt's plan (command, environment, limits, deadline, volumes), builds the sandbox on
+this machine (with its volumes, see `volumes`), runs the script under the durability sidecar, and sends keephub
+its log lines (numbered from 1, kept in a spool on local disk until keephub has stored them), heartbeats (which
+carry a cancel back), the volumes' syncs and finally the exit status. Its credential is valid for this attempt
+alone, while it runs.
 
 keephub may restart, crash or be unreachable meanwhile: the agent goes on, resends what keephub has not
 acknowledged, and reports the end once keephub answers again. So a job outlives its server, and its log has
@@ -51,6 +52,8 @@ USAGE_SAMPLE_SECONDS = 0.25
 DISK_SAMPLE_SECONDS = 2.0
 # Where the sidecar finds its own credential (records only) in the attempt's private workspace.
 SIDECAR_CREDENTIAL_FILE = ".keephub-agent-credential"
+# Tries to hand keephub a durability record of the agent's own (a volume's sync) while it is unreachable.
+RECORD_TRIES = 10
 
 
 class Refused(Exception):
@@ -260,6 +263,7 @@ class Attempt:
         self.stop_reason: tuple[str, str] | None = None  # (kind, message)
         self.stop_requested: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.records_refused = False
 
     # -- stop requests, from keephub (heartbeats) or from the executor (SIGTERM) -----------------------------
     def request_stop(self, kind: str, message: str) -> None:
@@ -267,6 +271,23 @@ class Attempt:
             self.stop_reason = (kind, message)
         if self.loop is not None and self.stop_requested is not None:
             self.loop.call_soon_threadsafe(self.stop_requested.set)
+
+    def post_record(self, record: dict) -> None:
+        """A durability record of the agent's own (a volume's sync): retried while keephub is unreachable for a
+        while; a refusal (the attempt's 1,000 records are used up) is said once in the log."""
+        for tries in range(RECORD_TRIES):
+            try:
+                self.link.post("records", record)
+                return
+            except Refused as exc:
+                if not self.records_refused:
+                    self.records_refused = True
+                    self.output.note(f"keephub: the job's durability record took no more volume syncs ({exc}); "
+                                     "the volumes are still pushed")
+                return
+            except OSError:
+                time.sleep(RETRY_PAUSE_SECONDS[min(tries, len(RETRY_PAUSE_SECONDS) - 1)])
+        log.warning("keephub did not take a %s record", record.get("kind"))
 
     def heartbeats(self) -> None:
         while not self.finished.wait(HEARTBEAT_SECONDS):
@@ -296,7 +317,20 @@ class Attempt:
         run_dir = Path(tempfile.mkdtemp(prefix="keephub-agent-"))
         forwarders: list[Forwarder] = []
         proxy = None
+        volumes = None
         try:
+            binds: tuple[sandbox.Bind, ...] = ()
+            if self.plan.get("volumes"):
+                # Imports huggingface_hub: only attempts with volumes pay for it.
+                from keephub.agent.volumes import VolumeError, Volumes
+
+                volumes = Volumes(self.plan["volumes"], self.args.server, self.plan.get("volumeToken"), self.layout,
+                                  self.user, self.name, self.post_record, self.output.note)
+                try:
+                    binds = await asyncio.to_thread(volumes.prepare)
+                except VolumeError as exc:
+                    self.output.note(f"keephub: {exc}")
+                    return {"exitCode": None, "stopped": "start-failed", "reason": str(exc)}
             routes = []
             network = self.plan.get("network")
             if network is not None:
@@ -317,13 +351,17 @@ class Attempt:
             box = sandbox.SandboxSpec(
                 workspace=workspace, uv_cache=uv_cache, command=self._command(), env=env, gpus=gpus,
                 cpus=cpus if self.args.cpus else [], limits=limits, user=self.user, routes=tuple(routes),
-                hosts=tuple(network["hostNames"]) if network else ())
+                hosts=tuple(network["hostNames"]) if network else (), volumes=binds)
+            if volumes is not None:
+                volumes.follow()
             return await self._run_sandbox(box)
         finally:
             for forwarder in forwarders:
                 forwarder.close()
             if proxy is not None:
                 await proxy.close()
+            if volumes is not None:  # the sandbox has ended: its last writes are in the final pushes
+                await asyncio.to_thread(volumes.finish)
             await asyncio.to_thread(self._clean_up, workspace, uv_cache, run_dir)
 
     def _command(self) -> list[str]:
@@ -353,7 +391,12 @@ class Attempt:
             self.output.note(f"keephub: {message}")
             return {"exitCode": None, "stopped": "start-failed", "reason": message}
         pump_task = asyncio.create_task(sandbox.pump_output(process, lambda line: self.output.write(self.redact(line))))
-        code = await self._supervise(process, box)
+        try:
+            code = await self._supervise(process, box)
+        finally:  # whatever broke, nothing of the job outlives this: the volumes' final pushes come next
+            if process.returncode is None:
+                sandbox.kill_sandbox(process)
+                await process.wait()
         try:
             await asyncio.wait_for(pump_task, 10)
         except TimeoutError:
@@ -442,13 +485,14 @@ async def _watch_limits(process: asyncio.subprocess.Process, box: sandbox.Sandbo
                     "close files it no longer needs")
         if time.monotonic() >= next_disk_sample:
             next_disk_sample = time.monotonic() + DISK_SAMPLE_SECONDS
+            written = [box.workspace, *(volume.host for volume in box.volumes if not volume.read_only)]
             workspace, cache = await asyncio.gather(
-                loop.run_in_executor(pool, sandbox.disk_bytes, [box.workspace]),
+                loop.run_in_executor(pool, sandbox.disk_bytes, written),
                 loop.run_in_executor(pool, sandbox.disk_bytes, [box.uv_cache]))
             if workspace + max(0, cache - cache_before) + used.deleted_bytes > limits.disk_bytes:
                 return (f"exceeded the disk limit of {limits.disk_bytes // 1024**3} GB of flavor {flavor} "
-                        "(/workspace, deleted files still open and what the job added to its uv cache); "
-                        "write less or push checkpoints and delete old ones")
+                        "(/workspace, read-write volumes, deleted files still open and what the job added to its "
+                        "uv cache); write less or push checkpoints and delete old ones")
 
 
 def _leave_credential(workspace: Path, credential: str) -> None:

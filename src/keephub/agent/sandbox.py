@@ -62,6 +62,11 @@ ETC_ENTRIES = ("alternatives", "ca-certificates", "ca-certificates.conf", "ssl",
                "ld.so.conf.d", "localtime", "timezone", "mime.types", "protocols", "services", "os-release",
                "debian_version", "magic", "magic.mime", "pki")
 _NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# Where a volume may not go: over or around the sandbox's system and keephub's own paths (a mount there would
+# hide what the job runs on), and over the root, /tmp or /workspace themselves (a folder inside them is fine).
+SYSTEM_PATHS = ("/usr", "/etc", "/proc", "/dev", "/sys", "/bin", "/sbin", "/lib", "/lib64", "/run", "/opt/keephub")
+WHOLE_PATHS = ("/", "/tmp", "/workspace")
+MAX_MOUNT_PATH = 1024
 
 
 class SandboxUnavailable(RuntimeError):
@@ -221,6 +226,45 @@ class SandboxLayout:
                 )
 
 
+def clean_mount_path(value: object, host_paths: tuple[Path, ...] = ()) -> str:
+    """A volume's mount path in its one clean form, or ValueError saying why it cannot be one.
+
+    The mount path is the one value a user sends that reaches bwrap's command line (the destination of a
+    --bind), so it is held to what a plain absolute path is: a leading '/', no empty, '.' or '..' component,
+    none starting with '-', no backslash or control character (NUL, newline); and it may not cover the
+    sandbox's own paths (`SYSTEM_PATHS`, the read-only `host_paths` of this node) or replace a whole one."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"'mountPath' {value!r} must be an absolute path inside the job, e.g. /data")
+    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > MAX_MOUNT_PATH:
+        raise ValueError(f"'mountPath' {value!r} holds a backslash or a control character, or is longer than "
+                         f"{MAX_MOUNT_PATH} characters")
+    parts = value.rstrip("/").split("/")[1:]
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"'mountPath' {value!r} has an empty, '.' or '..' component; write it plainly, e.g. "
+                         "/data/inputs")
+    if any(part.startswith("-") for part in parts):
+        raise ValueError(f"'mountPath' {value!r} has a component starting with '-'; name the folder plainly, "
+                         "e.g. /data")
+    mount = "/" + "/".join(parts)
+    if mount in WHOLE_PATHS:
+        raise ValueError(f"a volume cannot replace {mount}; mount it at a folder of its own, e.g. "
+                         f"{mount.rstrip('/')}/data")
+    for system in (*SYSTEM_PATHS, *map(str, host_paths)):
+        if mount == system or mount.startswith(system + "/") or system.startswith(mount + "/"):
+            raise ValueError(f"'mountPath' {mount} would cover {system}, which the job runs on; mount volumes "
+                             "elsewhere, e.g. /data or /workspace/data")
+    return mount
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host file or folder mounted at `inside` (a path `clean_mount_path` accepted): one volume."""
+
+    host: Path
+    inside: str
+    read_only: bool
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything one attempt's sandbox is built from."""
@@ -235,15 +279,18 @@ class SandboxSpec:
     user: JobUser | None
     routes: tuple[Route, ...]
     hosts: tuple[str, ...]
+    volumes: tuple[Bind, ...] = ()
 
 
 def bwrap_argv(layout: SandboxLayout, spec: SandboxSpec, data_fds: dict[str, int],
                source: Callable[[Path], Path]) -> list[str]:
-    """The bwrap command line: keephub's own paths and numbers only, no value a user sent.
+    """The bwrap command line: keephub's own paths and numbers, and no value a user sent but the volumes' mount
+    paths, each checked again here and placed only as the destination of a --bind/--ro-bind, which bwrap
+    reads as a path whatever it holds.
 
     / is read-only; RAM-backed /tmp and /dev/shm are capped at the memory limit (the scheduler counts what
     they hold against it); `data_fds` are pipes holding /etc/hosts and the uv shim; `source` says where
-    bwrap finds each host path (see `staged_sources`)."""
+    bwrap finds each host path (see `staged_sources`). Volumes come last, over the workspace and /tmp."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
@@ -273,6 +320,9 @@ def bwrap_argv(layout: SandboxLayout, spec: SandboxSpec, data_fds: dict[str, int
              "--bind", str(source(spec.workspace)), WORKSPACE]
     for route in spec.routes:
         argv += ["--bind", str(source(route.host_socket)), route.inside_socket]
+    for volume in spec.volumes:
+        argv += ["--ro-bind" if volume.read_only else "--bind", str(source(volume.host)),
+                 clean_mount_path(volume.inside, layout.readonly)]
     argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKSPACE,
              "--", str(layout.python), "-I", "-S", str(SANDBOX_INIT)]
     return argv
@@ -312,7 +362,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 def staged_sources(layout: SandboxLayout, spec: SandboxSpec) -> dict[Path, Path]:
     """Each host path the sandbox is built from, and the path under STAGE where bwrap finds it."""
-    paths = [*layout.readonly, spec.uv_cache, spec.workspace, *(route.host_socket for route in spec.routes)]
+    paths = [*layout.readonly, spec.uv_cache, spec.workspace, *(route.host_socket for route in spec.routes),
+             *(volume.host for volume in spec.volumes)]
     return {path: Path(STAGE) / str(index) for index, path in enumerate(paths)}
 
 

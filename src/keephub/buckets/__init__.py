@@ -1,2 +1,2 @@
-"""Buckets: Xet-backed files without history (`service`, `routes`), and the volume sync a job's agent runs
-(`volume_sync`, which imports only the standard library and huggingface_hub, so this file imports nothing)."""
+"""Buckets: Xet-backed files without history (`service`, `routes`). What a job's agent runs to keep a bucket
+volume in step with its bucket is `keephub.agent.volume_sync`."""

@@ -41,13 +41,14 @@ class Verdict:
 
 
 def _run(source: str, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
-         writable: dict[str, WriteAccess], listings: dict[str, list[str] | None], keephub_saving: bool) -> tuple:
+         writable: dict[str, WriteAccess], listings: dict[str, list[str] | None], keephub_saving: bool,
+         bucket_mounts: dict[str, str]) -> tuple:
     """In the worker: the full preflight, with the server's answers looked up from plain dicts."""
     unasked = WriteAccess(None, "keephub could not tell which repo this is before the run")
     report = preflight(source, secret_names=secret_names, timeout_seconds=timeout_seconds,
                        can_write=lambda repo: writable.get(repo, unasked),
                        repo_files=lambda repo: listings.get(repo), keephub_saving=keephub_saving,
-                       environment=environment)
+                       environment=environment, bucket_mounts=bucket_mounts)
     return not report.failed, report.render(), report.to_wire()
 
 
@@ -61,7 +62,7 @@ def _worker_setup() -> None:
 
 
 def _warm() -> None:
-    _run("from trl import SFTConfig\nSFTConfig(output_dir='o')\n", [], 60, {}, {}, {}, False)
+    _run("from trl import SFTConfig\nSFTConfig(output_dir='o')\n", [], 60, {}, {}, {}, False, {})
 
 
 class PreflightGate:
@@ -85,11 +86,13 @@ class PreflightGate:
 
     def check(self, source: str, *, secret_names: list[str], timeout_seconds: int, environment: dict[str, str],
               labels: dict[str, str], can_write: Callable[[str, str | None], WriteAccess],
-              repo_files: Callable[[str], list[str] | None]) -> Verdict | None:
+              repo_files: Callable[[str], list[str] | None],
+              bucket_mounts: dict[str, str] | None = None) -> Verdict | None:
         """The verdict for a training script; None for a script that neither trains nor pushes (nothing to lose).
 
         `can_write(repo, target)` answers for the token the job will hold, given the repo keephub will guard
-        for it (`target`, None when it guards none): a job's own token writes only that repo."""
+        for it (`target`, None when it guards none): a job's own token writes only that repo. `bucket_mounts`
+        are the job's read-write bucket volumes (mount path → bucket), which keep what is written under them."""
         repo, output_dir = labels.get("keephub.repo"), labels.get("keephub.output-dir")
         try:
             facts = analyze_script(source, environment=environment)
@@ -108,7 +111,8 @@ class PreflightGate:
         listings = {repo: repo_files(repo)} if repo else {}
         try:
             ok, checklist, report = self.pool.submit(
-                _run, source, secret_names, timeout_seconds, environment, writable, listings, guarded
+                _run, source, secret_names, timeout_seconds, environment, writable, listings, guarded,
+                bucket_mounts or {}
             ).result(timeout=CHECK_TIMEOUT_SECONDS)
         except (BrokenProcessPool, TimeoutError) as exc:
             self._restart()

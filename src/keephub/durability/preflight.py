@@ -682,6 +682,7 @@ def preflight(
     repo_files: Callable[[str], list[str] | None] | None = None,
     keephub_saving: bool = False,
     environment: Mapping[str, str] | None = None,
+    bucket_mounts: Mapping[str, str] | None = None,
 ) -> PreflightReport:
     """Check a training script against its job spec before it runs.
 
@@ -689,6 +690,8 @@ def preflight(
     lists the repo's files, or None when it does not exist. Either may be None to skip that check (offline).
     `keephub_saving` means keephub itself pushes the job's checkpoints, so the script need not.
     `environment` is the job's (non-secret) environment, used to resolve `os.environ` lookups.
+    `bucket_mounts` (mount path → bucket) are the job's read-write bucket volumes: an output_dir under one is
+    kept by the bucket, so that config need not push.
     """
     secrets = set(secret_names)
     try:
@@ -702,7 +705,7 @@ def preflight(
         unread = _warn("script", "nested too deeply for keephub to analyze; checks are limited to the job "
                        "spec", "split the deepest expressions into several statements")
         return PreflightReport([unread, *_token_checks(None, secrets, environment)])
-    context = _Context(facts, timeout_seconds, keephub_saving, can_write, repo_files)
+    context = _Context(facts, timeout_seconds, keephub_saving, can_write, repo_files, dict(bucket_mounts or {}))
     checks: list[Check] = []
     if not facts.configs:
         where = (f"the config comes from the command line through {facts.parser}, which preflight does not "
@@ -719,7 +722,12 @@ def preflight(
 
     for call in facts.configs:
         checks += labelled(call, context.hub_checks(call))
-    checks += _token_checks(facts, secrets, environment)
+    token_checks = _token_checks(facts, secrets, environment)
+    kept = [context.kept_in(call) for call in facts.configs]
+    if facts.configs and all(kept) and not facts.lines("push") and token_checks[0].status == "fail":
+        token_checks[0] = _ok("HF_TOKEN", "not needed: the script does not push, and keephub pushes its bucket "
+                              "volume with a token of the job's own")
+    checks += token_checks
     for call in facts.configs:
         checks += labelled(call, [*context.argument_checks(call), *context.save_checks(call)])
     if keephub_saving:
@@ -800,6 +808,7 @@ class _Context:
     keephub_saving: bool
     can_write: Callable[[str], WriteAccess] | None
     repo_files: Callable[[str], list[str] | None] | None
+    bucket_mounts: dict[str, str]
 
     @property
     def long(self) -> bool:
@@ -836,6 +845,8 @@ class _Context:
         fix = f'pass push_to_hub=True, hub_model_id="{self.suggested_id(call)}" to {where}'
         if self.keephub_saving:
             return _ok("push_to_hub", "keephub will push checkpoints itself")
+        if not _is_on(push) and (kept := self.kept_in(call)):
+            return _ok("push_to_hub", f"not needed: {kept}")
         if push is UNKNOWN:
             return _warn("push_to_hub", self.unresolved(call, "push_to_hub"), "write push_to_hub=True")
         if push:
@@ -859,6 +870,18 @@ class _Context:
                          "before then loses everything", fix)
         return _fail("push_to_hub", f"{state} in {where}: nothing is uploaded and every result is lost when "
                      "the job ends", fix)
+
+    def kept_in(self, call: ConfigCall) -> str | None:
+        """How the job's output survives it when output_dir lies in a read-write bucket volume; None otherwise."""
+        output_dir = self.setting(call, "output_dir")
+        if not isinstance(output_dir, str):
+            return None
+        where = posixpath.normpath(output_dir)
+        for mount, bucket in self.bucket_mounts.items():
+            if where == mount or where.startswith(mount + "/"):
+                return (f"output_dir {output_dir} lies in the read-write volume of bucket {bucket} at {mount}: "
+                        "keephub pushes what the job writes there to the bucket while it runs and when it ends")
+        return None
 
     def pushes_during_training(self, call: ConfigCall) -> bool:
         save, hub = self.setting(call, "save_strategy"), self.setting(call, "hub_strategy")

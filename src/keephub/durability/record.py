@@ -1,8 +1,10 @@
-"""The per-job durability record: what the sidecar pushed where, and the verdict a user reads first."""
+"""The per-job durability record: what the sidecar pushed where, what the agent synced to each read-write bucket
+volume, and the verdict a user reads first."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -11,12 +13,17 @@ from keephub.storage.db import Database
 from keephub.storage.schema import Account, JobRecordEntry, Repo, RepoCommit
 from keephub.wire import BadRequest, Conflict, HubError
 
-KINDS = ("push", "push-failed", "resume", "verdict")
+# What the sidecar reports; "bucket-sync" (a volume's pull or push, from the agent) is the agent's alone.
+SIDECAR_KINDS = ("push", "push-failed", "resume", "verdict")
+KINDS = (*SIDECAR_KINDS, "bucket-sync")
 MAX_RECORD_BYTES = 256 * 1024
 # Records (and their bytes) an attempt may store besides its one verdict, which always fits: a job that
 # reports without end must not fill the database or slow other users' commits.
 MAX_RECORDS_PER_ATTEMPT = 1000
 MAX_RECORD_BYTES_PER_ATTEMPT = 8 * 1024 * 1024
+# A volume's final sync says whether its files were kept, so like the verdict it fits past those limits, up to
+# what an attempt makes: a pull and three tries of the final push for each of at most 16 volumes.
+MAX_FINAL_SYNCS_PER_ATTEMPT = 64
 
 
 class TooManyRecords(HubError):
@@ -29,6 +36,13 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "files": (list,), "holds": (list,), "bytes": (int,), "verified": (bool,), "already_there": (bool,),
     "time": (int, float), "training_ended": (int, float),
 }
+# A bucket-sync record's fields (keephub.agent.volume_sync.SyncReport.record and the volume's mountPath).
+_SYNC_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "bucket": (str,), "prefix": (str,), "mountPath": (str,), "direction": (str,), "final": (bool,),
+    "files": (int,), "bytes": (int,), "deleted": (int,), "deferred": (int,), "verified": (bool,),
+    "seconds": (int, float), "error": (str,),
+}
+_SYNC_REQUIRED = ("bucket", "mountPath", "direction", "final", "files", "bytes", "verified")
 
 
 def check(data: object) -> None:
@@ -37,7 +51,11 @@ def check(data: object) -> None:
     the job and of its namespace's job list."""
     if not isinstance(data, dict) or data.get("kind") not in KINDS:
         raise BadRequest(f"a durability record is a JSON object whose 'kind' is one of {', '.join(KINDS)}")
-    for name, types in _FIELD_TYPES.items():
+    sync = data["kind"] == "bucket-sync"
+    missing = sync and any(data.get(name) is None for name in _SYNC_REQUIRED)
+    if missing or (sync and data["direction"] not in ("pull", "push")):
+        raise BadRequest(f"a bucket-sync record has {', '.join(_SYNC_REQUIRED)}, and 'direction' pull or push")
+    for name, types in (_SYNC_FIELD_TYPES if sync else _FIELD_TYPES).items():
         value = data.get(name)
         if value is None:
             continue
@@ -61,6 +79,15 @@ def add(session: Session, job_id: str, attempt: int, data: dict) -> int:
         if reported is not None:
             raise Conflict(f"attempt {attempt} of job {job_id} already reported its verdict; an attempt has one")
         session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind="verdict", data_json=stored))
+        return 0
+    if data["kind"] == "bucket-sync" and data["final"]:
+        finals = session.execute(select(func.count()).where(  # records are stored as json.dumps writes them
+            JobRecordEntry.job_id == job_id, JobRecordEntry.attempt == attempt,
+            JobRecordEntry.kind == "bucket-sync", JobRecordEntry.data_json.contains('"final": true'))).scalar_one()
+        if finals >= MAX_FINAL_SYNCS_PER_ATTEMPT:
+            raise TooManyRecords(f"attempt {attempt} of job {job_id} has reported {finals} final volume syncs, the "
+                                 "most an attempt makes")
+        session.add(JobRecordEntry(job_id=job_id, attempt=attempt, kind="bucket-sync", data_json=stored))
         return 0
     count, size = session.execute(
         select(func.count(), func.coalesce(func.sum(func.length(JobRecordEntry.data_json)), 0))
@@ -91,15 +118,18 @@ def add_missing_verdict(db: Database, job_id: str, attempt: int) -> None:
                 {"kind": "verdict", "status": "not-saved", "reason": reason, "source": "keephub"})))
 
 
-def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -> dict | None:
-    """The `durability` block of a job's record, or None when keephub was not guarding this job's results."""
-    if target_repo is None:
+def summary(db: Database, job_id: str, target_repo: str | None, base_url: str,
+            volumes: Sequence[dict] = ()) -> dict | None:
+    """The `durability` block of a job's record: the sidecar's pushes to the target repo and the agent's syncs of
+    each read-write bucket volume among the spec's `volumes`, with the verdict; None when keephub kept neither."""
+    kept = [v for v in volumes if v["type"] == "bucket" and not v["readOnly"]]
+    if target_repo is None and not kept:
         return None
     with db.read() as session:
         rows = session.execute(select(JobRecordEntry).where(JobRecordEntry.job_id == job_id)
                                .order_by(JobRecordEntry.id)).scalars().all()
         entries = [(row.attempt, json.loads(row.data_json)) for row in rows]
-        landed = _commits_of(session, target_repo)
+        landed = _commits_of(session, target_repo) if target_repo else set()
     pushes = [
         {"attempt": attempt, "label": str(d.get("label")), "revision": str(d.get("revision")),
          "commit": str(d.get("commit") or ""), "files": [str(f) for f in d.get("files") or []],
@@ -110,14 +140,51 @@ def summary(db: Database, job_id: str, target_repo: str | None, base_url: str) -
     ]
     failures = [{"label": str(d.get("label")), "reason": str(d.get("reason"))}
                 for _, d in entries if d.get("kind") == "push-failed"]
-    verdicts = [d for _, d in entries if d.get("kind") == "verdict"]
-    last = verdicts[-1] if verdicts else None
-    return {
-        "targetRepo": target_repo,
-        "pushes": pushes,
-        "failures": failures,
-        "verdict": verdict(target_repo, pushes, failures, last, base_url) | _times(last),
-    }
+    buckets = [_bucket_syncs(volume, entries) for volume in kept]
+    lost = [_not_kept(bucket) for bucket in buckets if not bucket["saved"]]
+    if target_repo is None:
+        kept_all = "; ".join(_kept(bucket, base_url) for bucket in buckets)
+        result = ({"status": "not-saved", "message": "NOT saved: " + "; ".join(lost)} if lost
+                  else {"status": "saved", "message": f"saved: {kept_all}"})
+    else:
+        verdicts = [d for _, d in entries if d.get("kind") == "verdict"]
+        last = verdicts[-1] if verdicts else None
+        result = verdict(target_repo, pushes, failures, last, base_url) | _times(last)
+        if lost:
+            result["message"] += "".join(f"; but {reason}" for reason in lost)
+    return {"targetRepo": target_repo, "pushes": pushes, "failures": failures, "buckets": buckets,
+            "verdict": result}
+
+
+def _bucket_syncs(volume: dict, entries: list[tuple[int, dict]]) -> dict:
+    """What the last attempt that synced `volume` pushed to its bucket, and whether its final push was verified."""
+    mine = [(attempt, d) for attempt, d in entries
+            if d.get("kind") == "bucket-sync" and d.get("mountPath") == volume["mountPath"]]
+    attempt = max((number for number, _ in mine), default=None)
+    pushes = [d for number, d in mine if number == attempt and d.get("direction") == "push"]
+    finals = [d for d in pushes if d.get("final")]
+    failed = [d for d in pushes if d.get("error")]
+    final = finals[-1] if finals else None
+    return {"bucket": volume["source"], "prefix": volume.get("path") or "", "mountPath": volume["mountPath"],
+            "attempt": attempt, "files": sum(d.get("files") or 0 for d in pushes),
+            "bytes": sum(d.get("bytes") or 0 for d in pushes), "finalSync": final is not None,
+            "saved": final is not None and final.get("verified") is True and not final.get("error"),
+            "error": (final or {}).get("error") or (failed[-1]["error"] if failed else None)}
+
+
+def _kept(bucket: dict, base_url: str) -> str:
+    folder = f"{bucket['bucket']}/{bucket['prefix']}" if bucket["prefix"] else bucket["bucket"]
+    return (f"what the job wrote under {bucket['mountPath']} is in bucket {folder} (attempt {bucket['attempt']}: "
+            f"{bucket['files']} files, {bucket['bytes']:,} bytes pushed, the final push verified): "
+            f"{base_url}/buckets/{bucket['bucket']}")
+
+
+def _not_kept(bucket: dict) -> str:
+    if bucket["finalSync"]:
+        return (f"the final push of {bucket['mountPath']} to bucket {bucket['bucket']} failed ({bucket['error']}); "
+                "its files are kept on the job's node (the job's log says where)")
+    return (f"no final push of {bucket['mountPath']} to bucket {bucket['bucket']} was reported (the job has not "
+            "ended, or its agent was stopped before it could push)")
 
 
 def _times(last: dict | None) -> dict:

@@ -1,7 +1,8 @@
 """Finding the training script inside a job's command, so preflight can read it before anything runs.
 
 Recognised forms: `keephub jobs uv run` and the hf_jobs MCP tool (a base64 script piped through
-`base64 -d`), `python -c CODE`, and `uv run URL` where the URL is a file on this keephub.
+`base64 -d`), `python -c CODE`, `uv run URL` where the URL is a file on this keephub, and `uv run /data/NAME.py`
+where a volume of the job holds the file (huggingface_hub's `run_uv_job` with a local script).
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def inline_script(command: list[str]) -> InlineScript | None:
     return InlineScript(name, list(command[4:]), len(payload.group(1)) * 3 // 4)
 
 
-def find_script(command: list[str], base_url: str,
-                read_hub_file: Callable[[str, str, str, str], bytes | None]) -> ScriptSource | None:
-    """The script a job will run, or None when keephub cannot see it (e.g. a file only the job has)."""
+def find_script(command: list[str], base_url: str, read_hub_file: Callable[[str, str, str, str], bytes | None],
+                read_mounted: Callable[[str], bytes | None] = lambda path: None) -> ScriptSource | None:
+    """The script a job will run, or None when keephub cannot see it (e.g. a file only the job has).
+    `read_mounted(path)` reads a file the job will find in one of its volumes."""
     joined = " ".join(command)
     match = _BASE64_PIPE.search(joined)
     if match:
@@ -77,6 +79,10 @@ def find_script(command: list[str], base_url: str,
     for arg in command:
         if arg.startswith(base_url + "/"):
             found = _hub_file(arg[len(base_url) + 1 :], read_hub_file)
+            if found is not None:
+                return ScriptSource(found.decode("utf-8", "replace"), arg)
+        elif arg.startswith("/") and arg.endswith(".py"):
+            found = read_mounted(arg)
             if found is not None:
                 return ScriptSource(found.decode("utf-8", "replace"), arg)
     return None

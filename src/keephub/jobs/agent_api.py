@@ -4,7 +4,7 @@
     POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/heartbeat  {"node"}            -> {"stop"?: "cancel"}
     POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/log        {"first", "events"} -> {"next", "stored"}
     POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/exit       {"exitCode", "stopped", "reason"}
-    POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/records    a durability record (the sidecar)
+    POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/records    a durability record (sidecar; agent: bucket-sync)
 
 Each takes `Authorization: Bearer <credential>`. The agent's credential is made when the attempt is claimed and
 reaches the agent on its stdin; the sidecar's (records only) is made when the agent starts and reaches the
@@ -40,10 +40,14 @@ STOP_KINDS = (None, "cancel", "timeout", "limit", "start-failed", "agent-failed"
 
 
 def accept_record(db: Database, job_id: str, attempt: int, credential: str, data: dict) -> int:
-    """Check the sidecar's credential and store the record in one transaction; returns how many more fit."""
+    """Check the credential and store the record in one transaction; returns how many more fit. A bucket-sync
+    comes from the agent (its credential), every other kind from the sidecar (its own): neither can report
+    what the other saw."""
     with db.write() as session:
         row = session.get(JobAttempt, (job_id, attempt))
-        expected = row.sidecar_credential_hash if row is not None and row.outcome == "RUNNING" else None
+        expected = None
+        if row is not None and row.outcome == "RUNNING":
+            expected = row.agent_credential_hash if data["kind"] == "bucket-sync" else row.sidecar_credential_hash
         if expected is None or not hmac.compare_digest(expected, digest(credential)):
             raise Forbidden(REFUSED)
         return durability_record.add(session, job_id, attempt, data)

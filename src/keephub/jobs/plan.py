@@ -86,6 +86,7 @@ class AttemptFacts:
     flavor: Flavor
     deadline: float  # seconds since the epoch
     sidecar_credential: str | None
+    volume_token: str | None  # the job's token, for the agent to mount the volumes with
 
 
 def build_plan(facts: AttemptFacts, settings: Settings, network: JobNetwork) -> dict:
@@ -107,7 +108,7 @@ def build_plan(facts: AttemptFacts, settings: Settings, network: JobNetwork) -> 
             "enforced": {"JOB_ID": facts.job_id, "KEEPHUB_JOB_ID": facts.job_id,
                          "KEEPHUB_ATTEMPT": str(facts.attempt), "KEEPHUB_AGENT_URL": network.endpoint},
         },
-        "redact": list(facts.secrets.values()),
+        "redact": [*facts.secrets.values(), *([facts.volume_token] if facts.volume_token else [])],
         "notes": notes,
         "owner": facts.owner,
         "uid": facts.uid,
@@ -119,4 +120,6 @@ def build_plan(facts: AttemptFacts, settings: Settings, network: JobNetwork) -> 
         "network": network.to_plan(settings.job_egress_allow),
         "sidecar": sidecar,
         "sidecarCredential": facts.sidecar_credential,
+        "volumes": spec.get("volumes") or [],
+        "volumeToken": facts.volume_token,
     }

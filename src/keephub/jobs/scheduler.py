@@ -301,10 +301,11 @@ class Scheduler:
         record = self.service.load(None, job_id)
         account = self.service.accounts.find(owner)
         user = self.layout.user_for(account.id) if account is not None else None
+        secrets, volume_token = self.service.secrets_of(record.job)
         facts = AttemptFacts(job_id=job_id, attempt=number, max_attempts=facts_base[0], owner=owner,
-                             uid=user.uid if user else None, spec=record.spec,
-                             secrets=self.service.secrets_of(record.job), flavor=self.service.flavors[facts_base[1]],
-                             deadline=time.time() + time_left, sidecar_credential=sidecar_credential)
+                             uid=user.uid if user else None, spec=record.spec, secrets=secrets,
+                             flavor=self.service.flavors[facts_base[1]], deadline=time.time() + time_left,
+                             sidecar_credential=sidecar_credential, volume_token=volume_token)
         return build_plan(facts, self.settings, self.network)
 
     def agent_heartbeat(self, job_id: str, number: int, credential: str, node: str) -> dict:

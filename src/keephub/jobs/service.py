@@ -32,6 +32,10 @@ from keephub.wire.errors import NotFound, Unprocessable, client_ready
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 HF_TOKEN_PLACEHOLDER = "$HF_TOKEN"
+# The job token its agent mounts volumes with, sealed with the secrets under a name no environment variable has.
+VOLUME_TOKEN_KEY = "keephub:volume-token"
+# The largest script preflight reads from a volume (as from a repo by URL).
+MAX_SCRIPT_BYTES = 1024 * 1024
 
 
 def utcnow() -> datetime:
@@ -121,20 +125,20 @@ class JobService:
     def preflight_spec(self, actor: Actor, spec: JobSpec, secret_values: dict[str, str]) -> JobSpec:
         """Refuse a training job that would lose its results (422 with the checklist), unless overridden;
         otherwise decide what the sidecar guards and put preflight's warnings at the head of the log. Volumes the
-        submitter may not use are refused first (403/404), a repo volume's revision pinned to its commit."""
+        submitter may not use are refused first (403/404), a repo volume's revision pinned to its commit; a script
+        the job finds in a volume (`uv run /data/train.py`) is read from the volume's bucket or repo."""
         spec = replace(spec, volumes=[self.buckets.check_volume(actor, v) for v in spec.volumes])
-        if spec.volumes:  # until the agent mounts them (issue 15): refused rather than run without them
-            raise Unprocessable("volumes are checked but not yet mounted by keephub's job runner; download the files "
-                                "inside the job with huggingface_hub (hf_hub_download, download_bucket_files), or "
-                                "pass the script by URL or inline (keephub jobs uv run)")
         plan = durability_plan(spec.labels)
         source = find_script(spec.command, self.settings.base_url,
-                             lambda *where: self._read_hub_file(actor, *where))
+                             lambda *where: self._read_hub_file(actor, *where),
+                             lambda path: self._read_mounted_file(actor, spec.volumes, path))
         if source is None or self.gate is None:
             return replace(spec, durability=plan)
         verdict = self.gate.check(
             source.text, secret_names=spec.secret_names, timeout_seconds=spec.timeout_seconds,
             environment=spec.environment, labels=spec.labels,
+            bucket_mounts={v["mountPath"]: v["source"] for v in spec.volumes
+                           if v["type"] == "bucket" and not v["readOnly"]},
             can_write=lambda repo, target: self._job_token_can_write(
                 actor, _job_hf_token(secret_values, spec.environment), repo, target),
             repo_files=lambda repo: self._repo_files(actor, repo),
@@ -166,9 +170,26 @@ class JobService:
             return None
         if target.inline is not None:
             return target.inline
-        if target.size > 1024 * 1024:
+        if target.size > MAX_SCRIPT_BYTES:
             return None
         return b"".join(self.hub.large_file(target.etag))
+
+    def _read_mounted_file(self, actor: Actor, volumes: list[dict], path: str) -> bytes | None:
+        """The file at `path` inside the job when a volume holds it: read from the bucket, or the repo at the
+        volume's pinned commit, as the submitter; None if it is not in a volume, missing or large."""
+        for volume in volumes:
+            if not path.startswith(volume["mountPath"] + "/"):
+                continue
+            inner = "/".join(part for part in (volume.get("path"), path[len(volume["mountPath"]) + 1:]) if part)
+            if volume["type"] != "bucket":
+                return self._read_hub_file(actor, volume["type"], volume["source"], volume["commit"], inner)
+            namespace, name = volume["source"].split("/")
+            try:
+                _, row = self.buckets.file(actor, namespace, name, inner)
+            except HubError:
+                return None
+            return b"".join(self.buckets.content(row, 0, row.size)) if row.size <= MAX_SCRIPT_BYTES else None
+        return None
 
     def _job_token_can_write(self, actor: Actor, hf_token: str | None, repo_id: str,
                              target: str | None) -> WriteAccess:
@@ -220,14 +241,17 @@ class JobService:
 
     def create_job(self, owner: str, namespace: str, spec: JobSpec, secret_values: dict[str, str],
                    token_scopes: list[Scope], parent_token_id: int | None) -> str:
-        """Store a new SCHEDULING job; a `$HF_TOKEN` secret becomes a token for this job alone, writing only
-        `token_scopes` and living only while the job runs and its parent token lives."""
+        """Store a new SCHEDULING job. A `$HF_TOKEN` secret, and the volumes, get a token for this job alone,
+        writing only `token_scopes` and living only while the job runs and its parent token lives; the job's
+        environment has it only where `$HF_TOKEN` asked for it, its agent has it for the volumes."""
         job_id = random_secrets.token_hex(12)
         token_hash = None
-        if any(v == HF_TOKEN_PLACEHOLDER for v in secret_values.values()):
+        if spec.volumes or any(v == HF_TOKEN_PLACEHOLDER for v in secret_values.values()):
             expires = utcnow() + timedelta(seconds=spec.timeout_seconds * spec.attempts + 7 * 86400)
             job_token = self.accounts.create_job_token(owner, job_id, token_scopes, expires, parent_token_id)
             secret_values = {k: job_token if v == HF_TOKEN_PLACEHOLDER else v for k, v in secret_values.items()}
+            if spec.volumes:
+                secret_values[VOLUME_TOKEN_KEY] = job_token
             token_hash = self.accounts.token_hash(job_token)
         with self.db.write() as session:
             session.add(Job(
@@ -306,8 +330,10 @@ class JobService:
         return None
 
     # -- used by the scheduler -------------------------------------------------------------------
-    def secrets_of(self, job: Job) -> dict[str, str]:
-        return self.box.open(job.secrets_sealed)
+    def secrets_of(self, job: Job) -> tuple[dict[str, str], str | None]:
+        """The secrets of the job's environment, and the token its agent mounts the volumes with."""
+        secrets = self.box.open(job.secrets_sealed)
+        return secrets, secrets.pop(VOLUME_TOKEN_KEY, None)
 
     def _revoke(self, job: Job) -> None:
         if job.job_token_sha256:
@@ -359,7 +385,7 @@ class JobService:
             "startedBy": job.owner,
             "token": self.accounts.job_token_info(job.id),
             "durability": durability_record.summary(self.db, job.id, (spec.get("durability") or {}).get("repo"),
-                                                    self.settings.base_url),
+                                                    self.settings.base_url, spec.get("volumes") or []),
             "attempts": [
                 {"number": a.number, "outcome": a.outcome, "exitCode": a.exit_code, "message": a.message,
                  "startedAt": iso(a.started_at), "finishedAt": iso(a.finished_at),

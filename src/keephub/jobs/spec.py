@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from keephub.agent.sandbox import clean_mount_path
 from keephub.buckets.service import check_path
 from keephub.hub.naming import check_repo_name, check_text
 from keephub.jobs.flavors import Flavor
@@ -33,10 +34,6 @@ MAX_COMMAND_BYTES = 512 * 1024
 MAX_ENTRIES = 200
 MAX_VOLUMES = 16
 VOLUME_TYPES = ("bucket", "model", "dataset", "space")
-# Where a volume may not go: over or around the sandbox's system and keephub's own paths (a mount there would
-# hide what the job runs on), and over the root, /tmp or /workspace themselves (a folder inside them is fine).
-SYSTEM_PATHS = ("/usr", "/etc", "/proc", "/dev", "/sys", "/bin", "/sbin", "/lib", "/lib64", "/run", "/opt/keephub")
-WHOLE_PATHS = ("/", "/tmp", "/workspace")
 
 
 @dataclass(frozen=True)
@@ -233,21 +230,7 @@ def _volume(item: object, index: int) -> dict:
 
 
 def _mount_path(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise Unprocessable(f"{where}: 'mountPath' {value!r} must be an absolute path inside the job, e.g. /data")
-    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > 1024:
-        raise Unprocessable(f"{where}: 'mountPath' {value!r} holds a backslash or a control character, or is "
-                            "longer than 1024 characters")
-    parts = value.rstrip("/").split("/")[1:]
-    if any(part in ("", ".", "..") for part in parts):
-        raise Unprocessable(f"{where}: 'mountPath' {value!r} has an empty, '.' or '..' component; write it plainly, "
-                            "e.g. /data/inputs")
-    mount = "/" + "/".join(parts)
-    if mount in WHOLE_PATHS:
-        raise Unprocessable(f"{where}: a volume cannot replace {mount}; mount it at a folder of its own, e.g. "
-                            f"{mount.rstrip('/')}/data")
-    for system in SYSTEM_PATHS:
-        if mount == system or mount.startswith(system + "/") or system.startswith(mount + "/"):
-            raise Unprocessable(f"{where}: 'mountPath' {mount} would cover {system}, which the job runs on; "
-                                "mount volumes elsewhere, e.g. /data or /workspace/data")
-    return mount
+    try:
+        return clean_mount_path(value)  # the agent checks it again, with its node's own paths
+    except ValueError as exc:
+        raise Unprocessable(f"{where}: {exc}") from None

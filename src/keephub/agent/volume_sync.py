@@ -10,7 +10,7 @@ for the job's durability record.
 The directory belongs to the job, which may plant symlinks in it: files are opened one path component at
 a time without following any link, and hf_xet reads them through `/proc/self/fd`, so a push never uploads
 a file from outside the directory. Imports only the standard library and huggingface_hub, as code on a
-job's node must (see docs/jobs.md, Volumes).
+job's node must (see docs/jobs.md, Volumes); `keephub.agent.volumes` runs it for each attempt.
 """
 
 from __future__ import annotations
@@ -123,23 +123,27 @@ class BucketVolume:
         return SyncReport(self.bucket_id, self.prefix.strip("/"), "push", final, files, sent, len(deleted),
                           len(changed) - len(ready), verified, time.monotonic() - started)
 
-    def follow(self, stop: threading.Event, report: Callable[[SyncReport], None], interval: float = 5.0) -> None:
-        """Push every `interval` seconds until `stop` is set, then push everything and return; the final push is
-        retried (FINAL_ATTEMPTS) and its last failure raised. Every push, failed ones too, goes to `report`."""
+    def follow(self, stop: threading.Event, report: Callable[[SyncReport], None],
+               interval: float = 5.0) -> SyncReport:
+        """Push every `interval` seconds until `stop` is set, then push everything and return that final report;
+        a final push that fails or is not verified is tried again (FINAL_ATTEMPTS in all), so the report returned
+        is verified unless every try failed. Every push, failed ones too, goes to `report`."""
         while not stop.wait(interval):
             try:
                 report(self.push())
-            except Exception as exc:  # the next round retries; the failure is on the record
+            except Exception as exc:  # noqa: BLE001 - the next round retries; the failure is on the record
                 report(self._failed(False, exc))
         for attempt in range(FINAL_ATTEMPTS):
             try:
-                report(self.push(final=True))
-                return
-            except Exception as exc:
-                report(self._failed(True, exc))
-                if attempt == FINAL_ATTEMPTS - 1:
-                    raise
+                final = self.push(final=True)
+            except Exception as exc:  # noqa: BLE001 - any failure is tried again, then reported as not saved
+                final = self._failed(True, exc)
+            report(final)
+            if final.verified:
+                break
+            if attempt < FINAL_ATTEMPTS - 1:
                 time.sleep(2 ** attempt)
+        return final
 
     def _push_batch(self, relatives: list[str], deleted: list[str]) -> tuple[int, int, bool]:
         opened: list[tuple[str, int, State]] = []
