@@ -31,9 +31,19 @@ def describe(info: dict) -> str:
         lines.append(f"   command: {display_command(info['command'])}")
     lines.append(f"   flavor {info['flavor']}, timeout {info['timeoutSeconds']}s, started by {info['startedBy']}")
     lines += [f"   attempt {attempt['number']}: {attempt['outcome']}"
-              + (f" ({attempt['message']})" if attempt["message"] else "") for attempt in info["attempts"]]
+              + (f" ({attempt['message']})" if attempt["message"] else "") + _placement(attempt)
+              for attempt in info["attempts"]]
     lines += [token_summary(info), durability_summary(info)]
     return "\n".join(lines)
+
+
+def _placement(attempt: dict) -> str:
+    """Where the attempt ran: the Slurm job id (or the local agent's pid) and the node."""
+    executor = attempt.get("executor") or {}
+    if not executor.get("id"):
+        return ""
+    what = "Slurm job" if executor["name"] == "slurm" else f"{executor['name']} agent pid"
+    return f"; {what} {executor['id']}" + (f" on {executor['node']}" if executor.get("node") else "")
 
 
 def token_summary(info: dict) -> str:
@@ -50,7 +60,9 @@ def durability_summary(info: dict) -> str:
     record = info.get("durability")
     if not record:
         return "durability: keephub did not guard this job's results (no training config or keephub.repo label)"
-    lines = [f"durability record of job {info['id']} → {record['targetRepo']}",
+    kept = [record["targetRepo"]] if record["targetRepo"] else []
+    kept += [f"bucket {bucket['bucket']} ({bucket['mountPath']})" for bucket in record.get("buckets", [])]
+    lines = [f"durability record of job {info['id']} → {', '.join(kept) or 'nothing kept'}",
              f"   verdict: {record['verdict']['message']}"]
     for push in record["pushes"]:
         mark = "✅" if push["verified"] else "❌"
@@ -59,4 +71,10 @@ def durability_summary(info: dict) -> str:
                      f"{', verified' if push['verified'] else ', NOT verified'}"
                      f"{' (already there, identical: nothing pushed)' if push.get('alreadyThere') else ''}")
     lines += [f"   ❌ {failure['label']}: {failure['reason']}" for failure in record["failures"]]
+    for bucket in record.get("buckets", []):
+        mark = "✅" if bucket["saved"] else "❌"
+        lines.append(f"   {mark} attempt {bucket['attempt']}: {bucket['mountPath']} → bucket {bucket['bucket']}: "
+                     f"{bucket['files']} files, {bucket['bytes']:,} bytes"
+                     + (", final push verified" if bucket["finalSync"] and bucket["saved"] else "")
+                     + (f" ({bucket['error']})" if bucket.get("error") else ""))
     return "\n".join(lines)
