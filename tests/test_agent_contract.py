@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ from keephub.jobs.logs import attempt_log
 from keephub.jobs.scheduler import Outcome, Scheduler, new_credential
 from keephub.jobs.service import JobService
 from keephub.jobs.spec import parse_spec
+from keephub.storage.schema import Job, JobAttempt
 from keephub.wire import BadRequest, Forbidden
 from keephub.wire.errors import Conflict
 
@@ -149,3 +151,41 @@ def test_the_contract_refuses_user_tokens_and_made_up_credentials(server: Server
     assert made_up.status_code == 403 and "valid only for the attempt" in made_up.json()["error"]
     bad = httpx.post(url, json={"first": 0, "events": "x"}, headers={"authorization": f"Bearer {new_credential()}"})
     assert bad.status_code == 400 and "first" in bad.json()["error"]
+
+
+def test_a_launch_that_fails_unexpectedly_ends_the_attempt_and_the_job_is_retried(lifecycle: Scheduler) -> None:
+    job_id = _job(lifecycle, attempts=2)
+
+    def broken(launch):  # type: ignore[no-untyped-def]
+        raise OSError("the disk is full")
+
+    lifecycle.executor.launch = broken  # type: ignore[method-assign]
+    assert lifecycle.start_attempt(job_id)
+    record = lifecycle.service.load(None, job_id)
+    assert [a.outcome for a in record.attempts] == ["ERROR"] and "the disk is full" in (record.attempts[0].message or "")
+    assert record.job.stage == "SCHEDULING", "the next attempt is offered again"
+
+
+def test_attempts_of_a_keephub_before_executors_end_at_start_and_are_retried(lifecycle: Scheduler) -> None:
+    job_id = _job(lifecycle, attempts=2)
+    with lifecycle.db.write() as session:
+        session.add(JobAttempt(job_id=job_id, number=1, outcome="RUNNING"))
+        session.get(Job, job_id).stage = "RUNNING"  # type: ignore[union-attr]
+    lifecycle.adopt()
+    record = lifecycle.service.load(None, job_id)
+    assert record.attempts[0].outcome == "ERROR" and "upgraded" in (record.attempts[0].message or "")
+    assert record.job.stage == "SCHEDULING"
+
+
+def test_an_agent_heard_from_again_is_not_given_up(lifecycle: Scheduler) -> None:
+    """The silence that ends an attempt is checked in the same update: a heartbeat that arrived meanwhile wins."""
+    job_id = _job(lifecycle)
+    credential = _claimed(lifecycle, job_id)
+    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    before_it = datetime.now(timezone.utc) - timedelta(seconds=60)
+    assert not lifecycle.finish_attempt(job_id, 1, Outcome("ERROR", "silent"), silent_since=before_it)
+    assert lifecycle.service.load(None, job_id).job.stage == "RUNNING"
+    with lifecycle.db.write() as session:
+        session.get(JobAttempt, (job_id, 1)).heartbeat_at = before_it - timedelta(seconds=1)  # type: ignore[union-attr]
+    assert lifecycle.finish_attempt(job_id, 1, Outcome("ERROR", "silent"), silent_since=before_it, retry=False)
+    assert lifecycle.service.load(None, job_id).job.stage == "ERROR"

@@ -48,12 +48,20 @@ BATCH_BYTES = 256 * 1024
 # How long the agent keeps trying to reach keephub, to start and to report the end, before giving up.
 PATIENCE_SECONDS = 24 * 3600
 RETRY_PAUSE_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Connections a job may hold open to keephub at once: each costs the agent a thread or two, outside the
+# job's own limits.
+MAX_CONNECTIONS = 256
 USAGE_SAMPLE_SECONDS = 0.25
 DISK_SAMPLE_SECONDS = 2.0
 # Where the sidecar finds its own credential (records only) in the attempt's private workspace.
 SIDECAR_CREDENTIAL_FILE = ".keephub-agent-credential"
 # Tries to hand keephub a durability record of the agent's own (a volume's sync) while it is unreachable.
 RECORD_TRIES = 10
+
+
+def _pause(tries: int) -> float:
+    """How long to wait before try number `tries` + 1 of a call keephub did not answer."""
+    return RETRY_PAUSE_SECONDS[min(tries, len(RETRY_PAUSE_SECONDS) - 1)]
 
 
 class Refused(Exception):
@@ -109,7 +117,7 @@ class Link:
                     raise
                 if tries % 20 == 0:
                     log.warning("keephub unreachable (%s); retrying %s", exc, what)
-                time.sleep(RETRY_PAUSE_SECONDS[min(tries, len(RETRY_PAUSE_SECONDS) - 1)])
+                time.sleep(_pause(tries))
         raise AssertionError("unreachable")
 
 
@@ -124,6 +132,7 @@ class Spool:
         self.acked = 0
         self._acked_offset = 0
         self.closed = False
+        self.abandoned = False
 
     def add(self, at: str, line: str) -> None:
         with self._lock:
@@ -165,10 +174,16 @@ class Spool:
                 self.acked, self._acked_offset = next_seq - 1, 0
             self._lock.notify_all()
 
+    def abandon(self) -> None:
+        """keephub will take no more lines (the attempt has ended for it): stop waiting for acknowledgements."""
+        with self._lock:
+            self.abandoned = True
+            self._lock.notify_all()
+
     def wait_all_acknowledged(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self.acked < self.last:
+            while self.acked < self.last and not self.abandoned:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -186,11 +201,15 @@ def ship_logs(link: Link, spool: Spool, finished: threading.Event) -> None:
         try:
             answer = link.post("log", {"first": first, "events": events})
         except OSError:
-            time.sleep(RETRY_PAUSE_SECONDS[min(tries, len(RETRY_PAUSE_SECONDS) - 1)])
+            time.sleep(_pause(tries))
             tries += 1
             continue
         except Refused as exc:
+            if exc.status == 409 and isinstance(exc.body.get("next"), int):  # keephub lacks earlier lines
+                spool.acknowledge(exc.body["next"], first, len(events), offset)
+                continue
             log.error("keephub refused this attempt's log lines: %s", exc)
+            spool.abandon()
             return
         tries = 0
         spool.acknowledge(int(answer.get("next", first)), first, len(events), offset)
@@ -208,13 +227,17 @@ class Forwarder:
         path.chmod(0o666)
         self.listener.listen(256)
         self._unix, self._tcp = unix_target, tcp_target
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _connect(self) -> socket.socket:
         if self._unix and os.path.exists(self._unix):
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self._unix)
-            return upstream
+            try:
+                upstream.connect(self._unix)
+                return upstream
+            except OSError:  # a path that exists but leads nowhere (another machine's socket): use TCP
+                upstream.close()
         upstream = socket.create_connection(self._tcp, timeout=30)
         upstream.settimeout(None)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -227,9 +250,18 @@ class Forwarder:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):  # the job holds MAX_CONNECTIONS already
+                client.close()
+                continue
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
+        try:
+            self._pipe(client)
+        finally:
+            self._slots.release()
+
+    def _pipe(self, client: socket.socket) -> None:
         with client:
             try:
                 upstream = self._connect()
@@ -260,6 +292,7 @@ class Attempt:
         self.output = CappedOutput(self.spool.add, plan.get("logMaxBytes"))
         self.redact = Redactor(plan.get("redact", []))
         self.finished = threading.Event()
+        self.reported = threading.Event()
         self.stop_reason: tuple[str, str] | None = None  # (kind, message)
         self.stop_requested: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -270,7 +303,10 @@ class Attempt:
         if self.stop_reason is None:
             self.stop_reason = (kind, message)
         if self.loop is not None and self.stop_requested is not None:
-            self.loop.call_soon_threadsafe(self.stop_requested.set)
+            try:
+                self.loop.call_soon_threadsafe(self.stop_requested.set)
+            except RuntimeError:  # the run is over (its loop closed): nothing is left to stop
+                pass
 
     def post_record(self, record: dict) -> None:
         """A durability record of the agent's own (a volume's sync): retried while keephub is unreachable for a
@@ -286,17 +322,20 @@ class Attempt:
                                      "the volumes are still pushed")
                 return
             except OSError:
-                time.sleep(RETRY_PAUSE_SECONDS[min(tries, len(RETRY_PAUSE_SECONDS) - 1)])
+                time.sleep(_pause(tries))
         log.warning("keephub did not take a %s record", record.get("kind"))
 
     def heartbeats(self) -> None:
-        while not self.finished.wait(HEARTBEAT_SECONDS):
+        """Every second until keephub has the exit report: while the last lines are delivered keephub must
+        still hear from the agent, or it would take the attempt for lost."""
+        while not self.reported.wait(HEARTBEAT_SECONDS):
             try:
                 answer = self.link.post("heartbeat", {"node": node_name()}, timeout=10)
             except OSError:
                 continue
             except Refused as exc:
                 self.request_stop("lost", f"keephub no longer counts this attempt as running ({exc}); stopped")
+                self.spool.abandon()
                 return
             if answer.get("stop"):
                 self.request_stop(str(answer["stop"]), str(answer.get("message") or "stop requested"))
@@ -577,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("could not report the end of the attempt to keephub: %s", exc)
         return 1
+    finally:
+        attempt.reported.set()
     shutil.rmtree(attempt.agent_dir, ignore_errors=True)
     return 0
 

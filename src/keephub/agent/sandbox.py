@@ -148,7 +148,7 @@ class SandboxLayout:
         paths = {Path(sys.base_prefix).resolve(), venv.resolve(), Path(keephub.__file__).resolve().parents[1]}
         layout = cls(readonly=tuple(sorted(paths)), python=venv / "bin" / "python",
                      root=root.resolve(), uid_base=uid_base if os.geteuid() == 0 else None)
-        for directory in (layout.root, layout.workspaces, layout.uv_caches, layout.sockets):
+        for directory in (layout.root, layout.workspaces, layout.uv_caches):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return layout
 
@@ -159,18 +159,6 @@ class SandboxLayout:
     @property
     def uv_caches(self) -> Path:
         return self.root / "uv-cache"
-
-    @property
-    def hub_socket(self) -> Path:
-        return hub_socket_path(self.root.parent)
-
-    @property
-    def sockets(self) -> Path:
-        return self.hub_socket.parent
-
-    @property
-    def egress_socket(self) -> Path:
-        return self.sockets / "egress.sock"
 
     def check_uid_range(self, etc: Path = Path("/etc")) -> None:
         """Refuse a job uid range another user of the host holds: a subordinate range (newuidmap) or an

@@ -21,6 +21,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +35,7 @@ from keephub.jobs.executors.base import Executor, ExecutorUnavailable, Launch, L
 from keephub.jobs.logs import append_events, attempt_log
 from keephub.jobs.plan import AttemptFacts, build_plan, job_network
 from keephub.jobs.scheduled import ScheduledJobs
-from keephub.jobs.service import JobService, human_duration, utcnow
+from keephub.jobs.service import TERMINAL, JobService, aware, human_duration, utcnow
 from keephub.storage.db import Database
 from keephub.storage.schema import Job, JobAttempt
 from keephub.wire import Forbidden
@@ -49,6 +50,10 @@ REFUSED = ("the credential is not this attempt's agent credential, or the attemp
            "credential is valid only for the attempt it was made for, while that attempt runs")
 # An agent that exits reports first; one the executor sees gone without a report for this long has died.
 GONE_GRACE_SECONDS = 5.0
+# A claimed attempt not handed to its executor within this long was left by a keephub that stopped meanwhile.
+LAUNCH_GRACE_SECONDS = 300.0
+# Heartbeats come every second; the time of the last one is written at most this often.
+HEARTBEAT_WRITE_SECONDS = 10.0
 
 
 def digest(credential: str) -> str:
@@ -118,10 +123,13 @@ class Scheduler:
     # -- main loop -----------------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.adopt)
+        adopted = False
         next_watch = 0.0
         while True:
             try:
+                if not adopted:
+                    await asyncio.to_thread(self.adopt)
+                    adopted = True
                 await self.schedule_once()
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_SECONDS
@@ -144,12 +152,19 @@ class Scheduler:
             pass
 
     def adopt(self) -> None:
-        """After (re)starting: the executor accounts for the attempts still active; their agents go on."""
+        """After (re)starting: the executor accounts for the attempts still active; their agents go on.
+        Attempts of a keephub before executors (no executor recorded) had their sandboxes die with it: they end
+        ERROR and are retried."""
         with self.db.read() as session:
             refs = session.execute(select(JobAttempt.executor_ref).where(
                 JobAttempt.outcome.in_(ACTIVE), JobAttempt.executor == self.executor.name,
                 JobAttempt.executor_ref.is_not(None))).scalars().all()
+            orphans = session.execute(select(JobAttempt.job_id, JobAttempt.number).where(
+                JobAttempt.outcome.in_(ACTIVE), JobAttempt.executor.is_(None))).all()
         self.executor.adopt(list(refs))
+        for job_id, number in orphans:
+            self.finish_attempt(job_id, number, Outcome("ERROR", "keephub was upgraded while this attempt ran; "
+                                                                 "its sandbox stopped with the old keephub"))
 
     async def schedule_once(self) -> None:
         await asyncio.to_thread(self.scheduled.run_due)
@@ -191,7 +206,11 @@ class Scheduler:
             canceled = Outcome("CANCELED", f"canceled by {cancel_by}")
             if state == "PENDING" and self.finish_attempt(job_id, number, canceled, only_if=("PENDING",)):
                 if ref:  # else it is being launched: start_attempt withdraws it once it has its ref
-                    self.executor.stop(ref)
+                    try:
+                        self.executor.stop(ref)
+                    except ExecutorUnavailable as exc:
+                        log.warning("canceled attempt %s/%d stays in the executor's queue for now: %s",
+                                    job_id, number, exc)
             elif ref:
                 self._stop(job_id, number, ref)
         self.poke()
@@ -222,12 +241,17 @@ class Scheduler:
             self.finish_attempt(job_id, number, Outcome("ERROR", f"{self.executor.name} refused the job: {exc}"),
                                 retry=False)
             return True
+        except Exception as exc:  # noqa: BLE001 - a claimed attempt must never be left without an end
+            log.exception("launching attempt %d of job %s failed", number, job_id)
+            self.finish_attempt(job_id, number, Outcome("ERROR", f"keephub could not start the attempt: {exc!r}"))
+            return True
         with self.db.write() as session:
             session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number)
                             .values(executor_ref=ref))
             still_wanted = session.get(JobAttempt, (job_id, number)).outcome in ACTIVE  # type: ignore[union-attr]
-        if not still_wanted:  # canceled while it was being launched
+        if not still_wanted:  # canceled while it was being launched: its end could not give this back
             self.executor.stop(ref)
+            self.executor.release(ref)
         return True
 
     def _claim(self, job_id: str, credential: str) -> tuple[int, object, float] | None:
@@ -256,8 +280,7 @@ class Scheduler:
         """The timeout covers the whole job, retries included, counted from its first start."""
         if job.started_at is None:
             return float(job.timeout_seconds)
-        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
-        return job.timeout_seconds - (utcnow() - started).total_seconds()
+        return job.timeout_seconds - (utcnow() - aware(job.started_at)).total_seconds()
 
     def agent_url(self) -> str:
         """Where agents reach keephub: this server directly on its own machine, public_url from a cluster."""
@@ -298,6 +321,16 @@ class Scheduler:
         if canceled_by is not None:
             self.finish_attempt(job_id, number, Outcome("CANCELED", f"canceled by {canceled_by}"))
             raise Conflict(f"the job was canceled by {canceled_by} before this attempt started")
+        try:
+            return self._plan(job_id, number, owner, facts_base, time_left, sidecar_credential)
+        except Exception as exc:  # noqa: BLE001 - the agent would retry a 500 for a day
+            log.exception("the plan of attempt %d of job %s could not be made", number, job_id)
+            reason = f"keephub could not prepare the attempt: {exc!r}"
+            self.finish_attempt(job_id, number, Outcome("ERROR", reason), retry=False)
+            raise Conflict(reason) from None
+
+    def _plan(self, job_id: str, number: int, owner: str, facts_base: tuple[int, str], time_left: float,
+              sidecar_credential: str | None) -> dict:
         record = self.service.load(None, job_id)
         account = self.service.accounts.find(owner)
         user = self.layout.user_for(account.id) if account is not None else None
@@ -309,13 +342,19 @@ class Scheduler:
         return build_plan(facts, self.settings, self.network)
 
     def agent_heartbeat(self, job_id: str, number: int, credential: str, node: str) -> dict:
-        with self.db.write() as session:
+        """A read, mostly: the heartbeat time is written only when it is HEARTBEAT_WRITE_SECONDS old (the
+        deadline it feeds is far longer), so a hundred agents do not cost a hundred commits a second."""
+        with self.db.read() as session:
             row = self._agent_row(session, job_id, number, credential)
-            row.heartbeat_at = utcnow()
-            if node and row.node != node[:200]:
-                row.node = node[:200]
-            job = session.get(Job, job_id)
-            cancel_by = job.cancel_requested_by if job is not None else None
+            stale = row.heartbeat_at is None or (utcnow() - aware(row.heartbeat_at)).total_seconds() > \
+                HEARTBEAT_WRITE_SECONDS or (node and row.node != node[:200])
+            cancel_by = session.execute(select(Job.cancel_requested_by).where(Job.id == job_id)).scalar()
+        if stale:
+            with self.db.write() as session:
+                row = self._agent_row(session, job_id, number, credential)
+                row.heartbeat_at = utcnow()
+                if node:
+                    row.node = node[:200]
         if cancel_by:
             return {"stop": "cancel", "message": f"canceled by {cancel_by}"}
         return {}
@@ -347,13 +386,14 @@ class Scheduler:
 
     # -- ending an attempt ---------------------------------------------------------------------------
     def finish_attempt(self, job_id: str, number: int, outcome: Outcome, retry: bool = True,
-                       only_if: tuple[str, ...] = ACTIVE) -> bool:
-        """End an attempt still in one of the `only_if` states (once: False if it had already ended or moved
-        on), then its job or its retry."""
+                       only_if: tuple[str, ...] = ACTIVE, silent_since: datetime | None = None) -> bool:
+        """End an attempt still in one of the `only_if` states (and, with `silent_since`, whose agent has not
+        reported since then), once: False if it had already ended or moved on. Then its job, or its retry."""
+        still_silent = [JobAttempt.heartbeat_at < silent_since] if silent_since is not None else []
         with self.db.write() as session:
             ended = session.execute(
                 update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == number,
-                                         JobAttempt.outcome.in_(only_if))
+                                         JobAttempt.outcome.in_(only_if), *still_silent)
                 .values(outcome=outcome.kind, message=outcome.message, exit_code=outcome.exit_code,
                         finished_at=utcnow(), agent_credential_hash=None, sidecar_credential_hash=None)
             ).rowcount
@@ -367,10 +407,15 @@ class Scheduler:
             job = session.get(Job, job_id)
             assert job is not None
             spec_has_durability = bool(json.loads(job.spec_json).get("durability"))
-            max_attempts = job.max_attempts
-            again = (retry and outcome.kind == "ERROR" and number < max_attempts and not job.cancel_requested_by)
+            again = (retry and outcome.kind == "ERROR" and number < job.max_attempts
+                     and not job.cancel_requested_by)
             if again:
                 job.stage, job.message = "SCHEDULING", f"attempt {number} failed ({outcome.message}); retrying"
+            elif job.stage not in TERMINAL:  # with the attempt's end, in one transaction: never a job left RUNNING
+                suffix = (f" (attempt {number} of {job.max_attempts})"
+                          if outcome.kind == "ERROR" and job.max_attempts > 1 else "")
+                job.stage, job.message = {"TIMEOUT": "ERROR"}.get(outcome.kind, outcome.kind), outcome.message + suffix
+                job.finished_at = utcnow()
         self._stopping.discard((job_id, number))
         self._gone_since.pop((job_id, number), None)
         if ref:
@@ -378,8 +423,7 @@ class Scheduler:
         if spec_has_durability:
             durability_record.add_missing_verdict(self.db, job_id, number)
         if not again:
-            suffix = f" (attempt {number} of {max_attempts})" if outcome.kind == "ERROR" and max_attempts > 1 else ""
-            self.service.finish(job_id, {"TIMEOUT": "ERROR"}.get(outcome.kind, outcome.kind), outcome.message + suffix)
+            self.service.revoke_job_token(job_id)
         self.poke()
         return True
 
@@ -395,6 +439,7 @@ class Scheduler:
             ).all()
         for job_id, number, state, ref, heartbeat_at, cancel_by, stage, message in rows:
             if ref is None:
+                self._unlaunched(job_id, number, heartbeat_at)
                 continue
             try:
                 self._watch(job_id, number, state, ref, heartbeat_at, cancel_by, message)
@@ -428,14 +473,22 @@ class Scheduler:
                                     else Outcome("ERROR", reason))
             return
         self._gone_since.pop(key, None)
-        if state == "RUNNING" and heartbeat_at is not None:
-            last = heartbeat_at if heartbeat_at.tzinfo else heartbeat_at.replace(tzinfo=utcnow().tzinfo)
-            silent = time.time() - max(last.timestamp(), self.started_at)
+        if heartbeat_at is not None and (state == "RUNNING" or seen.state == "running"):
+            silent = time.time() - max(aware(heartbeat_at).timestamp(), self.started_at)
             if silent > self.settings.job_heartbeat_timeout_seconds:
-                self.executor.kill(ref)
-                self.finish_attempt(job_id, number, Outcome(
-                    "ERROR", f"the job's agent stopped reporting for {int(silent)} s (on {seen.node or 'its node'}); "
-                    "it was stopped"))
+                cutoff = utcnow() - timedelta(seconds=self.settings.job_heartbeat_timeout_seconds)
+                if self.finish_attempt(job_id, number, Outcome(
+                        "ERROR", f"the job's agent stopped reporting for {int(silent)} s (on "
+                        f"{seen.node or 'its node'}); it was stopped"), silent_since=cutoff):
+                    self.executor.kill(ref)
+
+    def _unlaunched(self, job_id: str, number: int, claimed_at: datetime | None) -> None:
+        """An attempt claimed but never given its executor ref: keephub stopped between the two. Past the time
+        a launch may take it is given up (its agent, if one started, is refused) and retried."""
+        if claimed_at is None or time.time() - aware(claimed_at).timestamp() < LAUNCH_GRACE_SECONDS:
+            return
+        self.finish_attempt(job_id, number, Outcome("ERROR", "keephub stopped while handing the attempt to "
+                                                             f"{self.executor.name}; it was not started"))
 
     def _stop(self, job_id: str, number: int, ref: str) -> None:
         self._stopping.add((job_id, number))
@@ -458,6 +511,7 @@ def _outcome_of(report: dict, cancel_by: str | None, timeout_seconds: int) -> Ou
     if code == 0:
         return Outcome("COMPLETED", "completed", 0)
     if isinstance(code, int) and code < 0:
-        return Outcome("ERROR", f"killed by signal {signal.Signals(-code).name}", code)
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return Outcome("ERROR", f"killed by signal {name}", code)
     return Outcome("ERROR", f"exited with status {code}" if code is not None else "ended without an exit status",
                    code)

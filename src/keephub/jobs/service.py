@@ -305,7 +305,7 @@ class JobService:
             if job.stage in TERMINAL:
                 return
             job.cancel_requested_by = actor.name
-            canceled_while_waiting = job.stage == "SCHEDULING" and not _has_running_attempt(session, job_id)
+            canceled_while_waiting = job.stage == "SCHEDULING" and not _has_active_attempt(session, job_id)
             if canceled_while_waiting:
                 job.stage, job.message, job.finished_at = "CANCELED", f"canceled by {actor.name}", utcnow()
         if canceled_while_waiting:
@@ -338,6 +338,13 @@ class JobService:
     def _revoke(self, job: Job) -> None:
         if job.job_token_sha256:
             self.accounts.revoke_by_hash(job.job_token_sha256)
+
+    def revoke_job_token(self, job_id: str) -> None:
+        """Once the job has ended: its token stops working."""
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+        if job is not None:
+            self._revoke(job)
 
     def finish(self, job_id: str, stage: str, message: str) -> None:
         """End a job (once: a job that already ended keeps its stage) and revoke its job token."""
@@ -441,7 +448,7 @@ def durability_plan(labels: dict[str, str]) -> dict | None:
     return {"repo": repo, "outputDir": output_dir, "resume": labels.get("keephub.resume") in ("1", "true")}
 
 
-def _has_running_attempt(session, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+def _has_active_attempt(session, job_id: str) -> bool:  # type: ignore[no-untyped-def]
     return session.execute(
         select(JobAttempt.number).where(JobAttempt.job_id == job_id, JobAttempt.outcome.in_(("PENDING", "RUNNING")))
     ).first() is not None

@@ -58,6 +58,7 @@ class LocalExecutor:
         self._free_cpus, self._free_gpus = list(cpus), list(gpus)
         self._hub_socket = hub_socket
         self._children: dict[int, subprocess.Popen] = {}
+        self._held: set[str] = set()  # refs of the attempts whose cores and GPUs are taken
         self._lock = threading.Lock()
         (layout.root / "agents").mkdir(mode=0o700, exist_ok=True)
 
@@ -93,12 +94,15 @@ class LocalExecutor:
             self._give_back(cpus, gpus)
             raise LaunchRefused(f"the agent could not start: {exc}") from exc
         started = _start_time(process.pid)
+        ref = _Ref(process.pid, started or 0, cpus, gpus, str(self.layout.workspaces / name)).dump()
         with self._lock:
             self._children[process.pid] = process
-        return _Ref(process.pid, started or 0, cpus, gpus, str(self.layout.workspaces / name)).dump()
+            self._held.add(ref)
+        return ref
 
     def adopt(self, refs: list[str]) -> None:
         with self._lock:
+            self._held = set(refs)
             held_cpus = {c for ref in refs for c in _Ref.parse(ref).cpus}
             held_gpus = {g for ref in refs for g in _Ref.parse(ref).gpus}
             self._free_cpus = [c for c in self._all_cpus if c not in held_cpus]
@@ -129,6 +133,11 @@ class LocalExecutor:
         sandbox.remove_tree(Path(agent.workspace))
 
     def release(self, ref: str) -> None:
+        """Give back what the attempt held, once: a second release must not free cores another attempt has."""
+        with self._lock:
+            if ref not in self._held:
+                return
+            self._held.discard(ref)
         agent = _Ref.parse(ref)
         self._give_back(agent.cpus, agent.gpus)
 
