@@ -305,7 +305,7 @@ def test_a_deep_directory_tree_neither_blinds_the_limits_nor_outlives_the_attemp
     """)
     assert info.status.stage == "ERROR" and "exceeded the memory limit of 1 GB" in info.status.message, lines
     assert "deep" in lines
-    assert list((agent_root(box) / "workspaces").iterdir()) == [], "the deep workspace is deleted"
+    assert not (agent_root(box) / "workspaces" / f"{info.id}-1").exists(), "the deep workspace is deleted"
     follow_up, lines = run(api, "print('the owner can still run jobs')")
     assert follow_up.status.stage == "COMPLETED" and "the owner can still run jobs" in lines
     sandbox.remove_tree(agent_root(box) / "uv-cache" / name)  # too deep for shutil.rmtree at teardown
