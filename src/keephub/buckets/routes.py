@@ -15,10 +15,10 @@ from starlette.routing import BaseRoute, Route
 
 from keephub.buckets.service import MAX_BATCH_BYTES, Buckets
 from keephub.hub.routes import actor_of, call, hub_of, read_json_object
-from keephub.wire import BadRequest, RangeNotSatisfiable, headers
+from keephub.wire import BadRequest, headers
 from keephub.wire.bodies import read_body
 from keephub.wire.errors import NotFound
-from keephub.wire.ranges import parse_range
+from keephub.wire.ranges import requested_span
 
 BUCKET = "/api/buckets/{namespace}/{name}"
 
@@ -45,21 +45,6 @@ def raw_tail(request: Request, segments: int) -> str:
         return unquote(parts[segments + 1], errors="strict") if len(parts) > segments + 1 else ""
     except UnicodeDecodeError:
         raise BadRequest("the path in the URL is not percent-encoded UTF-8")
-
-
-def requested_span(value: str | None, size: int) -> tuple[int, int] | None:
-    """(first, last) of a single `bytes=` range; None serves the whole file, as HTTP allows for a malformed one."""
-    if not value or size == 0:
-        return None
-    try:
-        wanted = parse_range(value)
-    except ValueError:
-        return None
-    span = wanted.within(size)
-    if span is None:
-        raise RangeNotSatisfiable(f"range {value!r} is outside the file's {size} bytes",
-                                  extra_headers={"Content-Range": f"bytes */{size}"})
-    return span
 
 
 def is_true(request: Request, name: str) -> bool:

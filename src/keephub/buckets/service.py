@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from keephub.accounts import Actor, RepoTarget, authorize, refusal_of, require_actor
 from keephub.accounts.access import Action
 from keephub.hub import naming, repos
-from keephub.hub.service import Hub
+from keephub.hub.service import Hub, visibility_of
 from keephub.storage.schema import (
     Account,
     Bucket,
@@ -164,7 +164,7 @@ class Buckets:
             if body.get(unsupported) is not None:
                 raise BadRequest(f"'{unsupported}' is not supported by keephub, which keeps every bucket in its own "
                                  f"storage; create the bucket without {flag}")
-        private = _visibility(body)
+        private = visibility_of(body)
         url = f"{root_url}/buckets/{namespace}/{name}"
         with self.db.write() as session:
             owner = session.execute(select(Account).where(Account.name == namespace)).scalar_one_or_none()
@@ -223,7 +223,7 @@ class Buckets:
         return {"url": f"{root_url}/buckets/{new_namespace}/{new_name}"}
 
     def update_settings(self, actor: Actor | None, namespace: str, name: str, body: dict) -> dict:
-        private = _visibility(body)
+        private = visibility_of(body)
         if private is None:
             raise BadRequest("the settings body must set 'private': true or false (the only bucket setting)")
         with self.db.write() as session:
@@ -474,18 +474,6 @@ def _split_bucket_id(value: object, field: str) -> tuple[str, str]:
         raise BadRequest(f"'{field}' {value!r} must be namespace/name, e.g. alice/my-bucket")
     namespace, name = value.split("/")
     return naming.check_repo_name(namespace, "namespace"), naming.check_repo_name(name, "name")
-
-
-def _visibility(body: dict) -> bool | None:
-    visibility = body.get("visibility")
-    if visibility is not None:
-        if visibility not in ("public", "private"):
-            raise BadRequest(f"invalid visibility {visibility!r}; use 'public' or 'private'")
-        return visibility == "private"
-    private = body.get("private")
-    if private is not None and not isinstance(private, bool):
-        raise BadRequest("'private' must be true or false")
-    return private
 
 
 def _mtime(operation: dict) -> int:

@@ -20,11 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keephub.accounts import INVALID_CREDENTIALS, Actor, access_token_info
 from keephub.hub import lfs, naming
 from keephub.hub.service import Hub
-from keephub.wire import BadRequest, RangeNotSatisfiable, Unauthorized, headers
+from keephub.wire import BadRequest, Unauthorized, headers
 from keephub.wire.errors import HubError, NotFound
 from keephub.wire.bodies import read_body, receive_into
 from keephub.wire.params import int_param
-from keephub.wire.ranges import parse_range
+from keephub.wire.ranges import requested_span
 from keephub.wire.text import first_invalid_string
 
 JSON_LIMIT = 8 * 1024 * 1024
@@ -352,20 +352,6 @@ async def lfs_upload_part(request: Request) -> Response:
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _requested_span(value: str, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) for a single `bytes=` range; None means serve the whole file, which is also the
-    answer to a malformed Range header, as HTTP allows."""
-    try:
-        wanted = parse_range(value)
-    except ValueError:
-        return None
-    span = wanted.within(size)
-    if span is None:
-        raise RangeNotSatisfiable(f"range {value!r} is outside the file's {size} bytes",
-                                  extra_headers={"Content-Range": f"bytes */{size}"})
-    return span
-
-
 async def xet_token(request: Request) -> JSONResponse:
     """`xet-read-token` / `xet-write-token`: hf_xet reads the JSON body, huggingface_hub the headers; send both."""
     access = request.path_params["access"]
@@ -407,7 +393,7 @@ async def resolve(request: Request) -> Response:
     status, start, length = 200, 0, target.size
     range_header = request.headers.get("range")
     if range_header and target.size > 0:
-        span = _requested_span(range_header, target.size)
+        span = requested_span(range_header, target.size)
         if span is not None:
             status, start, length = 206, span[0], span[1] - span[0] + 1
             base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"

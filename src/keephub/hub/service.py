@@ -59,7 +59,7 @@ class Hub:
         if namespace is None:
             repos.require_actor(actor, f"create {name}")
         naming.check_repo_name(namespace, "namespace")
-        private = _visibility(body)
+        private = visibility_of(body)
         sdk = body.get("sdk")
         if repo_type == "space" and sdk not in ("gradio", "docker", "static", "streamlit"):
             raise BadRequest("a space needs 'sdk': one of gradio, docker, static, streamlit")
@@ -82,7 +82,7 @@ class Hub:
         return {"url": f"{self.settings.base_url}/{repo.url_path}"}
 
     def update_settings(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: dict) -> dict:
-        private = _visibility(body)
+        private = visibility_of(body)
         if "gated" in body and body["gated"] not in (False, None, "false"):
             raise BadRequest("gated repos are not supported by keephub; control access with private repos and orgs")
         with self.db.write() as session:
@@ -363,7 +363,8 @@ class Hub:
         return None if gitobjects.parse_lfs_pointer(data) else data
 
 
-def _visibility(body: dict) -> bool | None:
+def visibility_of(body: dict) -> bool | None:
+    """Whether a create/settings body asks for a private repo or bucket (None: it does not say)."""
     visibility = body.get("visibility")
     if visibility is not None:
         if visibility not in ("public", "private"):

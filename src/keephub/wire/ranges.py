@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from keephub.wire.errors import RangeNotSatisfiable
+
 _SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
 
@@ -39,3 +41,19 @@ def parse_range(value: str) -> ByteRange:
         raise ValueError(f"Range {value!r} is malformed; send one range, 'bytes=<first>-<last>'")
     first, last = match.groups()
     return ByteRange(int(first) if first else None, int(last) if last else None)
+
+
+def requested_span(value: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last inclusive) of a file download's single `bytes=` range; None serves the whole file, which is
+    also the answer to a missing or malformed header, as HTTP allows. A range outside the file is a 416."""
+    if not value or size == 0:
+        return None
+    try:
+        wanted = parse_range(value)
+    except ValueError:
+        return None
+    span = wanted.within(size)
+    if span is None:
+        raise RangeNotSatisfiable(f"range {value!r} is outside the file's {size} bytes",
+                                  extra_headers={"Content-Range": f"bytes */{size}"})
+    return span
