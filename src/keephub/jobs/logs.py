@@ -1,9 +1,8 @@
 """Job logs: one append-only file per attempt, one JSON event per line, as the SSE stream replays them.
 
 Every read costs what it returns, whatever the size of the log: a tail is found by reading the files
-backwards in blocks, and everything else is read forwards one page at a time. Each attempt's log is capped
-(`job_log_max_bytes`): output past the cap is dropped and counted, so a job printing without end costs
-disk and memory only up to the cap.
+backwards in blocks, and everything else is read forwards one page at a time. The job's agent caps each
+attempt's output (`job_log_max_bytes`, keephub.agent.output) before it ships the lines here.
 """
 
 from __future__ import annotations

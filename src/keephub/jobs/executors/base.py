@@ -3,7 +3,7 @@ Kubernetes or Ray), and nothing more.
 
 An executor starts one attempt's agent (`keephub.agent.main`), says what became of it, signals it and stops
 it. Everything else — stages, attempts and retries, timeouts, cancel, logs, durability records, secrets,
-job tokens — lives above it in `keephub.jobs.lifecycle`, written once, and reaches the attempt only through
+job tokens — lives above it in `keephub.jobs.scheduler` (the lifecycle), written once, and reaches the attempt only through
 the agent's HTTP contract (`keephub.jobs.agent_api`). An executor keeps no state keephub cannot rebuild
 from the `ref` it returned: after a restart, `adopt` is handed the refs of every attempt still active.
 """
