@@ -189,3 +189,19 @@ def test_an_agent_heard_from_again_is_not_given_up(lifecycle: Scheduler) -> None
         session.get(JobAttempt, (job_id, 1)).heartbeat_at = before_it - timedelta(seconds=1)  # type: ignore[union-attr]
     assert lifecycle.finish_attempt(job_id, 1, Outcome("ERROR", "silent"), silent_since=before_it, retry=False)
     assert lifecycle.service.load(None, job_id).job.stage == "ERROR"
+
+
+def test_log_batches_keep_odd_output_as_text_and_refuse_what_is_not_a_batch() -> None:
+    """A job may print a NUL byte or a lone surrogate: the line is stored with a replacement character, never
+    refused (that would hold back every later line); a body that is not a batch is a 400 naming the field."""
+    from keephub.jobs.agent_api import _events
+    from keephub.wire import BadRequest
+
+    first, events = _events({"first": 3, "events": [["t", "a\x00b"], ["t", "c\ud800d"], ["t", "-rf /\n.."]]})
+    assert first == 3 and events == [("t", "a\ufffdb"), ("t", "c?d"), ("t", "-rf /\n..")]
+    for body, field in (({"first": 0, "events": []}, "first"), ({"first": True, "events": []}, "first"),
+                        ({"first": 1, "events": "x"}, "events"), ({"first": 1, "events": [["t"]]}, "events[0]"),
+                        ({"first": 1, "events": [["t", 5]]}, "events[0]")):
+        with pytest.raises(BadRequest) as refused:
+            _events(body)
+        assert field in refused.value.message
