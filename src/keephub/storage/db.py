@@ -2,10 +2,16 @@
 
 SQLite is tuned for durability (WAL, synchronous=FULL) and write transactions take the write
 lock up front (BEGIN IMMEDIATE) so two writers never deadlock upgrading a read lock.
+
+`Database.lock(name)` is a named lock that holds across every process sharing the database (several
+keephub servers, `keephub gc`): a file lock beside a SQLite file, an advisory lock on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +20,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -82,6 +89,8 @@ class Database:
         self.engine = create_db_engine(url)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False)
+        self._process_locks: dict[str, threading.Lock] = {}
+        self._process_locks_guard = threading.Lock()
 
     def migrate(self) -> None:
         migrate(self.engine)
@@ -95,6 +104,36 @@ class Database:
     def write(self) -> Iterator[Session]:
         with self._write() as session, session.begin():
             yield session
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the lock called `name` against every process using this database, blocking until it is free.
+
+        For work that spans more than one transaction and must not interleave with the same work elsewhere
+        (placing a xorb and indexing it, against garbage collection deleting it). A lock held by a process
+        that dies is released with its connection or file.
+        """
+        with self._process_locks_guard:
+            local = self._process_locks.setdefault(name, threading.Lock())
+        with local:
+            if self.engine.dialect.name == "postgresql":
+                key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                    conn.commit()
+                    try:
+                        yield
+                    finally:
+                        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                        conn.commit()
+                return
+            database = make_url(str(self.engine.url)).database
+            if not database or database == ":memory:":
+                yield  # an in-memory database lives in this process only
+                return
+            with open(f"{database}.{name}.lock", "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+                yield
 
     def close(self) -> None:
         self.engine.dispose()

@@ -11,7 +11,6 @@ cannot name content its author never proved to hold. A bucket's token links file
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import secrets
 import threading
@@ -87,7 +86,6 @@ class Cas:
         self.xorbs = xorbs
         self._xorb_cache: dict[str, XorbEntry] = {}
         self._cache_lock = threading.Lock()
-        self._placing = threading.Lock()
 
     # -- xorbs ----------------------------------------------------------------------------------------
     def begin_xorb(self) -> PendingBlob:
@@ -125,11 +123,9 @@ class Cas:
     @contextmanager
     def _placing_xorbs(self) -> Iterator[None]:
         """Held while an upload places and indexes a xorb file, and while garbage collection deletes xorb files:
-        a thread lock for this server's requests, a file lock for `keephub gc` running in another process.
+        a database lock, so it holds across every keephub server and `keephub gc` sharing the database.
         Without it, a xorb re-uploaded just after gc un-indexed it could be placed, indexed, then deleted."""
-        self.xorbs.root.mkdir(parents=True, exist_ok=True)
-        with self._placing, open(self.xorbs.root / "placing.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        with self.db.lock("xet-placing-xorbs"):
             yield
 
     def _touch_xorb(self, xorb: str) -> bool:
