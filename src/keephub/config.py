@@ -87,6 +87,9 @@ class Settings:
     job_heartbeat_timeout_seconds: int = 90
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
+    # Fernet key that encrypts job secrets at rest; generated once into data_dir/jobs/secrets.key when empty.
+    # Servers sharing one database must share it (and signing_key), or they cannot read each other's secrets.
+    secrets_key: str = field(default="", repr=False)
 
     @property
     def base_url(self) -> str:

@@ -81,7 +81,7 @@ class JobService:
         self.gate = gate
         self.buckets = Buckets(hub)
         self.jobs_dir = settings.data_dir / "jobs"
-        self.box = SecretBox(self.jobs_dir / "secrets.key")
+        self.box = SecretBox.from_settings(settings.secrets_key, self.jobs_dir / "secrets.key")
         gpu_ids = [g.strip() for g in settings.job_gpus.split(",") if g.strip()]
         self.flavors: dict[str, Flavor] = (machine_flavors(settings.job_cpus, gpu_ids)
                                            if settings.job_executor == "local" else cluster_flavors())
