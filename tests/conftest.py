@@ -7,6 +7,7 @@ set here, before any test module imports a client.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from slurm_cluster import SlurmCluster, keephub_slurm_env, slurm_cluster  # noqa: F401  (a session fixture)
+from seaweedfs import SeaweedFS
 
 from keephub.devserver import LocalServer as Server
 from keephub.agent.sandbox import remove_tree
@@ -55,6 +57,36 @@ if XET_ENABLED:
     os.environ.pop("HF_HUB_DISABLE_XET", None)
 else:
     os.environ["HF_HUB_DISABLE_XET"] = "1"
+
+# Bytes in each keephub's data directory (the default), or with KEEPHUB_TEST_BLOBS=s3 in a throwaway SeaweedFS
+# started here: one bucket, and a prefix of its own for every keephub the tests start (from its data directory,
+# so a restarted server and the admin commands run on its directory, `keephub gc` included, find its objects).
+BLOBS = os.environ.get("KEEPHUB_TEST_BLOBS", "local")
+SEAWEEDFS: SeaweedFS | None = None
+if BLOBS == "s3":
+    SEAWEEDFS = SeaweedFS(SESSION_DIR / "seaweedfs")
+    SEAWEEDFS.start()
+    atexit.register(SEAWEEDFS.stop)
+    os.environ.update(SEAWEEDFS.settings_env(SEAWEEDFS.create_bucket()))
+    _server_init = Server.__post_init__
+
+    def _with_own_prefix(self: Server) -> None:
+        _server_init(self)
+        self.env.setdefault("KEEPHUB_BLOB_PREFIX", hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16])
+
+    Server.__post_init__ = _with_own_prefix  # type: ignore[method-assign]
+elif BLOBS != "local":
+    raise RuntimeError(f"KEEPHUB_TEST_BLOBS={BLOBS!r}: use local or s3")
+
+
+def stored_blobs(server: Server, store: str) -> dict[str, int]:
+    """The blobs `server` keeps in its "lfs" or "xorbs" store, key to size, on whichever backend it uses."""
+    from keephub.config import Settings
+    from keephub.storage.blobs import open_blob_stores
+
+    settings = Settings.load(environ={**os.environ, **server.env}, overrides={"data_dir": server.data_dir})
+    blobs = getattr(open_blob_stores(settings), store)
+    return {key: blobs.size(key) for key in blobs.keys()}
 
 
 def agent_root(server: Server) -> Path:

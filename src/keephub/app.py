@@ -20,7 +20,7 @@ from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
 from keephub.durability.gate import PreflightGate
-from keephub.storage.blobs import LocalBlobStore
+from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import Database
 from keephub.storage.permissions import make_private_dir, warn_about_open_entries
 from keephub.wire.errors import HubError, header_safe, render_hub_error
@@ -35,11 +35,11 @@ def open_hub(settings: Settings) -> hub.Hub:
     db = Database(settings.sqlalchemy_url)
     db.migrate()
     warn_about_open_entries(settings.data_dir)
-    cas = xet.Cas(settings, db, LocalBlobStore(settings.data_dir / "xorbs"))
-    return hub.Hub(settings, db, LocalBlobStore(settings.data_dir / "blobs"), cas)
+    stores = open_blob_stores(settings)
+    return hub.Hub(settings, db, stores.lfs, xet.Cas(settings, db, stores.xorbs))
 
 
-async def _janitor(store: LocalBlobStore, max_age: float) -> None:
+async def _janitor(store: BlobStore, max_age: float) -> None:
     """Sweep temporary files and abandoned multipart uploads so interrupted uploads never pile up."""
     while True:
         removed = await asyncio.to_thread(store.sweep_stale, max_age)

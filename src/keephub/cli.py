@@ -36,10 +36,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from keephub.app import build_app
     from keephub.agent.sandbox import jobs_socket
     from keephub.jobs.scheduler import check_job_settings
+    from keephub.storage.blobs import check_blob_settings
     from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
     settings = _settings(args)
     check_job_settings(settings)
+    check_blob_settings(settings)
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,

@@ -85,6 +85,21 @@ class Settings:
     # An attempt whose agent has not reported for this long (counted from this server's start at the
     # earliest) is given up: marked ERROR and retried if attempts remain.
     job_heartbeat_timeout_seconds: int = 90
+    # Where large files' bytes live, the [blobs] table of the config file: "local" (data_dir/blobs and
+    # data_dir/xorbs), "s3" (an S3-compatible bucket, the blob_* settings below) or "memory" (lost at exit).
+    blob_backend: str = "local"
+    # The S3 endpoint URL (e.g. http://seaweedfs:8333); empty: AWS S3 itself. Presigned download URLs name it,
+    # so clients must reach it too.
+    blob_endpoint: str = ""
+    blob_bucket: str = ""
+    blob_region: str = ""
+    # Key prefix inside the bucket ("keephub/"): LFS objects under <prefix>lfs/, xorbs under <prefix>xorbs/.
+    blob_prefix: str = ""
+    # Credentials; both empty: boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws/credentials, instance roles).
+    blob_access_key_id: str = ""
+    blob_secret_access_key: str = field(default="", repr=False)
+    # Lifetime of the presigned URLs downloads are redirected to.
+    blob_presign_ttl_seconds: int = 300
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
     # Fernet key that encrypts job secrets at rest; generated once into data_dir/jobs/secrets.key when empty.
@@ -168,8 +183,8 @@ class Settings:
 
 
 # Tables of the config file that group settings: `[jobs] executor = "slurm"` is the setting job_executor, and
-# `[jobs.slurm]` the table job_slurm.
-_TABLE_PREFIXES = {"jobs": "job_"}
+# `[jobs.slurm]` the table job_slurm; `[blobs] backend = "s3"` is blob_backend.
+_TABLE_PREFIXES = {"jobs": "job_", "blobs": "blob_"}
 
 
 def _flatten_tables(values: dict[str, Any]) -> dict[str, Any]:

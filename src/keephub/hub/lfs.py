@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from keephub.config import Settings
 from keephub.hub.repos import RepoRef
-from keephub.storage.blobs import BlobStore, HashMismatch, PendingBlob, SizeMismatch, is_sha256, iter_file
+from keephub.storage.blobs import BlobStore, BlobWriter, HashMismatch, SizeMismatch, is_sha256, iter_stream
 from keephub.storage.db import Database
 from keephub.storage.schema import LfsLink, LfsObject, Repo, repo_stamp
 from keephub.wire import BadRequest, Forbidden, TooLarge
@@ -183,16 +183,16 @@ def complete_multipart(blobs: BlobStore, grant: UploadGrant, body: bytes) -> Non
         files = blobs.open_parts(grant.upload_id, len(numbers))
     except FileNotFoundError:
         raise Unprocessable("some parts were never uploaded; upload every part, then complete again")
-    pending = blobs.begin()
+    pending = blobs.begin(grant.oid)
     try:
         for number, fh, etag in zip(numbers, files, etags):
             part_digest = hashlib.sha256()
-            for chunk in iter_file(fh):
+            for chunk in iter_stream(fh):
                 part_digest.update(chunk)
                 pending.write(chunk)
             if part_digest.hexdigest() != etag:
                 raise BadRequest(f"part {number}'s ETag does not match the bytes stored for it; re-upload it")
-        commit_verified(pending, grant)
+        commit_upload(pending, grant)
     finally:
         pending.abort()
         for fh in files:
@@ -200,9 +200,10 @@ def complete_multipart(blobs: BlobStore, grant: UploadGrant, body: bytes) -> Non
         blobs.discard_parts(grant.upload_id)
 
 
-def commit_verified(pending: PendingBlob, grant: UploadGrant) -> None:
+def commit_upload(pending: BlobWriter, grant: UploadGrant) -> None:
+    """Place an uploaded object if its bytes are the grant's (sha256 and size); a 400 saying why otherwise."""
     try:
-        pending.commit(grant.oid, grant.size)
+        pending.commit(grant.size)
     except (HashMismatch, SizeMismatch) as exc:
         raise BadRequest(f"upload rejected, nothing was stored: {exc}")
 

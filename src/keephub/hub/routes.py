@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -309,6 +309,9 @@ async def lfs_download(request: Request) -> Response:
     oid = request.path_params["oid"]
     hub = hub_of(request)
     size = await call(hub.lfs_object, actor, *repo_params(request), oid)
+    direct = await call(hub.large_file_url, oid)
+    if direct is not None:
+        return RedirectResponse(direct, status_code=302)
     return StreamingResponse(await call(hub.large_file, oid), headers={"Content-Length": str(size)},
                              media_type="application/octet-stream")
 
@@ -322,10 +325,10 @@ async def lfs_upload(request: Request) -> Response:
     if request.method == "POST":
         await call(lfs.complete_multipart, hub.blobs, grant, await read_body(request, JSON_LIMIT))
     else:
-        pending = hub.blobs.begin()
+        pending = hub.blobs.begin(oid)
         try:
             await receive_into(request, pending, grant.size)
-            await call(lfs.commit_verified, pending, grant)
+            await call(lfs.commit_upload, pending, grant)
         finally:
             await call(pending.abort)
     await call(hub.check_upload_grant, grant)
@@ -345,7 +348,7 @@ async def lfs_upload_part(request: Request) -> Response:
     try:
         await receive_into(request, pending, chunk_size)
         etag = pending.sha256
-        await call(pending.commit, etag, None)
+        await call(pending.commit_verified)  # parts are re-hashed against their ETags when the upload completes
     finally:
         await call(pending.abort)
     return Response(status_code=200, headers={"ETag": f'"{etag}"'})
@@ -399,6 +402,15 @@ async def resolve(request: Request) -> Response:
             base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"
     base_headers["Content-Length"] = str(length)
     media_type = "application/octet-stream"
+    if target.is_lfs:
+        direct = await call(hub.large_file_url, target.etag)
+        if direct is not None:
+            # As the Hub does with its CDN: huggingface_hub reads X-Linked-Size/-Etag and X-Repo-Commit from this
+            # response (a HEAD stops here, the Location being another origin) and fetches Location without the
+            # Authorization header, which a presigned URL must not carry. A Range is re-sent there.
+            kept = {k: v for k, v in base_headers.items()
+                    if k not in ("Content-Length", "Content-Range", "Accept-Ranges", "Content-Disposition")}
+            return Response(status_code=302, headers={**kept, "Location": direct})
     if request.method == "HEAD":
         return Response(status_code=status, headers=base_headers, media_type=media_type)
     if target.inline is not None:

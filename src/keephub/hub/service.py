@@ -18,7 +18,7 @@ from keephub.accounts.access import Action
 from keephub.config import Settings
 from keephub.hub import commits, lfs, naming, repos, wireformat
 from keephub.storage import gitobjects
-from keephub.storage.blobs import BlobStore, iter_file
+from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
 from keephub.storage.schema import Account, Repo, repo_stamp
 from keephub.wire import BadRequest, EntryNotFound, Forbidden, HubError, PreconditionFailed, RepoNotFound, Unauthorized
@@ -289,10 +289,17 @@ class Hub:
                 return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None, xet)
             return FileTarget(sha, entry.sha, entry.size, False, gitobjects.read_blob(session, entry.sha))
 
+    def large_file_url(self, oid: str) -> str | None:
+        """A short-lived URL serving a git-lfs-uploaded large file straight from the blob store (S3), for the
+        caller to redirect to after its access check; None when keephub serves the bytes itself (a local store,
+        or content kept only as xorbs)."""
+        url = self.blobs.presigned_get(oid)
+        return url if url is not None and self.blobs.exists(oid) else None
+
     def large_file(self, oid: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Bytes of a large file by sha256: from the blob store (git-lfs uploads) or rebuilt from xorbs (Xet)."""
         if self.blobs.exists(oid):
-            return iter_file(self.blobs.open(oid), start, length)
+            return iter_range(self.blobs, oid, start, length)
         entry = self.cas.file_for_sha256(oid)
         if entry is None:
             raise EntryNotFound(f"the content of large file {oid} is missing from this server's stores")

@@ -46,7 +46,7 @@ async def upload_xorb(request: Request) -> JSONResponse:
     await grant_of(request, tokens.WRITE)
     xorb = hash_param(request)
     cas = cas_of(request)
-    pending = await run_in_threadpool(cas.begin_xorb)
+    pending = await run_in_threadpool(cas.begin_xorb, xorb)
     try:
         await receive_into(request, pending, formats.MAX_XORB_BYTES,
                            "a serialized xorb may be at most {limit} bytes; nothing was stored")

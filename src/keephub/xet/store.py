@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from keephub.config import Settings
-from keephub.storage.blobs import BlobStore, LocalBlobStore, PendingBlob, iter_file
+from keephub.storage.blobs import BlobStore, BlobWriter, iter_range
 from keephub.storage.db import Database
 from keephub.storage.schema import (
     Bucket,
@@ -80,7 +80,7 @@ class TermSlice:
 
 
 class Cas:
-    def __init__(self, settings: Settings, db: Database, xorbs: LocalBlobStore) -> None:
+    def __init__(self, settings: Settings, db: Database, xorbs: BlobStore) -> None:
         self.settings = settings
         self.db = db
         self.xorbs = xorbs
@@ -88,10 +88,12 @@ class Cas:
         self._cache_lock = threading.Lock()
 
     # -- xorbs ----------------------------------------------------------------------------------------
-    def begin_xorb(self) -> PendingBlob:
-        return self.xorbs.begin(hashed=False)
+    def begin_xorb(self, xorb: str) -> BlobWriter:
+        """A writer for an uploaded xorb: not sha256-hashed (its Merkle hash is what counts) and spooled, because
+        `store_xorb` reads the bytes back to verify every chunk before the store may place them."""
+        return self.xorbs.begin(xorb, hashed=False, spool=True)
 
-    def store_xorb(self, xorb: str, pending: PendingBlob) -> bool:
+    def store_xorb(self, xorb: str, pending: BlobWriter) -> bool:
         """Verify an uploaded xorb's every chunk against its hash, then keep it. False if it was already kept.
 
         The same xorb hash has more than one valid serialization (LZ4 or not), and the index must describe
@@ -100,10 +102,9 @@ class Cas:
         """
         if self._touch_xorb(xorb):
             return False
-        pending.flush()
         size = pending.size
         try:
-            with open(pending.tmp, "rb") as fh:
+            with pending.read_back() as fh:
                 chunks = formats.verify_xorb(fh, size, hashing.from_hex(xorb))
         except FormatError as exc:
             raise BadRequest(f"xorb {xorb} rejected, nothing was stored: {exc}")
@@ -111,7 +112,7 @@ class Cas:
             if self._touch_xorb(xorb):
                 return False
             self.xorbs.delete(xorb)
-            pending.commit_as(xorb)
+            pending.commit_verified()
             with self.db.write() as session:
                 session.add(XetXorb(hash=xorb, num_chunks=len(chunks), unpacked_bytes=sum(c.size for c in chunks),
                                     stored_bytes=size, chunk_index=formats.pack_chunk_index(chunks)))
@@ -349,9 +350,12 @@ class Cas:
             if xorb is None:
                 raise NotFound(f"xorb {xorb_name} of file {entry.file_hash} is missing from this server")
             items = []
+            # A store that serves objects itself (S3) gets the bytes to hf_xet without keephub; hf_xet sends a
+            # Range header for the span, which a presigned URL of the whole xorb honours.
+            direct = self.xorbs.presigned_get(xorb_name)
             for start, end in _merge_ranges(ranges):
                 byte_first, byte_last = xorb.byte_span(start, end)
-                url = tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last)
+                url = direct or tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last)
                 chunks, span = {"start": start, "end": end}, {"start": byte_first, "end": byte_last}
                 if version == 1:
                     items.append({"range": chunks, "url": url, "url_range": span})
@@ -377,9 +381,8 @@ class Cas:
             if xorb is None:
                 raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
             first, last = xorb.byte_span(term.start, term.end)
-            with self.xorbs.open(xorb.hash) as fh:
-                fh.seek(first)
-                for _offset, data in formats.iter_xorb(fh, last - first + 1):
+            with closing(self.xorbs.open_range(xorb.hash, first, last - first + 1)) as fh:
+                for _offset, data in formats.iter_xorb(fh, last - first + 1):  # type: ignore[arg-type]
                     if skip >= len(data):
                         skip -= len(data)
                         continue
@@ -391,7 +394,7 @@ class Cas:
                         return
 
     def read_xorb_range(self, xorb: str, first: int, last: int) -> Iterator[bytes]:
-        return iter_file(self.xorbs.open(xorb), first, last - first + 1)
+        return iter_range(self.xorbs, xorb, first, last - first + 1)
 
     # -- dedup ----------------------------------------------------------------------------------------
     def dedup_query(self, chunk_hash: str) -> bytes | None:

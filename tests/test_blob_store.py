@@ -1,0 +1,276 @@
+"""The blob-store contract, passed by every backend: local directory, memory, S3 (a real SeaweedFS).
+
+What a store promises keephub: a blob is visible only under the key its bytes hash to (or, for content the
+caller verified, after `commit_verified`), refused or aborted writes leave nothing behind, reads honour
+ranges, and interrupted uploads are swept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from seaweedfs import SeaweedFS
+
+from keephub.storage.blobs import BlobStore, HashMismatch, LocalBlobStore, MemoryBlobStore, SizeMismatch
+from keephub.storage.blobs.s3 import S3BlobStore
+
+PART = 5 * 1024 * 1024  # S3's smallest multipart part, so the S3 store's multipart path runs on small data
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    from conftest import SEAWEEDFS
+
+    if SEAWEEDFS is not None:  # the KEEPHUB_TEST_BLOBS=s3 pass already runs one
+        yield SEAWEEDFS
+        return
+    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    weed.start()
+    yield weed
+    weed.stop()
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "local":
+        return LocalBlobStore(tmp_path / "blobs")
+    if request.param == "memory":
+        return MemoryBlobStore()
+    weed: SeaweedFS = request.getfixturevalue("seaweed")
+    bucket = weed.create_bucket()
+    return S3BlobStore(weed.client(), endpoint=weed.endpoint, bucket=bucket, prefix=f"t{uuid.uuid4().hex[:6]}/lfs/",
+                       presign_ttl_seconds=60, part_bytes=PART)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def put(store: BlobStore, data: bytes, pieces: int = 3) -> str:
+    writer = store.begin(sha(data))
+    step = max(1, -(-len(data) // pieces))
+    for start in range(0, len(data), step):
+        writer.write(data[start : start + step])
+    writer.commit(len(data))
+    return sha(data)
+
+
+def read(store: BlobStore, key: str, start: int = 0, length: int | None = None) -> bytes:
+    fh = store.open_range(key, start, length)
+    try:
+        out = b""
+        while piece := fh.read(1 << 20):
+            out += piece
+        return out
+    finally:
+        fh.close()
+
+
+def unfinished_s3_uploads(store: BlobStore) -> list[str]:
+    if not isinstance(store, S3BlobStore):
+        return []
+    answer = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    return [u["Key"] for u in answer.get("Uploads", [])]
+
+
+def test_committed_blob_is_visible_listed_and_read_whole(store: BlobStore) -> None:
+    data = os.urandom(300_000)
+    key = put(store, data)
+    assert store.exists(key) and store.size(key) == len(data)
+    assert read(store, key) == data
+    assert key in set(store.keys())
+
+
+def test_multipart_sized_blob_round_trips(store: BlobStore) -> None:
+    """More than two S3 parts (the last one short): the parts are stitched in order."""
+    data = os.urandom(2 * PART + 12345)
+    key = put(store, data, pieces=7)
+    assert store.size(key) == len(data) and read(store, key) == data
+    assert unfinished_s3_uploads(store) == []
+
+
+@pytest.mark.parametrize("size", [0, 1000, PART + 1])
+def test_wrong_hash_leaves_nothing(store: BlobStore, size: int) -> None:
+    data = os.urandom(size)
+    claimed = sha(data + b"x")
+    writer = store.begin(claimed)
+    writer.write(data)
+    with pytest.raises(HashMismatch, match=claimed):
+        writer.commit(len(data))
+    assert not store.exists(claimed) and claimed not in set(store.keys())
+    assert unfinished_s3_uploads(store) == []
+
+
+def test_wrong_size_leaves_nothing(store: BlobStore) -> None:
+    data = os.urandom(5000)
+    writer = store.begin(sha(data))
+    writer.write(data)
+    with pytest.raises(SizeMismatch, match="5000 bytes but 5001"):
+        writer.commit(5001)
+    assert not store.exists(sha(data))
+
+
+def test_abort_leaves_nothing(store: BlobStore) -> None:
+    data = os.urandom(PART + 100)
+    writer = store.begin(sha(data))
+    writer.write(data)
+    writer.abort()
+    writer.abort()  # idempotent
+    assert not store.exists(sha(data)) and list(store.keys()) == []
+    assert unfinished_s3_uploads(store) == []
+
+
+def test_empty_blob(store: BlobStore) -> None:
+    key = put(store, b"")
+    assert store.size(key) == 0 and read(store, key) == b""
+
+
+def test_range_reads(store: BlobStore) -> None:
+    data = os.urandom(100_000)
+    key = put(store, data)
+    for start, length in [(0, 1), (0, None), (17, 4096), (99_999, 1), (50_000, None), (100_000, None), (5, 0)]:
+        expected = data[start:] if length is None else data[start : start + length]
+        assert read(store, key, start, length) == expected, (start, length)
+
+
+def test_missing_blob(store: BlobStore) -> None:
+    key = sha(b"never stored")
+    assert not store.exists(key)
+    with pytest.raises(FileNotFoundError):
+        store.size(key)
+    with pytest.raises(FileNotFoundError):
+        read(store, key)
+    store.delete(key)  # deleting what is not there is fine
+
+
+def test_keys_must_be_content_hashes(store: BlobStore) -> None:
+    for bad in ["../../etc/passwd", "A" * 64, "abc", ""]:
+        with pytest.raises(ValueError):
+            store.begin(bad)
+        with pytest.raises(ValueError):
+            store.exists(bad)
+
+
+def test_delete(store: BlobStore) -> None:
+    kept, gone = put(store, b"kept"), put(store, b"gone")
+    store.delete(gone)
+    assert not store.exists(gone) and store.exists(kept)
+    assert set(store.keys()) == {kept}
+
+
+def test_caller_verified_content_is_read_back_then_placed(store: BlobStore) -> None:
+    """A xorb's path: no sha256, the bytes read back for the caller's own check, then placed under its key."""
+    data = os.urandom(PART + 999)
+    key = sha(b"some merkle hash")
+    writer = store.begin(key, hashed=False, spool=True)
+    writer.write(data[:1000])
+    writer.write(data[1000:])
+    with pytest.raises(RuntimeError):
+        _ = writer.sha256
+    with writer.read_back() as fh:
+        assert fh.read() == data
+    assert not store.exists(key)
+    writer.commit_verified()
+    assert read(store, key) == data
+
+
+def test_multipart_parts(store: BlobStore) -> None:
+    upload = uuid.uuid4().hex
+    parts = [os.urandom(2000 + n) for n in range(3)]
+    for number, body in enumerate(parts, 1):
+        writer = store.begin_part(upload, number)
+        writer.write(body)
+        assert writer.sha256 == sha(body)  # the ETag the client gets back
+        writer.commit_verified()
+    streams = store.open_parts(upload, 3)
+    try:
+        assert [s.read() for s in streams] == parts
+    finally:
+        for s in streams:
+            s.close()
+    with pytest.raises(FileNotFoundError):
+        store.open_parts(upload, 4)
+    assert list(store.keys()) == []  # parts are not blobs
+    store.discard_parts(upload)
+    with pytest.raises(FileNotFoundError):
+        store.open_parts(upload, 1)
+
+
+def test_sweep_stale_removes_interrupted_uploads_only(store: BlobStore) -> None:
+    kept = put(store, b"a finished blob")
+    upload = uuid.uuid4().hex
+    part = store.begin_part(upload, 1)
+    part.write(b"part")
+    part.commit_verified()
+    crashed = store.begin(sha(b"y" * (PART + 1)))
+    crashed.write(b"y" * (PART + 1))  # an S3 multipart upload is open now, a local temp file written
+    time.sleep(1.1)
+    assert store.sweep_stale(3600) == 0
+    removed = store.sweep_stale(1)
+    assert removed >= (1 if isinstance(store, MemoryBlobStore) else 2)
+    with pytest.raises(FileNotFoundError):
+        store.open_parts(upload, 1)
+    assert unfinished_s3_uploads(store) == []
+    assert set(store.keys()) == {kept} and read(store, kept) == b"a finished blob"
+    crashed.abort()  # the writer's own clean-up after a sweep does not fail
+
+
+def test_concurrent_writers_of_one_key(store: BlobStore) -> None:
+    """Same content from several uploads at once: all succeed, one blob; a liar racing them is refused."""
+    data = os.urandom(PART + 4321)
+    key = sha(data)
+    errors: list[BaseException] = []
+    refused: list[BaseException] = []
+
+    def honest() -> None:
+        try:
+            put(store, data, pieces=5)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    def liar() -> None:
+        writer = store.begin(key)
+        writer.write(os.urandom(len(data)))
+        try:
+            writer.commit(len(data))
+        except HashMismatch as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=honest) for _ in range(4)] + [threading.Thread(target=liar)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(refused) == 1
+    assert read(store, key) == data and list(store.keys()) == [key]
+    assert unfinished_s3_uploads(store) == []
+
+
+def test_s3_presigned_url_serves_one_object_until_it_expires(seaweed: SeaweedFS) -> None:
+    """The URLs downloads are redirected to: the object's bytes (with Range), 403 once tampered with, pointed
+    at another object, or expired; the S3 server checks this, with real identities configured."""
+    import httpx
+
+    bucket = seaweed.create_bucket()
+    store = S3BlobStore(seaweed.client(), endpoint=seaweed.endpoint, bucket=bucket, prefix="p/lfs/",
+                        presign_ttl_seconds=2)
+    data, other = os.urandom(70_000), os.urandom(10)
+    key, other_key = put(store, data), put(store, other)
+    url = store.presigned_get(key)
+    assert url is not None and "Signature" in url
+    assert httpx.get(url).content == data
+    assert httpx.get(url, headers={"Range": "bytes=10-19"}).content == data[10:20]
+    assert httpx.get(url.replace(key, other_key)).status_code == 403
+    signature = url.split("X-Amz-Signature=")[1][:64]
+    assert httpx.get(url.replace(signature, signature[::-1])).status_code == 403
+    assert httpx.get(url.replace("X-Amz-Expires=2", "X-Amz-Expires=3600")).status_code == 403
+    time.sleep(3)
+    expired = httpx.get(url)
+    assert expired.status_code == 403 and data not in expired.content
