@@ -100,6 +100,9 @@ class Settings:
     blob_secret_access_key: str = field(default="", repr=False)
     # Lifetime of the presigned URLs downloads are redirected to.
     blob_presign_ttl_seconds: int = 300
+    # Size of the parts an upload is streamed to S3 in (at least 5 MiB, S3's minimum): each upload in progress
+    # holds one part in memory.
+    blob_part_bytes: int = 16 * 1024 * 1024
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
     # Fernet key that encrypts job secrets at rest; generated once into data_dir/jobs/secrets.key when empty.

@@ -53,9 +53,12 @@ def open_blob_stores(settings: Settings) -> BlobStores:
     if bool(settings.blob_access_key_id) != bool(settings.blob_secret_access_key):
         raise ConfigError("blobs.access_key_id and blobs.secret_access_key go together: set both, or neither "
                           "to use boto3's own credentials (AWS_ACCESS_KEY_ID, ~/.aws/credentials, ...)")
+    from keephub.storage.blobs.s3 import MIN_PART_BYTES, S3BlobStore, make_client
+
     if not 1 <= settings.blob_presign_ttl_seconds <= 7 * 24 * 3600:
         raise ConfigError("blobs.presign_ttl_seconds must be between 1 and 604800 (S3's limit of 7 days)")
-    from keephub.storage.blobs.s3 import S3BlobStore, make_client
+    if not MIN_PART_BYTES <= settings.blob_part_bytes <= 1024**3:
+        raise ConfigError(f"blobs.part_bytes must be between {MIN_PART_BYTES} (S3's smallest part) and 1 GiB")
 
     client = make_client(settings.blob_endpoint, settings.blob_region, settings.blob_access_key_id,
                          settings.blob_secret_access_key)
@@ -65,7 +68,8 @@ def open_blob_stores(settings: Settings) -> BlobStores:
 
     def store(name: str) -> S3BlobStore:
         return S3BlobStore(client, endpoint=settings.blob_endpoint, bucket=settings.blob_bucket,
-                           prefix=f"{prefix}{name}/", presign_ttl_seconds=settings.blob_presign_ttl_seconds)
+                           prefix=f"{prefix}{name}/", presign_ttl_seconds=settings.blob_presign_ttl_seconds,
+                           part_bytes=settings.blob_part_bytes)
 
     return BlobStores(store("lfs"), store("xorbs"))
 

@@ -34,8 +34,10 @@ from keephub.storage.blobs.base import (
     is_sha256,
 )
 
-# Parts of 16 MiB (S3's minimum is 5 MiB); after every 1000 parts the size grows by 16 MiB, so the 10,000
-# parts S3 allows reach 880 GiB, past keephub's 500 GiB object limit, while memory stays one part per upload.
+# Parts of `part_bytes` (16 MiB by default); after every 1000 parts the size grows by as much again, so the
+# 10,000 parts S3 allows reach 880 GiB at 16 MiB, past keephub's 500 GiB object limit, while memory stays one
+# part per upload.
+MIN_PART_BYTES = 5 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
 _PARTS_PER_STEP = 1000
 log = logging.getLogger("keephub")
