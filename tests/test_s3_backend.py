@@ -321,3 +321,48 @@ def test_serve_refuses_s3_settings_it_cannot_use(weed: SeaweedFS, bucket: str, t
         assert weed.secret_key not in done.stderr + done.stdout and "wrong" * 8 not in done.stderr
     missing = serve_fails(tmp_path / "unset", {**good, "KEEPHUB_BLOB_BUCKET": ""})
     assert missing.returncode == 2 and "blobs.bucket is required" in missing.stderr
+
+
+def peak_rss_mb(srv: Server) -> float:
+    """The server process's peak resident memory since it started (VmHWM), in MiB."""
+    assert srv.process is not None
+    status = Path(f"/proc/{srv.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_a_gibibyte_goes_up_and_down_in_bounded_server_memory(s3hub: Server) -> None:
+    """1 GiB through keephub into S3 (one streamed PUT) and back out (the redirect): the server's peak RSS stays
+    under 300 MB, since it holds one part of the upload at a time and none of the download."""
+    name, token = s3hub.user()
+    repo_id = f"{name}/big-{uuid.uuid4().hex[:6]}"
+    auth = {"authorization": f"Bearer {token}"}
+    assert httpx.post(f"{s3hub.url}/api/repos/create", headers=auth, json={"name": repo_id.split("/")[1]}
+                      ).status_code == 200
+    block, blocks = os.urandom(1024 * 1024), 1024
+
+    def body() -> Iterator[bytes]:
+        for n in range(blocks):
+            yield n.to_bytes(8, "big") + block[8:]
+
+    digest = hashlib.sha256()
+    for piece in body():
+        digest.update(piece)
+    oid, size = digest.hexdigest(), len(block) * blocks
+    batch = httpx.post(f"{s3hub.url}/{repo_id}.git/info/lfs/objects/batch", headers=auth,
+                       json={"operation": "upload", "objects": [{"oid": oid, "size": size}]}).json()
+    put = httpx.put(batch["objects"][0]["actions"]["upload"]["href"], content=body(),
+                    headers={"content-length": str(size)}, timeout=600)
+    assert put.status_code == 200, put.text
+    op = {"key": "lfsFile", "value": {"path": "big.bin", "algo": "sha256", "oid": oid, "size": size}}
+    commit = "\n".join(json.dumps(x) for x in [{"key": "header", "value": {"summary": "big"}}, op])
+    assert httpx.post(f"{s3hub.url}/api/models/{repo_id}/commit/main", headers=auth, content=commit).status_code == 200
+    down = hashlib.sha256()
+    received = 0
+    with httpx.stream("GET", f"{s3hub.url}/{repo_id}/resolve/main/big.bin", headers=auth, follow_redirects=True,
+                      timeout=600) as answer:
+        assert answer.status_code == 200 and answer.history[0].status_code == 302
+        for piece in answer.iter_bytes(1024 * 1024):
+            down.update(piece)
+            received += len(piece)
+    assert received == size and down.hexdigest() == oid
+    assert peak_rss_mb(s3hub) < 300, f"keephub peaked at {peak_rss_mb(s3hub):.0f} MiB"
