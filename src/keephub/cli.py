@@ -37,11 +37,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from keephub.agent.sandbox import jobs_socket
     from keephub.jobs.scheduler import check_job_settings
     from keephub.storage.blobs import check_blob_settings
+    from keephub.storage.db import check_database_url
     from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
     settings = _settings(args)
     check_job_settings(settings)
     check_blob_settings(settings)
+    if settings.database_url:
+        check_database_url(settings.database_url)
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
@@ -71,9 +74,11 @@ def cmd_org_add_member(args: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     scopes = [*args.repo, *(f"namespace:{name}" for name in args.namespace)] or None
-    expires_at = datetime.now(timezone.utc) + parse_lifetime(args.expires) if args.expires else None
-    secret = _accounts(args).create_token(args.user, name=args.name, role=args.role, expires_at=expires_at,
-                                          scopes=scopes)
+    lifetime = parse_lifetime(args.expires) if args.expires else None
+    accounts = _accounts(args)
+    # Counted from now, once the database is open (which may take a moment), so the token lives as long as asked.
+    expires_at = datetime.now(timezone.utc) + lifetime if lifetime else None
+    secret = accounts.create_token(args.user, name=args.name, role=args.role, expires_at=expires_at, scopes=scopes)
     if args.quiet:
         print(secret)
         return 0

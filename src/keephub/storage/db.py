@@ -3,6 +3,12 @@
 SQLite is tuned for durability (WAL, synchronous=FULL) and write transactions take the write
 lock up front (BEGIN IMMEDIATE) so two writers never deadlock upgrading a read lock.
 
+PostgreSQL (`postgresql+psycopg://...`) runs write transactions at READ COMMITTED with no database-wide lock:
+each write site is correct on its own (conflicting inserts meet a unique constraint or ON CONFLICT, ref
+updates compare and swap). Whatever still collides (a unique constraint, a deadlock) is answered 409, and a
+database that cannot be reached 503 naming it; the pool checks each connection before use (pool_pre_ping), so
+keephub recovers on the next request once PostgreSQL is back.
+
 `Database.lock(name)` is a named lock that holds across every process sharing the database (several
 keephub servers, `keephub gc`): a file lock beside a SQLite file, an advisory lock on PostgreSQL.
 """
@@ -20,9 +26,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from keephub.config import ConfigError
+from keephub.wire.errors import Conflict, ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE = "keephub_write"
@@ -32,13 +43,19 @@ class IncompatibleDatabase(RuntimeError):
     """The database was written by a newer keephub; refusing to start protects it."""
 
 
+# SQLSTATEs of PostgreSQL meaning the server went away or refuses connections for now: class 08 (connection
+# exception), admin/crash shutdown, and "cannot connect now" (starting up or recovering).
+_GONE_STATES = ("57P01", "57P02", "57P03")
+# Seconds to wait for a PostgreSQL connection before answering 503.
+PG_CONNECT_TIMEOUT_SECONDS = 10
+
+
 def create_db_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
-    engine = create_engine(
-        url,
-        connect_args={"timeout": 60, "check_same_thread": False} if is_sqlite else {},
-        pool_pre_ping=not is_sqlite,
-    )
+    connect_args: dict[str, object] = {"timeout": 60, "check_same_thread": False} if is_sqlite else {}
+    if make_url(url).get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_SECONDS
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
     if is_sqlite:
         _tune_sqlite(engine)
     return engine
@@ -66,6 +83,34 @@ def _alembic_config() -> Config:
     return cfg
 
 
+def describe(url: URL) -> str:
+    """The database as a person looks for it: "PostgreSQL at host:port/db" or "SQLite at PATH" (no password)."""
+    if url.get_backend_name() == "postgresql":
+        return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite at {url.database}"
+    return url.render_as_string(hide_password=True)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (down, restarting, network), not that a statement
+    failed: the driver invalidated the connection, or PostgreSQL's error has no SQLSTATE (the connection
+    itself failed) or a connection-class one."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError) or exc.orig is None or type(exc.orig).__module__.startswith("sqlite3"):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _GONE_STATES
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision, refusing a database from a newer keephub."""
     cfg = _alembic_config()
@@ -82,28 +127,88 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def insert_for(session: Session, model: type) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of `model` in the session's dialect, for `on_conflict_do_nothing` / `on_conflict_do_update`:
+    inserting a row that may exist already in one statement, race-free without a database-wide write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def check_database_url(url: str) -> None:
+    """Open and migrate the database at `url` once, so that a wrong database_url stops `keephub serve` with a
+    message naming the setting before it listens, instead of failing every request."""
+    db = Database(url)
+    try:
+        db.migrate()
+    finally:
+        db.close()
+
+
 class Database:
     """Hands out sessions: `read()` for queries, `write()` for one atomic, durable transaction."""
 
     def __init__(self, url: str) -> None:
-        self.engine = create_db_engine(url)
+        try:
+            self.engine = create_db_engine(url)
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+            try:
+                shown = repr(make_url(url).render_as_string(hide_password=True))
+            except ArgumentError:
+                shown = "(not a URL)"
+            raise ConfigError(f"the setting database_url {shown} is not a database keephub can use ({exc}); use "
+                              "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, or leave it empty for SQLite "
+                              "in data_dir") from exc
+        self.where = describe(self.engine.url)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False)
         self._process_locks: dict[str, threading.Lock] = {}
         self._process_locks_guard = threading.Lock()
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     def migrate(self) -> None:
-        migrate(self.engine)
+        """Bring the schema up to date; a database that cannot be reached stops start-up naming the setting."""
+        try:
+            migrate(self.engine)
+        except OperationalError as exc:
+            if not self.is_postgresql:
+                raise
+            raise ConfigError(f"cannot open the metadata database ({self.where}) named by the setting database_url "
+                              f"(KEEPHUB_DATABASE_URL): {_first_line(exc)}; check the URL, that PostgreSQL runs and "
+                              "that the database and user exist") from exc
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:
+        with self._answerable(), self._read() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with self._write() as session, session.begin():
+        with self._answerable(), self._write() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _answerable(self) -> Iterator[None]:
+        """Turn what concurrency and outages raise into answers a client can act on: an unreachable database
+        into a 503 naming it (nothing was committed: the transaction rolled back or never began), and a write
+        that lost a race the site itself did not resolve (a unique key taken meanwhile, a deadlock) into a 409."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if is_unreachable(exc):
+                raise ServiceUnavailable(f"the metadata database ({self.where}) is unreachable: {_first_line(exc)}; "
+                                         "keephub retries on the next request", extra_headers={"Retry-After": "5"}
+                                         ) from exc
+            state = getattr(exc.orig, "sqlstate", None) or ""
+            if isinstance(exc, IntegrityError) or state.startswith("40"):
+                constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+                what = f" ({constraint})" if constraint else ""
+                raise Conflict(f"a concurrent request changed the same records first{what}; look at the current "
+                               "state and retry") from exc
+            raise
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

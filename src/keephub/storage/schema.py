@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,7 +68,7 @@ class Token(Base):
     # What a write token may write, as a JSON list like ["model:alice/foo", "namespace:acme"]; null: all the
     # user may write. Everything outside the list the token may only read.
     scopes_json: Mapped[str | None] = mapped_column(Text, nullable=True)
-    is_job_token: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_job_token: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
     # The token this one was made with (a job token: the submitter's); it authenticates only while that one does.
     parent_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)

@@ -101,6 +101,12 @@ class Unprocessable(HubError):
     status_code = 422
 
 
+class ServiceUnavailable(HubError):
+    """A backend keephub depends on (the metadata database) cannot be reached; the same request may work later."""
+
+    status_code = 503
+
+
 MAX_HEADER_MESSAGE = 1000
 _STATUS_TEXT = re.compile(r"^[1-5][0-9]{2} [A-Z][A-Za-z -]*: ")
 
