@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor, RepoTarget, authorize, refusal_of, require_actor
@@ -172,12 +173,16 @@ class Buckets:
                 raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; create the bucket in "
                                 f"'{actor.name}/...'.")
             authorize(actor, "repo.create", RepoTarget("bucket", namespace, name))
+            taken = Conflict(f"You already created this bucket: {namespace}/{name}", extra_body={"url": url})
             if session.execute(select(Bucket.id).where(Bucket.owner_id == owner.id, Bucket.name == name)).first():
-                raise Conflict(f"You already created this bucket: {namespace}/{name}", extra_body={"url": url})
+                raise taken
             now = utcnow()
             bucket = Bucket(owner_id=owner.id, name=name, private=bool(private), created_at=now, updated_at=now)
             session.add(bucket)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:  # created meanwhile by a concurrent request (no database-wide write lock)
+                raise taken from None
             return {"url": url, "name": f"{namespace}/{name}", "id": f"bucket-{bucket.id}"}
 
     def info(self, actor: Actor | None, namespace: str, name: str) -> dict:
@@ -202,7 +207,8 @@ class Buckets:
         """Delete a bucket and its file entries; the content stays in the CAS until garbage collection."""
         with self.db.write() as session:
             ref = self._find(session, actor, namespace, name, "repo.manage")
-            session.delete(session.get(Bucket, ref.id))
+            if not session.execute(delete(Bucket).where(Bucket.id == ref.id)).rowcount:
+                raise _deleted(ref)
 
     def move(self, actor: Actor | None, body: dict, root_url: str) -> dict:
         """`move_bucket` (POST /api/repos/move with type "bucket"): rename, or transfer to another namespace."""
@@ -215,11 +221,16 @@ class Buckets:
                 raise Forbidden(f"403 Forbidden: cannot move to '{new_namespace}': namespace '{new_namespace}' does "
                                 "not exist.")
             authorize(actor, "repo.create", RepoTarget("bucket", new_namespace, new_name, ref.private))
+            exists = Conflict(f"cannot move {ref.bucket_id} to {new_namespace}/{new_name}: that bucket already exists")
             if session.execute(select(Bucket.id).where(Bucket.owner_id == owner.id, Bucket.name == new_name)).first():
-                raise Conflict(f"cannot move {ref.bucket_id} to {new_namespace}/{new_name}: that bucket already exists")
-            row = session.get(Bucket, ref.id)
-            assert row is not None
-            row.owner_id, row.name, row.updated_at = owner.id, new_name, utcnow()
+                raise exists
+            try:
+                moved = session.execute(update(Bucket).where(Bucket.id == ref.id)
+                                        .values(owner_id=owner.id, name=new_name, updated_at=utcnow())).rowcount
+            except IntegrityError:  # the target was created meanwhile by a concurrent request
+                raise exists from None
+            if not moved:
+                raise _deleted(ref)
         return {"url": f"{root_url}/buckets/{new_namespace}/{new_name}"}
 
     def update_settings(self, actor: Actor | None, namespace: str, name: str, body: dict) -> dict:
@@ -228,9 +239,8 @@ class Buckets:
             raise BadRequest("the settings body must set 'private': true or false (the only bucket setting)")
         with self.db.write() as session:
             ref = self._find(session, actor, namespace, name, "repo.manage")
-            row = session.get(Bucket, ref.id)
-            assert row is not None
-            row.private = private
+            if not session.execute(update(Bucket).where(Bucket.id == ref.id).values(private=private)).rowcount:
+                raise _deleted(ref)
         return {"private": private}
 
     # -- files -------------------------------------------------------------------------------------
@@ -269,6 +279,11 @@ class Buckets:
         operations = _parse_ndjson(body)
         with self.db.write() as session:
             ref = self._find(session, actor, namespace, name, "repo.write")
+            # Batches of one bucket apply one at a time (its row locked until the commit), as under SQLite's
+            # write lock: two batches writing one path never both insert it.
+            bucket = session.get(Bucket, ref.id, with_for_update=True)
+            if bucket is None:
+                raise _deleted(ref)
             changes: list[Change] = []
             failed: list[dict] = []
             for index, operation in enumerate(operations):
@@ -294,8 +309,6 @@ class Buckets:
                     row.xet_hash, row.size, row.mtime_ms = change.xet_hash, change.size, change.mtime_ms
                     row.content_type, row.uploaded_at = change.content_type, now
                 session.flush()
-            bucket = session.get(Bucket, ref.id)
-            assert bucket is not None
             bucket.updated_at = now
         return {"processed": len(changes), "failed": []}
 
@@ -451,6 +464,11 @@ class Buckets:
         if not held or content is None:
             raise _Refused(f"{source} holds no file with Xet hash {xet_hash}; list its files for their xetHash")
         return content.size
+
+
+def _deleted(ref: BucketRef) -> RepoNotFound:
+    """A bucket found earlier in the transaction and deleted by a concurrent request before this one changed it."""
+    return RepoNotFound(f"Bucket {ref.bucket_id} was deleted by a concurrent request")
 
 
 def _ref(bucket: Bucket, owner: str) -> BucketRef:

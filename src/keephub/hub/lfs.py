@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from keephub.config import Settings
 from keephub.hub.repos import RepoRef
 from keephub.storage.blobs import BlobStore, BlobWriter, HashMismatch, SizeMismatch, is_sha256, iter_stream
-from keephub.storage.db import Database
+from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import LfsLink, LfsObject, Repo, repo_stamp
 from keephub.wire import BadRequest, Forbidden, TooLarge
 from keephub.wire.errors import NotFound, Unprocessable
@@ -159,11 +159,11 @@ def link(db: Database, grant: UploadGrant) -> None:
         repo = session.get(Repo, repo_id)
         if repo is None or repo_stamp(repo.created_at) != grant.repo_stamp:
             raise NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked")
-        if session.get(LfsObject, oid) is None:
-            session.add(LfsObject(oid=oid, size=size))
-            session.flush()
-        if session.get(LfsLink, (repo_id, oid)) is None:
-            session.add(LfsLink(repo_id=repo_id, oid=oid))
+        # Each row may exist already (another repo's upload, a retry, a concurrent upload of the same file).
+        session.execute(insert_for(session, LfsObject).values(oid=oid, size=size)
+                        .on_conflict_do_nothing(index_elements=["oid"]))
+        session.execute(insert_for(session, LfsLink).values(repo_id=repo_id, oid=oid)
+                        .on_conflict_do_nothing(index_elements=["repo_id", "oid"]))
 
 
 def complete_multipart(blobs: BlobStore, grant: UploadGrant, body: bytes) -> None:

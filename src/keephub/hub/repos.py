@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dulwich.objects import Commit
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor, RepoTarget, allowed, authorize, require_actor
@@ -142,17 +143,21 @@ def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace
     if owner is None:
         raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; create it or push to '{actor.name}/...'.")
     authorize(actor, "repo.create", RepoTarget(repo_type, namespace, name))
+    taken = Conflict(f"You already created this {repo_type} repo: {namespace}/{name}",
+                     extra_body={"url": f"{base_url}/{naming.URL_PREFIX[repo_type]}{namespace}/{name}"})
     existing = session.execute(
         select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == name)
     ).scalar_one_or_none()
     if existing is not None:
-        raise Conflict(f"You already created this {repo_type} repo: {namespace}/{name}",
-                       extra_body={"url": f"{base_url}/{naming.URL_PREFIX[repo_type]}{namespace}/{name}"})
+        raise taken
     now = utcnow()
     repo = Repo(type=repo_type, owner_id=owner.id, name=name, private=private, space_sdk=space_sdk,
                 created_at=now, last_modified=now)
     session.add(repo)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # created meanwhile by a concurrent request (PostgreSQL: no database-wide write lock)
+        raise taken from None
     writer = gitobjects.ObjectWriter()
     blob_sha = writer.add(gitobjects.new_blob(INITIAL_GITATTRIBUTES.encode()))
     tree_sha = gitobjects.apply_changes(session, writer, None, {".gitattributes": blob_sha})
@@ -167,7 +172,8 @@ def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace
 
 def delete_repo(session: Session, actor: Actor | None, repo_type: str, namespace: str, name: str) -> None:
     repo = find_repo_for_admin(session, repo_type, namespace, name, actor)
-    session.delete(session.get(Repo, repo.id))
+    if not session.execute(delete(Repo).where(Repo.id == repo.id)).rowcount:
+        raise _gone(repo)
 
 
 def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tuple[str, str],
@@ -184,48 +190,66 @@ def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tup
     ).scalar_one_or_none()
     if clash is not None:
         raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists")
-    row = session.get(Repo, repo.id)
-    assert row is not None
-    row.owner_id, row.name, row.last_modified = owner.id, new_name, utcnow()
+    now = utcnow()
+    try:
+        moved = session.execute(update(Repo).where(Repo.id == repo.id)
+                                .values(owner_id=owner.id, name=new_name, last_modified=now)).rowcount
+    except IntegrityError:  # the target was created meanwhile by a concurrent request
+        raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists") from None
+    if not moved:
+        raise _gone(repo)
     return RepoRef(id=repo.id, type=repo_type, namespace=new_namespace, name=new_name, private=repo.private,
-                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=row.last_modified)
+                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=now)
+
+
+def _gone(repo: RepoRef) -> RepoNotFound:
+    """A repo found earlier in the transaction and deleted by a concurrent request before this one changed it."""
+    return RepoNotFound(f"{repo.type.capitalize()} repository {repo.repo_id} was deleted by a concurrent request")
 
 
 def set_visibility(session: Session, repo: RepoRef, private: bool) -> None:
-    row = session.get(Repo, repo.id)
-    assert row is not None
-    row.private = private
+    if not session.execute(update(Repo).where(Repo.id == repo.id).values(private=private)).rowcount:
+        raise _gone(repo)
 
 
 def create_branch(session: Session, repo: RepoRef, branch: str, starting_point: str | None) -> None:
     naming.check_ref_name(branch, "branch")
+    exists = Conflict(f"branch {branch!r} already exists in {repo.repo_id}")
     if session.get(Ref, (repo.id, "branch", branch)) is not None:
-        raise Conflict(f"branch {branch!r} already exists in {repo.repo_id}")
+        raise exists
     target = resolve_revision(session, repo, starting_point or DEFAULT_BRANCH)
-    session.add(Ref(repo_id=repo.id, kind="branch", name=branch, commit_sha=target))
+    _add_ref(session, Ref(repo_id=repo.id, kind="branch", name=branch, commit_sha=target), exists)
+
+
+def _add_ref(session: Session, ref: Ref, exists: Conflict) -> None:
+    """Insert a new branch or tag; `exists` if a concurrent request created the same one first."""
+    session.add(ref)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise exists from None
 
 
 def delete_branch(session: Session, repo: RepoRef, branch: str) -> None:
     if branch == DEFAULT_BRANCH:
         raise BadRequest(f"the default branch {DEFAULT_BRANCH!r} cannot be deleted; delete the repo instead")
-    ref = session.get(Ref, (repo.id, "branch", branch))
-    if ref is None:
+    if not session.execute(delete(Ref).where(Ref.repo_id == repo.id, Ref.kind == "branch", Ref.name == branch)
+                           ).rowcount:
         raise RevisionNotFound(f"branch {branch!r} does not exist in {repo.repo_id}")
-    session.delete(ref)
 
 
 def create_tag(session: Session, repo: RepoRef, tag: str, revision: str) -> None:
     naming.check_ref_name(tag, "tag")
+    exists = Conflict(f"tag {tag!r} already exists in {repo.repo_id}")
     if session.get(Ref, (repo.id, "tag", tag)) is not None:
-        raise Conflict(f"tag {tag!r} already exists in {repo.repo_id}")
-    session.add(Ref(repo_id=repo.id, kind="tag", name=tag, commit_sha=resolve_revision(session, repo, revision)))
+        raise exists
+    _add_ref(session, Ref(repo_id=repo.id, kind="tag", name=tag, commit_sha=resolve_revision(session, repo, revision)),
+             exists)
 
 
 def delete_tag(session: Session, repo: RepoRef, tag: str) -> None:
-    ref = session.get(Ref, (repo.id, "tag", tag))
-    if ref is None:
+    if not session.execute(delete(Ref).where(Ref.repo_id == repo.id, Ref.kind == "tag", Ref.name == tag)).rowcount:
         raise RevisionNotFound(f"tag {tag!r} does not exist in {repo.repo_id}")
-    session.delete(ref)
 
 
 def list_refs(session: Session, repo: RepoRef) -> list[Ref]:
@@ -280,6 +304,5 @@ def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, 
 
 
 def touch(session: Session, repo: RepoRef) -> None:
-    row = session.get(Repo, repo.id)
-    assert row is not None
-    row.last_modified = utcnow()
+    if not session.execute(update(Repo).where(Repo.id == repo.id).values(last_modified=utcnow())).rowcount:
+        raise _gone(repo)

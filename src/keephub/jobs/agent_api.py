@@ -44,7 +44,9 @@ def accept_record(db: Database, job_id: str, attempt: int, credential: str, data
     comes from the agent (its credential), every other kind from the sidecar (its own): neither can report
     what the other saw."""
     with db.write() as session:
-        row = session.get(JobAttempt, (job_id, attempt))
+        # Locked until the commit: records of one attempt are counted against their limit one at a time, and
+        # none lands after the attempt ended (PostgreSQL has no database-wide write lock to do this).
+        row = session.get(JobAttempt, (job_id, attempt), with_for_update=True)
         expected = None
         if row is not None and row.outcome == "RUNNING":
             expected = row.agent_credential_hash if data["kind"] == "bucket-sync" else row.sidecar_credential_hash

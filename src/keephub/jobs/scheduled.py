@@ -12,7 +12,8 @@ import secrets as random_secrets
 from datetime import datetime
 
 from croniter import CroniterBadDateError, croniter
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor
 from keephub.jobs.service import TERMINAL, JobService, aware, iso, utcnow
@@ -97,6 +98,14 @@ class ScheduledJobs:
             raise NotFound(f"scheduled job {scheduled_id} not found in {namespace}")
         return row
 
+    @staticmethod
+    def _locked(session: Session, namespace: str, scheduled_id: str) -> ScheduledJob:
+        """The schedule's row, locked until the write commits; NotFound if it was deleted since it was read."""
+        row = session.get(ScheduledJob, scheduled_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"scheduled job {scheduled_id} not found in {namespace}: it was deleted meanwhile")
+        return row
+
     def get(self, actor: Actor | None, namespace: str, scheduled_id: str) -> dict:
         self.jobs.check_read(actor, namespace)
         return self.to_wire(self._load(namespace, scheduled_id))
@@ -112,14 +121,14 @@ class ScheduledJobs:
         self.jobs.check_write(actor, namespace)
         self._load(namespace, scheduled_id)
         with self.db.write() as session:
-            session.delete(session.get(ScheduledJob, scheduled_id))
+            if not session.execute(delete(ScheduledJob).where(ScheduledJob.id == scheduled_id)).rowcount:
+                raise NotFound(f"scheduled job {scheduled_id} not found in {namespace}: it was deleted meanwhile")
 
     def set_suspended(self, actor: Actor | None, namespace: str, scheduled_id: str, suspend: bool) -> dict:
         self.jobs.check_write(actor, namespace)
         self._load(namespace, scheduled_id)
         with self.db.write() as session:
-            row = session.get(ScheduledJob, scheduled_id)
-            assert row is not None
+            row = self._locked(session, namespace, scheduled_id)
             row.suspend = suspend
             if not suspend:
                 row.next_run_at = next_run(row.schedule, utcnow())
@@ -130,8 +139,7 @@ class ScheduledJobs:
         schedule = check_schedule(body.get("schedule") if isinstance(body, dict) else None)
         self._load(namespace, scheduled_id)
         with self.db.write() as session:
-            row = session.get(ScheduledJob, scheduled_id)
-            assert row is not None
+            row = self._locked(session, namespace, scheduled_id)
             row.schedule, row.next_run_at = schedule, next_run(schedule, utcnow())
         return self.get(actor, namespace, scheduled_id)
 
@@ -156,7 +164,7 @@ class ScheduledJobs:
             due = session.execute(select(ScheduledJob).where(ScheduledJob.suspend.is_(False))).scalars().all()
         started = 0
         for row in due:
-            if aware(row.next_run_at) > now:
+            if aware(row.next_run_at) > now or not self._claim_run(row, now):
                 continue
             try:
                 if (why := self._why_creator_may_not_run(row)) is not None:
@@ -166,11 +174,17 @@ class ScheduledJobs:
                     started += 1
             except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
                 log.exception("scheduled job %s could not start a run", row.id)
-            with self.db.write() as session:
-                fresh = session.get(ScheduledJob, row.id)
-                if fresh is not None:
-                    fresh.next_run_at = next_run(fresh.schedule, now)
         return started
+
+    def _claim_run(self, row: ScheduledJob, now: datetime) -> bool:
+        """Move the schedule's next run on, if no one else did since `row` was read: of several keephub servers
+        sharing the database, only the one whose update lands starts the run (compare-and-swap on next_run_at)."""
+        with self.db.write() as session:
+            moved = session.execute(
+                update(ScheduledJob).where(ScheduledJob.id == row.id, ScheduledJob.next_run_at == row.next_run_at,
+                                           ScheduledJob.suspend.is_(False))
+                .values(next_run_at=next_run(row.schedule, now)))
+            return moved.rowcount == 1
 
     def _why_creator_may_not_run(self, row: ScheduledJob) -> str | None:
         """Runs act with their creator's rights as they are now, and through the token that made the schedule:

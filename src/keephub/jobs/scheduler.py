@@ -257,7 +257,9 @@ class Scheduler:
     def _claim(self, job_id: str, credential: str) -> tuple[int, object, float] | None:
         try:
             with self.db.write() as session:
-                job = session.get(Job, job_id)
+                # The job's row is locked until the claim commits: a cancel (on any server) waits for it and
+                # then sees the attempt, or goes first and this claim sees the cancel.
+                job = session.get(Job, job_id, with_for_update=True)
                 if job is None or job.stage != "SCHEDULING" or job.cancel_requested_by:
                     return None
                 if session.execute(select(JobAttempt.number).where(
@@ -290,8 +292,12 @@ class Scheduler:
         return self.settings.base_url
 
     # -- what agents report (called from the agent API's request threads) ------------------------------
-    def _agent_row(self, session, job_id: str, number: int, credential: str) -> JobAttempt:  # type: ignore[no-untyped-def]
-        row = session.get(JobAttempt, (job_id, number))
+    def _agent_row(self, session, job_id: str, number: int, credential: str,  # type: ignore[no-untyped-def]
+                   lock: bool = False) -> JobAttempt:
+        """The attempt the credential belongs to while it is active; `lock` (in a write) holds its row until the
+        commit, so that reports of one attempt (a log batch and its resend, a start and a cancel) apply one at a
+        time on PostgreSQL as under SQLite's write lock."""
+        row = session.get(JobAttempt, (job_id, number), with_for_update=lock)
         expected = row.agent_credential_hash if row is not None and row.outcome in ACTIVE else None
         if expected is None or not hmac.compare_digest(expected, digest(credential)):
             raise Forbidden(REFUSED)
@@ -301,7 +307,7 @@ class Scheduler:
         """The agent is up: mark the attempt RUNNING and hand it the plan; a job canceled meanwhile is not
         started at all (409)."""
         with self.db.write() as session:
-            row = self._agent_row(session, job_id, number, credential)
+            row = self._agent_row(session, job_id, number, credential, lock=True)
             job = session.get(Job, job_id)
             assert job is not None
             if job.cancel_requested_by:
@@ -351,7 +357,7 @@ class Scheduler:
             cancel_by = session.execute(select(Job.cancel_requested_by).where(Job.id == job_id)).scalar()
         if stale:
             with self.db.write() as session:
-                row = self._agent_row(session, job_id, number, credential)
+                row = self._agent_row(session, job_id, number, credential, lock=True)
                 row.heartbeat_at = utcnow()
                 if node:
                     row.node = node[:200]
@@ -362,7 +368,7 @@ class Scheduler:
     def agent_log(self, job_id: str, number: int, credential: str, first: int, events: list[tuple[str, str]]) -> dict:
         """Store the lines keephub does not have yet; lines it has are ignored (a resend), a gap is refused."""
         with self.db.write() as session:
-            row = self._agent_row(session, job_id, number, credential)
+            row = self._agent_row(session, job_id, number, credential, lock=True)
             expected = row.log_seq + 1
             if first > expected:
                 raise Conflict(f"log lines from {first} arrived but keephub has lines up to {row.log_seq}; "
@@ -404,7 +410,7 @@ class Scheduler:
             row.log_bytes = append_events(attempt_log(self.jobs_dir, job_id, number), row.log_bytes,
                                           [(timestamp(), f"===== {outcome.message} =====")])
             ref = row.executor_ref if row.executor == self.executor.name else None
-            job = session.get(Job, job_id)
+            job = session.get(Job, job_id, with_for_update=True)
             assert job is not None
             spec_has_durability = bool(json.loads(job.spec_json).get("durability"))
             again = (retry and outcome.kind == "ERROR" and number < job.max_attempts

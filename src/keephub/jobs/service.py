@@ -299,7 +299,9 @@ class JobService:
     def cancel(self, actor: Actor | None, namespace: str, job_id: str) -> None:
         actor = self.check_write(actor, namespace, "jobs.manage")
         with self.db.write() as session:
-            job = session.get(Job, job_id)
+            # Locked until the commit, as the scheduler's claim locks it: a cancel and a claim never both act
+            # on a job that seemed to have no attempt.
+            job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.namespace != namespace:
                 raise NotFound(f"job {job_id} not found in {namespace}")
             if job.stage in TERMINAL:
@@ -349,7 +351,7 @@ class JobService:
     def finish(self, job_id: str, stage: str, message: str) -> None:
         """End a job (once: a job that already ended keeps its stage) and revoke its job token."""
         with self.db.write() as session:
-            job = session.get(Job, job_id)
+            job = session.get(Job, job_id, with_for_update=True)
             assert job is not None
             if job.stage not in TERMINAL:
                 job.stage, job.message, job.finished_at = stage, message, utcnow()

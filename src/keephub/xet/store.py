@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from keephub.config import Settings
 from keephub.storage.blobs import BlobStore, BlobWriter, iter_range
-from keephub.storage.db import Database
+from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import (
     Bucket,
     BucketFile,
@@ -142,8 +142,9 @@ class Cas:
     def _index_for_dedup(self, session: Session, xorb: str, chunk_hashes: set[str]) -> None:
         if not chunk_hashes:
             return
-        known = set(session.scalars(select(XetDedupChunk.chunk_hash).where(XetDedupChunk.chunk_hash.in_(chunk_hashes))))
-        session.add_all(XetDedupChunk(chunk_hash=h, xorb_hash=xorb) for h in chunk_hashes - known)
+        # A chunk another xorb holds keeps its entry (either xorb serves it), also when both are indexed at once.
+        session.execute(insert_for(session, XetDedupChunk).on_conflict_do_nothing(index_elements=["chunk_hash"]),
+                        [{"chunk_hash": h, "xorb_hash": xorb} for h in sorted(chunk_hashes)])
 
     def xorb(self, xorb: str) -> XorbEntry | None:
         """A xorb's chunk index. Xorbs never change, so found ones are cached (a bounded number of them)."""
@@ -187,15 +188,17 @@ class Cas:
                 raise BadRequest(f"shard rejected: xorb {sorted(needed - present)[0]} is no longer stored; "
                                  "upload the file again")
             for entry in verified:
-                known = session.get(XetFile, entry.file_hash)
-                if known is None:
-                    session.add(XetFile(file_hash=entry.file_hash, sha256=entry.sha256, size=entry.size,
-                                        terms=formats.pack_terms(entry.terms)))
+                # One statement whether the file is new or known (then its grace period starts again), so that
+                # two servers registering the same file at once both succeed.
+                added = session.execute(
+                    insert_for(session, XetFile).values(file_hash=entry.file_hash, sha256=entry.sha256,
+                                                        size=entry.size, terms=formats.pack_terms(entry.terms))
+                    .on_conflict_do_nothing(index_elements=["file_hash"])).rowcount
+                if added:
                     new = True
                 else:
-                    known.created_at = utcnow()
-                    if known.sha256 is None:
-                        known.sha256 = entry.sha256
+                    session.execute(update(XetFile).where(XetFile.file_hash == entry.file_hash).values(
+                        created_at=utcnow(), sha256=func.coalesce(XetFile.sha256, entry.sha256)))
                 new = self._link(session, grant, entry) or new
                 first = self.xorb(hashing.to_hex(entry.terms[0].xorb))
                 if first is not None:
@@ -208,18 +211,15 @@ class Cas:
         """Make verified content nameable by the grant's repo (a commit's lfsFile) or bucket (a batch's addFile);
         True if the link is new."""
         if grant.kind == tokens.BUCKET:
-            if session.get(BucketUpload, (grant.repo_id, entry.file_hash)) is not None:
-                return False
-            session.add(BucketUpload(bucket_id=grant.repo_id, file_hash=entry.file_hash))
-            return True
+            return bool(session.execute(
+                insert_for(session, BucketUpload).values(bucket_id=grant.repo_id, file_hash=entry.file_hash)
+                .on_conflict_do_nothing(index_elements=["bucket_id", "file_hash"])).rowcount)
         assert entry.sha256 is not None  # _verify_file computes it for repos
-        if session.get(LfsObject, entry.sha256) is None:
-            session.add(LfsObject(oid=entry.sha256, size=entry.size))
-            session.flush()
-        if session.get(LfsLink, (grant.repo_id, entry.sha256)) is not None:
-            return False
-        session.add(LfsLink(repo_id=grant.repo_id, oid=entry.sha256))
-        return True
+        session.execute(insert_for(session, LfsObject).values(oid=entry.sha256, size=entry.size)
+                        .on_conflict_do_nothing(index_elements=["oid"]))
+        return bool(session.execute(
+            insert_for(session, LfsLink).values(repo_id=grant.repo_id, oid=entry.sha256)
+            .on_conflict_do_nothing(index_elements=["repo_id", "oid"])).rowcount)
 
     def _check_listed_xorb(self, cas: formats.CasInfo) -> None:
         name = hashing.to_hex(cas.xorb)
@@ -418,6 +418,11 @@ class Cas:
         """
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.xet_gc_grace_seconds)
         with self.db.write() as session:
+            if self.db.is_postgresql and not dry_run:
+                # What SQLite's write lock gives: no commit, bucket write or shard lands between reading what is
+                # referenced and deleting the rest. SHARE mode lets reads (downloads) go on meanwhile.
+                session.execute(text("LOCK TABLE git_objects, bucket_files, bucket_uploads, xet_files, xet_xorbs, "
+                                     "xet_dedup_chunks, lfs_links, lfs_objects IN SHARE MODE"))
             referenced = set(session.scalars(select(GitObject.lfs_oid).where(GitObject.lfs_oid.is_not(None))))
             in_buckets = set(session.scalars(select(BucketFile.xet_hash).distinct()))
             dead_files: list[str] = []
