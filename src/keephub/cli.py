@@ -114,6 +114,83 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migration_target(args: argparse.Namespace, source: Settings) -> Settings:
+    """The settings of the instance `keephub migrate` fills: --to-config's file (else this instance's settings),
+    with --to-database and --to-blobs on top."""
+    from dataclasses import replace
+    from urllib.parse import urlsplit
+
+    target = Settings.load(config_file=args.to_config, overrides={"data_dir": source.data_dir}) if args.to_config \
+        else source
+    if args.to_database:
+        target = replace(target, database_url=args.to_database)
+    if args.to_blobs:
+        location = urlsplit(args.to_blobs)
+        if location.scheme != "s3" or not location.netloc:
+            raise ConfigError(f"--to-blobs {args.to_blobs!r}: name a bucket as s3://BUCKET or s3://BUCKET/PREFIX "
+                              "(its endpoint and credentials come from the [blobs] settings or KEEPHUB_BLOB_*)")
+        target = replace(target, blob_backend="s3", blob_bucket=location.netloc, blob_prefix=location.path.strip("/"))
+    return target
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from keephub.storage.blobs import check_blob_settings, open_blob_stores
+    from keephub.storage.db import Database
+    from keephub.storage.relocate import ForeignTarget, copy_metadata, copy_store
+    from keephub.xet import formats, hashing
+
+    source = _settings(args)
+    if not (args.to_config or args.to_database or args.to_blobs):
+        raise ConfigError("keephub migrate needs somewhere to go: --to-database URL, --to-blobs s3://BUCKET, or "
+                          "--to-config FILE (the new instance's config)")
+    target = _migration_target(args, source)
+    same_database = target.sqlalchemy_url == source.sqlalchemy_url
+    same_blobs = all(getattr(target, f) == getattr(source, f) for f in
+                     ("blob_backend", "blob_endpoint", "blob_bucket", "blob_prefix"))
+    if same_database and same_blobs:
+        raise ConfigError("the target is this instance itself: give another database_url or blob bucket")
+
+    def say(line: str) -> None:
+        print(f"  {line}", flush=True)
+
+    source_db = Database(source.sqlalchemy_url)
+    source_db.migrate()  # an instance from an older keephub is brought up to date first
+    if not same_blobs:
+        check_blob_settings(target)
+        print(f"copying bytes to {target.blob_backend} bucket {target.blob_bucket!r}, each object verified", flush=True)
+        here, there = open_blob_stores(source), open_blob_stores(target)
+
+        def check_xorb(fh, size: int, key: str) -> None:  # type: ignore[no-untyped-def]
+            formats.verify_xorb(fh, size, hashing.from_hex(key))
+
+        for copied in (copy_store("lfs", here.lfs, there.lfs, progress=say),
+                       copy_store("xorbs", here.xorbs, there.xorbs, check=check_xorb, progress=say)):
+            say(f"{copied.store}: {copied.copied} copied ({copied.bytes_copied:,} bytes), "
+                f"{copied.already_there} already there")
+    if not same_database:
+        target_db = Database(target.sqlalchemy_url)
+        try:
+            target_db.migrate()
+        except Exception as exc:
+            raise ConfigError(f"--to-database: cannot use {target_db.engine.url.render_as_string()}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        print(f"copying metadata to {target_db.engine.url.render_as_string()}", flush=True)
+        try:
+            tables = copy_metadata(source_db.engine, target_db.engine, progress=say)
+        except ForeignTarget as exc:
+            raise ConfigError(f"--to-database: {exc}") from None
+        short = [t for t in tables if not t.complete]
+        if short:
+            print("keephub: error: the copy is short in " + ", ".join(f"{t.table} ({t.target_rows} of "
+                  f"{t.source_rows} rows)" for t in short) + "; run the same command again", file=sys.stderr)
+            return 1
+        say(f"{sum(t.source_rows for t in tables)} rows in {len(tables)} tables, all there")
+    print("done. Point the new servers at these settings, and give them this instance's keys: keep this data "
+          "directory, or copy its signing.key and jobs/secrets.key into theirs, or set signing_key and secrets_key "
+          "to those files' contents (docs/operations.md, \"From one machine to several\")", flush=True)
+    return 0
+
+
 def _jobs_api(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """An HfApi for the server named by --endpoint/HF_ENDPOINT, with --token/HF_TOKEN or the saved token."""
     from huggingface_hub import HfApi
@@ -362,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="delete Xet storage no commit references (keeps recent uploads)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.set_defaults(func=cmd_gc)
+    migrate = commands.add_parser(
+        "migrate", help="copy this instance (metadata and bytes, each object verified) to another database and/or "
+                        "blob store, e.g. PostgreSQL and S3; re-run to resume after an interruption")
+    migrate.add_argument("--to-database", metavar="URL", help="e.g. postgresql+psycopg://keephub@db/keephub")
+    migrate.add_argument("--to-blobs", metavar="s3://BUCKET[/PREFIX]",
+                         help="the bucket's endpoint and credentials come from the [blobs] settings / KEEPHUB_BLOB_*")
+    migrate.add_argument("--to-config", type=Path, metavar="FILE",
+                         help="the new instance's config file (its database_url and [blobs] table)")
+    migrate.set_defaults(func=cmd_migrate)
     _add_jobs(commands)
     mcp = commands.add_parser("mcp", help="serve the MCP tools (hf_jobs, hf_whoami, ...) on stdin/stdout for an "
                                           "agent; each call goes to the keephub at --endpoint (see docs/mcp.md)")
