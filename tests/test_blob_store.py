@@ -271,6 +271,13 @@ def test_s3_presigned_url_serves_one_object_until_it_expires(seaweed: SeaweedFS)
     signature = url.split("X-Amz-Signature=")[1][:64]
     assert httpx.get(url.replace(signature, signature[::-1])).status_code == 403
     assert httpx.get(url.replace("X-Amz-Expires=2", "X-Amz-Expires=3600")).status_code == 403
+    spanned = store.presigned_get(key, (100, 199))
+    assert spanned is not None
+    exact = httpx.get(spanned, headers={"Range": "bytes=100-199"})
+    assert exact.status_code == 206 and exact.content == data[100:200]
+    for other_range in [None, "bytes=0-199", "bytes=100-200", "bytes=120-150"]:
+        refused = httpx.get(spanned, headers={"Range": other_range} if other_range else {})
+        assert refused.status_code == 403 and data[100:200] not in refused.content, other_range
     time.sleep(3)
     expired = httpx.get(url)
     assert expired.status_code == 403 and data not in expired.content

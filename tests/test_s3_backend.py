@@ -154,6 +154,9 @@ print(Path(hf_hub_download({repo_id!r}, "w.bin", cache_dir={str(tmp_path / 'hf' 
     span = first["url_range"]
     piece = httpx.get(first["url"], headers={"Range": f"bytes={span['start']}-{span['end']}"})
     assert piece.status_code == 206 and len(piece.content) == span["end"] - span["start"] + 1
+    # The URL grants that span only (a xorb may hold other repos' chunks): a wider Range is refused by S3.
+    wider = httpx.get(first["url"], headers={"Range": f"bytes=0-{span['end'] + 1}"})
+    assert wider.status_code == 403
     plain = httpx.get(f"{s3hub.url}/{repo_id}/resolve/main/w.bin", headers=auth)  # rebuilt by keephub from S3
     assert plain.status_code == 200 and plain.content == data
 

@@ -350,12 +350,13 @@ class Cas:
             if xorb is None:
                 raise NotFound(f"xorb {xorb_name} of file {entry.file_hash} is missing from this server")
             items = []
-            # A store that serves objects itself (S3) gets the bytes to hf_xet without keephub; hf_xet sends a
-            # Range header for the span, which a presigned URL of the whole xorb honours.
-            direct = self.xorbs.presigned_get(xorb_name)
             for start, end in _merge_ranges(ranges):
                 byte_first, byte_last = xorb.byte_span(start, end)
-                url = direct or tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last)
+                # A store that serves objects itself (S3) gets the bytes to hf_xet without keephub. The URL grants
+                # only this span, as keephub's own fetch URLs do: a xorb may hold chunks of files of other repos
+                # (dedup), and hf_xet sends exactly this Range.
+                url = (self.xorbs.presigned_get(xorb_name, (byte_first, byte_last))
+                       or tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last))
                 chunks, span = {"start": start, "end": end}, {"start": byte_first, "end": byte_last}
                 if version == 1:
                     items.append({"range": chunks, "url": url, "url_range": span})

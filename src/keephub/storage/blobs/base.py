@@ -173,9 +173,10 @@ class BlobStore(Protocol):
         """Bytes [start, start + length) of the blob (to its end when None); FileNotFoundError when absent."""
         ...
 
-    def presigned_get(self, key: str) -> str | None:
+    def presigned_get(self, key: str, span: tuple[int, int] | None = None) -> str | None:
         """A short-lived URL that serves this one blob without keephub, or None when the backend has none (the
-        bytes are then served by keephub itself)."""
+        bytes are then served by keephub itself). With `span` (first, last), the URL serves only those bytes:
+        the client must send exactly that Range header (xorbs hold chunks of other repos' files)."""
         ...
 
     def begin(self, key: str, *, hashed: bool = True, spool: bool = False) -> BlobWriter:

@@ -119,7 +119,7 @@ class LocalBlobStore:
         fh.seek(start)
         return _Window(fh, length)
 
-    def presigned_get(self, key: str) -> str | None:
+    def presigned_get(self, key: str, span: tuple[int, int] | None = None) -> str | None:
         return None
 
     def begin(self, key: str, *, hashed: bool = True, spool: bool = False) -> BlobWriter:

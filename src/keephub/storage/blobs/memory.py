@@ -59,7 +59,7 @@ class MemoryBlobStore:
         data = self._get(key)
         return io.BytesIO(data[start:] if length is None else data[start : start + length])
 
-    def presigned_get(self, key: str) -> str | None:
+    def presigned_get(self, key: str, span: tuple[int, int] | None = None) -> str | None:
         return None
 
     def begin(self, key: str, *, hashed: bool = True, spool: bool = False) -> BlobWriter:

@@ -133,13 +133,16 @@ class S3BlobStore:
                 return io.BytesIO()
             raise
 
-    def presigned_get(self, key: str) -> str | None:
+    def presigned_get(self, key: str, span: tuple[int, int] | None = None) -> str | None:
         """A GET URL for this one object, signed with keephub's credentials, valid `presign_ttl_seconds`.
-        Computed locally (no request to S3); the S3 server checks the signature and the expiry."""
+        Computed locally (no request to S3); the S3 server checks the signature and the expiry. A `span` is
+        signed as the Range header (SigV4 signs it: any other Range, or none, gets 403)."""
+        params = {"Bucket": self.bucket, "Key": self._object(key)}
+        if span is not None:
+            params["Range"] = f"bytes={span[0]}-{span[1]}"
         with self._s3(f"sign a URL for blob {key}"):
-            return str(self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": self._object(key)},
-                ExpiresIn=self.presign_ttl_seconds))
+            return str(self.client.generate_presigned_url("get_object", Params=params,
+                                                          ExpiresIn=self.presign_ttl_seconds))
 
     def begin(self, key: str, *, hashed: bool = True, spool: bool = False) -> BlobWriter:
         """`spool` keeps a copy in an anonymous local temporary file for `read_back` (a xorb's verification reads
