@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from keephub.accounts.scopes import Scope, ScopeError, dump_scopes, load_scopes, parse_scope
-from keephub.storage.db import Database
+from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import Account, Membership, Token
 from keephub.wire import Unauthorized
 
@@ -119,11 +119,10 @@ class Accounts:
         with self.db.write() as session:
             org_account = self._get(session, org, "org")
             user_account = self._get(session, user, "user")
-            membership = session.get(Membership, (org_account.id, user_account.id))
-            if membership is None:
-                session.add(Membership(org_id=org_account.id, user_id=user_account.id, role=role))
-            else:
-                membership.role = role
+            # One statement whether or not the user is a member already: two grants at once never collide.
+            session.execute(insert_for(session, Membership)
+                            .values(org_id=org_account.id, user_id=user_account.id, role=role)
+                            .on_conflict_do_update(index_elements=["org_id", "user_id"], set_={"role": role}))
 
     def create_token(self, user: str, name: str = "default", role: str = "write",
                      expires_at: datetime | None = None, scopes: list[str] | None = None) -> str:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from keephub.agent import egress, sandbox
 from keephub.agent.output import timestamp
@@ -36,7 +35,7 @@ from keephub.jobs.logs import append_events, attempt_log
 from keephub.jobs.plan import AttemptFacts, build_plan, job_network
 from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.service import TERMINAL, JobService, aware, human_duration, utcnow
-from keephub.storage.db import Database
+from keephub.storage.db import Database, WriteConflict
 from keephub.storage.schema import Job, JobAttempt
 from keephub.wire import Forbidden
 from keephub.wire.errors import Conflict
@@ -275,7 +274,7 @@ class Scheduler:
                     job.message = f"submitted to {self.executor.name}"
                 flavor = self.service.flavors[job.flavor]
                 return number, flavor, self._time_left(job)
-        except IntegrityError:  # another keephub claimed the same attempt first
+        except WriteConflict:  # another keephub claimed the same attempt first (the attempt's key is taken)
             return None
 
     def _time_left(self, job: Job) -> float:

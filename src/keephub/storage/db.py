@@ -26,17 +26,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event, literal_column, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from keephub.config import ConfigError
 from keephub.wire.errors import Conflict, ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE = "keephub_write"
+
+
+class WriteConflict(Conflict):
+    """A write lost a race its site does not resolve itself (a unique key taken meanwhile, a deadlock PostgreSQL
+    broke): answered 409, and catchable by callers for which losing is an answer (a claim another server won)."""
 
 
 class IncompatibleDatabase(RuntimeError):
@@ -127,12 +132,18 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def insert_for(session: Session, model: type) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT of `model` in the session's dialect, for `on_conflict_do_nothing` / `on_conflict_do_update`:
+def insert_for(session: Session, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `model`'s table in the session's dialect, for `on_conflict_do_nothing` / `on_conflict_do_update`:
     inserting a row that may exist already in one statement, race-free without a database-wide write lock."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(model)
     return sqlite.insert(model)
+
+
+def inserted(session: Session, statement: postgresql.Insert | sqlite.Insert) -> bool:
+    """Run a one-row INSERT ... ON CONFLICT DO NOTHING; whether it inserted the row (False: the row existed).
+    Asked through RETURNING: psycopg reports no rowcount for these statements."""
+    return session.execute(statement.returning(literal_column("1"))).first() is not None
 
 
 def check_database_url(url: str) -> None:
@@ -170,14 +181,17 @@ class Database:
         return self.engine.dialect.name == "postgresql"
 
     def migrate(self) -> None:
-        """Bring the schema up to date; a database that cannot be reached stops start-up naming the setting."""
+        """Bring the schema up to date, one process at a time (servers sharing a database may start together); a
+        database that cannot be reached stops start-up naming the setting."""
         try:
-            migrate(self.engine)
-        except OperationalError as exc:
+            with self.lock("schema-migrations"):
+                migrate(self.engine)
+        except (OperationalError, ServiceUnavailable) as exc:
             if not self.is_postgresql:
                 raise
+            cause = exc.__cause__ if isinstance(exc, ServiceUnavailable) and exc.__cause__ else exc
             raise ConfigError(f"cannot open the metadata database ({self.where}) named by the setting database_url "
-                              f"(KEEPHUB_DATABASE_URL): {_first_line(exc)}; check the URL, that PostgreSQL runs and "
+                              f"(KEEPHUB_DATABASE_URL): {_first_line(cause)}; check the URL, that PostgreSQL runs and "
                               "that the database and user exist") from exc
 
     @contextmanager
@@ -206,8 +220,8 @@ class Database:
             if isinstance(exc, IntegrityError) or state.startswith("40"):
                 constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
                 what = f" ({constraint})" if constraint else ""
-                raise Conflict(f"a concurrent request changed the same records first{what}; look at the current "
-                               "state and retry") from exc
+                raise WriteConflict(f"a concurrent request changed the same records first{what}; look at the "
+                                    "current state and retry") from exc
             raise
 
     @contextmanager
@@ -220,7 +234,7 @@ class Database:
         """
         with self._process_locks_guard:
             local = self._process_locks.setdefault(name, threading.Lock())
-        with local:
+        with local, self._answerable():
             if self.engine.dialect.name == "postgresql":
                 key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
                 with self.engine.connect() as conn:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from keephub.config import Settings
 from keephub.storage.blobs import BlobStore, BlobWriter, iter_range
-from keephub.storage.db import Database, insert_for
+from keephub.storage.db import Database, insert_for, inserted
 from keephub.storage.schema import (
     Bucket,
     BucketFile,
@@ -190,11 +190,9 @@ class Cas:
             for entry in verified:
                 # One statement whether the file is new or known (then its grace period starts again), so that
                 # two servers registering the same file at once both succeed.
-                added = session.execute(
-                    insert_for(session, XetFile).values(file_hash=entry.file_hash, sha256=entry.sha256,
-                                                        size=entry.size, terms=formats.pack_terms(entry.terms))
-                    .on_conflict_do_nothing(index_elements=["file_hash"])).rowcount
-                if added:
+                if inserted(session, insert_for(session, XetFile).values(
+                        file_hash=entry.file_hash, sha256=entry.sha256, size=entry.size,
+                        terms=formats.pack_terms(entry.terms)).on_conflict_do_nothing(index_elements=["file_hash"])):
                     new = True
                 else:
                     session.execute(update(XetFile).where(XetFile.file_hash == entry.file_hash).values(
@@ -211,15 +209,14 @@ class Cas:
         """Make verified content nameable by the grant's repo (a commit's lfsFile) or bucket (a batch's addFile);
         True if the link is new."""
         if grant.kind == tokens.BUCKET:
-            return bool(session.execute(
-                insert_for(session, BucketUpload).values(bucket_id=grant.repo_id, file_hash=entry.file_hash)
-                .on_conflict_do_nothing(index_elements=["bucket_id", "file_hash"])).rowcount)
+            return inserted(session, insert_for(session, BucketUpload).values(
+                bucket_id=grant.repo_id, file_hash=entry.file_hash).on_conflict_do_nothing(
+                index_elements=["bucket_id", "file_hash"]))
         assert entry.sha256 is not None  # _verify_file computes it for repos
         session.execute(insert_for(session, LfsObject).values(oid=entry.sha256, size=entry.size)
                         .on_conflict_do_nothing(index_elements=["oid"]))
-        return bool(session.execute(
-            insert_for(session, LfsLink).values(repo_id=grant.repo_id, oid=entry.sha256)
-            .on_conflict_do_nothing(index_elements=["repo_id", "oid"])).rowcount)
+        return inserted(session, insert_for(session, LfsLink).values(repo_id=grant.repo_id, oid=entry.sha256)
+                        .on_conflict_do_nothing(index_elements=["repo_id", "oid"]))
 
     def _check_listed_xorb(self, cas: formats.CasInfo) -> None:
         name = hashing.to_hex(cas.xorb)
