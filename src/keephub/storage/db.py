@@ -29,11 +29,18 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, literal_column, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from keephub.config import ConfigError
-from keephub.wire.errors import Conflict, ServiceUnavailable
+from keephub.wire.errors import BadRequest, Conflict, ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE = "keephub_write"
@@ -206,9 +213,10 @@ class Database:
 
     @contextmanager
     def _answerable(self) -> Iterator[None]:
-        """Turn what concurrency and outages raise into answers a client can act on: an unreachable database
-        into a 503 naming it (nothing was committed: the transaction rolled back or never began), and a write
-        that lost a race the site itself did not resolve (a unique key taken meanwhile, a deadlock) into a 409."""
+        """Turn what concurrency, outages and PostgreSQL's stricter types raise into answers a client can act on:
+        an unreachable database into a 503 naming it (nothing was committed: the transaction rolled back or never
+        began), a value PostgreSQL refuses (too long, a NUL character) into a 400 naming it, and a write that lost
+        a race the site itself did not resolve (a unique key taken meanwhile, a deadlock) into a 409."""
         try:
             yield
         except DBAPIError as exc:
@@ -216,6 +224,9 @@ class Database:
                 raise ServiceUnavailable(f"the metadata database ({self.where}) is unreachable: {_first_line(exc)}; "
                                          "keephub retries on the next request", extra_headers={"Retry-After": "5"}
                                          ) from exc
+            if isinstance(exc, DataError):  # PostgreSQL checks what SQLite stores as is: lengths, NUL characters
+                raise BadRequest(f"a value in the request cannot be stored: {_first_line(exc)}; shorten it or drop "
+                                 "the control characters") from exc
             state = getattr(exc.orig, "sqlstate", None) or ""
             if isinstance(exc, IntegrityError) or state.startswith("40"):
                 constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
