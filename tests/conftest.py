@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from postgres_cluster import PostgresCluster
 from slurm_cluster import SlurmCluster, keephub_slurm_env, slurm_cluster  # noqa: F401  (a session fixture)
 from seaweedfs import SeaweedFS
 
@@ -53,6 +54,29 @@ if EXECUTOR == "slurm":
     os.environ.update(keephub_slurm_env(SLURM))
 elif EXECUTOR != "local":
     raise RuntimeError(f"KEEPHUB_TEST_EXECUTOR={EXECUTOR!r}: use local or slurm")
+# Metadata in SQLite (keephub's default), or with KEEPHUB_TEST_DATABASE=postgres in a throwaway PostgreSQL
+# cluster started here: every keephub the tests start gets a database of its own in it (CREATE DATABASE per
+# server, so tests that start their own servers share no state), and admin commands on a server's data
+# directory reach the same database.
+DATABASE = os.environ.get("KEEPHUB_TEST_DATABASE", "sqlite")
+POSTGRES: PostgresCluster | None = None
+if DATABASE == "postgres":
+    POSTGRES = PostgresCluster()
+    POSTGRES.start()
+    atexit.register(POSTGRES.close)
+    Server.database_factory = POSTGRES.create_database
+elif DATABASE != "sqlite":
+    raise RuntimeError(f"KEEPHUB_TEST_DATABASE={DATABASE!r}: use sqlite or postgres")
+
+
+def stored_metadata(server: Server) -> bytes:
+    """Everything `server` keeps in its metadata database, as bytes (for tests that look for what must never
+    be stored): the SQLite file, or a pg_dump of its PostgreSQL database."""
+    url = server.env.get("KEEPHUB_DATABASE_URL")
+    if url is None:
+        return (server.data_dir / "keephub.db").read_bytes()
+    assert POSTGRES is not None, f"{url}: not in this session's PostgreSQL cluster"
+    return POSTGRES.dump(url.rsplit("/", 1)[1])
 if XET_ENABLED:
     os.environ.pop("HF_HUB_DISABLE_XET", None)
 else:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import EXECUTOR, SESSION_DIR, SLURM, Server, agent_root, free_port
+from conftest import EXECUTOR, SESSION_DIR, SLURM, Server, agent_root, free_port, stored_metadata
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -189,7 +189,7 @@ def test_secrets_are_redacted_and_hf_token_is_job_scoped(jobs_server: Server, us
     assert job_token != api.token, "the job gets its own token, not the user's"
     revoked = httpx.get(f"{jobs_server.url}/api/whoami-v2", headers={"authorization": f"Bearer {job_token}"})
     assert revoked.status_code == 401, "the job token is revoked when the job ends"
-    stored = (jobs_server.data_dir / "keephub.db").read_bytes()
+    stored = stored_metadata(jobs_server)
     assert b"s3cr3t" not in stored and job_token.encode() not in stored
 
 

@@ -315,15 +315,18 @@ def test_data_directory_is_private_to_the_keephub_account(private_server: Server
     api.upload_file(path_or_fileobj=b"weights" * 1000, path_in_repo="model.bin", repo_id=repo)
     api.upload_file(path_or_fileobj=b"\x00" * 20_000_000, path_in_repo="big.safetensors", repo_id=repo)
     data_dir = private_server.data_dir
-    for required in ("keephub.db", "signing.key"):
-        assert (data_dir / required).exists()
+    required = ["signing.key"] if "KEEPHUB_DATABASE_URL" in private_server.env else ["keephub.db", "signing.key"]
+    for entry in required:
+        assert (data_dir / entry).exists()
     assert stat.S_IMODE(data_dir.stat().st_mode) & 0o077 in (0, 0o011)
     assert _group_or_other_access(data_dir) == []
 
 
 def test_an_open_data_directory_is_reported_at_start(private_server: Server) -> None:
     private_server.stop()
-    database = private_server.data_dir / "keephub.db"
+    # The SQLite file, or (metadata in PostgreSQL) the signing key: either is reported the same way.
+    name = "signing.key" if "KEEPHUB_DATABASE_URL" in private_server.env else "keephub.db"
+    database = private_server.data_dir / name
     database.chmod(0o644)
     log_start = private_server.log_path.stat().st_size
     private_server.start()

@@ -374,7 +374,7 @@ def test_garbage_collection_keeps_committed_files_and_drops_orphans(tmp_path: Pa
         assert httpx.post(f"{cas}/v1/xorbs/default/{orphan_name}", content=xorb_bytes(orphan),
                           headers=headers).status_code == 200
         kept = stored_xorbs(srv) - {orphan_name}
-        env = {**os.environ, "KEEPHUB_XET_GC_GRACE_SECONDS": "0"}
+        env = {**os.environ, **srv.env}  # the server's settings: its grace of 0 s, its database
         dry = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(srv.data_dir), "gc", "--dry-run"],
                              capture_output=True, text=True, env=env, timeout=60)
         assert "would remove 1 xorb" in dry.stdout, dry.stdout + dry.stderr
@@ -390,7 +390,7 @@ def test_garbage_collection_keeps_committed_files_and_drops_orphans(tmp_path: Pa
         from keephub.app import open_hub
         from keephub.config import Settings
 
-        open_hub(Settings.load(config_file=None, overrides={"data_dir": srv.data_dir})).cas.delete_unindexed_xorbs(
+        open_hub(Settings.load(config_file=None, environ=env, overrides={"data_dir": srv.data_dir})).cas.delete_unindexed_xorbs(
             [orphan_name])
         assert orphan_name in stored_xorbs(srv)
         downloaded = hf_hub_download(f"{name}/r", "kept.bin", cache_dir=str(tmp_path / "c"), endpoint=srv.url,

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -27,10 +29,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The extra environment of each LocalServer by its data directory: admin commands on that directory run with it
+# too, so that they reach the same database as the server (a database_url given through the environment).
+_SERVER_ENV: dict[Path, dict[str, str]] = {}
+
+
 def keephub_cli(data_dir: Path, *args: str) -> str:
-    """Run the keephub CLI against `data_dir` and return its stdout; a failure raises with its stderr."""
+    """Run the keephub CLI against `data_dir` (with the settings of the LocalServer serving it) and return its
+    stdout; a failure raises with its stderr."""
+    env = {**os.environ, **_SERVER_ENV.get(Path(data_dir).resolve(), {})}
     result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
     return result.stdout
@@ -46,9 +55,15 @@ class LocalServer:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path = field(init=False)
+    # Makes the database_url of each server given none in `env` (the tests' PostgreSQL pass: a fresh database
+    # per server, so servers never share state); None: SQLite in the data directory, keephub's default.
+    database_factory: ClassVar[Callable[[], str] | None] = None
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        if LocalServer.database_factory is not None and "KEEPHUB_DATABASE_URL" not in self.env:
+            self.env["KEEPHUB_DATABASE_URL"] = LocalServer.database_factory()
+        _SERVER_ENV[self.data_dir.resolve()] = self.env
 
     @property
     def url(self) -> str:
