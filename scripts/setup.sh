@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything keephub needs on a fresh Debian machine: system packages (bubblewrap, Slurm, munge),
+# Set up everything keephub needs on a fresh Debian machine: system packages (bubblewrap, Slurm, munge, PostgreSQL),
 # a virtualenv with the pinned CPU torch first (so nothing pulls CUDA builds), then keephub and the training
 # stack.
 # Idempotent: re-running it only installs what is missing.
@@ -17,6 +17,8 @@ for cmd in slurmctld slurmd sbatch; do
     command -v "$cmd" >/dev/null 2>&1 || { need_apt+=(slurm-wlm); break; }
 done
 command -v munged >/dev/null 2>&1 || need_apt+=(munge)
+# PostgreSQL: the tests' PostgreSQL pass (and tests/test_postgres.py) initdb a throwaway cluster with it.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get"
