@@ -37,6 +37,7 @@ from sqlalchemy.exc import (
     NoSuchModuleError,
     OperationalError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from keephub.config import ConfigError
@@ -60,14 +61,21 @@ class IncompatibleDatabase(RuntimeError):
 _GONE_STATES = ("57P01", "57P02", "57P03")
 # Seconds to wait for a PostgreSQL connection before answering 503.
 PG_CONNECT_TIMEOUT_SECONDS = 10
+# Connections each process keeps to PostgreSQL, and how many more it opens under load: as many in all as the
+# worker threads requests run in (anyio's 40), so a burst of requests waits on PostgreSQL, not on the pool.
+PG_POOL_SIZE = 10
+PG_POOL_OVERFLOW = 30
+PG_POOL_TIMEOUT_SECONDS = 30
 
 
 def create_db_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
     connect_args: dict[str, object] = {"timeout": 60, "check_same_thread": False} if is_sqlite else {}
+    pool: dict[str, int] = {}
     if make_url(url).get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_SECONDS
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
+        pool = {"pool_size": PG_POOL_SIZE, "max_overflow": PG_POOL_OVERFLOW, "pool_timeout": PG_POOL_TIMEOUT_SECONDS}
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not is_sqlite, **pool)
     if is_sqlite:
         _tune_sqlite(engine)
     return engine
@@ -219,6 +227,10 @@ class Database:
         a race the site itself did not resolve (a unique key taken meanwhile, a deadlock) into a 409."""
         try:
             yield
+        except PoolTimeout as exc:
+            raise ServiceUnavailable(f"every connection to the metadata database ({self.where}) stayed busy for "
+                                     f"{PG_POOL_TIMEOUT_SECONDS} s: keephub is overloaded; retry",
+                                     extra_headers={"Retry-After": "5"}) from exc
         except DBAPIError as exc:
             if is_unreachable(exc):
                 raise ServiceUnavailable(f"the metadata database ({self.where}) is unreachable: {_first_line(exc)}; "
