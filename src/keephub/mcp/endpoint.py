@@ -7,6 +7,7 @@ number of agents (or a restarted server) need no session bookkeeping.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Awaitable, Callable
@@ -40,7 +41,11 @@ _HANDLERS: dict[str, Handler] = {
     "dataset_search": hub_tools.dataset_search, "hub_repo_details": hub_tools.repo_details,
     "hub_repo_file": hub_tools.repo_file,
 }
-_SCHEMAS = {tool.name: tool.input_schema for tool in TOOLS}
+# The schemas the SDK checks a call's `Mcp-Param-*` headers against: those of tools that mirror an argument
+# into such a header (`x-mcp-header`). keephub's mirror none, so no call has a header to check; handing the SDK
+# a schema anyway made it walk the whole schema on every call to find nothing to compare.
+_HEADER_SCHEMAS = {tool.name: tool.input_schema for tool in TOOLS
+                   if "x-mcp-header" in json.dumps(tool.input_schema)}
 
 
 class Endpoint:
@@ -78,8 +83,9 @@ async def _list_tools(ctx: ServerRequestContext[Any, Any], params: types.Paginat
 
 
 def _input_schema(name: str) -> dict[str, Any] | None:
-    """A tool's schema for the SDK's `Mcp-Param-*` header check, which otherwise runs tools/list on every call."""
-    return _SCHEMAS.get(name)
+    """A tool's schema for the SDK's `Mcp-Param-*` header check, None when it declares no such header (nothing to
+    check). Without this lookup the SDK would run tools/list on every call to find the schema."""
+    return _HEADER_SCHEMAS.get(name)
 
 
 async def _call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> types.CallToolResult:
