@@ -39,7 +39,7 @@ def keephub_cli(data_dir: Path, *args: str) -> str:
     stdout; a failure raises with its stderr."""
     env = {**os.environ, **_SERVER_ENV.get(Path(data_dir).resolve(), {})}
     result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120, env=env)
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
     return result.stdout

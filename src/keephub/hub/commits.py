@@ -143,8 +143,10 @@ class CommitResult:
 
 
 def apply_commit(session: Session, repo: RepoRef, branch: str, request: CommitRequest, actor: Actor) -> CommitResult:
-    """Apply `request` to `branch` inside the caller's write transaction."""
-    head = branch_head(session, repo, branch)
+    """Apply `request` to `branch` inside the caller's write transaction. The branch is locked from here to the
+    commit: a concurrent commit to it waits, then builds on the head this one made (or, with a parentCommit
+    that is no longer the head, gets 412); the ref update below stays a compare-and-swap all the same."""
+    head = branch_head(session, repo, branch, lock=True)
     if request.parent_commit is not None and request.parent_commit != head:
         landed = _find_landed_retry(session, repo, head, request, actor)
         if landed is not None:

@@ -109,8 +109,10 @@ def resolve_revision(session: Session, repo: RepoRef, revision: str) -> str:
     )
 
 
-def branch_head(session: Session, repo: RepoRef, branch: str) -> str:
-    ref = session.get(Ref, (repo.id, "branch", branch))
+def branch_head(session: Session, repo: RepoRef, branch: str, lock: bool = False) -> str:
+    """The branch's head commit; `lock` (in a write) holds the branch until the commit, so that commits to it
+    queue one behind the other instead of racing (without a database-wide write lock, as on PostgreSQL)."""
+    ref = session.get(Ref, (repo.id, "branch", branch), with_for_update=lock)
     if ref is None:
         if session.get(Ref, (repo.id, "tag", branch)) is not None or naming.is_commit_sha(branch):
             raise BadRequest(f"{branch!r} is not a branch; commits can only be made to a branch of {repo.repo_id}")
