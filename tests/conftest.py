@@ -92,25 +92,45 @@ if BLOBS == "s3":
     SEAWEEDFS.start()
     atexit.register(SEAWEEDFS.stop)
     os.environ.update(SEAWEEDFS.settings_env(SEAWEEDFS.create_bucket()))
+    # S3's smallest part, so an upload shows in the store (an open multipart upload) after 5 MiB, not 16.
+    os.environ["KEEPHUB_BLOB_PART_BYTES"] = str(5 * 1024 * 1024)
     _server_init = Server.__post_init__
 
     def _with_own_prefix(self: Server) -> None:
         _server_init(self)
-        self.env.setdefault("KEEPHUB_BLOB_PREFIX", hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16])
+        own = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.env.setdefault("KEEPHUB_BLOB_PREFIX", own)
 
     Server.__post_init__ = _with_own_prefix  # type: ignore[method-assign]
 elif BLOBS != "local":
     raise RuntimeError(f"KEEPHUB_TEST_BLOBS={BLOBS!r}: use local or s3")
 
 
-def stored_blobs(server: Server, store: str) -> dict[str, int]:
-    """The blobs `server` keeps in its "lfs" or "xorbs" store, key to size, on whichever backend it uses."""
+def _blob_store(server: Server, store: str):  # type: ignore[no-untyped-def]
     from keephub.config import Settings
     from keephub.storage.blobs import open_blob_stores
 
     settings = Settings.load(environ={**os.environ, **server.env}, overrides={"data_dir": server.data_dir})
-    blobs = getattr(open_blob_stores(settings), store)
+    return getattr(open_blob_stores(settings), store)
+
+
+def stored_blobs(server: Server, store: str) -> dict[str, int]:
+    """The blobs `server` keeps in its "lfs" or "xorbs" store, key to size, on whichever backend it uses."""
+    blobs = _blob_store(server, store)
     return {key: blobs.size(key) for key in blobs.keys()}
+
+
+def blob_staging(server: Server) -> list[str]:
+    """What unfinished uploads hold in `server`'s LFS store: temporary files and multipart parts in the data
+    directory, or open multipart uploads and part objects in S3."""
+    from keephub.storage.blobs import LocalBlobStore
+
+    blobs = _blob_store(server, "lfs")
+    if isinstance(blobs, LocalBlobStore):
+        return [p.name for folder in (blobs.tmp, blobs.uploads) for p in folder.iterdir()]
+    unfinished = blobs.client.list_multipart_uploads(Bucket=blobs.bucket, Prefix=blobs.prefix).get("Uploads", [])
+    parts = blobs.client.list_objects_v2(Bucket=blobs.bucket, Prefix=f"{blobs.prefix}uploads/").get("Contents", [])
+    return [u["Key"] for u in unfinished] + [p["Key"] for p in parts]
 
 
 def agent_root(server: Server) -> Path:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import Server, free_port
+from conftest import Server, blob_staging, free_port
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -283,10 +283,6 @@ def _upload_href(http: httpx.Client, repo_id: str, oid: str, size: int) -> str:
 
 
 # -- (e) interrupted uploads -----------------------------------------------------------------------
-def _blob_dir(srv: Server, name: str) -> Path:
-    return srv.data_dir / "blobs" / name
-
-
 def _invisible(http: httpx.Client, repo_id: str, oid: str, size: int) -> None:
     """Nothing of the object is visible: not downloadable, not committable, and the batch API wants it."""
     assert http.get(f"/{repo_id}.git/info/lfs/objects/{oid}").status_code == 404
@@ -307,49 +303,48 @@ def _start_raw_put(href: str, size: int, sent: bytes) -> socket.socket:
 
 
 def test_interrupted_lfs_upload_leaves_nothing(srv: Server, http: httpx.Client, repo_id: str) -> None:
-    tmp = _blob_dir(srv, "tmp")
     log_start = len(srv.log_path.read_text())
-    data = os.urandom(8 * 1024 * 1024)
+    data = os.urandom(16 * 1024 * 1024)
     oid = sha256(data)
-    # A raw socket that disconnects after 3 MiB of the 8 MiB it announced.
-    sock = _start_raw_put(_upload_href(http, repo_id, oid, len(data)), len(data), data[: 3 * 1024 * 1024])
-    wait_for(lambda: any(tmp.iterdir()), "the upload's temporary file")
+    # A raw socket that disconnects after 9 MiB of the 16 MiB it announced (on S3, past the first 5 MiB part).
+    sock = _start_raw_put(_upload_href(http, repo_id, oid, len(data)), len(data), data[: 9 * 1024 * 1024])
+    wait_for(lambda: blob_staging(srv), "the upload's temporary file")
     sock.close()
-    wait_for(lambda: not any(tmp.iterdir()), "the temporary file to be removed after the disconnect")
+    wait_for(lambda: not blob_staging(srv), "the temporary file to be removed after the disconnect")
     _invisible(http, repo_id, oid, len(data))
 
     # An httpx upload whose body generator fails half-way (the client process crashing mid-read).
     def failing_body() -> Iterator[bytes]:
-        yield data[: 4 * 1024 * 1024]
-        wait_for(lambda: any(tmp.iterdir()), "the upload's temporary file")
+        yield data[: 9 * 1024 * 1024]
+        wait_for(lambda: blob_staging(srv), "the upload's temporary file")
         raise OSError("disk read error on the client")
 
     with pytest.raises(OSError):
         httpx.put(_upload_href(http, repo_id, oid, len(data)), content=failing_body(),
                   headers={"content-length": str(len(data))})
-    wait_for(lambda: not any(tmp.iterdir()), "the temporary file to be removed after the failed upload")
+    wait_for(lambda: not blob_staging(srv), "the temporary file to be removed after the failed upload")
     _invisible(http, repo_id, oid, len(data))
     assert "Traceback" not in srv.log_path.read_text()[log_start:], "a client hang-up is not a server error"
 
 
 def test_upload_cut_by_a_server_crash_is_swept_at_restart(srv: Server, http: httpx.Client, repo_id: str) -> None:
-    tmp, uploads = _blob_dir(srv, "tmp"), _blob_dir(srv, "uploads")
-    data = os.urandom(CHUNK + 1024)  # two multipart parts
+    data = os.urandom(2 * CHUNK + 1024)  # three multipart parts
     oid = sha256(data)
     batch = http.post(f"/{repo_id}.git/info/lfs/objects/batch", json={
         "operation": "upload", "transfers": ["basic", "multipart"], "objects": [{"oid": oid, "size": len(data)}]})
     upload = batch.json()["objects"][0]["actions"]["upload"]
-    assert batch.json()["transfer"] == "multipart" and set(upload["header"]) == {"chunk_size", "1", "2"}
-    assert httpx.put(upload["header"]["1"], content=data[:CHUNK]).status_code == 200  # part 1 of 2, then abandoned
-    sock = _start_raw_put(_upload_href(http, repo_id, oid, len(data)), len(data), data[:CHUNK])
-    wait_for(lambda: any(tmp.iterdir()), "the upload's temporary file")
+    assert batch.json()["transfer"] == "multipart" and set(upload["header"]) == {"chunk_size", "1", "2", "3"}
+    assert httpx.put(upload["header"]["1"], content=data[:CHUNK]).status_code == 200  # part 1 of 3, then abandoned
+    # A single PUT cut after 10 MiB: on S3, past the first 5 MiB part of its multipart upload.
+    sock = _start_raw_put(_upload_href(http, repo_id, oid, len(data)), len(data), data[: 2 * CHUNK])
+    wait_for(lambda: len(blob_staging(srv)) >= 2, "the upload's temporary file")
     srv.kill()  # the server dies mid-upload: nothing can clean up, so leftovers stay on disk
     sock.close()
-    assert any(tmp.iterdir()) and any(uploads.iterdir())
+    assert len(blob_staging(srv)) >= 2  # the part, and the cut upload's temporary file
     srv.env["KEEPHUB_STALE_UPLOAD_SECONDS"] = "0"  # make every leftover stale for the janitor's start-up sweep
     try:
         srv.start()
-        wait_for(lambda: not any(tmp.iterdir()) and not any(uploads.iterdir()), "the janitor's sweep")
+        wait_for(lambda: not blob_staging(srv), "the janitor's sweep")
     finally:
         del srv.env["KEEPHUB_STALE_UPLOAD_SECONDS"]
         restart_after_sigkill(srv)
@@ -370,4 +365,4 @@ def test_multipart_upload_with_the_real_client(srv: Server, hf: HfApi, http: htt
     assert sha256(Path(local).read_bytes()) == oid
     info = hf.get_paths_info(repo_id, ["big/model.safetensors"])[0]
     assert info.lfs is not None and info.lfs.sha256 == oid and info.size == len(data)
-    assert not any(_blob_dir(srv, "uploads").iterdir()) and not any(_blob_dir(srv, "tmp").iterdir())
+    assert not blob_staging(srv)
