@@ -272,3 +272,23 @@ class JobSocketProxy:
                     sock.close()
                 except OSError:
                     pass
+
+
+@pytest.fixture(scope="session")
+def scale_out_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, SeaweedFS]]:
+    """A PostgreSQL cluster and a SeaweedFS for tests that move data onto them or share them between servers:
+    the session's own when the pass runs on them, else ones started here (once) and stopped at the end."""
+    started = []
+    postgres = POSTGRES
+    if postgres is None:
+        postgres = PostgresCluster()
+        postgres.start()
+        started.append(postgres.close)
+    store = SEAWEEDFS
+    if store is None:
+        store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+        store.start()
+        started.append(store.stop)
+    yield postgres, store
+    for stop in started:
+        stop()
