@@ -12,6 +12,7 @@ from pathlib import Path
 
 from keephub.accounts import AccountError
 from keephub.config import ConfigError, Settings
+from keephub.storage.blobs import BlobStoreUnavailable
 from keephub.storage.permissions import restrict_new_files
 
 
@@ -477,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AccountError, ConfigError) as exc:
         print(f"keephub: error: {exc}", file=sys.stderr)
         return 2
+    except BlobStoreUnavailable as exc:  # `keephub gc` or `migrate` while S3 is down: a message, not a traceback
+        print(f"keephub: error: {exc.message}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`keephub jobs ps | head`): nothing more to say, and nothing to say it to.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
