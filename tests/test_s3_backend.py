@@ -273,6 +273,13 @@ def test_store_outage_is_a_503_naming_it_and_ends_without_a_restart(weed: Seawee
         assert httpx.post(f"{srv.url}/api/repos/create", headers=auth, json={"name": "r"}).status_code == 200
         before = os.urandom(40_000)
         lfs_upload(srv, token, repo_id, "before.bin", before)
+        bucket_id = f"{name}/b"
+        run_client(srv, token, tmp_path / "hf", f"""
+from huggingface_hub import HfApi
+api = HfApi()
+api.create_bucket({bucket_id!r})
+api.batch_bucket_files({bucket_id!r}, add=[({os.urandom(30_000)!r}, "x.bin")])
+""", xet=True)
 
         relay.cut()
         data = os.urandom(6 * 1024 * 1024)  # more than one S3 part: the outage hits a multipart upload
@@ -286,6 +293,8 @@ def test_store_outage_is_a_503_naming_it_and_ends_without_a_restart(weed: Seawee
         assert weed.secret_key not in put.text
         down = httpx.head(f"{srv.url}/{repo_id}/resolve/main/before.bin", headers=auth)
         assert down.status_code == 503 and "unreachable" in down.headers["x-error-message"]
+        rebuilt = httpx.get(f"{srv.url}/buckets/{bucket_id}/resolve/x.bin", headers=auth)  # from its xorbs
+        assert rebuilt.status_code == 503 and "S3 at" in rebuilt.json()["error"]
         verify = httpx.post(f"{srv.url}/{repo_id}.git/info/lfs/objects/verify", headers=auth,
                             json={"oid": oid, "size": len(data)})
         assert verify.status_code == 404  # nothing half-visible

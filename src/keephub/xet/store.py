@@ -12,6 +12,7 @@ cannot name content its author never proved to hold. A bucket's token links file
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import threading
 from contextlib import closing, contextmanager
@@ -370,7 +371,11 @@ class Cas:
         if length <= 0:
             return iter(())
         skip, slices = self.plan(entry, start, start + length - 1)
-        return self._stream_terms([p.term for p in slices], skip, length)
+        pieces = self._stream_terms([p.term for p in slices], skip, length)
+        # The first piece is read here, before the caller starts its response: a store that is unreachable is
+        # then a 503, not a 200 cut short.
+        first = next(pieces, None)
+        return itertools.chain([] if first is None else [first], pieces)
 
     def _stream_terms(self, terms: list[Term], skip: int, length: int) -> Iterator[bytes]:
         remaining = length
