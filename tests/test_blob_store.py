@@ -281,3 +281,34 @@ def test_s3_presigned_url_serves_one_object_until_it_expires(seaweed: SeaweedFS)
     time.sleep(3)
     expired = httpx.get(url)
     assert expired.status_code == 403 and data not in expired.content
+
+
+def test_blobs_settings_choose_and_check_the_backend(tmp_path: Path) -> None:
+    """The [blobs] table (and KEEPHUB_BLOB_*) picks the backend; settings it cannot use stop start-up naming
+    the setting, and the secret never appears in the settings' repr."""
+    from keephub.config import ConfigError, Settings
+    from keephub.storage.blobs import open_blob_stores
+
+    config = tmp_path / "keephub.toml"
+    config.write_text('[blobs]\nbackend = "s3"\nendpoint = "http://127.0.0.1:9"\nbucket = "kh-bucket"\n'
+                      'prefix = "prod"\naccess_key_id = "AKID"\nsecret_access_key = "very-secret"\n')
+    settings = Settings.load(config_file=config, environ={}, overrides={"data_dir": tmp_path / "data"})
+    assert (settings.blob_backend, settings.blob_bucket, settings.blob_prefix) == ("s3", "kh-bucket", "prod")
+    assert "very-secret" not in repr(settings)
+    stores = open_blob_stores(settings)
+    assert isinstance(stores.lfs, S3BlobStore) and stores.lfs.prefix == "prod/lfs/"
+    assert stores.xorbs.prefix == "prod/xorbs/"  # type: ignore[attr-defined]
+    memory = Settings.load(environ={"KEEPHUB_BLOB_BACKEND": "memory"}, overrides={"data_dir": tmp_path / "m"})
+    assert isinstance(open_blob_stores(memory).lfs, MemoryBlobStore)
+    refused = {
+        "blobs.backend": {"KEEPHUB_BLOB_BACKEND": "ftp"},
+        "blobs.bucket is required": {"KEEPHUB_BLOB_BACKEND": "s3"},
+        "go together": {"KEEPHUB_BLOB_BACKEND": "s3", "KEEPHUB_BLOB_BUCKET": "b", "KEEPHUB_BLOB_ACCESS_KEY_ID": "a"},
+        "blobs.part_bytes": {"KEEPHUB_BLOB_BACKEND": "s3", "KEEPHUB_BLOB_BUCKET": "b",
+                             "KEEPHUB_BLOB_PART_BYTES": "1024"},
+        "blobs.presign_ttl_seconds": {"KEEPHUB_BLOB_BACKEND": "s3", "KEEPHUB_BLOB_BUCKET": "b",
+                                      "KEEPHUB_BLOB_PRESIGN_TTL_SECONDS": "0"},
+    }
+    for message, environ in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            open_blob_stores(Settings.load(environ=environ, overrides={"data_dir": tmp_path / "x"}))
