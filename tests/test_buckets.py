@@ -357,11 +357,7 @@ def test_garbage_collection_keeps_what_buckets_hold(paged_server: Server, tmp_pa
     data = os.urandom(300_000)
     api.batch_bucket_files(bucket, add=[(data, "kept.bin"), (os.urandom(200_000), "dropped.bin")])
     api.batch_bucket_files(bucket, delete=["dropped.bin"])
-<<<<<<< ours
     env = {**os.environ, **paged_server.env, "KEEPHUB_XET_GC_GRACE_SECONDS": "0"}
-=======
-    env = {**os.environ, **paged_server.env, "KEEPHUB_XET_GC_GRACE_SECONDS": "0"}  # the server's database too
->>>>>>> theirs
     done = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(paged_server.data_dir), "gc"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert "unreferenced" in done.stdout and " 1 unreferenced" in done.stdout, done.stdout + done.stderr
