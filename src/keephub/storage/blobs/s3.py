@@ -17,6 +17,7 @@ import io
 import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -77,8 +78,9 @@ class S3BlobStore:
 
     def check(self) -> None:
         """At start: the endpoint answers, the bucket exists, and the credentials may write, read and delete in
-        it (a probe object under the prefix). Each failure names the setting to fix."""
-        probe = f"{self.prefix}.keephub-probe"
+        it (a probe object under the prefix, named for this check alone: servers starting together each write
+        their own). Each failure names the setting to fix."""
+        probe = f"{self.prefix}.keephub-probe-{uuid.uuid4().hex}"
         try:
             self.client.head_bucket(Bucket=self.bucket)
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe")
