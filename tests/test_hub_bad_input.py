@@ -618,7 +618,10 @@ def test_range_out_of_bounds_is_416(http: httpx.Client, unchanged: Repo, path: s
 
 
 def test_range_inside_the_file_still_works(http: httpx.Client, unchanged: Repo) -> None:
-    response = http.get(f"/{unchanged.repo_id}/resolve/main/model.bin", headers={"range": "bytes=7990-"})
+    # On the S3 backend through the redirect to the object (the Range re-sent there); a bad Range is answered
+    # by keephub itself before any redirect (above).
+    response = http.get(f"/{unchanged.repo_id}/resolve/main/model.bin", headers={"range": "bytes=7990-"},
+                        follow_redirects=True)
     assert response.status_code == 206 and response.content == (b"\x00weights" * 1000)[7990:]
 
 
