@@ -378,3 +378,23 @@ def test_a_gibibyte_goes_up_and_down_in_bounded_server_memory(s3hub: Server) -> 
             received += len(piece)
     assert received == size and down.hexdigest() == oid
     assert peak_rss_mb(s3hub) < 300, f"keephub peaked at {peak_rss_mb(s3hub):.0f} MiB"
+
+
+def test_jobs_get_bytes_from_keephub_not_a_redirect(s3hub: Server, tmp_path: Path) -> None:
+    """A sandboxed job reaches keephub through its Unix socket and nothing else (no route to S3): a download
+    asked that way is served by keephub, while the same request over TCP is redirected."""
+    from keephub.agent.sandbox import hub_socket_path
+
+    name, token = s3hub.user()
+    repo_id = f"{name}/jobs-{uuid.uuid4().hex[:6]}"
+    auth = {"authorization": f"Bearer {token}"}
+    assert httpx.post(f"{s3hub.url}/api/repos/create", headers=auth, json={"name": repo_id.split("/")[1]}
+                      ).status_code == 200
+    data = os.urandom(60_000)
+    lfs_upload(s3hub, token, repo_id, "w.bin", data)
+    path = f"/{repo_id}/resolve/main/w.bin"
+    assert httpx.get(s3hub.url + path, headers=auth).status_code == 302
+    job_side = httpx.Client(transport=httpx.HTTPTransport(uds=str(hub_socket_path(s3hub.data_dir))),
+                            base_url="http://keephub", headers=auth)
+    served = job_side.get(path)
+    assert served.status_code == 200 and served.content == data

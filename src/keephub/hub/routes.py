@@ -23,6 +23,7 @@ from keephub.hub.service import Hub
 from keephub.wire import BadRequest, Unauthorized, headers
 from keephub.wire.errors import HubError, NotFound
 from keephub.wire.bodies import read_body, receive_into
+from keephub.wire.origin import through_unix_socket
 from keephub.wire.params import int_param
 from keephub.wire.ranges import requested_span
 from keephub.wire.text import first_invalid_string
@@ -309,7 +310,7 @@ async def lfs_download(request: Request) -> Response:
     oid = request.path_params["oid"]
     hub = hub_of(request)
     size = await call(hub.lfs_object, actor, *repo_params(request), oid)
-    direct = await call(hub.large_file_url, oid)
+    direct = await call(hub.large_file_url, oid) if may_redirect(request, actor) else None
     if direct is not None:
         return RedirectResponse(direct, status_code=302)
     return StreamingResponse(await call(hub.large_file, oid), headers={"Content-Length": str(size)},
@@ -370,6 +371,13 @@ async def xet_token(request: Request) -> JSONResponse:
     })
 
 
+def may_redirect(request: Request, actor: Actor | None) -> bool:
+    """Whether a download may be sent to the blob store (S3) instead of served: not for jobs, whose sandboxes
+    reach keephub alone, through its Unix socket on this machine or, from a Slurm node, through their agent
+    (whose requests carry the job's own token)."""
+    return not through_unix_socket(request) and not (actor is not None and actor.is_job_token)
+
+
 async def resolve(request: Request) -> Response:
     actor = await actor_of(request)
     hub = hub_of(request)
@@ -402,7 +410,7 @@ async def resolve(request: Request) -> Response:
             base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"
     base_headers["Content-Length"] = str(length)
     media_type = "application/octet-stream"
-    if target.is_lfs:
+    if target.is_lfs and may_redirect(request, actor):
         direct = await call(hub.large_file_url, target.etag)
         if direct is not None:
             # As the Hub does with its CDN: huggingface_hub reads X-Linked-Size/-Etag and X-Repo-Commit from this

@@ -337,7 +337,9 @@ class Cas:
                                       extra_headers={"Content-Range": f"bytes */{entry.size}"})
         return span
 
-    def reconstruction(self, entry: FileEntry, first: int, last: int, version: int) -> dict:
+    def reconstruction(self, entry: FileEntry, first: int, last: int, version: int, direct: bool = True) -> dict:
+        """Terms and fetch URLs for file bytes [first, last]; `direct`: URLs straight to the blob store where it
+        serves objects itself (S3), else keephub's own signed fetch URLs."""
         skip, slices = self.plan(entry, first, last)
         wanted: dict[str, list[list[int]]] = {}
         for piece in slices:
@@ -353,7 +355,7 @@ class Cas:
                 # A store that serves objects itself (S3) gets the bytes to hf_xet without keephub. The URL grants
                 # only this span, as keephub's own fetch URLs do: a xorb may hold chunks of files of other repos
                 # (dedup), and hf_xet sends exactly this Range.
-                url = (self.xorbs.presigned_get(xorb_name, (byte_first, byte_last))
+                url = ((self.xorbs.presigned_get(xorb_name, (byte_first, byte_last)) if direct else None)
                        or tokens.fetch_url(self.settings, xorb_name, byte_first, byte_last))
                 chunks, span = {"start": start, "end": end}, {"start": byte_first, "end": byte_last}
                 if version == 1:
