@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -30,8 +31,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from postgres_cluster import PostgresCluster, postgres_bin_dir
 from sqlalchemy import text
 
+from keephub.app import open_hub
+from keephub.config import Settings
+from keephub.jobs.scheduled import ScheduledJobs
+from keephub.jobs.service import JobService
+from keephub.jobs.spec import parse_spec
 from keephub.storage.db import Database
-from keephub.storage.schema import Base
+from keephub.storage.schema import Base, ScheduledJob
 
 pytestmark = pytest.mark.skipif(postgres_bin_dir() is None,
                                 reason="PostgreSQL is not installed (scripts/setup.sh installs it as root)")
@@ -304,6 +310,33 @@ def test_two_servers_on_one_database_run_each_job_once(cluster: PostgresCluster,
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_due_scheduled_run_starts_once_across_servers(cluster: PostgresCluster, tmp_path: Path) -> None:
+    """Two keephub processes' schedulers (each its own open_hub on one database) look for due runs at the same
+    moment, four threads each: the schedule's next run moves once, and one job is created."""
+    url = cluster.create_database()
+    schedulers = []
+    for name in ("a", "b"):
+        settings = Settings.load(environ={}, overrides={"data_dir": tmp_path / name,
+                                                          "database_url": url}).with_signing_key()
+        hub = open_hub(settings)
+        schedulers.append(ScheduledJobs(JobService(settings, hub, None)))
+    schedulers[0].jobs.accounts.create_user("ada")
+    spec, _ = parse_spec({"command": ["python", "-c", "print(1)"], "dockerImage": "python:3.12",
+                          "flavor": "cpu-basic"}, schedulers[0].jobs.flavors, 60)
+    due = datetime.now(timezone.utc) - timedelta(minutes=1)
+    with schedulers[0].db.write() as session:
+        session.add(ScheduledJob(id="s" * 24, namespace="ada", owner="ada", owner_token_role="read",
+                                 spec_json=json.dumps(spec.to_wire()), schedule="@hourly", suspend=False,
+                                 concurrency=True, next_run_at=due))
+    started = all_at_once(THREADS, lambda i: schedulers[i % 2].run_due())
+    assert sorted(started) == [0] * (THREADS - 1) + [1], started  # type: ignore[type-var]
+    with schedulers[0].db.read() as session:
+        assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        assert session.get(ScheduledJob, "s" * 24).next_run_at > datetime.now(timezone.utc)  # type: ignore[union-attr]
+    for scheduler in schedulers:
+        scheduler.db.close()
 
 
 # -- outages and bad settings -------------------------------------------------------------------------------
