@@ -275,9 +275,10 @@ class JobSocketProxy:
 
 
 @pytest.fixture(scope="session")
-def scale_out_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, SeaweedFS]]:
-    """A PostgreSQL cluster and a SeaweedFS for tests that move data onto them or share them between servers:
-    the session's own when the pass runs on them, else ones started here (once) and stopped at the end."""
+def scale_out_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, SeaweedFS, str]]:
+    """A PostgreSQL cluster, a SeaweedFS and a bucket in it, for tests that move data onto them or share them
+    between servers: the session's own when the pass runs on them, else ones started here (once) and stopped
+    at the end. Tests keep apart by prefix: each bucket costs SeaweedFS volumes of its own, and it has few."""
     started = []
     postgres = POSTGRES
     if postgres is None:
@@ -289,6 +290,9 @@ def scale_out_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
         store.start()
         started.append(store.stop)
-    yield postgres, store
+        bucket = store.create_bucket()
+    else:
+        bucket = os.environ["KEEPHUB_BLOB_BUCKET"]
+    yield postgres, store, bucket
     for stop in started:
         stop()

@@ -45,9 +45,9 @@ def same_tree(left: Path, right: Path) -> bool:
     return all(filecmp.cmp(left / name, right / name, shallow=False) for name in names)
 
 
-def test_an_embedded_instance_moves_to_postgresql_and_s3(scale_out_backends: tuple[PostgresCluster, SeaweedFS],
+def test_an_embedded_instance_moves_to_postgresql_and_s3(scale_out_backends: tuple[PostgresCluster, SeaweedFS, str],
                                                          tmp_path: Path) -> None:
-    postgres, store = scale_out_backends
+    postgres, store, bucket_name = scale_out_backends
     old = Server(data_dir=tmp_path / "old" / "data", env=dict(EMBEDDED))
     old.start()
     name, token = old.user()
@@ -73,10 +73,10 @@ def test_an_embedded_instance_moves_to_postgresql_and_s3(scale_out_backends: tup
     old.stop()
 
     database = postgres.create_database("moved")
-    bucket_name = store.create_bucket()
+    prefix = f"moved-{uuid.uuid4().hex[:8]}"
     blob_env = {k: v for k, v in store.settings_env(bucket_name).items()
                 if k not in ("KEEPHUB_BLOB_BACKEND", "KEEPHUB_BLOB_BUCKET", "KEEPHUB_BLOB_PREFIX")}
-    args = ("--to-database", database, "--to-blobs", f"s3://{bucket_name}/kh")
+    args = ("--to-database", database, "--to-blobs", f"s3://{bucket_name}/{prefix}")
 
     interrupted = migrate(old.data_dir, {**EMBEDDED, **blob_env}, *args)
     time.sleep(2.5)  # somewhere in the copy (or already past it on a quick machine)
@@ -93,7 +93,7 @@ def test_an_embedded_instance_moves_to_postgresql_and_s3(scale_out_backends: tup
 
     keys = {"KEEPHUB_SIGNING_KEY": (old.data_dir / "signing.key").read_text().strip()}
     new = Server(data_dir=tmp_path / "new" / "data",
-                 env={"KEEPHUB_DATABASE_URL": database, **store.settings_env(bucket_name, prefix="kh"), **keys})
+                 env={"KEEPHUB_DATABASE_URL": database, **store.settings_env(bucket_name, prefix=prefix), **keys})
     new.start()
     try:
         moved = HfApi(endpoint=new.url, token=token)  # the same token: tokens moved with the accounts
@@ -113,9 +113,9 @@ def test_an_embedded_instance_moves_to_postgresql_and_s3(scale_out_backends: tup
         new.stop()
 
 
-def test_migrate_refuses_a_database_holding_another_instance(scale_out_backends: tuple[PostgresCluster, SeaweedFS],
+def test_migrate_refuses_a_database_holding_another_instance(scale_out_backends: tuple[PostgresCluster, SeaweedFS, str],
                                                              tmp_path: Path) -> None:
-    postgres, _ = scale_out_backends
+    postgres, _, _ = scale_out_backends
     other = Server(data_dir=tmp_path / "other" / "data", env={"KEEPHUB_DATABASE_URL": postgres.create_database("o")})
     other.start()
     other.user("somebody-else")

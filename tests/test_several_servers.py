@@ -31,12 +31,12 @@ pytestmark = pytest.mark.skipif(postgres_bin_dir() is None, reason="needs Postgr
 
 
 @pytest.fixture(scope="module")
-def pair(scale_out_backends: tuple[PostgresCluster, SeaweedFS], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+def pair(scale_out_backends: tuple[PostgresCluster, SeaweedFS, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     """Two servers on one database and one bucket (the same prefix), with the same keys."""
-    postgres, store = scale_out_backends
+    postgres, store, bucket = scale_out_backends
     shared = {
         "KEEPHUB_DATABASE_URL": postgres.create_database("several"),
-        **store.settings_env(store.create_bucket(), prefix="team/"),
+        **store.settings_env(bucket, prefix=f"team-{uuid.uuid4().hex[:8]}/"),
         "KEEPHUB_SIGNING_KEY": secrets.token_hex(32),
         "KEEPHUB_SECRETS_KEY": Fernet.generate_key().decode(),
     }
@@ -115,12 +115,12 @@ def test_concurrent_commits_through_both_servers_lose_no_update(pair: list[Serve
 
 
 def test_a_server_killed_mid_upload_leaves_nothing_half_visible_and_the_retry_through_the_other_lands(
-        scale_out_backends: tuple[PostgresCluster, SeaweedFS], tmp_path: Path) -> None:
+        scale_out_backends: tuple[PostgresCluster, SeaweedFS, str], tmp_path: Path) -> None:
     """kill -9 of the server taking an upload: commits it acknowledged before are all there, the interrupted
     file is not, and the client's retry through the surviving server stores every byte."""
-    postgres, store = scale_out_backends
+    postgres, store, bucket = scale_out_backends
     shared = {"KEEPHUB_DATABASE_URL": postgres.create_database("killed"),
-              **store.settings_env(store.create_bucket(), prefix="k/"),
+              **store.settings_env(bucket, prefix=f"killed-{uuid.uuid4().hex[:8]}/"),
               "KEEPHUB_SIGNING_KEY": secrets.token_hex(32), "KEEPHUB_SECRETS_KEY": Fernet.generate_key().decode()}
     victim = Server(data_dir=tmp_path / "victim" / "data", env=dict(shared))
     survivor = Server(data_dir=tmp_path / "survivor" / "data", env=dict(shared))
