@@ -275,24 +275,34 @@ class JobSocketProxy:
 
 
 @pytest.fixture(scope="session")
-def scale_out_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresCluster, SeaweedFS, str]]:
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """An S3 server for tests of the S3 backend whatever the pass: the pass's own SeaweedFS, else one started
+    for the session (once) and stopped at its end."""
+    if SEAWEEDFS is not None:
+        yield SEAWEEDFS
+        return
+    started = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(seaweedfs: SeaweedFS) -> str:
+    """One bucket in `seaweedfs` for every test that needs one (the pass's own on the S3 pass): tests keep apart
+    by prefix, since each bucket costs SeaweedFS volumes of its own and it has few (more buckets: InternalError)."""
+    return os.environ["KEEPHUB_BLOB_BUCKET"] if SEAWEEDFS is not None else seaweedfs.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def scale_out_backends(seaweedfs: SeaweedFS, s3_bucket: str) -> Iterator[tuple[PostgresCluster, SeaweedFS, str]]:
     """A PostgreSQL cluster, a SeaweedFS and a bucket in it, for tests that move data onto them or share them
-    between servers: the session's own when the pass runs on them, else ones started here (once) and stopped
-    at the end. Tests keep apart by prefix: each bucket costs SeaweedFS volumes of its own, and it has few."""
-    started = []
+    between servers: the session's own when the pass runs on them, else a PostgreSQL cluster started here
+    (once)."""
     postgres = POSTGRES
     if postgres is None:
         postgres = PostgresCluster()
         postgres.start()
-        started.append(postgres.close)
-    store = SEAWEEDFS
-    if store is None:
-        store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-        store.start()
-        started.append(store.stop)
-        bucket = store.create_bucket()
-    else:
-        bucket = os.environ["KEEPHUB_BLOB_BUCKET"]
-    yield postgres, store, bucket
-    for stop in started:
-        stop()
+    yield postgres, seaweedfs, s3_bucket
+    if postgres is not POSTGRES:
+        postgres.close()

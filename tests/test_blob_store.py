@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,29 +23,15 @@ from keephub.storage.blobs.s3 import S3BlobStore
 PART = 5 * 1024 * 1024  # S3's smallest multipart part, so the S3 store's multipart path runs on small data
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    from conftest import SEAWEEDFS
-
-    if SEAWEEDFS is not None:  # the KEEPHUB_TEST_BLOBS=s3 pass already runs one
-        yield SEAWEEDFS
-        return
-    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    weed.start()
-    yield weed
-    weed.stop()
-
-
 @pytest.fixture(params=["local", "memory", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")
     if request.param == "memory":
         return MemoryBlobStore()
-    weed: SeaweedFS = request.getfixturevalue("seaweed")
-    bucket = weed.create_bucket()
-    return S3BlobStore(weed.client(), endpoint=weed.endpoint, bucket=bucket, prefix=f"t{uuid.uuid4().hex[:6]}/lfs/",
-                       presign_ttl_seconds=60, part_bytes=PART)
+    weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+    return S3BlobStore(weed.client(), endpoint=weed.endpoint, bucket=request.getfixturevalue("s3_bucket"),
+                       prefix=f"t{uuid.uuid4().hex[:12]}/lfs/", presign_ttl_seconds=60, part_bytes=PART)
 
 
 def sha(data: bytes) -> str:
@@ -253,13 +238,13 @@ def test_concurrent_writers_of_one_key(store: BlobStore) -> None:
     assert unfinished_s3_uploads(store) == []
 
 
-def test_s3_presigned_url_serves_one_object_until_it_expires(seaweed: SeaweedFS) -> None:
+def test_s3_presigned_url_serves_one_object_until_it_expires(seaweedfs: SeaweedFS, s3_bucket: str) -> None:
     """The URLs downloads are redirected to: the object's bytes (with Range), 403 once tampered with, pointed
     at another object, or expired; the S3 server checks this, with real identities configured."""
     import httpx
 
-    bucket = seaweed.create_bucket()
-    store = S3BlobStore(seaweed.client(), endpoint=seaweed.endpoint, bucket=bucket, prefix="p/lfs/",
+    bucket = s3_bucket
+    store = S3BlobStore(seaweedfs.client(), endpoint=seaweedfs.endpoint, bucket=bucket, prefix=f"p{uuid.uuid4().hex[:12]}/lfs/",
                         presign_ttl_seconds=2)
     data, other = os.urandom(70_000), os.urandom(10)
     key, other_key = put(store, data), put(store, other)

@@ -30,27 +30,9 @@ PRESIGN_TTL = 10
 
 
 @pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    from conftest import SEAWEEDFS
-
-    if SEAWEEDFS is not None:
-        yield SEAWEEDFS
-        return
-    started = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def bucket(weed: SeaweedFS) -> str:
-    return weed.create_bucket()
-
-
-@pytest.fixture(scope="module")
-def s3hub(weed: SeaweedFS, bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def s3hub(seaweedfs: SeaweedFS, s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(data_dir=tmp_path_factory.mktemp("s3hub") / "data", port=free_port(),
-                 env={**weed.settings_env(bucket, "hub/"), "KEEPHUB_BLOB_PRESIGN_TTL_SECONDS": str(PRESIGN_TTL),
+                 env={**seaweedfs.settings_env(s3_bucket, "hub/"), "KEEPHUB_BLOB_PRESIGN_TTL_SECONDS": str(PRESIGN_TTL),
                       "KEEPHUB_MAX_REGULAR_FILE_BYTES": "1000"})
     srv.start()
     yield srv
@@ -85,7 +67,7 @@ def lfs_upload(srv: Server, token: str, repo_id: str, path: str, data: bytes) ->
     return oid
 
 
-def test_lfs_download_is_a_redirect_to_the_object(s3hub: Server, weed: SeaweedFS, tmp_path: Path) -> None:
+def test_lfs_download_is_a_redirect_to_the_object(s3hub: Server, seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Uploaded with git-lfs (hf_xet off): /resolve answers 302 to a presigned URL with the Hub's metadata
     headers, and hf_hub_download, snapshot_download and a ranged download get exact bytes through it."""
     name, token = s3hub.user()
@@ -103,7 +85,7 @@ api.upload_file(path_or_fileobj={str(tmp_path / 'w.bin')!r}, path_in_repo="w.bin
     head = httpx.head(f"{s3hub.url}/{repo_id}/resolve/main/w.bin", headers=auth)
     assert head.status_code == 302, head.text
     location = head.headers["location"]
-    assert location.startswith(weed.endpoint + "/") and oid in location and "X-Amz-Signature=" in location
+    assert location.startswith(seaweedfs.endpoint + "/") and oid in location and "X-Amz-Signature=" in location
     assert head.headers["x-linked-size"] == str(len(data)) and head.headers["x-linked-etag"] == f'"{oid}"'
     assert len(head.headers["x-repo-commit"]) == 40
     assert httpx.get(location).content == data
@@ -123,7 +105,7 @@ print(one == snap.read_bytes(), len(one), __import__("hashlib").sha256(one).hexd
         assert out.split() == ["True", str(len(data)), oid]
 
 
-def test_xet_download_reads_xorbs_from_presigned_urls(s3hub: Server, weed: SeaweedFS, tmp_path: Path) -> None:
+def test_xet_download_reads_xorbs_from_presigned_urls(s3hub: Server, seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Uploaded with hf_xet: the reconstruction's fetch URLs are presigned xorb URLs (hf_xet fetches them with a
     Range header), and hf_xet and plain HTTP both rebuild the exact bytes."""
     name, token = s3hub.user()
@@ -149,7 +131,7 @@ print(Path(hf_hub_download({repo_id!r}, "w.bin", cache_dir={str(tmp_path / 'hf' 
     plan = httpx.get(f"{grant['casUrl']}/v1/reconstructions/{xet_hash}",
                      headers={"authorization": f"Bearer {grant['accessToken']}"}).json()
     urls = [item for items in plan["fetch_info"].values() for item in items]
-    assert urls and all(item["url"].startswith(weed.endpoint + "/") for item in urls)
+    assert urls and all(item["url"].startswith(seaweedfs.endpoint + "/") for item in urls)
     first = urls[0]
     span = first["url_range"]
     piece = httpx.get(first["url"], headers={"Range": f"bytes={span['start']}-{span['end']}"})
@@ -259,10 +241,10 @@ class Outage:
         self.listener.close()
 
 
-def test_store_outage_is_a_503_naming_it_and_ends_without_a_restart(weed: SeaweedFS, bucket: str,
+def test_store_outage_is_a_503_naming_it_and_ends_without_a_restart(seaweedfs: SeaweedFS, s3_bucket: str,
                                                                       tmp_path: Path) -> None:
-    relay = Outage(weed.s3_port)
-    env = {**weed.settings_env(bucket, f"outage-{uuid.uuid4().hex[:6]}/"),
+    relay = Outage(seaweedfs.s3_port)
+    env = {**seaweedfs.settings_env(s3_bucket, f"outage-{uuid.uuid4().hex[:6]}/"),
            "KEEPHUB_BLOB_ENDPOINT": f"http://127.0.0.1:{relay.port}"}
     srv = Server(data_dir=tmp_path / "data", port=free_port(), env=env)
     srv.start()
@@ -290,7 +272,7 @@ api.batch_bucket_files({bucket_id!r}, add=[({os.urandom(30_000)!r}, "x.bin")])
         put = httpx.put(href, content=data, timeout=60)
         assert put.status_code == 503, put.text
         assert f"the blob store (S3 at http://127.0.0.1:{relay.port})" in put.json()["error"]
-        assert weed.secret_key not in put.text
+        assert seaweedfs.secret_key not in put.text
         down = httpx.head(f"{srv.url}/{repo_id}/resolve/main/before.bin", headers=auth)
         assert down.status_code == 503 and "unreachable" in down.headers["x-error-message"]
         rebuilt = httpx.get(f"{srv.url}/buckets/{bucket_id}/resolve/x.bin", headers=auth)  # from its xorbs
@@ -305,7 +287,7 @@ api.batch_bucket_files({bucket_id!r}, add=[({os.urandom(30_000)!r}, "x.bin")])
                           json={"oid": oid, "size": len(data)}).status_code == 200
         answer = httpx.get(f"{srv.url}/{repo_id}/resolve/main/before.bin", headers=auth, follow_redirects=True)
         assert answer.status_code == 200 and answer.content == before
-        listed = weed.client().list_objects_v2(Bucket=bucket, Prefix=env["KEEPHUB_BLOB_PREFIX"] + "lfs/objects/")
+        listed = seaweedfs.client().list_objects_v2(Bucket=s3_bucket, Prefix=env["KEEPHUB_BLOB_PREFIX"] + "lfs/objects/")
         stored = {item["Key"].rsplit("/", 1)[1]: item["Size"] for item in listed["Contents"]}
         assert stored == {hashlib.sha256(before).hexdigest(): len(before), oid: len(data)}
     finally:
@@ -319,8 +301,8 @@ def serve_fails(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProc
                           timeout=60)
 
 
-def test_serve_refuses_s3_settings_it_cannot_use(weed: SeaweedFS, bucket: str, tmp_path: Path) -> None:
-    good = weed.settings_env(bucket, "refusals/")
+def test_serve_refuses_s3_settings_it_cannot_use(seaweedfs: SeaweedFS, s3_bucket: str, tmp_path: Path) -> None:
+    good = seaweedfs.settings_env(s3_bucket, "refusals/")
     cases = {
         "blobs.access_key_id": {**good, "KEEPHUB_BLOB_SECRET_ACCESS_KEY": "wrong" * 8},
         "blobs.bucket": {**good, "KEEPHUB_BLOB_BUCKET": "no-such-bucket-here"},
@@ -330,7 +312,7 @@ def test_serve_refuses_s3_settings_it_cannot_use(weed: SeaweedFS, bucket: str, t
         done = serve_fails(tmp_path / setting, env)
         assert done.returncode == 2, (setting, done.stdout, done.stderr)
         assert setting in done.stderr, (setting, done.stderr)
-        assert weed.secret_key not in done.stderr + done.stdout and "wrong" * 8 not in done.stderr
+        assert seaweedfs.secret_key not in done.stderr + done.stdout and "wrong" * 8 not in done.stderr
     missing = serve_fails(tmp_path / "unset", {**good, "KEEPHUB_BLOB_BUCKET": ""})
     assert missing.returncode == 2 and "blobs.bucket is required" in missing.stderr
 
