@@ -13,7 +13,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -259,19 +259,28 @@ class JobSocketProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
     def _pipe(self, source, target, outgoing: bool) -> None:  # type: ignore[no-untyped-def]
-        try:
-            while data := source.recv(65536):
-                if outgoing:
-                    self.sent += data
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+        relay(source, target, self._saw_sent if outgoing else None)
+
+    def _saw_sent(self, data: bytes) -> None:
+        self.sent += data
+
+
+def relay(source, target, seen: Callable[[bytes], None] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Copy bytes from one socket to the other until either side ends, then close both (for test proxies that
+    stand between a client and a server); `seen` is shown every piece on its way."""
+    try:
+        while data := source.recv(65536):
+            if seen is not None:
+                seen(data)
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, target):
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")

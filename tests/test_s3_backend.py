@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_port, relay
 from seaweedfs import SeaweedFS
 
 PRESIGN_TTL = 10
@@ -211,21 +211,7 @@ class Outage:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                threading.Thread(target=relay, args=(a, b), daemon=True).start()
 
     def cut(self) -> None:
         self.down = True
