@@ -20,7 +20,7 @@ import hashlib
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -150,9 +150,16 @@ def migrate(engine: Engine) -> None:
 def insert_for(session: Session, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into `model`'s table in the session's dialect, for `on_conflict_do_nothing` / `on_conflict_do_update`:
     inserting a row that may exist already in one statement, race-free without a database-wide write lock."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
+    return dialect_insert(session.get_bind().dialect.name, model)
+
+
+def dialect_insert(dialect: str, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """`insert_for` by dialect name, for a model or a Table (PostgreSQL or SQLite: the two keephub runs on)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"keephub runs on PostgreSQL or SQLite, not {dialect}")
 
 
 def inserted(session: Session, statement: postgresql.Insert | sqlite.Insert) -> bool:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 from sqlalchemy import Engine, Table, func, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 
 from keephub.storage.blobs import BlobStore, iter_range
+from keephub.storage.db import dialect_insert
 from keephub.storage.schema import Account, Base
 
 ROWS_PER_BATCH = 1000
@@ -140,10 +140,7 @@ def _batches(engine: Engine, table: Table) -> Iterator[list[dict]]:
 
 
 def _upsert(engine: Engine, table: Table):  # type: ignore[no-untyped-def]
-    dialects = {"postgresql": postgresql, "sqlite": sqlite}
-    if engine.dialect.name not in dialects:
-        raise ValueError(f"keephub migrate copies into PostgreSQL or SQLite, not {engine.dialect.name}")
-    statement = dialects[engine.dialect.name].insert(table)
+    statement = dialect_insert(engine.dialect.name, table)
     key = [column.name for column in table.primary_key.columns]
     changed = {column.name: statement.excluded[column.name] for column in table.columns if column.name not in key}
     if not changed:
