@@ -17,6 +17,9 @@ for cmd in slurmctld slurmd sbatch; do
     command -v "$cmd" >/dev/null 2>&1 || { need_apt+=(slurm-wlm); break; }
 done
 command -v munged >/dev/null 2>&1 || need_apt+=(munge)
+# git and git-lfs: the git smart HTTP tests clone, pull and push with the real commands.
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 # PostgreSQL: the tests' PostgreSQL pass (and tests/test_postgres.py) initdb a throwaway cluster with it.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then

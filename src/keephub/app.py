@@ -19,6 +19,7 @@ from keephub import hub, jobs, mcp, web, xet
 from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
+from keephub.hub import git_http
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import Database
@@ -118,7 +119,7 @@ def build_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes() + hub.routes()
-                + web.routes()),
+                + git_http.routes() + web.routes()),
         middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},

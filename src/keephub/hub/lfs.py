@@ -136,7 +136,8 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object, tok
                     str(n): f"{settings.base_url}/api/lfs/objects/{oid}/parts/{n}?{grant_query(settings, grant)}"
                     for n in range(1, parts + 1)
                 }
-            answer["actions"] = {"upload": upload, "verify": {"href": f"{base}/verify"}}
+            # Signed like the upload URL: git-lfs sends no credentials to the actions of an "authenticated" answer.
+            answer["actions"] = {"upload": upload, "verify": {"href": f"{base}/verify?{grant_query(settings, grant)}"}}
         answers.append(answer)
     return {"transfer": chosen, "objects": answers, "hash_algo": "sha256"}
 
@@ -217,3 +218,11 @@ def verify(session: Session, repo: RepoRef, body: object) -> None:
     if sizes[body["oid"]] != body["size"]:
         raise Unprocessable(f"object {body['oid']} was stored with {sizes[body['oid']]} bytes, not {body['size']}")
 
+
+
+def verify_granted(session: Session, grant: UploadGrant, body: object) -> None:
+    """`verify` through the signed URL of a batch answer: the object named in the body is the grant's, uploaded."""
+    if not isinstance(body, dict) or body.get("oid") != grant.oid or body.get("size") != grant.size:
+        raise BadRequest("the verify body must be JSON {oid, size} of the object this verify URL was issued for")
+    if session.get(LfsLink, (grant.repo_id, grant.oid)) is None:
+        raise NotFound(f"object {grant.oid} has not been uploaded yet; upload it again")

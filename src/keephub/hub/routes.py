@@ -6,6 +6,8 @@ encoded while routing so a branch name with a slash stays one path segment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any, Callable
@@ -54,14 +56,28 @@ def hub_of(request: Request) -> Hub:
 
 
 async def actor_of(request: Request) -> Actor | None:
-    """The caller, from `Authorization: Bearer <token>`; a token that is present but unknown is a 401."""
+    """The caller, from `Authorization: Bearer <token>`, or HTTP Basic with the token as the password (git and
+    git-lfs send what a credential helper gives them); a token that is present but unknown is a 401."""
     value = request.headers.get("authorization")
     if not value:
         return None
     scheme, _, secret = value.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if scheme.lower() == "basic":
+        secret = basic_password(secret)
+    elif scheme.lower() != "bearer":
+        raise Unauthorized(INVALID_CREDENTIALS)
+    if not secret.strip():
         raise Unauthorized(INVALID_CREDENTIALS)
     return await run_in_threadpool(hub_of(request).accounts.authenticate, secret.strip())
+
+
+def basic_password(credentials: str) -> str:
+    """The token in HTTP Basic credentials: the password, or the user name when there is no password."""
+    try:
+        user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("the Basic credentials are not base64 of USER:TOKEN; use your access token as the password")
+    return password or user
 
 
 async def read_json(request: Request, invalid_text: type[HubError] = BadRequest) -> Any:
@@ -300,8 +316,16 @@ async def lfs_batch(request: Request) -> JSONResponse:
 
 
 async def lfs_verify(request: Request) -> JSONResponse:
+    hub = hub_of(request)
+    body = await read_json(request)
+    if "sig" in request.query_params:  # the signed URL of a batch answer (git-lfs sends it no credentials)
+        oid = body.get("oid") if isinstance(body, dict) else None
+        grant = lfs.check_grant(hub.settings, str(oid), dict(request.query_params))
+        await call(hub.check_upload_grant, grant)
+        await call(hub.lfs_verify_granted, grant, body)
+        return JSONResponse({})
     actor = await actor_of(request)
-    await call(hub_of(request).lfs_verify, actor, *repo_params(request), await read_json(request))
+    await call(hub.lfs_verify, actor, *repo_params(request), body)
     return JSONResponse({})
 
 

@@ -260,6 +260,10 @@ class Hub:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             lfs.verify(session, repo, body)
 
+    def lfs_verify_granted(self, grant: lfs.UploadGrant, body: object) -> None:
+        with self.db.read() as session:
+            lfs.verify_granted(session, grant, body)
+
     def lfs_object(self, actor: Actor | None, repo_type: str, namespace: str, name: str, oid: str) -> int:
         """Size of an LFS object the caller may download from this repo."""
         with self.db.read() as session:
