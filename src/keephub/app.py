@@ -19,11 +19,15 @@ from keephub import hub, jobs, mcp, web, xet
 from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
+from keephub.hub import community_routes
+from keephub.hub.discussions import Discussions
+from keephub.hub.webhooks import Dispatcher, Webhooks
 from keephub.hub import git_http
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import Database
 from keephub.storage.permissions import make_private_dir, warn_about_open_entries
+from keephub.web.sessions import Sessions
 from keephub.wire.errors import HubError, header_safe, render_hub_error
 
 log = logging.getLogger("keephub")
@@ -99,14 +103,18 @@ def build_app(settings: Settings) -> Starlette:
         the_hub = await asyncio.to_thread(open_hub, settings)
         app.state.hub = the_hub
         app.state.buckets = Buckets(the_hub)
+        app.state.sessions = Sessions(the_hub.db, the_hub.accounts)
         gate = PreflightGate()
         app.state.jobs = jobs.JobService(settings, the_hub, gate)
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
         app.state.scheduled_jobs = app.state.scheduler.scheduled
+        app.state.discussions = Discussions(settings, the_hub.db)
+        app.state.webhooks = Webhooks(the_hub.db, app.state.jobs.box)
         background = [
             asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds)),
             asyncio.create_task(_janitor(the_hub.cas.xorbs, settings.stale_upload_seconds)),
             asyncio.create_task(app.state.scheduler.run()),
+            asyncio.create_task(Dispatcher(the_hub.db, app.state.jobs.box).run()),
         ]
         try:
             async with mcp_endpoint.running():
@@ -118,7 +126,8 @@ def build_app(settings: Settings) -> Starlette:
             the_hub.db.close()
 
     return Starlette(
-        routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes() + hub.routes()
+        routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes()
+                + community_routes.routes() + hub.routes()
                 + git_http.routes() + web.routes()),
         middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,

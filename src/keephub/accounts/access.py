@@ -19,6 +19,7 @@ from keephub.wire.errors import NotFound
 Action = Literal[
     "repo.read",  # see a repo and download its files
     "repo.write",  # commit, branches, tags, uploads
+    "repo.discuss",  # open discussions and pull requests, comment (as on the Hub: read access and a write token)
     "repo.create",
     "repo.manage",  # delete, move, settings (visibility)
     "jobs.read",  # see jobs and scheduled jobs of a namespace
@@ -92,6 +93,11 @@ def _repo_refusal(actor: Actor | None, action: Action, repo: RepoTarget) -> HubE
         what = "Bucket" if repo.type == "bucket" else f"{repo.type.capitalize()} repository"
         return RepoNotFound(f"{what} {repo.repo_id} not found.{hint}")
     if action == "repo.read":
+        return None
+    if action == "repo.discuss" and actor is not None and not actor.is_job_token:
+        if actor.token_role != "write":
+            return Forbidden(f"403 Forbidden: the token '{actor.token_name}' is read-only; discussions and pull "
+                             f"requests need a write token (keephub token create {actor.name} --role write).")
         return None
     verb = {"repo.create": "create", "repo.manage": "manage"}.get(action, "write to")
     if actor is None:

@@ -274,8 +274,6 @@ async def tag(request: Request) -> JSONResponse:
 
 async def preupload(request: Request) -> JSONResponse:
     actor = await actor_of(request)
-    if request.query_params.get("create_pr") in ("1", "true"):
-        raise BadRequest("pull requests are not supported by keephub; push to a branch instead (revision=...)")
     body = await read_json_object(request)
     return JSONResponse(await call(hub_of(request).preupload, actor, *repo_params(request), revision_param(request),
                                    body))
@@ -283,13 +281,12 @@ async def preupload(request: Request) -> JSONResponse:
 
 async def commit(request: Request) -> JSONResponse:
     actor = await actor_of(request)
-    if request.query_params.get("create_pr") in ("1", "true"):
-        raise BadRequest("pull requests are not supported by keephub; commit to a branch instead (create_branch, "
-                         "then revision=...)")
     body = await read_body(request, hub_of(request).settings.max_commit_body_bytes,
                            "; split the files over several commits (regular files travel inside the commit body)")
-    return JSONResponse(await call(hub_of(request).commit, actor, *repo_params(request), revision_param(request),
-                                   body))
+    # create_pr=1 opens a pull request holding the commit (hub/discussions.py) instead of moving the branch.
+    make = (request.app.state.discussions.commit_as_pr if request.query_params.get("create_pr") in ("1", "true")
+            else hub_of(request).commit)
+    return JSONResponse(await call(make, actor, *repo_params(request), revision_param(request), body))
 
 
 async def super_squash(request: Request) -> JSONResponse:

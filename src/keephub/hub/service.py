@@ -16,7 +16,7 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import commits, lfs, naming, repos, wireformat
+from keephub.hub import commits, discussions, lfs, naming, repos, webhooks, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -179,6 +179,9 @@ class Hub:
         with self.db.write() as session:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             repos.create_tag(session, repo, tag, revision)
+            sha = repos.resolve_revision(session, repo, tag)
+            webhooks.record_event(session, self.settings.base_url, repo, "repo.content", "update", sha,
+                                  updatedRefs=[{"ref": f"refs/tags/{tag}", "oldSha": None, "newSha": sha}])
 
     def delete_tag(self, actor: Actor | None, repo_type: str, namespace: str, name: str, tag: str) -> None:
         with self.db.write() as session:
@@ -235,6 +238,9 @@ class Hub:
                     repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
                     assert actor is not None
                     result = commits.apply_commit(session, repo, branch, request, actor)
+                    if result.created:
+                        discussions.record_push(session, self.settings, repo, actor, branch, result.sha,
+                                                request.summary)
                 break
             except PreconditionFailed:
                 if request.parent_commit is not None or attempt == _COMMIT_RETRIES - 1:

@@ -134,9 +134,11 @@ def refs(all_refs: list[Ref]) -> dict:
     def item(ref: Ref, prefix: str) -> dict:
         return {"name": ref.name, "ref": f"refs/{prefix}/{ref.name}", "targetCommit": ref.commit_sha}
 
+    # A pull request's ref is stored as a branch named `refs/pr/<num>` (see hub/discussions.py).
+    pull_requests = [r for r in all_refs if r.kind == "branch" and r.name.startswith("refs/pr/")]
     return {
-        "branches": [item(r, "heads") for r in all_refs if r.kind == "branch"],
+        "branches": [item(r, "heads") for r in all_refs if r.kind == "branch" and r not in pull_requests],
         "tags": [item(r, "tags") for r in all_refs if r.kind == "tag"],
         "converts": [],
-        "pullRequests": [],
+        "pullRequests": [{"name": r.name, "ref": r.name, "targetCommit": r.commit_sha} for r in pull_requests],
     }

@@ -72,6 +72,9 @@ class Token(Base):
     job_id: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
     # The token this one was made with (a job token: the submitter's); it authenticates only while that one does.
     parent_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)
+    # When the token last authenticated, to the hour (the settings page shows it; a finer clock would cost a write
+    # per request).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Repo(Base):
@@ -300,3 +303,94 @@ class BucketUpload(Base):
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"), primary_key=True)
     file_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Password(Base):
+    """A user's password for signing in to the web pages, as an argon2id hash (memory-hard: a stolen database
+    does not yield passwords cheaply)."""
+
+    __tablename__ = "passwords"
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    argon2_hash: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser. Only the sha256 of the cookie's secret is stored. Signed in with a token, the session
+    acts through that token (its role and scopes; revoking it ends the session); with a password, as the user."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Discussion(Base):
+    """A discussion or pull request of a repo, numbered per repo from 1 as on the Hub. A pull request's commits
+    live on the branch-kind ref `refs/pr/<num>`, which merging brings into `target_branch`."""
+
+    __tablename__ = "discussions"
+    __table_args__ = (UniqueConstraint("repo_id", "num"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"))
+    num: Mapped[int] = mapped_column(Integer)
+    is_pull_request: Mapped[bool] = mapped_column(Boolean)
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(8))  # "open" | "closed" | "merged" | "draft"
+    author: Mapped[str] = mapped_column(String(96))
+    target_branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    merge_commit_sha: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DiscussionEvent(Base):
+    """One event of a discussion: a comment, a status or title change, or a commit pushed to a pull request;
+    `data_json` holds what the kind needs (a comment's text and edit history, the new status...)."""
+
+    __tablename__ = "discussion_events"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    discussion_id: Mapped[int] = mapped_column(ForeignKey("discussions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "comment" | "status-change" | "title-change" | "commit"
+    author: Mapped[str] = mapped_column(String(96))
+    data_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Webhook(Base):
+    """A user's webhook: repo and discussion events of what it watches are POSTed to `url`. The secret, sent
+    back in X-Webhook-Secret, is kept encrypted (the job secrets' key) and never returned."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    watched_json: Mapped[str] = mapped_column(Text)
+    domains_json: Mapped[str] = mapped_column(Text)
+    secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One payload for one webhook, written in the transaction of the event itself (so an acknowledged push
+    always has its deliveries) and sent later by the dispatcher, with retries; also the webhook's delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(40))
+    payload_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(10))  # "pending" | "delivered" | "failed"
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A dispatcher sending it holds it until then; one that died mid-send leaves it to be claimed again after.
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
