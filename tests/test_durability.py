@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Iterator
 
+import httpx
 import pytest
 from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, JobSocketProxy, Server, free_port, guarded_job
 from huggingface_hub import HfApi
@@ -94,6 +95,11 @@ def submit(api: HfApi, name: str, repo: str, script: str = TRAIN, **options) -> 
     job = api.run_job(image=UV_IMAGE, command=["uv", "run", f"{api.endpoint}/{script_repo}/resolve/main/{path}"],
                       env=env, secrets={"HF_TOKEN": "$HF_TOKEN"}, labels=labels, namespace=name, **options)
     return job.id
+
+
+def offer_rescue(hub: Server, api: HfApi, name: str, job_id: str) -> httpx.Response:
+    return httpx.post(f"{hub.url}/api/jobs/{name}/{job_id}/rescue-pr", timeout=30,
+                      headers={"Authorization": f"Bearer {api.token}"})
 
 
 def record_of(api: HfApi, name: str, job_id: str) -> dict:
@@ -236,9 +242,11 @@ def test_overridden_job_without_write_access_reports_not_saved_with_the_reason(h
     verdict = record_of(api, name, job)["durability"]["verdict"]
     assert verdict["status"] == "not-saved", verdict
     assert "403" in verdict["message"] and owner in verdict["message"]
+    refused = offer_rescue(hub, api, name, job)
+    assert refused.status_code == 409 and "no rescue to offer" in refused.json()["error"]
 
 
-def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) -> None:
+def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(hub: Server, trainer_user) -> None:
     name, api = trainer_user
     repo = f"{name}/timed-out"
     api.create_repo(repo)
@@ -255,6 +263,11 @@ def test_timeout_rescues_unsaved_final_files_to_a_branch_not_main(trainer_user) 
     verdict = record_of(api, name, job)["durability"]["verdict"]
     assert verdict["status"] == "rescued" and verdict["branch"] == branch
     assert any(f"results rescued to {repo}@{branch}" in line for line in lines)
+    # Restoring the rescue is one merge of the pull request keephub offers for it (the same one when asked twice).
+    offered = offer_rescue(hub, api, name, job).json()
+    assert offer_rescue(hub, api, name, job).json() == offered and offered["branch"] == branch
+    api.merge_pull_request(repo, offered["num"])
+    assert "model.safetensors" in api.list_repo_files(repo)
     # The final files went up during the sleep after save_model(); the rescue only had to commit them.
     assert any(line.startswith("[keephub] Uploading final model files") for line in lines), lines
 

@@ -99,6 +99,14 @@ async def merge(request: Request) -> JSONResponse:
                                    number_param(request), body))
 
 
+async def offer_rescue(request: Request) -> JSONResponse:
+    """keephub's own: a pull request from a rescued job's `rescue/<job-id>` branch into main."""
+    actor = await actor_of(request)
+    job = await call(request.app.state.jobs.get, actor, request.path_params["namespace"],
+                     request.path_params["job_id"])
+    return JSONResponse(await call(discussions_of(request).offer_rescue, actor, job))
+
+
 # -- webhooks ---------------------------------------------------------------------------------------------------
 async def webhooks(request: Request) -> JSONResponse:
     actor = await actor_of(request)
@@ -143,6 +151,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/settings/webhooks/{webhook_id}", webhook, methods=["GET", "POST", "DELETE"]),
         Route("/api/settings/webhooks/{webhook_id}/deliveries", webhook_deliveries, methods=["GET"]),
         Route("/api/settings/webhooks/{webhook_id}/{switch}", switch_webhook, methods=["POST"]),
+        Route("/api/jobs/{namespace}/{job_id}/rescue-pr", offer_rescue, methods=["POST"]),
         Route("/api/{plural}/{namespace}/{name}/discussions", list_discussions, methods=["GET"]),
         Route("/api/{plural}/{namespace}/{name}/discussions", create_discussion, methods=["POST"]),
         Route(discussion, discussion_details, methods=["GET"]),

@@ -210,20 +210,34 @@ class Discussions:
                 "commitOid": result.sha, "commitMessage": request.summary,
                 "pullRequestUrl": discussion_url(self.settings.base_url, repo, discussion.num)}
 
-    def open_from_branch(self, actor: Actor | None, repo: RepoRef, source_branch: str, title: str,
-                         description: str) -> dict:
-        """A pull request whose `refs/pr/<num>` starts at `source_branch`'s head, into main (a job's rescue
-        branch offered for merging); the repo has been looked up for `actor` already."""
+    def offer_rescue(self, actor: Actor | None, job: dict) -> dict:
+        """A pull request from a job's rescue branch `rescue/<job-id>` into main, so that restoring what the rescue
+        saved is one merge; asked again, the same open pull request. `job` is the job's record as the Jobs API
+        answers it (the caller may read it), whose durability verdict names the branch."""
+        durability = job.get("durability") or {}
+        verdict = durability.get("verdict") or {}
+        if verdict.get("status") != "rescued" or not durability.get("targetRepo"):
+            raise Conflict(f"job {job.get('id')} has no rescue to offer (its durability verdict is "
+                           f"{verdict.get('status', 'absent')!r}): only a job whose results were rescued to a "
+                           "rescue/<job-id> branch has one")
+        namespace, name = naming.split_repo_id(durability["targetRepo"])
+        branch = str(verdict["branch"])
+        title = f"Restore the results rescued from job {job.get('id')}"
         with self.db.write() as session:
+            repo = _find_for_discussing(session, "model", namespace, name, actor)
             assert actor is not None
-            authorize(actor, "repo.discuss", repo.target)
-            head = repos.branch_head(session, repo, source_branch)
-            discussion = self._open(session, repo, actor, check_title(title), description, "open",
-                                    repos.DEFAULT_BRANCH)
-            session.add(Ref(repo_id=repo.id, kind="branch", name=pr_ref(discussion.num), commit_sha=head))
-            self._notify(session, repo, "discussion", "create", discussion)
-            return {"num": discussion.num, "url": discussion_url(self.settings.base_url, repo, discussion.num),
-                    "ref": pr_ref(discussion.num)}
+            head = repos.branch_head(session, repo, branch)
+            offered = session.execute(select(Discussion).where(
+                Discussion.repo_id == repo.id, Discussion.title == title, Discussion.status.in_(("open", "draft"))
+            )).scalars().first()
+            if offered is None:
+                description = (f"{verdict.get('message', '')}\n\nMerging brings `{branch}` into "
+                               f"{repos.DEFAULT_BRANCH}.")
+                offered = self._open(session, repo, actor, title, description, "open", repos.DEFAULT_BRANCH)
+                session.add(Ref(repo_id=repo.id, kind="branch", name=pr_ref(offered.num), commit_sha=head))
+                self._notify(session, repo, "discussion", "create", offered)
+            return {"num": offered.num, "url": discussion_url(self.settings.base_url, repo, offered.num),
+                    "ref": pr_ref(offered.num), "repo": repo.repo_id, "branch": branch}
 
     def comment(self, actor: Actor | None, repo_type: str, namespace: str, name: str, num: int, body: dict) -> dict:
         text = check_comment(body.get("comment"))
