@@ -239,7 +239,7 @@ def test_commit_to_something_that_is_not_a_branch(unchanged: Repo) -> None:
     body = ndjson(header(), add_file("a.txt"))
     rejected(unchanged.commit(body, revision="v1"), 400, "not a branch")
     rejected(unchanged.commit(body, revision="no-such-branch"), 404, "does not exist", "create_branch")
-    rejected(unchanged.commit(body, params={"create_pr": "1"}), 400, "pull requests are not supported")
+    rejected(unchanged.commit(body, revision="v1", params={"create_pr": "1"}), 400, "not a branch")
 
 
 # -- commit body size limit (a dedicated server with a small limit) --------------------------------------
@@ -664,7 +664,7 @@ def test_malformed_preupload(http: httpx.Client, unchanged: Repo, body: bytes, p
 def test_preupload_for_a_missing_branch_or_pull_request(http: httpx.Client, unchanged: Repo) -> None:
     api = f"/api/models/{unchanged.repo_id}/preupload"
     rejected(http.post(f"{api}/nope", json={"files": []}), 404, "does not exist")
-    rejected(http.post(f"{api}/main", params={"create_pr": "1"}, json={"files": []}), 400, "pull requests")
+    rejected(http.post(f"{api}/nope", params={"create_pr": "1"}, json={"files": []}), 404, "does not exist")
 
 
 PATHS_INFO = [
