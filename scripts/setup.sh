@@ -17,6 +17,8 @@ for cmd in slurmctld slurmd sbatch; do
     command -v "$cmd" >/dev/null 2>&1 || { need_apt+=(slurm-wlm); break; }
 done
 command -v munged >/dev/null 2>&1 || need_apt+=(munge)
+# Chromium: the browser tests drive it with Playwright (tests/test_pages_browser.py).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # git and git-lfs: the git smart HTTP tests clone, pull and push with the real commands.
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)

@@ -27,6 +27,7 @@ from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import Database
 from keephub.storage.permissions import make_private_dir, warn_about_open_entries
+from keephub.web.sessions import Sessions
 from keephub.wire.errors import HubError, header_safe, render_hub_error
 
 log = logging.getLogger("keephub")
@@ -102,6 +103,7 @@ def build_app(settings: Settings) -> Starlette:
         the_hub = await asyncio.to_thread(open_hub, settings)
         app.state.hub = the_hub
         app.state.buckets = Buckets(the_hub)
+        app.state.sessions = Sessions(the_hub.db, the_hub.accounts)
         gate = PreflightGate()
         app.state.jobs = jobs.JobService(settings, the_hub, gate)
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)

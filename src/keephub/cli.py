@@ -61,6 +61,24 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    """Set the password a user signs in to the web pages with: typed twice at a terminal, else one line of stdin
+    (never an argument, which other users of the machine could read in the process list)."""
+    import getpass
+
+    from keephub.web.sessions import set_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"new password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise AccountError("the two passwords differ; run the command again")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    set_password(_accounts(args).db, args.name, password)
+    print(f"password of {args.name} set; other browsers signed in with the old one are signed out")
+    return 0
+
+
 def cmd_org_create(args: argparse.Namespace) -> int:
     _accounts(args).create_org(args.name, owner=args.owner, fullname=args.fullname or "")
     print(f"created organization {args.name} with {args.owner} as admin")
@@ -410,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument("--email")
     user_create.add_argument("--admin", action="store_true", help="site admin: may act in every namespace")
     user_create.set_defaults(func=cmd_user_create)
+    user_passwd = user.add_parser("passwd", help="set the password a user signs in to the web pages with "
+                                  "(prompted for, or one line of stdin)")
+    user_passwd.add_argument("name")
+    user_passwd.set_defaults(func=cmd_user_passwd)
 
     org = commands.add_parser("org", help="manage organizations").add_subparsers(dest="action", required=True)
     org_create = org.add_parser("create", help="create an organization")

@@ -34,12 +34,12 @@ def free_port() -> int:
 _SERVER_ENV: dict[Path, dict[str, str]] = {}
 
 
-def keephub_cli(data_dir: Path, *args: str) -> str:
-    """Run the keephub CLI against `data_dir` (with the settings of the LocalServer serving it) and return its
-    stdout; a failure raises with its stderr."""
+def keephub_cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
+    """Run the keephub CLI against `data_dir` (with the settings of the LocalServer serving it), `stdin` its
+    input, and return its stdout; a failure raises with its stderr."""
     env = {**os.environ, **_SERVER_ENV.get(Path(data_dir).resolve(), {})}
     result = subprocess.run([sys.executable, "-m", "keephub.cli", "--data-dir", str(data_dir), *args],
-                            capture_output=True, text=True, timeout=120, env=env, check=False)
+                            capture_output=True, text=True, timeout=120, env=env, check=False, input=stdin)
     if result.returncode != 0:
         raise RuntimeError(f"keephub {' '.join(args)} failed: {result.stderr}")
     return result.stdout

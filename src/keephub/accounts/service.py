@@ -10,16 +10,16 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from keephub.accounts.scopes import Scope, ScopeError, dump_scopes, load_scopes, parse_scope
 from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import Account, Membership, Token
-from keephub.wire import Unauthorized
+from keephub.wire import HubError, Unauthorized
 
 Role = Literal["read", "write", "admin"]
 ROLES: tuple[str, ...] = ("read", "write", "admin")
@@ -27,6 +27,8 @@ TOKEN_ROLES: tuple[str, ...] = ("read", "write")
 TOKEN_PREFIX = "kh_"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+# How fresh a token's "last used" is kept: marking every request would make every read a write.
+LAST_USED_RESOLUTION = timedelta(hours=1)
 _RESERVED = {"api", "datasets", "spaces", "models", "new", "settings", "static", "login", "logout", "jobs", "docs",
              "mcp"}
 
@@ -200,7 +202,28 @@ class Accounts:
                                     ).scalar_one_or_none()
             if token is None:
                 raise Unauthorized(INVALID_CREDENTIALS)
-            return _live_actor(session, token)
+            actor = _live_actor(session, token)
+            last_used = token.last_used_at
+        if last_used is None or _aware(last_used) < datetime.now(timezone.utc) - LAST_USED_RESOLUTION:
+            try:
+                with self.db.write() as session:
+                    session.execute(update(Token).where(Token.id == actor.token_id)
+                                    .values(last_used_at=datetime.now(timezone.utc)))
+            except HubError:  # advisory only: a busy or read-only database must not refuse a valid token
+                pass
+        return actor
+
+    def user_actor(self, user_id: int, label: str) -> Actor:
+        """The actor for a user signed in without a token (a browser session made with their password): all the
+        user may do, as a write token without scopes would."""
+        with self.db.read() as session:
+            user = session.get(Account, user_id)
+            if user is None or user.kind != "user":
+                raise Unauthorized("this user no longer exists; sign in again")
+            return Actor(user_id=user.id, name=user.name, fullname=user.fullname, token_name=label,
+                         token_role="write", token_created_at=user.created_at, is_admin=user.is_admin,
+                         org_roles=_org_roles(session, user.id))
+
 
     def actor_of_token(self, token_id: int) -> Actor:
         """The actor behind a credential derived from a token (upload URL, CAS token), as of now; 401 when the
@@ -224,6 +247,15 @@ class Accounts:
                 select(Membership.role).join(Account, Account.id == Membership.org_id)
                 .where(Membership.user_id == account.id, Account.name == namespace)
             ).scalar_one_or_none()
+
+    def members(self, org: str) -> list[tuple[str, str]]:
+        """(user name, role) of each member of an organization, by name."""
+        with self.db.read() as session:
+            org_account = self._get(session, org, "org")
+            rows = session.execute(select(Account.name, Membership.role)
+                                   .join(Membership, Membership.user_id == Account.id)
+                                   .where(Membership.org_id == org_account.id).order_by(Account.name)).all()
+            return [(name, role) for name, role in rows]
 
     def find(self, name: str) -> Account | None:
         with self.db.read() as session:
@@ -270,16 +302,20 @@ def _live_actor(session, token: Token) -> Actor:  # type: ignore[no-untyped-def]
     if refusal is not None:
         raise Unauthorized(refusal)
     user = session.get(Account, token.user_id)
-    orgs = session.execute(
-        select(Account.name, Membership.role).join(Membership, Membership.org_id == Account.id)
-        .where(Membership.user_id == user.id)
-    ).all()
     return Actor(
         user_id=user.id, name=user.name, fullname=user.fullname, token_name=token.name,
         token_role=token.role, token_created_at=token.created_at, is_admin=user.is_admin,
-        org_roles={name: role for name, role in orgs}, token_id=token.id,
+        org_roles=_org_roles(session, user.id), token_id=token.id,
         scopes=load_scopes(token.scopes_json), job_id=token.job_id if token.is_job_token else None,
     )
+
+
+def _org_roles(session, user_id: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    orgs = session.execute(
+        select(Account.name, Membership.role).join(Membership, Membership.org_id == Account.id)
+        .where(Membership.user_id == user_id)
+    ).all()
+    return {name: role for name, role in orgs}
 
 
 def _aware(moment: datetime) -> datetime:

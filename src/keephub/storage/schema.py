@@ -72,6 +72,9 @@ class Token(Base):
     job_id: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
     # The token this one was made with (a job token: the submitter's); it authenticates only while that one does.
     parent_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)
+    # When the token last authenticated, to the hour (the settings page shows it; a finer clock would cost a write
+    # per request).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Repo(Base):
@@ -300,6 +303,30 @@ class BucketUpload(Base):
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"), primary_key=True)
     file_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Password(Base):
+    """A user's password for signing in to the web pages, as an argon2id hash (memory-hard: a stolen database
+    does not yield passwords cheaply)."""
+
+    __tablename__ = "passwords"
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    argon2_hash: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser. Only the sha256 of the cookie's secret is stored. Signed in with a token, the session
+    acts through that token (its role and scopes; revoking it ends the session); with a password, as the user."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Discussion(Base):

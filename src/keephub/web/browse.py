@@ -1,0 +1,240 @@
+"""What the repo pages show, each read in one database transaction so a push landing meanwhile cannot mix two
+versions: a folder, a file, the branches and tags, history with each commit's changed files, the training state.
+
+Everything here costs what one folder or one file costs, never what the whole repo costs (a repo can hold tens
+of thousands of files).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from math import prod
+
+from dulwich.diff_tree import tree_changes
+from dulwich.objects import ShaFile
+from sqlalchemy import select
+
+from keephub.accounts import Actor
+from keephub.hub import repos
+from keephub.hub.service import Hub
+from keephub.storage import gitobjects
+from keephub.storage.schema import Job
+from keephub.wire import BadRequest, EntryNotFound
+
+_DIGITS = re.compile(r"(\d+)")
+# Headers of safetensors files larger than this are not read for the page (the format allows 100 MB).
+MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
+# Text files up to this size are shown (highlighted); larger ones are offered for download.
+MAX_SHOWN_TEXT = 512 * 1024
+TRAINER_STATE = "trainer_state.json"
+# The branch the sidecar pushes a job's rescue to is this and the job's id.
+RESCUE_PREFIX = "rescue/"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# The commits a history page lists at once.
+HISTORY_PAGE = 50
+
+
+def natural_key(name: str) -> list[tuple[int, int | str]]:
+    """Sort key putting `checkpoint-50` before `checkpoint-100`: runs of digits compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(name) if part]
+
+
+@dataclass(frozen=True)
+class Folder:
+    repo: repos.RepoRef
+    revision: str
+    sha: str
+    path: str
+    entries: list[gitobjects.Entry]
+    latest: dict
+    branches: list[dict]
+    tags: list[str]
+    readme: bytes | None = None
+
+
+@dataclass(frozen=True)
+class File:
+    repo: repos.RepoRef
+    revision: str
+    sha: str
+    entry: gitobjects.Entry
+    branches: list[dict]
+    tags: list[str]
+    inline: bytes | None  # the content of a small file kept in git (not a large file)
+
+
+@dataclass(frozen=True)
+class CommitView:
+    repo: repos.RepoRef
+    entry: dict
+    parent: str | None
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (change kind, path)
+
+
+def _commit_entry(commit: ShaFile) -> dict:
+    message = commit.message.decode("utf-8", "replace").strip()
+    title, _, body = message.partition("\n")
+    return {"id": commit.id.decode(), "title": title, "message": body.strip(),
+            "author": commit.author.decode("utf-8", "replace").split(" <")[0],
+            "date": datetime.fromtimestamp(commit.author_time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _refs(session, repo: repos.RepoRef) -> tuple[list[dict], list[str]]:  # type: ignore[no-untyped-def]
+    """Branches (main first, then natural order; a rescue branch names the job that made it) and tags."""
+    refs = repos.list_refs(session, repo)
+    rescued = [ref.name.removeprefix(RESCUE_PREFIX) for ref in refs if ref.name.startswith(RESCUE_PREFIX)]
+    jobs = dict(session.execute(select(Job.id, Job.namespace).where(Job.id.in_(rescued))).all()) if rescued else {}
+    branches, tags = [], []
+    for ref in refs:
+        if ref.kind == "tag":
+            tags.append(ref.name)
+        else:
+            job_id = ref.name.removeprefix(RESCUE_PREFIX)
+            job = {"id": job_id, "namespace": jobs[job_id]} if job_id in jobs else None
+            branches.append({"name": ref.name, "job": job})
+    branches.sort(key=lambda b: (b["name"] != repos.DEFAULT_BRANCH, natural_key(b["name"])))
+    return branches, sorted(tags, key=natural_key)
+
+
+def read_folder(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                path: str) -> Folder:
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        sha = repos.resolve_revision(session, repo, revision)
+        commit = gitobjects.load_commit(session, sha)
+        tree = commit.tree.decode()
+        found = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
+        if found is None or not stat.S_ISDIR(found[0]):
+            raise EntryNotFound(f"there is no folder {path!r} at revision {revision!r} of {repo.repo_id}")
+        entries = gitobjects.list_entries(session, found[1], path, recursive=False)
+        entries.sort(key=lambda e: (not e.is_dir, natural_key(e.path.rsplit("/", 1)[-1])))
+        readme = None
+        if not path:
+            readme_entry = gitobjects.lookup(session, tree, "README.md")
+            if readme_entry is not None and not stat.S_ISDIR(readme_entry[0]):
+                readme = gitobjects.read_blob(session, readme_entry[1])
+        branches, tags = _refs(session, repo)
+        return Folder(repo, revision, sha, path, entries, _commit_entry(commit), branches, tags, readme)
+
+
+def read_file(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+              path: str) -> File:
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        sha = repos.resolve_revision(session, repo, revision)
+        found = gitobjects.lookup(session, gitobjects.load_commit(session, sha).tree.decode(), path)
+        if found is None or stat.S_ISDIR(found[0]):
+            raise EntryNotFound(f"there is no file {path!r} at revision {revision!r} of {repo.repo_id}")
+        entry = gitobjects.entry_for(session, path, *found)
+        inline = None
+        if entry.lfs_oid is None and entry.size <= MAX_SHOWN_TEXT:
+            inline = gitobjects.read_blob(session, entry.sha)
+        branches, tags = _refs(session, repo)
+        return File(repo, revision, sha, entry, branches, tags, inline)
+
+
+def file_bytes(hub: Hub, file: File, start: int, length: int) -> bytes:
+    """Bytes [start, start+length) of a file, without reading the rest (a large file's header, say)."""
+    if file.entry.lfs_oid is None:
+        with hub.db.read() as session:
+            return gitobjects.read_blob(session, file.entry.sha)[start:start + length]
+    return b"".join(hub.large_file(file.entry.lfs_oid, start, length))
+
+
+def safetensors_summary(hub: Hub, file: File) -> dict:
+    """Tensor count, dtypes and parameter count from a safetensors file's JSON header (its first bytes only)."""
+    size = file.entry.file_size
+    if size < 8:
+        return {"error": "the file is too short to be safetensors"}
+    (header_length,) = struct.unpack("<Q", file_bytes(hub, file, 0, 8))
+    if header_length > min(MAX_SAFETENSORS_HEADER, size - 8):
+        return {"error": f"its header claims {header_length:,} bytes, more than this page reads"}
+    try:
+        header = json.loads(file_bytes(hub, file, 8, header_length))
+    except ValueError:
+        return {"error": "its header is not valid JSON"}
+    if not isinstance(header, dict):
+        return {"error": "its header is not a JSON object"}
+    tensors = {name: info for name, info in header.items() if name != "__metadata__" and isinstance(info, dict)}
+    dtypes: Counter[str] = Counter()
+    parameters = 0
+    for info in tensors.values():
+        dtypes[str(info.get("dtype"))] += 1
+        shape = info.get("shape")
+        if isinstance(shape, list) and all(isinstance(n, int) for n in shape):
+            parameters += prod(shape)
+    metadata = header.get("__metadata__")
+    return {"tensors": len(tensors), "dtypes": dict(dtypes.most_common()), "parameters": parameters,
+            "metadata": metadata if isinstance(metadata, dict) else {}}
+
+
+def history(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+            page: int) -> tuple[repos.RepoRef, list[dict], bool, list[dict], list[str]]:
+    """One page of first-parent history from `revision` (newest first), whether there is more, and the refs."""
+    if page < 0 or page > 10**6:
+        raise BadRequest(f"page {page} is out of range; use the links of the history page")
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        sha = repos.resolve_revision(session, repo, revision)
+        commits = [_commit_entry(c) for c in gitobjects.iter_history(session, sha, (page + 1) * HISTORY_PAGE + 1)]
+        branches, tags = _refs(session, repo)
+    shown = commits[page * HISTORY_PAGE:(page + 1) * HISTORY_PAGE]
+    return repo, shown, len(commits) > (page + 1) * HISTORY_PAGE, branches, tags
+
+
+class _DatabaseObjects:
+    """The git objects of the database as dulwich's tree diff reads them (by id)."""
+
+    def __init__(self, session) -> None:  # type: ignore[no-untyped-def]
+        self.session = session
+
+    def __getitem__(self, sha: bytes) -> ShaFile:
+        return gitobjects.load(self.session, sha.decode())
+
+
+def commit_changes(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str,
+                   sha: str) -> CommitView:
+    """A commit and the files it added, changed and deleted against its first parent."""
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        resolved = repos.resolve_revision(session, repo, sha)
+        commit = gitobjects.load_commit(session, resolved)
+        parent = commit.parents[0].decode() if commit.parents else None
+        parent_tree = gitobjects.load_commit(session, parent).tree if parent else None
+        changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
+                   for change in tree_changes(_DatabaseObjects(session), parent_tree, commit.tree)]
+    changes.sort(key=lambda change: natural_key(change[1]))
+    return CommitView(repo, _commit_entry(commit), parent, changes)
+
+
+def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str,
+                  revision: str) -> tuple[str, dict] | None:
+    """The newest trainer_state.json at a revision: the top-level one (written at the end of training) or the
+    one in the highest-numbered checkpoint folder; with the path it came from. None when there is none."""
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+        tree = gitobjects.load_commit(session, repos.resolve_revision(session, repo, revision)).tree.decode()
+        candidates = [TRAINER_STATE]
+        checkpoints = sorted(((int(m.group(1)), entry.path) for entry in gitobjects.list_entries(session, tree, "", False)
+                              if entry.is_dir and (m := _CHECKPOINT.match(entry.path))), reverse=True)
+        candidates += [f"{path}/{TRAINER_STATE}" for _, path in checkpoints[:3]]
+        for path in candidates:
+            found = gitobjects.lookup(session, tree, path)
+            if found is None or stat.S_ISDIR(found[0]):
+                continue
+            entry = gitobjects.entry_for(session, path, *found)
+            if entry.lfs_oid is not None or entry.size > MAX_SHOWN_TEXT:
+                continue
+            try:
+                state = json.loads(gitobjects.read_blob(session, entry.sha))
+            except ValueError:
+                continue
+            if isinstance(state, dict) and isinstance(state.get("log_history"), list):
+                return path, state
+    return None
