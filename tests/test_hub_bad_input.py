@@ -221,7 +221,6 @@ MALFORMED = [
     ("lfs size string", ndjson(header(), add_lfs("a.bin", NEVER_UPLOADED, "1")), 400, "size"),  # type: ignore[arg-type]
     ("duplicate path", ndjson(header(), add_file("a.txt"), add_file("a.txt", b"y")), 400, "more than one operation"),
     ("delete missing file", ndjson(header(), add_file("a.txt"), delete_file("nope.txt")), 404, "no such file"),
-    ("delete folder as file", ndjson(header(), delete_file("docs")), 404, "no such file"),
     ("delete file as folder", ndjson(header(), {"key": "deletedFolder", "value": {"path": "config.json"}}),
      404, "no such folder"),
     ("file under a file", ndjson(header(), add_file("config.json/x.txt")), 400, "is a file"),

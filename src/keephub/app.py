@@ -29,6 +29,7 @@ from keephub.storage.db import Database
 from keephub.storage.permissions import make_private_dir, warn_about_open_entries
 from keephub.web.sessions import Sessions
 from keephub.wire.errors import HubError, header_safe, render_hub_error
+from keephub.wire.request_ids import RequestIds
 
 log = logging.getLogger("keephub")
 JANITOR_INTERVAL_SECONDS = 3600
@@ -129,7 +130,7 @@ def build_app(settings: Settings) -> Starlette:
         routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes()
                 + community_routes.routes() + hub.routes()
                 + git_http.routes() + web.routes()),
-        middleware=[Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
+        middleware=[Middleware(RequestIds), Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},
         lifespan=lifespan,

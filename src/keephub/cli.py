@@ -126,9 +126,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from keephub.app import open_hub
 
     hub = open_hub(_settings(args))
-    report = hub.cas.collect_garbage(hub.blobs, dry_run=args.dry_run)
+    report = hub.collect_garbage(dry_run=args.dry_run)
+    lfs_report, xet = report["lfs"], report["xet"]
     verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {report['xorbs']} xorb(s) ({report['bytes']:,} bytes) and {report['files']} unreferenced "
+    print(f"{verb} {lfs_report['objects']} LFS object(s) ({lfs_report['bytes']:,} bytes) and "
+          f"{lfs_report['links']} link(s) from repos whose commits no longer reach them")
+    print(f"{verb} {xet['xorbs']} xorb(s) ({xet['bytes']:,} bytes) and {xet['files']} unreferenced "
           "Xet file record(s)")
     return 0
 
@@ -459,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--expires", metavar="LIFETIME", help="the token stops working after e.g. 30d, 12h")
     token_create.add_argument("--quiet", action="store_true", help="print only the token")
     token_create.set_defaults(func=cmd_token_create)
-    gc = commands.add_parser("gc", help="delete Xet storage no commit references (keeps recent uploads)")
+    gc = commands.add_parser("gc", help="delete LFS and Xet storage no repo or bucket holds any more (keeps recent "
+                                        "uploads)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.set_defaults(func=cmd_gc)
     migrate = commands.add_parser(

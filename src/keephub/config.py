@@ -34,8 +34,9 @@ class Settings:
     database_url: str = ""
     # Largest regular (non-LFS) file accepted in a commit, and the threshold above which preupload says "lfs".
     max_regular_file_bytes: int = 10 * 1024 * 1024
-    # Largest NDJSON commit body (regular files travel inline, base64-encoded).
-    max_commit_body_bytes: int = 64 * 1024 * 1024
+    # Largest NDJSON commit body (regular files travel inline, base64-encoded). The body is spooled to a temporary
+    # file and its files stored a batch at a time, so this bounds disk, not memory.
+    max_commit_body_bytes: int = 2 * 1024**3
     # Part size offered to clients for multipart LFS uploads.
     lfs_multipart_chunk_bytes: int = 64 * 1024 * 1024
     # Multipart is offered only above this size: completing one re-reads and re-hashes every part, which

@@ -25,7 +25,7 @@ Role = Literal["read", "write", "admin"]
 ROLES: tuple[str, ...] = ("read", "write", "admin")
 TOKEN_ROLES: tuple[str, ...] = ("read", "write")
 TOKEN_PREFIX = "kh_"
-_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,38}[A-Za-z0-9])?$")
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 # How fresh a token's "last used" is kept: marking every request would make every read a write.
 LAST_USED_RESOLUTION = timedelta(hours=1)
@@ -72,7 +72,7 @@ class Actor:
 def validate_account_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise AccountError(
-            f"invalid name {name!r}: use 1-40 letters, digits or '-', starting and ending with a letter or digit"
+            f"invalid name {name!r}: use 1-40 letters, digits, '-' or '_', starting and ending with a letter or digit"
         )
     if name.lower() in _RESERVED:
         raise AccountError(f"the name {name!r} is reserved; choose another")

@@ -12,6 +12,9 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from dulwich.objects import Blob
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -25,12 +28,17 @@ from keephub.storage.schema import LfsLink, LfsObject, Ref, RepoCommit
 from keephub.wire import BadRequest, EntryNotFound, PreconditionFailed, TooLarge
 
 MAX_OPERATIONS = 100_000
+# Regular-file bytes a commit holds in memory before storing them (BlobStash).
+STASH_BATCH_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class AddRegular:
+    """A regular file; `content` is None once its blob (`sha`) is in the database already (see BlobStash)."""
+
     path: str
-    content: bytes
+    sha: str
+    content: bytes | None
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,38 @@ class CommitRequest:
     operations: list[Operation] = field(default_factory=list)
 
 
-def parse_ndjson(body: bytes, max_regular_bytes: int) -> CommitRequest:
-    """Turn the NDJSON body into a CommitRequest, rejecting anything malformed with the line number."""
+class BlobStash:
+    """Stores a commit's regular files in the database as they are parsed, a batch at a time, so that a commit
+    of many files holds one batch in memory, not the whole commit. Blobs are content-addressed: one whose commit
+    then fails is stored but unreferenced, like an upload never committed."""
+
+    def __init__(self, store: Callable[[list[Blob]], None], batch_bytes: int = STASH_BATCH_BYTES) -> None:
+        self.store = store
+        self.batch_bytes = batch_bytes
+        self.pending: list[Blob] = []
+        self.pending_bytes = 0
+
+    def add(self, content: bytes) -> str:
+        blob = gitobjects.new_blob(content)
+        self.pending.append(blob)
+        self.pending_bytes += len(content)
+        if self.pending_bytes >= self.batch_bytes:
+            self.flush()
+        return blob.id.decode()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store(self.pending)
+        self.pending, self.pending_bytes = [], 0
+
+
+def parse_ndjson(body: bytes | Iterable[bytes], max_regular_bytes: int, stash: BlobStash | None = None
+                 ) -> CommitRequest:
+    """Turn the NDJSON body (bytes, or lines as from a file) into a CommitRequest, rejecting anything malformed
+    with the line number. With a `stash`, regular files go to the database as they are read."""
     request: CommitRequest | None = None
-    for number, raw in enumerate(body.splitlines(), start=1):
+    lines = body.splitlines() if isinstance(body, bytes) else body
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
@@ -79,7 +115,12 @@ def parse_ndjson(body: bytes, max_regular_bytes: int) -> CommitRequest:
             raise BadRequest("the commit body must start with a 'header' line carrying the summary")
         if len(request.operations) >= MAX_OPERATIONS:
             raise TooLarge(f"a commit may hold at most {MAX_OPERATIONS} operations; split it into several commits")
-        request.operations.append(_parse_operation(key, value, number, max_regular_bytes))
+        operation = _parse_operation(key, value, number, max_regular_bytes)
+        if stash is not None and isinstance(operation, AddRegular) and operation.content is not None:
+            operation = AddRegular(operation.path, stash.add(operation.content), None)
+        request.operations.append(operation)
+    if stash is not None:
+        stash.flush()
     if request is None:
         raise BadRequest("the commit body is empty; send a 'header' line and one line per operation")
     paths = [op.path for op in request.operations]
@@ -125,7 +166,7 @@ def _parse_operation(key: object, value: dict, number: int, max_regular_bytes: i
                 f"{where}: {path} is {len(content)} bytes, over the {max_regular_bytes}-byte limit for regular files; "
                 "upload it as an LFS file (the client does this when preupload says 'lfs')"
             )
-        return AddRegular(path=path, content=content)
+        return AddRegular(path=path, sha=gitobjects.new_blob(content).id.decode(), content=content)
     if key == "lfsFile":
         oid, size = value.get("oid"), value.get("size")
         if value.get("algo", "sha256") != "sha256" or not is_sha256(oid):
@@ -152,8 +193,8 @@ def apply_commit(session: Session, repo: RepoRef, branch: str, request: CommitRe
         if landed is not None:
             return CommitResult(sha=landed, created=False)
         raise PreconditionFailed(
-            f"parentCommit {request.parent_commit} is not the head of {branch!r} (now {head}): the branch moved "
-            "since you read it; fetch the new head and retry"
+            f"A commit has happened since. Please refresh and try again. (parentCommit {request.parent_commit} is "
+            f"not the head of {branch!r}, now {head})"
         )
     head_commit = gitobjects.load_commit(session, head)
     writer = gitobjects.ObjectWriter()
@@ -180,12 +221,13 @@ def _build_tree(session: Session, repo: RepoRef, writer: gitobjects.ObjectWriter
     for op in operations:
         if isinstance(op, Delete):
             found = gitobjects.lookup(session, base_tree, op.path)
-            if found is None or gitobjects.stat.S_ISDIR(found[0]) != op.is_folder:
+            # A deletedFile naming a folder deletes it: the client sends one for a folder given without a "/".
+            if found is None or (op.is_folder and not gitobjects.stat.S_ISDIR(found[0])):
                 kind = "folder" if op.is_folder else "file"
                 raise EntryNotFound(f"cannot delete {kind} {op.path!r}: no such {kind} in {repo.repo_id}")
             changes[op.path] = None
         elif isinstance(op, AddRegular):
-            changes[op.path] = writer.add(gitobjects.new_blob(op.content))
+            changes[op.path] = op.sha if op.content is None else writer.add(gitobjects.new_blob(op.content))
         else:
             size = _linked_lfs_size(session, repo, op)
             changes[op.path] = writer.add(gitobjects.new_blob(gitobjects.lfs_pointer(op.oid, size)))
@@ -220,9 +262,10 @@ def _reject_file_folder_clashes(session: Session, base_tree: str, changes: dict[
 
 def _linked_lfs_size(session: Session, repo: RepoRef, op: AddLfs) -> int:
     """The size of an LFS object this repo may reference: uploaded to it and verified by the server."""
+    # FOR SHARE (PostgreSQL): `keephub gc` cannot unlink it until this commit, which points at it, is in.
     row = session.execute(
         select(LfsObject.size).join(LfsLink, LfsLink.oid == LfsObject.oid)
-        .where(LfsLink.repo_id == repo.id, LfsObject.oid == op.oid)
+        .where(LfsLink.repo_id == repo.id, LfsObject.oid == op.oid).with_for_update(read=True, of=LfsLink)
     ).scalar_one_or_none()
     if row is None:
         raise BadRequest(

@@ -26,12 +26,14 @@ from keephub.hub.repos import RepoRef
 from keephub.storage.blobs import BlobStore, BlobWriter, HashMismatch, SizeMismatch, is_sha256, iter_stream
 from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import LfsLink, LfsObject, Repo, repo_stamp
-from keephub.wire import BadRequest, Forbidden, TooLarge
+from keephub.wire import BadRequest, Conflict, Forbidden, TooLarge
 from keephub.wire.errors import NotFound, Unprocessable
 from keephub.wire.text import same_signature
 
 MAX_BATCH_OBJECTS = 10_000
 MAX_OBJECT_BYTES = 500 * 1024**3
+# Held while an upload links an object and while garbage collection deletes unlinked objects' bytes.
+PLACING_LOCK = "lfs-placing"
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,16 @@ def linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str, 
     return found
 
 
-def link(db: Database, grant: UploadGrant) -> None:
-    """Record a verified object and make it referable from the grant's repo, idempotently."""
+def link(db: Database, blobs: BlobStore, grant: UploadGrant) -> None:
+    """Record a verified object and make it referable from the grant's repo, idempotently.
+
+    Under the lock `keephub gc` deletes unlinked objects under, with the bytes checked once more: an object gc
+    freed while this upload placed it again is reported, never linked without its bytes."""
     repo_id, oid, size = grant.repo_id, grant.oid, grant.size
-    with db.write() as session:
+    with db.lock(PLACING_LOCK), db.write() as session:
+        if not blobs.exists(oid):
+            raise Conflict(f"LFS object {oid} was removed by garbage collection while it was uploaded; upload it "
+                           "again (retry the push)")
         repo = session.get(Repo, repo_id)
         if repo is None or repo_stamp(repo.created_at) != grant.repo_stamp:
             raise NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked")

@@ -16,6 +16,7 @@ _NAME_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 _REF_BAD = re.compile(r"[\x00-\x20~^:?*\[\\\x7f]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_SHA1 = re.compile(r"^[0-9a-f]{7,39}$")
 
 
 def repo_type_from_plural(plural: str) -> str:
@@ -70,6 +71,11 @@ def check_text(value: str, what: str) -> str:
 
 def is_commit_sha(value: str) -> bool:
     return bool(_SHA1.match(value))
+
+
+def is_short_commit_sha(value: str) -> bool:
+    """The start of a commit id, as `git` abbreviates them (7 hex digits or more)."""
+    return bool(_SHORT_SHA1.match(value))
 
 
 def check_ref_name(name: object, what: str = "branch") -> str:

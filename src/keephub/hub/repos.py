@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dulwich.objects import Commit
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor, RepoTarget, allowed, authorize, require_actor
 from keephub.hub import naming
 from keephub.storage import gitobjects
-from keephub.storage.schema import Account, Ref, Repo, RepoCommit
+from keephub.storage.schema import Account, Ref, Repo, RepoCommit, RepoRedirect
 from keephub.wire import BadRequest, Conflict, Forbidden, RepoNotFound, RevisionNotFound
 
 DEFAULT_BRANCH = "main"
@@ -63,18 +63,55 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
-    """The repo if the caller may read it; otherwise RepoNotFound, never revealing that a private repo exists."""
-    row = session.execute(
+class RepoMoved(RepoNotFound):
+    """A repo asked for by a name it had before `move_repo`. Hub routes answer it with a redirect to the new name;
+    anywhere else it is the 404 it derives from, naming the new id."""
+
+    def __init__(self, repo_type: str, old_id: str, repo: RepoRef) -> None:
+        super().__init__(f"{repo_type.capitalize()} repository {old_id} was renamed to {repo.repo_id}; use the new name")
+        self.repo = repo
+
+
+def _repo_ref(repo: Repo, owner: str) -> RepoRef:
+    return RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
+                   space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+
+
+def _named(session: Session, repo_type: str, namespace: str, name: str) -> RepoRef | None:
+    """The repo with this id, ignoring case as the Hub does (an exact match first, should two accounts' names
+    differ only by case)."""
+    rows = session.execute(
         select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
-        .where(Repo.type == repo_type, Account.name == namespace, Repo.name == name)
-    ).one_or_none()
-    if row is None:
+        .where(Repo.type == repo_type, func.lower(Account.name) == namespace.lower(),
+               func.lower(Repo.name) == name.lower())
+    ).all()
+    if not rows:
+        return None
+    repo, owner = next(((r, o) for r, o in rows if o == namespace), rows[0])
+    return _repo_ref(repo, owner)
+
+
+def _account_named(session: Session, name: str) -> Account | None:
+    """The user or org owning namespace `name`, ignoring case (an exact match first)."""
+    accounts = session.scalars(select(Account).where(func.lower(Account.name) == name.lower())).all()
+    return next((a for a in accounts if a.name == name), accounts[0] if accounts else None)
+
+
+def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:
+    """The repo if the caller may read it; otherwise RepoNotFound, never revealing that a private repo exists.
+
+    An id the repo had before it was moved raises RepoMoved, when the caller may read the repo."""
+    found = _named(session, repo_type, namespace, name)
+    if found is None:
+        redirect = session.get(RepoRedirect, (repo_type, namespace.lower(), name.lower()))
+        if redirect is not None:
+            row = session.execute(select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
+                                  .where(Repo.id == redirect.repo_id)).one_or_none()
+            moved = _repo_ref(*row) if row is not None else None
+            if moved is not None and allowed(actor, "repo.read", moved.target):
+                raise RepoMoved(repo_type, f"{namespace}/{name}", moved)
         hint = "" if actor else " If it is private, pass a token with read access."
         raise RepoNotFound(f"{repo_type.capitalize()} repository {namespace}/{name} not found.{hint}")
-    repo, owner = row
-    found = RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
-                    space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
     authorize(actor, "repo.read", found.target)
     return found
 
@@ -96,13 +133,21 @@ def find_repo_for_admin(session: Session, repo_type: str, namespace: str, name: 
 
 
 def resolve_revision(session: Session, repo: RepoRef, revision: str) -> str:
-    """Branch, tag or full commit id of this repo -> commit sha."""
+    """Branch, tag, full commit id or an unambiguous start of one (7 hex digits or more) of this repo -> commit sha."""
     for kind in ("branch", "tag"):
         ref = session.get(Ref, (repo.id, kind, revision))
         if ref is not None:
             return ref.commit_sha
     if naming.is_commit_sha(revision) and session.get(RepoCommit, (repo.id, revision)) is not None:
         return revision
+    if naming.is_short_commit_sha(revision):
+        matches = session.scalars(select(RepoCommit.sha).where(RepoCommit.repo_id == repo.id,
+                                                               RepoCommit.sha.startswith(revision)).limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise RevisionNotFound(f"Invalid rev id: {revision!r} is the start of more than one commit of "
+                                   f"{repo.repo_id}; give more of the commit id")
     raise RevisionNotFound(
         f"Invalid rev id: {revision!r} is not a branch, tag or commit of {repo.repo_id}; "
         "list them with `HfApi().list_repo_refs(...)`"
@@ -141,17 +186,21 @@ def make_commit(tree_sha: str, parents: list[str], author: str, summary: str, de
 def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace: str, name: str,
                 private: bool, space_sdk: str | None, base_url: str) -> RepoRef:
     actor = require_actor(actor, f"create {namespace}/{name}")
-    owner = session.execute(select(Account).where(Account.name == namespace)).scalar_one_or_none()
+    owner = _account_named(session, namespace)
     if owner is None:
         raise Forbidden(f"403 Forbidden: namespace '{namespace}' does not exist; create it or push to '{actor.name}/...'.")
+    namespace = owner.name
     authorize(actor, "repo.create", RepoTarget(repo_type, namespace, name))
-    taken = Conflict(f"You already created this {repo_type} repo: {namespace}/{name}",
-                     extra_body={"url": f"{base_url}/{naming.URL_PREFIX[repo_type]}{namespace}/{name}"})
+
+    def taken(existing_name: str) -> Conflict:
+        return Conflict(f"You already created this {repo_type} repo: {namespace}/{existing_name}",
+                        extra_body={"url": f"{base_url}/{naming.URL_PREFIX[repo_type]}{namespace}/{existing_name}"})
+
     existing = session.execute(
-        select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == name)
+        select(Repo.name).where(Repo.type == repo_type, Repo.owner_id == owner.id, func.lower(Repo.name) == name.lower())
     ).scalar_one_or_none()
     if existing is not None:
-        raise taken
+        raise taken(existing)
     now = utcnow()
     repo = Repo(type=repo_type, owner_id=owner.id, name=name, private=private, space_sdk=space_sdk,
                 created_at=now, last_modified=now)
@@ -159,7 +208,7 @@ def create_repo(session: Session, actor: Actor | None, repo_type: str, namespace
     try:
         session.flush()
     except IntegrityError:  # created meanwhile by a concurrent request (PostgreSQL: no database-wide write lock)
-        raise taken from None
+        raise taken(name) from None
     writer = gitobjects.ObjectWriter()
     blob_sha = writer.add(gitobjects.new_blob(INITIAL_GITATTRIBUTES.encode()))
     tree_sha = gitobjects.apply_changes(session, writer, None, {".gitattributes": blob_sha})
@@ -183,12 +232,16 @@ def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tup
     repo = find_repo_for_admin(session, repo_type, *source, actor)
     assert actor is not None
     new_namespace, new_name = target
-    owner = session.execute(select(Account).where(Account.name == new_namespace)).scalar_one_or_none()
+    owner = _account_named(session, new_namespace)
     if owner is None:
         raise Forbidden(f"403 Forbidden: cannot move to '{new_namespace}': namespace '{new_namespace}' does not exist.")
+    new_namespace = owner.name
     authorize(actor, "repo.create", RepoTarget(repo_type, new_namespace, new_name, repo.private))
+    if (new_namespace, new_name) == (repo.namespace, repo.name):
+        raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists")
     clash = session.execute(
-        select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id, Repo.name == new_name)
+        select(Repo.id).where(Repo.type == repo_type, Repo.owner_id == owner.id,
+                              func.lower(Repo.name) == new_name.lower(), Repo.id != repo.id)
     ).scalar_one_or_none()
     if clash is not None:
         raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists")
@@ -200,6 +253,9 @@ def move_repo(session: Session, actor: Actor | None, repo_type: str, source: tup
         raise Conflict(f"cannot move {repo.repo_id} to {new_namespace}/{new_name}: that repo already exists") from None
     if not moved:
         raise _gone(repo)
+    if repo.repo_id.lower() != f"{new_namespace}/{new_name}".lower():
+        session.merge(RepoRedirect(type=repo_type, namespace=repo.namespace.lower(), name=repo.name.lower(),
+                                   repo_id=repo.id))
     return RepoRef(id=repo.id, type=repo_type, namespace=new_namespace, name=new_name, private=repo.private,
                    space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=now)
 
@@ -298,8 +354,7 @@ def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, 
         query = query.where((Account.name + "/" + Repo.name).contains(search))
     repos = []
     for repo, owner in session.execute(query.order_by(Repo.last_modified.desc())):
-        found = RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
-                        space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
+        found = _repo_ref(repo, owner)
         if allowed(actor, "repo.read", found.target):
             repos.append(found)
     return repos

@@ -20,11 +20,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keephub.accounts import INVALID_CREDENTIALS, Actor, access_token_info
-from keephub.hub import lfs, naming
+from keephub.hub import lfs, modelcard, naming
+from keephub.hub.repos import RepoMoved
 from keephub.hub.service import Hub
 from keephub.wire import BadRequest, Unauthorized, headers
-from keephub.wire.errors import HubError, NotFound
-from keephub.wire.bodies import read_body, receive_into
+from keephub.wire.errors import HubError, NotFound, RepoNotFound
+from keephub.wire.bodies import read_body, receive_into, spool_body
 from keephub.wire.origin import through_unix_socket
 from keephub.wire.params import int_param
 from keephub.wire.ranges import requested_span
@@ -194,7 +195,8 @@ async def list_repos(request: Request) -> JSONResponse:
 
 async def tree(request: Request) -> JSONResponse:
     actor = await actor_of(request)
-    path = request.path_params.get("path", "").strip("/")
+    # The client quotes the whole folder path (`a%2Fb`), which EncodedSlashes leaves encoded.
+    path = re.sub("%2[fF]", "/", request.path_params.get("path", "")).strip("/")
     if path:
         path = naming.check_path(path)
     recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
@@ -237,7 +239,8 @@ async def paths_info(request: Request) -> JSONResponse:
 
 async def list_commits(request: Request) -> JSONResponse:
     actor = await actor_of(request)
-    found = await call(hub_of(request).commits, actor, *repo_params(request), revision_param(request))
+    formatted = "formatted" in request.query_params.getlist("expand[]")
+    found = await call(hub_of(request).commits, actor, *repo_params(request), revision_param(request), formatted)
     return JSONResponse(found)
 
 
@@ -281,19 +284,32 @@ async def preupload(request: Request) -> JSONResponse:
 
 async def commit(request: Request) -> JSONResponse:
     actor = await actor_of(request)
-    body = await read_body(request, hub_of(request).settings.max_commit_body_bytes,
-                           "; split the files over several commits (regular files travel inside the commit body)")
+    # Spooled, and parsed line by line from there: a commit of many regular files costs little memory.
+    body = await spool_body(request, hub_of(request).settings.max_commit_body_bytes,
+                            "; split the files over several commits (regular files travel inside the commit body)")
     # create_pr=1 opens a pull request holding the commit (hub/discussions.py) instead of moving the branch.
     make = (request.app.state.discussions.commit_as_pr if request.query_params.get("create_pr") in ("1", "true")
             else hub_of(request).commit)
-    return JSONResponse(await call(make, actor, *repo_params(request), revision_param(request), body))
+    with body:
+        return JSONResponse(await call(make, actor, *repo_params(request), revision_param(request), body))
 
 
 async def super_squash(request: Request) -> JSONResponse:
-    """Refused rather than 404: keephub keeps every commit, so any revision once recorded stays downloadable."""
-    await actor_of(request)
-    raise BadRequest("super_squash_history is not supported by keephub, which keeps every commit so that older "
-                     "revisions stay downloadable; to start over with a single commit, upload to a new repo")
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    sha = await call(hub_of(request).super_squash, actor, *repo_params(request), revision_param(request), body)
+    return JSONResponse({"commitOid": sha})
+
+
+async def lfs_files(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(hub_of(request).lfs_files, actor, *repo_params(request)))
+
+
+async def delete_lfs_files(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    await call(hub_of(request).delete_lfs_files, actor, *repo_params(request), await read_json_object(request))
+    return JSONResponse({})
 
 
 async def validate_yaml(request: Request) -> JSONResponse:
@@ -301,6 +317,9 @@ async def validate_yaml(request: Request) -> JSONResponse:
     content = body.get("content")
     if content is not None and not isinstance(content, str):
         raise BadRequest("'content' must be the README text")
+    if body.get("repoType") is not None:
+        naming.check_repo_type(body["repoType"])
+    modelcard.check_metadata(content or "")
     return JSONResponse({"errors": [], "warnings": []})
 
 
@@ -354,7 +373,7 @@ async def lfs_upload(request: Request) -> Response:
         finally:
             await call(pending.abort)
     await call(hub.check_upload_grant, grant)
-    await call(lfs.link, hub.db, grant)
+    await call(lfs.link, hub.db, hub.blobs, grant)
     return JSONResponse({})
 
 
@@ -449,6 +468,30 @@ async def resolve(request: Request) -> Response:
     return StreamingResponse(content, status_code=status, headers=base_headers, media_type=media_type)
 
 
+async def repo_without_namespace(request: Request) -> Response:
+    """`gpt2`, `bert-base-uncased`: ids without a namespace, which the Hub keeps for its oldest repos. keephub has
+    none; the answer is the RepoNotFound the client reads as "no such repo" (`repo_exists` is False)."""
+    repo_type, name = request.path_params["repo_type"], request.path_params["name"]
+    raise RepoNotFound(f"{repo_type.capitalize()} repository {name!r} not found: repo ids on keephub are "
+                       f"namespace/name, e.g. alice/{name}")
+
+
+def following_moves(endpoint: Callable) -> Callable:
+    """Requests that name a moved repo by its old id are redirected to its new id; 307 keeps method and body."""
+
+    async def endpoint_following_moves(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except RepoMoved as moved:
+            old = f"/{request.path_params['namespace']}/{request.path_params['name']}"
+            path = request.scope["raw_path"].decode("latin-1").split("?", 1)[0]
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            target = path.replace(old, f"/{moved.repo.repo_id}", 1) + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=307)
+
+    return endpoint_following_moves
+
+
 def _typed(prefix: str, repo_type: str, path: str, endpoint: Callable, methods: list[str]) -> Route:
     async def bound(request: Request) -> Response:
         request.path_params["repo_type"] = repo_type
@@ -484,6 +527,8 @@ def routes() -> list[BaseRoute]:
         Route(api + "/commit/{revision}", commit, methods=["POST"]),
         Route(api + "/xet-{access:str}-token/{revision}", xet_token, methods=["GET"]),
         Route(api + "/super-squash/{revision}", super_squash, methods=["POST"]),
+        Route(api + "/lfs-files", lfs_files, methods=["GET"]),
+        Route(api + "/lfs-files/batch", delete_lfs_files, methods=["POST"]),
     ]
     for repo_type, prefix in (("dataset", "/datasets"), ("space", "/spaces"), ("model", "")):
         table += [
@@ -491,6 +536,15 @@ def routes() -> list[BaseRoute]:
             _typed(prefix, repo_type, "/{namespace}/{name}.git/info/lfs/objects/verify", lfs_verify, ["POST"]),
             _typed(prefix, repo_type, "/{namespace}/{name}.git/info/lfs/objects/{oid}", lfs_download, ["GET"]),
             _typed(prefix, repo_type, "/{namespace}/{name}/resolve/{revision}/{path:path}", resolve, ["GET", "HEAD"]),
+        ]
+    table = [Route(r.path, following_moves(r.endpoint), methods=r.methods, name=r.name) if isinstance(r, Route) else r
+             for r in table]
+    for repo_type, prefix in (("dataset", "/datasets"), ("space", "/spaces"), ("model", "")):
+        table += [
+            _typed(f"/api/{repo_type}s", repo_type, "/{name}", repo_without_namespace, ["GET"]),
+            _typed(f"/api/{repo_type}s", repo_type, "/{name}/revision/{revision}", repo_without_namespace, ["GET"]),
+            _typed(prefix, repo_type, "/{name}/resolve/{revision}/{path:path}", repo_without_namespace,
+                   ["GET", "HEAD"]),
         ]
     return table
 

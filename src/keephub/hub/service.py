@@ -9,18 +9,20 @@ import base64
 import fnmatch
 import stat
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
+from dulwich.ignore import IgnoreFilter
+from dulwich.objects import Blob
 from sqlalchemy import select
 
 from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import commits, discussions, lfs, naming, repos, webhooks, wireformat
+from keephub.hub import commits, discussions, housekeeping, lfs, naming, repos, webhooks, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
-from keephub.storage.schema import Account, Repo, repo_stamp
+from keephub.storage.schema import Account, LfsLink, Repo, repo_stamp
 from keephub.wire import BadRequest, EntryNotFound, Forbidden, HubError, PreconditionFailed, RepoNotFound, Unauthorized
 from keephub.wire.errors import NotFound
 from keephub.xet import Cas, tokens
@@ -148,14 +150,13 @@ class Hub:
             repos.find_repo(session, repo_type, namespace, name, actor)
             return _with_last_commits(session, sha, entries)
 
-    def commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str) -> list[dict]:
+    def commits(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                formatted: bool = False) -> list[dict]:
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
             sha = repos.resolve_revision(session, repo, revision)
-            result = []
-            for commit in gitobjects.iter_history(session, sha):
-                result.append(wireformat.commit_entry(commit.id.decode(), commit))
-            return result
+            return [wireformat.commit_entry(commit.id.decode(), commit, formatted)
+                    for commit in gitobjects.iter_history(session, sha)]
 
     def refs(self, actor: Actor | None, repo_type: str, namespace: str, name: str) -> dict:
         with self.db.read() as session:
@@ -194,11 +195,17 @@ class Hub:
         files = body.get("files") if isinstance(body, dict) else None
         if not isinstance(files, list):
             raise BadRequest("preupload body must be JSON {files: [{path, size, sample}]}")
+        gitignore = body.get("gitIgnore")
+        if gitignore is not None and not isinstance(gitignore, str):
+            raise BadRequest("preupload 'gitIgnore' must be the text of a .gitignore file")
         with self.db.read() as session:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             sha = repos.branch_head(session, repo, revision)
             tree = gitobjects.load_commit(session, sha).tree.decode()
             lfs_patterns = _lfs_patterns(self._read_small(session, tree, ".gitattributes"))
+            if gitignore is None:  # the client sends the .gitignore it uploads; otherwise the branch's own counts
+                gitignore = (self._read_small(session, tree, ".gitignore") or b"").decode("utf-8", "replace")
+            ignored = IgnoreFilter(line.encode() for line in gitignore.splitlines())
             answers = []
             for index, item in enumerate(files):
                 if not isinstance(item, dict):
@@ -218,7 +225,8 @@ class Hub:
                     oid = entry.lfs_oid or entry.sha
                 mode = "lfs" if self._wants_lfs(path, size, sample, lfs_patterns) else "regular"
                 # The path as the client sent it, not its NFC form: the client matches answers by that key.
-                answers.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+                answers.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": bool(ignored.is_ignored(path)),
+                                "oid": oid})
             return {"files": answers, "commitOid": sha}
 
     def _wants_lfs(self, path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
@@ -230,8 +238,12 @@ class Hub:
         return any(fnmatch.fnmatch(base, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
     def commit(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str,
-               body: bytes) -> dict:
-        request = commits.parse_ndjson(body, self.settings.max_regular_file_bytes)
+               body: bytes | Iterable[bytes]) -> dict:
+        """Apply an NDJSON commit (bytes, or its lines as from a spooled file). Regular files are stored while the
+        body is read, once the caller is known to may write the repo, so memory holds one batch of them."""
+        with self.db.read() as session:
+            repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+        request = commits.parse_ndjson(body, self.settings.max_regular_file_bytes, commits.BlobStash(self._store_blobs))
         for attempt in range(_COMMIT_RETRIES):
             try:
                 with self.db.write() as session:
@@ -251,6 +263,36 @@ class Hub:
             "commitMessage": request.summary,
             "pullRequestUrl": None,
         }
+
+    def _store_blobs(self, blobs: list[Blob]) -> None:
+        with self.db.write() as session:
+            gitobjects.insert_ignoring_duplicates(session, [gitobjects.object_row(blob) for blob in blobs])
+
+    # -- storage a repo holds (hub/housekeeping.py) -----------------------------------------------
+    def lfs_files(self, actor: Actor | None, repo_type: str, namespace: str, name: str) -> list[dict]:
+        with self.db.read() as session:
+            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            return housekeeping.lfs_files(session, repo)
+
+    def delete_lfs_files(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: dict) -> None:
+        shas = housekeeping.parse_deletions(body)
+        with self.db.write() as session:
+            repo = repos.find_repo_for_admin(session, repo_type, namespace, name, actor)
+            housekeeping.delete_lfs_files(session, repo, shas)
+
+    def super_squash(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str,
+                     body: dict) -> str:
+        message = housekeeping.squash_message(body, branch)
+        with self.db.write() as session:
+            repo = repos.find_repo_for_admin(session, repo_type, namespace, name, actor)
+            assert actor is not None
+            return housekeeping.super_squash(session, repo, branch, message, actor)
+
+    def collect_garbage(self, dry_run: bool = False) -> dict:
+        """`keephub gc`: repos' unreferenced LFS content first, then the Xet storage no repo or bucket holds."""
+        grace = self.settings.xet_gc_grace_seconds
+        return {"lfs": housekeeping.collect_lfs_garbage(self.db, self.blobs, grace, dry_run),
+                "xet": self.cas.collect_garbage(self.blobs, dry_run=dry_run)}
 
     # -- LFS -------------------------------------------------------------------------------------
     def lfs_batch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> dict:
@@ -295,6 +337,10 @@ class Hub:
                 )
             entry = gitobjects.entry_for(session, path, *found)
             if entry.lfs_oid is not None:
+                if session.get(LfsLink, (repo.id, entry.lfs_oid)) is None:
+                    raise EntryNotFound(f"{path} at revision {revision!r} of {repo.repo_id} is an LFS file whose "
+                                        "content was permanently deleted from the repo (permanently_delete_lfs_files)",
+                                        extra_headers={"X-Repo-Commit": sha})
                 xet = self.cas.xet_hashes(session, [entry.lfs_oid]).get(entry.lfs_oid)
                 return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None, xet)
             return FileTarget(sha, entry.sha, entry.size, False, gitobjects.read_blob(session, entry.sha))

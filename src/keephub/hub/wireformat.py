@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import html
+
 import yaml
 from dulwich.objects import Commit
+from markdown_it import MarkdownIt
 
 from keephub.hub.repos import RepoRef
 from keephub.storage.gitobjects import Entry, lfs_pointer
 from keephub.storage.schema import Ref
 from keephub.wire.text import first_invalid_string
+
+# Raw HTML in a commit message is shown as text, never passed through.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 
 def iso(moment: datetime) -> str:
@@ -111,17 +117,22 @@ def repo_info(repo: RepoRef, sha: str | None, files: list[Entry] | None, readme:
     return info
 
 
-def commit_entry(sha: str, commit: Commit) -> dict:
+def commit_entry(sha: str, commit: Commit, formatted: bool = False) -> dict:
+    """A GitCommitInfo; `formatted` (`expand[]=formatted`) adds the title and message as HTML, as the Hub's pages
+    show them: the title as text, the message rendered from Markdown."""
     message = commit.message.decode("utf-8", "replace").strip()
     title, _, body = message.partition("\n")
     author = commit.author.decode("utf-8", "replace").split(" <")[0]
-    return {
+    entry = {
         "id": sha,
         "title": title,
         "message": body.strip(),
         "authors": [{"user": author}],
         "date": iso(datetime.fromtimestamp(commit.author_time, tz=timezone.utc)),
     }
+    if formatted:
+        entry["formatted"] = {"title": html.escape(title), "message": _MARKDOWN.render(body.strip())}
+    return entry
 
 
 def last_commit(commit: Commit) -> dict:

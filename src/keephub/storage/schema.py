@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,6 +89,20 @@ class Repo(Base):
     space_sdk: Mapped[str | None] = mapped_column(String(20), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Repo ids are case-insensitive, as on the Hub: "Alice/Model" and "alice/model" name one repo.
+Index("ux_repos_type_owner_lower_name", Repo.type, Repo.owner_id, func.lower(Repo.name), unique=True)
+
+
+class RepoRedirect(Base):
+    """A name a repo had before `move_repo`, lowercased: requests to it are redirected to the repo's new name."""
+
+    __tablename__ = "repo_redirects"
+    type: Mapped[str] = mapped_column(String(8), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(96), primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
 
 
 def repo_stamp(created_at: datetime) -> int:

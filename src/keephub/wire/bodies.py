@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from typing import IO
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,6 +25,27 @@ async def read_body(request: Request, limit: int, advice: str = "") -> bytes:
         if len(body) > limit:
             raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint{advice}")
     return bytes(body)
+
+
+async def spool_body(request: Request, limit: int, advice: str = "") -> IO[bytes]:
+    """The body in a temporary file, rewound: kept in memory while small, on disk past `_FLUSH_BYTES`, so that a
+    large body (an NDJSON commit of many files) costs no more memory than a small one. 413 past `limit`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit for this endpoint{advice}")
+    spool = tempfile.SpooledTemporaryFile(max_size=_FLUSH_BYTES)
+    try:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(f"request body exceeds the {limit}-byte limit for this endpoint{advice}")
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 async def receive_into(request: Request, pending, limit: int,  # type: ignore[no-untyped-def]

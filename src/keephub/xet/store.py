@@ -30,7 +30,6 @@ from keephub.storage.schema import (
     Bucket,
     BucketFile,
     BucketUpload,
-    GitObject,
     LfsLink,
     LfsObject,
     Repo,
@@ -417,7 +416,7 @@ class Cas:
     def collect_garbage(self, lfs_blobs: BlobStore, dry_run: bool = False) -> dict:
         """Delete xorbs no live file needs and files no stored commit or bucket names, keeping anything recent.
 
-        A file is live if any git object (in any repo, any commit) points at its sha256, a bucket holds it, or
+        A file is live if any repo links its sha256 (holds it: see hub/housekeeping.py), a bucket holds it, or
         it was registered within the grace period. A xorb is live if a live file uses it, or it was uploaded
         within the grace period — clients build new uploads on xorbs named in their shard cache.
         """
@@ -428,7 +427,9 @@ class Cas:
                 # referenced and deleting the rest. SHARE mode lets reads (downloads) go on meanwhile.
                 session.execute(text("LOCK TABLE git_objects, bucket_files, bucket_uploads, xet_files, xet_xorbs, "
                                      "xet_dedup_chunks, lfs_links, lfs_objects IN SHARE MODE"))
-            referenced = set(session.scalars(select(GitObject.lfs_oid).where(GitObject.lfs_oid.is_not(None))))
+            # Content a repo holds (see hub/housekeeping.py, whose sweep runs first and unlinks what no reachable
+            # commit of its repo points at any more, and what permanently_delete_lfs_files removed).
+            referenced = set(session.scalars(select(LfsLink.oid).distinct()))
             in_buckets = set(session.scalars(select(BucketFile.xet_hash).distinct()))
             dead_files: list[str] = []
             unbacked: list[str] = []
