@@ -170,6 +170,13 @@ def test_bad_pushes_are_refused_and_store_nothing(server, api: HfApi, alice, rep
     start = pushed
     assert "non-fast-forward" in refused("--force", "origin", "main")
     assert "cannot be deleted" in refused("origin", ":main")
+    settings = f"{server.url}/api/models/{repo_id}/settings"
+    assert httpx.put(settings, json={"allowForcePush": "yes"}, auth=("user", alice[1])).status_code == 400
+    assert httpx.put(settings, json={"allowForcePush": True}, auth=("user", alice[1])).status_code == 200
+    git(git_env, "push", "--force", "origin", "main", cwd=work)
+    rewritten = git(git_env, "rev-parse", "HEAD", cwd=work).stdout.strip()
+    assert api.repo_info(repo_id).sha == rewritten and rewritten in {c.commit_id for c in api.list_repo_commits(repo_id)}
+    start = pushed = rewritten
 
     corrupt = receive_pack(server.url, repo_id, alice[1], f"{pushed} {'1' * 40} refs/heads/main",
                            b"PACK\x00\x00\x00\x02\x00\x00\x00\x01garbage")

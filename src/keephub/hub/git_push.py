@@ -20,11 +20,11 @@ from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from keephub.hub import lfs, naming
+from keephub.hub import lfs, naming, webhooks
 from keephub.hub.repos import DEFAULT_BRANCH, RepoRef, touch
 from keephub.storage import gitobjects
 from keephub.storage.db import insert_for
-from keephub.storage.schema import Ref, RepoCommit
+from keephub.storage.schema import Ref, Repo, RepoCommit
 from keephub.wire import HubError
 
 ZERO_SHA = "0" * 40
@@ -65,9 +65,10 @@ class _Push:
 
 
 def apply_push(session: Session, repo: RepoRef, updates: list[RefUpdate], incoming: dict[str, ShaFile],
-               max_regular_bytes: int, atomic: bool) -> list[tuple[str, str | None]]:
+               max_regular_bytes: int, atomic: bool, base_url: str) -> list[tuple[str, str | None]]:
     """Apply `updates` inside the caller's write transaction; (ref, None) for each applied, (ref, reason) for each
-    refused. With `atomic`, one refusal refuses them all (git push --atomic)."""
+    refused. With `atomic`, one refusal refuses them all (git push --atomic). The applied ones are one
+    `repo.content` webhook event, as a commit through the API is."""
     push = _Push(session, repo, incoming, max_regular_bytes)
     checked: list[tuple[RefUpdate, str | None]] = []
     for ref_update in updates:
@@ -81,6 +82,10 @@ def apply_push(session: Session, repo: RepoRef, updates: list[RefUpdate], incomi
     applied = [u for u, reason in checked if reason is None]
     if applied:
         _write(push, applied)
+        head = next((u.new for u in reversed(applied) if u.new != ZERO_SHA), None)
+        webhooks.record_event(session, base_url, repo, "repo.content", "update", head, updatedRefs=[
+            {"ref": u.name, "oldSha": None if u.old == ZERO_SHA else u.old, "newSha": None if u.new == ZERO_SHA
+             else u.new} for u in applied])
     return [(u.name, reason) for u, reason in checked]
 
 
@@ -94,7 +99,8 @@ def _kind_and_name(ref: str) -> tuple[str, str]:
                 raise Refused(exc.message) from None
             return kind, name
     if ref.startswith("refs/pr/"):
-        raise Refused("refs/pr/* belong to pull requests, which keephub updates itself; push to a branch instead")
+        raise Refused("refs/pr/* belong to pull requests: push to a branch and open a pull request from it, or "
+                      "commit to the pull request through the API (revision='refs/pr/N')")
     raise Refused("keephub stores branches (refs/heads/*) and tags (refs/tags/*) only; push to one of those")
 
 
@@ -114,10 +120,20 @@ def _check(push: _Push, ref_update: RefUpdate) -> None:
     if isinstance(push.incoming.get(ref_update.new), Tag):
         raise Refused("annotated tags are not stored by keephub; push a lightweight tag (git tag NAME, without -a)")
     _accept_history(push, ref_update.new)
-    if kind == "branch" and head != ZERO_SHA and name == DEFAULT_BRANCH and not _is_ancestor(push, head,
-                                                                                              ref_update.new):
+    rewrites_main = kind == "branch" and name == DEFAULT_BRANCH and head != ZERO_SHA
+    if rewrites_main and not _is_ancestor(push, head, ref_update.new) and not _force_push_allowed(push):
         raise Refused(f"non-fast-forward update of {DEFAULT_BRANCH!r}, which would drop commits from it; "
-                      "git pull (merge or rebase) and push again")
+                      "git pull (merge or rebase) and push again (a repo admin can allow force pushes with "
+                      "PUT /api/models/REPO/settings {\"allowForcePush\": true})")
+
+
+def allow_force_push(session: Session, repo: RepoRef, allowed: bool) -> None:
+    """The repo setting that lets `git push --force` rewrite the default branch."""
+    session.execute(update(Repo).where(Repo.id == repo.id).values(allow_force_push=allowed))
+
+
+def _force_push_allowed(push: _Push) -> bool:
+    return bool(push.session.execute(select(Repo.allow_force_push).where(Repo.id == push.repo.id)).scalar())
 
 
 def _accept_history(push: _Push, tip: str) -> None:

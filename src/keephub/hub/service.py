@@ -18,7 +18,7 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import commits, discussions, housekeeping, lfs, naming, repos, webhooks, wireformat
+from keephub.hub import commits, discussions, git_push, housekeeping, lfs, naming, repos, webhooks, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -87,10 +87,15 @@ class Hub:
         private = visibility_of(body)
         if "gated" in body and body["gated"] not in (False, None, "false"):
             raise BadRequest("gated repos are not supported by keephub; control access with private repos and orgs")
+        force_push = body.get("allowForcePush")
+        if force_push is not None and not isinstance(force_push, bool):
+            raise BadRequest("'allowForcePush' must be true or false (whether git push --force may rewrite main)")
         with self.db.write() as session:
             repo = repos.find_repo_for_admin(session, repo_type, namespace, name, actor)
             if private is not None:
                 repos.set_visibility(session, repo, private)
+            if force_push is not None:
+                git_push.allow_force_push(session, repo, force_push)
         return {"private": private if private is not None else repo.private}
 
     def repo_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,

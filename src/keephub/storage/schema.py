@@ -89,6 +89,8 @@ class Repo(Base):
     space_sdk: Mapped[str | None] = mapped_column(String(20), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Whether `git push --force` may rewrite the default branch (dropping commits from it); off unless asked for.
+    allow_force_push: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 # Repo ids are case-insensitive, as on the Hub: "Alice/Model" and "alice/model" name one repo.

@@ -1,0 +1,198 @@
+"""git over HTTP figures (issue 21), each against a baseline taken in the same run on the same machine.
+
+1. `git clone` of a repo of --files small files and --commits commits from keephub, against `git clone` of a bare
+   copy of the same history served by `git daemon` on 127.0.0.1. Clones alternate (keephub, daemon) after one
+   untimed warm-up each; medians of --repeats. Target: <= 1.5x.
+2. `git lfs pull` of a --size-mib file (default 1 GiB) uploaded with `HfApi.upload_file` (git-lfs path,
+   HF_HUB_DISABLE_XET=1), into a clone made with GIT_LFS_SKIP_SMUDGE=1, against `hf_hub_download` of the same file
+   into a fresh cache: throughput. Target: >= 0.9x. Timed as the two halves `git lfs pull` runs: `git lfs fetch`
+   (the download, which git-lfs hashes as it writes) and `git lfs checkout` (local: git-lfs copies the object into
+   the work tree and git re-runs the clean filter over it to refresh the index); diagnostics: the fetch alone, and
+   `curl` of the LFS download href (what keephub serves, without git-lfs).
+3. Diagnostic (no target): `git push` of the history of figure 1 to keephub, against the same push to an empty bare
+   repo through `git daemon` (receive-pack enabled).
+
+Run:  .venv/bin/python benchmarks/git_bench.py [--size-mib 1024] [--files 1000] [--commits 100] [--repeats 5]
+Work dir under --tmp (default /tmp), removed unless --keep. Exit status 1 if a figure fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from report import Figure, add_work_dir_options, at_least, client_environment, print_table, work_dir
+
+from keephub.devserver import LocalServer, free_port
+
+CLONE_TARGET = 1.5
+LFS_TARGET = 0.9
+
+
+def git(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def timed(action) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def build_history(env: dict[str, str], work: Path, files: int, commits: int) -> None:
+    """`commits` commits on top of `work`'s clone, adding files/commits files each, touching one older file too."""
+    per_commit = max(1, files // commits)
+    for number in range(commits):
+        for index in range(per_commit):
+            folder = work / f"part-{index % 10}"
+            folder.mkdir(exist_ok=True)
+            (folder / f"file-{number:03d}-{index:03d}.txt").write_text(f"file {number}/{index}\n" * 20)
+        (work / "CHANGELOG.md").write_text("".join(f"- change {n}\n" for n in range(number + 1)))
+        git(env, "add", "-A", cwd=work)
+        git(env, "commit", "-q", "-m", f"change {number}", cwd=work)
+
+
+def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], server: LocalServer,
+                  token: str, repo_id: str) -> list[Figure]:
+    source = work / "source"
+    authed = server.url.replace("http://", f"http://user:{token}@")
+    git(env, "clone", "-q", f"{authed}/{repo_id}", str(source))
+    build_history(env, source, args.files, args.commits)
+    bare = work / "served" / "repo.git"
+    empty = work / "served" / "empty.git"
+    git(env, "clone", "-q", "--bare", str(source), str(bare))
+    git(env, "init", "-q", "--bare", str(empty))
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={work / 'served'}", "--export-all",
+                               "--enable=receive-pack", f"--port={port}", "--listen=127.0.0.1",
+                               str(work / "served")], env=env, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        keephub_push = timed(lambda: git(env, "push", "-q", "origin", "main", cwd=source))
+        daemon_push = timed(lambda: git(env, "push", "-q", f"git://127.0.0.1:{port}/empty.git", "main", cwd=source))
+        urls = {"keephub": f"{server.url}/{repo_id}", "daemon": f"git://127.0.0.1:{port}/repo.git"}
+        times: dict[str, list[float]] = {name: [] for name in urls}
+        for run in range(args.repeats + 1):
+            for name, url in urls.items():
+                target = work / f"clone-{name}-{run}"
+                seconds = timed(lambda: git(env, "clone", "-q", url, str(target)))
+                if run:
+                    times[name].append(seconds)
+                count = subprocess.run(["git", "ls-files"], cwd=target, env=env, capture_output=True, text=True)
+                assert len(count.stdout.splitlines()) >= args.files, f"{name} clone is incomplete"
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    measured, baseline = statistics.median(times["keephub"]), statistics.median(times["daemon"])
+    files = len(list((work / "clone-keephub-0").rglob("*.txt")))
+    print(f"clone of {files} files, {args.commits + 1} commits: keephub {times['keephub']}, daemon {times['daemon']}")
+    return [
+        Figure(f"git clone, {files} files / {args.commits + 1} commits", measured, baseline, "s",
+               measured / baseline, f"≤ {CLONE_TARGET}x", measured / baseline <= CLONE_TARGET),
+        Figure("git push of that history", keephub_push, daemon_push, "s", keephub_push / daemon_push, "—", None),
+    ]
+
+
+def lfs_figures(args: argparse.Namespace, work: Path, env: dict[str, str], server: LocalServer, token: str,
+                repo_id: str) -> list[Figure]:
+    """`git lfs pull` is `git lfs fetch` (the download from keephub) then `git lfs checkout` (local: git-lfs copies
+    the object into the work tree and git re-runs the clean filter over it to refresh the index); both are timed."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    size = args.size_mib * 2**20
+    big = work / "weights.bin"
+    with big.open("wb") as out:
+        for _ in range(size // (16 << 20)):
+            out.write(os.urandom(16 << 20))
+        out.write(os.urandom(size % (16 << 20)))
+    api = HfApi(endpoint=server.url, token=token)
+    api.upload_file(path_or_fileobj=str(big), path_in_repo="weights.bin", repo_id=repo_id)
+    big.unlink()
+    oid = api.get_paths_info(repo_id, ["weights.bin"])[0].lfs.sha256
+    href = f"{server.url}/{repo_id}.git/info/lfs/objects/{oid}"
+    runs: dict[str, list[float]] = {"download": [], "fetch": [], "pull": [], "curl": []}
+    for run in range(args.lfs_repeats):
+        runs["download"].append(timed(lambda: hf_hub_download(repo_id, "weights.bin", endpoint=server.url,
+                                                              cache_dir=str(work / f"hf-cache-{run}"),
+                                                              token=token)))
+        clone = work / f"lfs-clone-{run}"
+        git({**env, "GIT_LFS_SKIP_SMUDGE": "1"}, "clone", "-q", f"{server.url}/{repo_id}", str(clone))
+        fetch = timed(lambda: git(env, "lfs", "fetch", cwd=clone))
+        checkout = timed(lambda: git(env, "lfs", "checkout", cwd=clone))
+        assert (clone / "weights.bin").stat().st_size == size, "git lfs pull did not fetch the whole file"
+        runs["fetch"].append(fetch)
+        runs["pull"].append(fetch + checkout)
+        runs["curl"].append(timed(lambda: subprocess.run(["curl", "-sf", "-o", str(work / "curl.bin"), href],
+                                                         check=True)))
+        for leftover in (clone, work / f"hf-cache-{run}", work / "curl.bin"):
+            subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    print("lfs seconds:", {name: [round(t, 2) for t in times] for name, times in runs.items()})
+    seconds = {name: statistics.median(times) for name, times in runs.items()}
+    baseline = size / seconds["download"] / 1e6
+    return [
+        Figure(f"git lfs pull, {args.size_mib} MiB", size / seconds["pull"] / 1e6, baseline, "MB/s",
+               seconds["download"] / seconds["pull"], f"≥ {LFS_TARGET}x", seconds["download"] / seconds["pull"]
+               >= LFS_TARGET),
+        Figure("  its git lfs fetch", size / seconds["fetch"] / 1e6, baseline, "MB/s",
+               seconds["download"] / seconds["fetch"], "—", None),
+        Figure("  LFS download href, curl", size / seconds["curl"] / 1e6, baseline, "MB/s",
+               seconds["download"] / seconds["curl"], "—", None),
+    ]
+
+
+def run(args: argparse.Namespace, work: Path) -> list[Figure]:
+    client_environment(work, xet=False)
+    home = work / "git-home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com", "GIT_COMMITTER_NAME": "bench",
+           "GIT_COMMITTER_EMAIL": "bench@example.com"}
+    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=env, check=True, capture_output=True)
+    server = LocalServer(data_dir=work / "data")
+    server.start()
+    try:
+        user, token = server.user("bench")
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=server.url, token=token)
+        figures = []
+        if args.only in (None, "clone"):
+            api.create_repo(f"{user}/history")
+            figures += clone_figures(args, work, env, server, token, f"{user}/history")
+        if args.only in (None, "lfs"):
+            api.create_repo(f"{user}/weights")
+            figures += lfs_figures(args, work, env, server, token, f"{user}/weights")
+        return figures
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=at_least(1), default=1024, help="size of the LFS file (MiB)")
+    parser.add_argument("--files", type=at_least(1), default=1000, help="small files in the cloned repo")
+    parser.add_argument("--commits", type=at_least(1), default=100, help="commits that add them")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed clones of each kind")
+    parser.add_argument("--lfs-repeats", type=at_least(1), default=3, help="timed runs of each LFS download")
+    parser.add_argument("--only", choices=("clone", "lfs"), help="one figure only")
+    add_work_dir_options(parser)
+    args = parser.parse_args()
+    with work_dir(parser, args, "keephub-git-bench-") as work:
+        figures = run(args, work)
+    print_table(figures, {
+        "git clone": "the same history cloned from a bare copy served by `git daemon` on 127.0.0.1, clones "
+                     "alternating, medians",
+        "git lfs pull": "hf_hub_download of the same file into a fresh cache (git-lfs upload path, no Xet); the "
+                        "checkout half is git-lfs copying the object and git re-hashing it through the clean filter",
+        "git push": "the same push to an empty bare repo through `git daemon` (diagnostic)",
+    })
+    return 0 if all(f.passed is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
