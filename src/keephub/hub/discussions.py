@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -167,8 +168,9 @@ class Discussions:
         for commits to be pushed to its `refs/pr/<num>`."""
         title = check_title(body.get("title"))
         description = body.get("description")
-        if description is not None:
-            description = check_comment(description, "description") if str(description).strip() else None
+        if description is not None and not isinstance(description, str):
+            raise BadRequest("'description' must be the markdown text of the first comment")
+        description = check_comment(description, "description") if description and description.strip() else None
         is_pr = body.get("pullRequest", False)
         if not isinstance(is_pr, bool):
             raise BadRequest("'pullRequest' must be true or false")
@@ -440,8 +442,14 @@ def _find_comment(session: Session, discussion: Discussion, comment_id: str) -> 
     return event
 
 
+def event_id() -> str:
+    """24 hex digits like the Hub's ids, starting with the time in nanoseconds so that ids sort as events happened
+    (two events of one transaction can share a timestamp)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
 def _add_event(session: Session, discussion: Discussion, kind: str, author: str, data: dict) -> DiscussionEvent:
-    event = DiscussionEvent(id=secrets.token_hex(12), discussion_id=discussion.id, kind=kind, author=author,
+    event = DiscussionEvent(id=event_id(), discussion_id=discussion.id, kind=kind, author=author,
                             data_json=json.dumps(data), created_at=utcnow())
     session.add(event)
     session.flush()
