@@ -19,10 +19,10 @@ from keephub import hub, jobs, mcp, web, xet
 from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
-from keephub.hub import community_routes
+from keephub.hub import community_routes, social_routes
+from keephub.hub import git_http
 from keephub.hub.discussions import Discussions
 from keephub.hub.webhooks import Dispatcher, Webhooks
-from keephub.hub import git_http
 from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import Database
@@ -128,7 +128,7 @@ def build_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes()
-                + community_routes.routes() + hub.routes()
+                + community_routes.routes() + social_routes.routes() + hub.routes()
                 + git_http.routes() + web.routes()),
         middleware=[Middleware(RequestIds), Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,

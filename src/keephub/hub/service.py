@@ -18,7 +18,7 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import commits, discussions, git_push, housekeeping, lfs, naming, repos, webhooks, wireformat
+from keephub.hub import commits, discussions, git_push, housekeeping, lfs, naming, repos, social, webhooks, wireformat
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -106,7 +106,8 @@ class Hub:
             tree = gitobjects.load_commit(session, sha).tree.decode()
             files = gitobjects.list_entries(session, tree, "", recursive=True)
             readme = self._read_small(session, tree, "README.md")
-            return wireformat.repo_info(repo, sha, files, readme, with_file_metadata, self.settings.base_url)
+            info = wireformat.repo_info(repo, sha, files, readme, with_file_metadata, self.settings.base_url)
+            return info | {"likes": social.like_count(session, repo.id)}
 
     def list_repos(self, actor: Actor | None, repo_type: str, author: str | None, search: str | None,
                    limit: int | None) -> list[dict]:

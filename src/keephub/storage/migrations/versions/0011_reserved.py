@@ -1,4 +1,5 @@
-"""Case-insensitive repo ids (a unique index on the lowercased name) and redirects from a moved repo's old name.
+"""Case-insensitive repo ids (a unique index on the lowercased name), redirects from a moved repo's old name, likes
+and collections.
 
 Revision ID: 0011
 Revises: 0010
@@ -31,7 +32,39 @@ def upgrade() -> None:
         sa.Column("repo_id", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), nullable=False, index=True),
     )
 
+    op.create_table(
+        "repo_likes",
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("repo_id", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True, index=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "collections",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("key", sa.String(24), nullable=False, unique=True),
+        sa.Column("owner_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("title", sa.String(60), nullable=False),
+        sa.Column("description", sa.String(150), nullable=True),
+        sa.Column("private", sa.Boolean, nullable=False),
+        sa.Column("theme", sa.String(16), nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "collection_items",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("collection_id", sa.Integer, sa.ForeignKey("collections.id", ondelete="CASCADE"), nullable=False,
+                  index=True),
+        sa.Column("repo_id", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("note", sa.String(500), nullable=True),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.UniqueConstraint("collection_id", "repo_id"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("collection_items")
+    op.drop_table("collections")
+    op.drop_table("repo_likes")
     op.drop_table("repo_redirects")
     op.drop_index("ux_repos_type_owner_lower_name", "repos")

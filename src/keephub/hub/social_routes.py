@@ -1,0 +1,81 @@
+"""HTTP handlers for likes and collections (hub/social.py): parse, call `Social` in a worker thread, render."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from keephub.hub.routes import actor_of, call, hub_of, read_json_object, repo_params
+from keephub.hub.social import Social
+from keephub.wire.params import int_param
+
+MAX_COLLECTIONS_LIMIT = 10_000
+
+
+def social_of(request: Request) -> Social:
+    return Social(hub_of(request).db)
+
+
+async def like(request: Request) -> JSONResponse:
+    """POST likes, DELETE unlikes (the client has `unlike` only: the Hub takes likes from its web pages)."""
+    actor = await actor_of(request)
+    await call(social_of(request).set_like, actor, *repo_params(request), request.method == "POST")
+    return JSONResponse({})
+
+
+async def likers(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(social_of(request).likers_of, actor, *repo_params(request)))
+
+
+async def user_likes(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(social_of(request).likes_of, actor, request.path_params["user"]))
+
+
+def _slug(request: Request) -> str:
+    return f"{request.path_params['namespace']}/{request.path_params['slug']}"
+
+
+async def collections(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.method == "POST":
+        return JSONResponse(await call(social_of(request).create, actor, await read_json_object(request)))
+    query = request.query_params
+    limit = int_param(query, "limit", minimum=0, maximum=MAX_COLLECTIONS_LIMIT)
+    return JSONResponse(await call(social_of(request).list, actor, query.get("owner"), query.get("item"), limit))
+
+
+async def collection(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    if request.method == "DELETE":
+        await call(social_of(request).delete, actor, _slug(request))
+        return JSONResponse({})
+    return JSONResponse(await call(social_of(request).get, actor, _slug(request)))
+
+
+async def collection_items(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    return JSONResponse(await call(social_of(request).add, actor, _slug(request), body))
+
+
+async def collection_item(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    await call(social_of(request).remove, actor, _slug(request), request.path_params["item"])
+    return JSONResponse({})
+
+
+def routes() -> list[BaseRoute]:
+    """Ahead of the repo routes: `/api/collections/...` and `/api/users/...` would match `/api/{type}/{repo}`."""
+    table: list[BaseRoute] = [
+        Route("/api/collections", collections, methods=["GET", "POST"]),
+        Route("/api/collections/{namespace}/{slug}", collection, methods=["GET", "DELETE"]),
+        Route("/api/collections/{namespace}/{slug}/items", collection_items, methods=["POST"]),
+        Route("/api/collections/{namespace}/{slug}/items/{item}", collection_item, methods=["DELETE"]),
+        Route("/api/users/{user}/likes", user_likes, methods=["GET"]),
+        Route("/api/{plural}/{namespace}/{name}/like", like, methods=["POST", "DELETE"]),
+        Route("/api/{plural}/{namespace}/{name}/likers", likers, methods=["GET"]),
+    ]
+    return table

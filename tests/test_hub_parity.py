@@ -1,0 +1,119 @@
+"""Small parity items (issue 19, item 5) through the real client: likes and collections."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
+
+@pytest.fixture(scope="module")
+def alice(server) -> tuple[str, str]:
+    return server.user()
+
+
+@pytest.fixture(scope="module")
+def bob(server) -> tuple[str, str]:
+    return server.user()
+
+
+@pytest.fixture(scope="module")
+def api(server, alice: tuple[str, str]) -> HfApi:
+    return HfApi(endpoint=server.url, token=alice[1])
+
+
+def new_repo(api: HfApi, owner: str, private: bool = False, repo_type: str = "model") -> str:
+    repo_id = f"{owner}/r-{uuid.uuid4().hex[:8]}"
+    api.create_repo(repo_id, private=private, repo_type=repo_type)
+    return repo_id
+
+
+def test_likes(server, api: HfApi, alice, bob) -> None:
+    model, dataset = new_repo(api, alice[0]), new_repo(api, alice[0], repo_type="dataset")
+    hidden = new_repo(api, alice[0], private=True)
+    for repo_type, repo_id in (("models", model), ("datasets", dataset), ("models", hidden)):
+        # The client has no like(): the Hub takes likes from its pages. This is what they send.
+        liked = httpx.post(f"{server.url}/api/{repo_type}/{repo_id}/like", headers={"authorization": f"Bearer {alice[1]}"})
+        assert liked.status_code == 200, liked.text
+    httpx.post(f"{server.url}/api/models/{model}/like", headers={"authorization": f"Bearer {alice[1]}"})  # twice: once
+    likes = api.list_liked_repos()
+    assert set(likes.models) == {model, hidden} and likes.datasets == [dataset] and likes.total == 3
+    assert api.model_info(model).likes == 1
+    assert [u.username for u in api.list_repo_likers(model)] == [alice[0]]
+    # Others see alice's likes of repos they may read only.
+    assert set(HfApi(endpoint=server.url, token=bob[1]).list_liked_repos(alice[0]).models) == {model}
+    api.unlike(model)
+    api.unlike(model)
+    assert api.model_info(model).likes == 0 and api.list_liked_repos().models == [hidden]
+    anonymous = httpx.post(f"{server.url}/api/models/{model}/like")
+    assert anonymous.status_code == 401
+    missing = httpx.post(f"{server.url}/api/models/{model}-gone/like", headers={"authorization": f"Bearer {alice[1]}"})
+    assert missing.status_code == 404 and missing.headers["x-error-code"] == "RepoNotFound"
+
+
+def test_collections(server, api: HfApi, alice, bob) -> None:
+    model, dataset = new_repo(api, alice[0]), new_repo(api, alice[0], repo_type="dataset")
+    hidden = new_repo(api, alice[0], private=True)
+    title = f"Checkpoints {uuid.uuid4().hex[:6]}"
+    collection = api.create_collection(title, description="what we trained")
+    assert collection.slug.startswith(f"{alice[0]}/checkpoints-") and collection.items == []
+    assert api.create_collection(title, exists_ok=True).slug == collection.slug
+
+    api.add_collection_item(collection.slug, model, "model", note="the best one")
+    api.add_collection_item(collection.slug, dataset, "dataset")
+    api.add_collection_item(collection.slug, hidden, "model")
+    api.add_collection_item(collection.slug, model, "model", exists_ok=True)
+    with pytest.raises(HfHubHTTPError) as twice:
+        api.add_collection_item(collection.slug, model, "model")
+    assert twice.value.response.status_code == 409
+    got = api.get_collection(collection.slug)
+    assert [(i.item_id, i.item_type, i.note) for i in got.items] == [
+        (model, "model", "the best one"), (dataset, "dataset", None), (hidden, "model", None)]
+
+    # bob sees the public collection without alice's private repo, and cannot change it.
+    as_bob = HfApi(endpoint=server.url, token=bob[1])
+    assert [i.item_id for i in as_bob.get_collection(collection.slug).items] == [model, dataset]
+    with pytest.raises(HfHubHTTPError) as refused:
+        as_bob.delete_collection_item(collection.slug, got.items[0].item_object_id)
+    assert refused.value.response.status_code == 403
+
+    assert [c.slug for c in api.list_collections(owner=alice[0])] == [collection.slug]
+    assert [c.slug for c in api.list_collections(item=f"datasets/{dataset}")] == [collection.slug]
+    api.delete_collection_item(collection.slug, got.items[1].item_object_id)
+    api.delete_collection_item(collection.slug, got.items[1].item_object_id, missing_ok=True)
+    assert [i.item_id for i in api.get_collection(collection.slug).items] == [model, hidden]
+    api.delete_repo(model)
+    assert [i.item_id for i in api.get_collection(collection.slug).items] == [hidden]
+
+    private = api.create_collection(f"Private {uuid.uuid4().hex[:6]}", private=True)
+    with pytest.raises(HfHubHTTPError) as unseen:
+        as_bob.get_collection(private.slug)
+    assert unseen.value.response.status_code == 404
+    api.delete_collection(collection.slug)
+    api.delete_collection(collection.slug, missing_ok=True)
+    assert [c.slug for c in api.list_collections(owner=alice[0])] == [private.slug]
+
+
+def test_collection_bad_input_changes_nothing(server, api: HfApi, alice) -> None:
+    collection = api.create_collection(f"Bad {uuid.uuid4().hex[:6]}")
+    before = {c.slug for c in api.list_collections(owner=alice[0])}
+    auth = {"authorization": f"Bearer {alice[1]}"}
+    base = f"{server.url}/api/collections"
+    for url, body, status, text in (
+        (base, {}, 400, "title"),
+        (base, {"title": "x" * 61}, 400, "limit is 60"),
+        (base, {"title": "t", "private": "yes"}, 400, "'private'"),
+        (base, {"title": "t", "namespace": "no-such-org-here"}, 404, "does not exist"),
+        (f"{base}/{collection.slug}/items", {"item": {"id": "x/y", "type": "paper"}}, 400, "cannot be collected"),
+        (f"{base}/{collection.slug}/items", {"item": "alice/x"}, 400, "name the item"),
+        (f"{base}/{collection.slug}/items", {"item": {"id": f"{alice[0]}/nope", "type": "model"}}, 404, "not found"),
+        (f"{base}/{alice[0]}/nope-0123456789abcdef01234567/items", {"item": {"id": "a/b", "type": "model"}}, 404,
+         "not found"),
+    ):
+        answer = httpx.post(url, json=body, headers=auth)
+        assert answer.status_code == status and text in answer.json()["error"], (url, body, answer.text)
+    assert api.get_collection(collection.slug).items == []
+    assert {c.slug for c in api.list_collections(owner=alice[0])} == before
