@@ -72,6 +72,16 @@ def deliveries(server: Server, token: str, webhook_id: str) -> list[dict]:
     return response.json()
 
 
+def settled_deliveries(server: Server, token: str, webhook_id: str) -> list[dict]:
+    """The delivery log once what the receiver answered is written back (in batches, just after the send)."""
+    deadline = time.time() + 10
+    log = deliveries(server, token, webhook_id)
+    while any(d["status"] == "pending" for d in log) and time.time() < deadline:
+        time.sleep(0.1)
+        log = deliveries(server, token, webhook_id)
+    return log
+
+
 def test_webhook_lifecycle_payloads_secret_and_retries(server: Server, api: HfApi, repo_id: str, alice,
                                                        receiver: Receiver) -> None:
     secret = f"whsec-{uuid.uuid4().hex}"
@@ -87,7 +97,7 @@ def test_webhook_lifecycle_payloads_secret_and_retries(server: Server, api: HfAp
     assert (payload.event.scope, payload.event.action, payload.repo.name, payload.webhook.id) == (
         "repo.content", "update", repo_id, hook.id)
     assert payload.updatedRefs[0].ref == "refs/heads/main" and payload.updatedRefs[0].newSha == commit.oid
-    log = deliveries(server, alice[1], hook.id)
+    log = settled_deliveries(server, alice[1], hook.id)
     assert (log[0]["status"], log[0]["attempts"], log[0]["lastStatusCode"]) == ("delivered", 2, 200)
 
     api.create_tag(repo_id, tag="v1")

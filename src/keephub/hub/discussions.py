@@ -17,6 +17,7 @@ import difflib
 import json
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -492,28 +493,22 @@ def _plan_merge(session: Session, repo: RepoRef, discussion: Discussion) -> Merg
                      _changes(start, _files(session, head)))
 
 
-def _ancestors(session: Session, sha: str) -> set[str]:
-    seen, pending = set(), [sha]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        pending.extend(p.decode() for p in gitobjects.load_commit(session, current).parents)
-    return seen
-
-
 def _merge_base(session: Session, base: str, head: str) -> str | None:
-    """The nearest commit of `head`'s history that `base` also has (breadth-first from head)."""
-    of_base = _ancestors(session, base)
-    queue, seen = [head], set()
+    """The nearest commit both `base` and `head` reach: a breadth-first walk back from the two at once, so the
+    cost is the distance to where the pull request left its branch, not the length of the repo's history."""
+    from_base, from_head = 1, 2
+    reached = {base: from_base}
+    reached[head] = reached.get(head, 0) | from_head
+    queue = deque([base, head])
     while queue:
-        current = queue.pop(0)
-        if current in of_base:
-            return current
-        if current not in seen:
-            seen.add(current)
-            queue.extend(p.decode() for p in gitobjects.load_commit(session, current).parents)
+        sha = queue.popleft()
+        if reached[sha] == from_base | from_head:
+            return sha
+        for parent in (p.decode() for p in gitobjects.load_commit(session, sha).parents):
+            before = reached.get(parent, 0)
+            if before | reached[sha] != before:
+                reached[parent] = before | reached[sha]
+                queue.append(parent)
     return None
 
 

@@ -12,6 +12,7 @@ sharing one database do not send it twice. The rows are the webhook's delivery l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -49,8 +50,10 @@ MAX_ATTEMPTS = 12
 MAX_BACKOFF_SECONDS = 3600
 SEND_TIMEOUT_SECONDS = 10.0
 CLAIM_SECONDS = 60
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 BATCH = 20
+MAX_IN_FLIGHT = 100
+RECORD_COALESCE_SECONDS = 0.05
 DELIVERY_LOG_LENGTH = 100
 
 
@@ -281,39 +284,67 @@ def backoff_seconds(attempts: int) -> int:
     return min(2 ** attempts, MAX_BACKOFF_SECONDS)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    item: Due
+    status_code: int | None
+    error: str | None
+
+
 class Dispatcher:
-    """Sends due deliveries from the database, forever; one per server process."""
+    """Sends due deliveries from the database, forever; one per server process.
+
+    Outcomes are written back in batches: on SQLite every write transaction takes the database's one write lock
+    and an fsync, and a burst of deliveries recorded one by one would hold up the pushes that caused them.
+    """
 
     def __init__(self, db: Database, box: SecretBox) -> None:
         self.db = db
         self.box = box
+        self.outcomes: list[Outcome] = []
+        self.finished = asyncio.Event()
 
     async def run(self) -> None:
+        """Claim due deliveries and send each in a task of its own, up to MAX_IN_FLIGHT at once, so that a slow
+        receiver delays only its own deliveries."""
+        in_flight: set[asyncio.Task] = set()
         async with httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS, follow_redirects=False) as client:
-            while True:
-                try:
-                    due = await asyncio.to_thread(self.claim_due)
-                    await asyncio.gather(*(self._send(client, item) for item in due))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a database outage must not end deliveries for good: log, wait, go on
-                    log.exception("webhook dispatcher: sending deliveries failed; retrying")
-                    due = []
-                if len(due) < BATCH:
-                    await asyncio.sleep(POLL_SECONDS)
+            try:
+                while True:
+                    await self._record_outcomes()
+                    room = min(MAX_IN_FLIGHT - len(in_flight), BATCH)
+                    try:
+                        due = await asyncio.to_thread(self.claim_due, room) if room > 0 else []
+                    except Exception:  # a database outage must not end deliveries for good: log, wait, go on
+                        log.exception("webhook dispatcher: claiming deliveries failed; retrying")
+                        due = []
+                    for item in due:
+                        task = asyncio.create_task(self._send(client, item))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                    if len(due) < BATCH:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.finished.wait(), POLL_SECONDS)
+                        await asyncio.sleep(RECORD_COALESCE_SECONDS)  # let sends finishing together share a write
+            finally:
+                for task in in_flight:  # their claims lapse, and another server (or the next start) sends them
+                    task.cancel()
 
-    def claim_due(self) -> list[Due]:
+    def claim_due(self, limit: int = BATCH) -> list[Due]:
+        """Due deliveries of enabled webhooks, each claimed for CLAIM_SECONDS; found with a read first, so an idle
+        server takes no write lock (SQLite has one for the whole database) to learn there is nothing to send."""
         now = utcnow()
+        due = (select(WebhookDelivery, Webhook).join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+               .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
+                      Webhook.disabled.is_(False),
+                      or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
+               .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+        with self.db.read() as session:
+            if session.execute(due).first() is None:
+                return []
         with self.db.write() as session:
-            rows = session.execute(
-                select(WebhookDelivery, Webhook).join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
-                       Webhook.disabled.is_(False),
-                       or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now))
-                .order_by(WebhookDelivery.next_attempt_at).limit(BATCH)
-            ).all()
             claimed = []
-            for delivery, hook in rows:
+            for delivery, hook in session.execute(due).all():
                 won = session.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id == delivery.id,
@@ -322,7 +353,8 @@ class Dispatcher:
                 ).rowcount
                 if won:
                     secret = self.box.open(hook.secret_sealed).get("secret") if hook.secret_sealed else None
-                    claimed.append(Due(delivery.id, hook.id, hook.url, secret, delivery.payload_json, delivery.attempts))
+                    claimed.append(Due(delivery.id, hook.id, hook.url, secret, delivery.payload_json,
+                                       delivery.attempts))
             return claimed
 
     async def _send(self, client: httpx.AsyncClient, item: Due) -> None:
@@ -338,22 +370,40 @@ class Dispatcher:
                 error = f"the receiver answered HTTP {code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
-        await asyncio.to_thread(self._record, item, code, error)
+        self.outcomes.append(Outcome(item, code, error))
+        self.finished.set()
 
-    def _record(self, item: Due, code: int | None, error: str | None) -> None:
-        attempts = item.attempts + 1
+    async def _record_outcomes(self) -> None:
+        self.finished.clear()
+        batch, self.outcomes = self.outcomes, []
+        if not batch:
+            return
+        try:
+            await asyncio.to_thread(self.record, batch)
+        except Exception:  # kept for the next round; a claim that lapses meanwhile means a second send at worst
+            log.exception("webhook dispatcher: recording %d delivery outcome(s) failed; retrying", len(batch))
+            self.outcomes = batch + self.outcomes
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        """Write back what each send got, in one transaction: delivered, failed for good, or due again later."""
         now = utcnow()
-        if error is None:
-            values: dict[str, Any] = {"status": "delivered", "finished_at": now}
-        elif attempts >= MAX_ATTEMPTS:
-            values = {"status": "failed", "finished_at": now}
-        else:
-            values = {"next_attempt_at": now + timedelta(seconds=backoff_seconds(attempts))}
         with self.db.write() as session:
-            session.execute(update(WebhookDelivery).where(WebhookDelivery.id == item.delivery_id).values(
-                attempts=attempts, last_status_code=code, last_error=error, claimed_until=None, **values))
-            if "finished_at" in values:
-                _prune_log(session, item.webhook_id)
+            finished_hooks = set()
+            for outcome in outcomes:
+                attempts = outcome.item.attempts + 1
+                if outcome.error is None:
+                    values: dict[str, Any] = {"status": "delivered", "finished_at": now}
+                elif attempts >= MAX_ATTEMPTS:
+                    values = {"status": "failed", "finished_at": now}
+                else:
+                    values = {"next_attempt_at": now + timedelta(seconds=backoff_seconds(attempts))}
+                session.execute(update(WebhookDelivery).where(WebhookDelivery.id == outcome.item.delivery_id).values(
+                    attempts=attempts, last_status_code=outcome.status_code, last_error=outcome.error,
+                    claimed_until=None, **values))
+                if "finished_at" in values:
+                    finished_hooks.add(outcome.item.webhook_id)
+            for webhook_id in finished_hooks:
+                _prune_log(session, webhook_id)
 
 
 def _prune_log(session: Session, webhook_id: str) -> None:

@@ -1,0 +1,111 @@
+"""Webhook figures (issue 19, item 2), each against a baseline taken in the same run on the same machine.
+
+1. A push never waits on webhooks: the time of `HfApi.create_commit` (one small file) while --webhooks enabled
+   webhooks watch the repo's owner, all pointing at a receiver that takes --receiver-delay seconds to answer,
+   against the same commit with those webhooks disabled. Rounds alternate (disabled, enabled) --repeats times;
+   medians. Target: <= 1.2x.
+2. Delivery latency (diagnostic): from create_commit's return to the receiver reading the request, median over
+   the enabled rounds' deliveries. The dispatcher looks for due deliveries every 0.5 s.
+
+Run:  .venv/bin/python benchmarks/webhooks_bench.py [--webhooks 20] [--repeats 15] [--receiver-delay 2]
+Work dir under --tmp (default /tmp), removed unless --keep. Exit status 1 if a figure fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from report import Figure, add_work_dir_options, at_least, client_environment, print_table, work_dir
+
+from keephub.devserver import LocalServer
+
+PUSH_TARGET = 1.2
+
+
+class SlowReceiver:
+    """Records when each delivery arrives (by the commit it names), then answers after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.arrivals: dict[str, float] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                refs = body.get("updatedRefs") or [{}]
+                receiver.arrivals.setdefault(str(refs[0].get("newSha")), time.monotonic())
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}/hook"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--webhooks", type=at_least(1), default=20)
+    parser.add_argument("--repeats", type=at_least(3), default=15)
+    parser.add_argument("--receiver-delay", type=float, default=2.0)
+    add_work_dir_options(parser)
+    args = parser.parse_args()
+    with work_dir(parser, args, "keephub-webhooks-bench-") as work:
+        client_environment(work, xet=False)
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        server = LocalServer(data_dir=work / "data")
+        server.start()
+        try:
+            user, token = server.user()
+            api = HfApi(endpoint=server.url, token=token)
+            repo = f"{user}/bench"
+            api.create_repo(repo)
+            receiver = SlowReceiver(args.receiver_delay)
+            hooks = [api.create_webhook(url=receiver.url, watched=[{"type": "user", "name": user}],
+                                        domains=["repo"]).id for _ in range(args.webhooks)]
+            timings: dict[bool, list[float]] = {False: [], True: []}
+            returned: dict[str, float] = {}
+            for number in range(args.repeats):
+                for enabled in (False, True):
+                    for hook in hooks:
+                        (api.enable_webhook if enabled else api.disable_webhook)(hook)
+                    started = time.perf_counter()
+                    info = api.create_commit(repo, [CommitOperationAdd(f"step-{number}-{enabled}.txt", b"x")],
+                                             commit_message=f"step {number}")
+                    timings[enabled].append(time.perf_counter() - started)
+                    if enabled:
+                        returned[info.oid] = time.monotonic()
+            deadline = time.monotonic() + 30
+            while any(oid not in receiver.arrivals for oid in returned) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            latencies = [receiver.arrivals[oid] - at for oid, at in returned.items() if oid in receiver.arrivals]
+        finally:
+            server.stop()
+    with_hooks, without = statistics.median(timings[True]), statistics.median(timings[False])
+    delivered = statistics.median(latencies) if latencies else float("nan")
+    figures = [
+        Figure("commit with webhooks enabled", with_hooks * 1000, without * 1000, "ms", with_hooks / without,
+               f"<= {PUSH_TARGET}x", with_hooks / without <= PUSH_TARGET, 1),
+        Figure("delivery latency after the commit", delivered * 1000, delivered * 1000, "ms", 1.0, "—", None, 0),
+    ]
+    print_table(figures, {
+        "commit": f"median of {args.repeats} create_commit calls each way; {args.webhooks} webhooks, receiver "
+                  f"answering after {args.receiver_delay} s",
+        "delivery": f"{len(latencies)} of {len(returned)} deliveries arrived within 30 s of the last commit",
+    })
+    return 0 if all(f.passed is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
