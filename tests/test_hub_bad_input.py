@@ -423,7 +423,7 @@ def test_settings_with_bad_visibility(http: httpx.Client, unchanged: Repo, hf: H
     rejected(http.put(url, json={"visibility": "secret"}), 400, "invalid visibility 'secret'", "public", "private")
     rejected(http.put(url, json={"visibility": True}), 400, "invalid visibility")
     rejected(http.put(url, json={"private": "yes"}), 400, "'private' must be true or false")
-    rejected(http.put(url, json={"gated": "auto"}), 400, "gated")
+    rejected(http.put(url, json={"gated": "sometimes"}), 400, "invalid 'gated'", "auto", "manual")
     rejected(http.put(url, content=b"[1]"), 400, "JSON object")
     assert hf.model_info(unchanged.repo_id).private is False
 

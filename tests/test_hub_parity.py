@@ -1,8 +1,10 @@
-"""Small parity items (issue 19, item 5) through the real client: likes and collections."""
+"""Small parity items (issue 19, item 5) through the real client: likes, collections, gated repos."""
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -117,3 +119,78 @@ def test_collection_bad_input_changes_nothing(server, api: HfApi, alice) -> None
         assert answer.status_code == status and text in answer.json()["error"], (url, body, answer.text)
     assert api.get_collection(collection.slug).items == []
     assert {c.slug for c in api.list_collections(owner=alice[0])} == before
+
+
+def test_gated_repo_with_manual_and_auto_approval(server, api: HfApi, alice, bob, tmp_path) -> None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
+
+    repo = new_repo(api, alice[0])
+    weights = os.urandom(300_000)
+    api.upload_file(path_or_fileobj=b"# Card\n", path_in_repo="README.md", repo_id=repo)
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id=repo)
+    api.update_repo_settings(repo, gated="manual")
+    as_bob = HfApi(endpoint=server.url, token=bob[1])
+    assert as_bob.model_info(repo).gated == "manual"
+
+    def download(token: str, path: str) -> bytes:
+        return Path(hf_hub_download(repo, path, token=token, cache_dir=tmp_path / uuid.uuid4().hex)).read_bytes()
+
+    assert download(bob[1], "README.md") == b"# Card\n"  # the card stays readable
+    with pytest.raises(GatedRepoError):
+        download(bob[1], "model.safetensors")
+    assert download(alice[1], "model.safetensors") == weights  # its own namespace is never gated
+
+    ask = f"{server.url}/api/models/{repo}/ask-access"
+    asked = httpx.post(ask, json={"fields": {"purpose": "research"}}, headers={"authorization": f"Bearer {bob[1]}"})
+    assert asked.status_code == 200 and asked.json()["status"] == "pending"
+    with pytest.raises(GatedRepoError):
+        download(bob[1], "model.safetensors")
+    pending = api.list_pending_access_requests(repo)
+    assert [(r.username, r.fields) for r in pending] == [(bob[0], {"purpose": "research"})]
+    api.accept_access_request(repo, bob[0])
+    assert download(bob[1], "model.safetensors") == weights
+    assert [r.username for r in api.list_accepted_access_requests(repo)] == [bob[0]]
+    api.reject_access_request(repo, bob[0], rejection_reason="done")
+    with pytest.raises(GatedRepoError):
+        download(bob[1], "model.safetensors")
+    carol = server.user()
+    api.grant_access(repo, carol[0])
+    assert download(carol[1], "model.safetensors") == weights
+    with pytest.raises(HfHubHTTPError) as twice:
+        api.grant_access(repo, carol[0])
+    assert twice.value.response.status_code == 409
+
+    api.update_repo_settings(repo, gated="auto")
+    dave = server.user()
+    auto = httpx.post(ask, headers={"authorization": f"Bearer {dave[1]}"})
+    assert auto.json()["status"] == "accepted" and download(dave[1], "model.safetensors") == weights
+    api.update_repo_settings(repo, gated=False)
+    assert as_bob.model_info(repo).gated is False and download(bob[1], "model.safetensors") == weights
+
+
+def test_gating_bad_input_changes_nothing(server, api: HfApi, alice, bob) -> None:
+    repo = new_repo(api, alice[0])
+    auth = {"authorization": f"Bearer {alice[1]}"}
+    base = f"{server.url}/api/models/{repo}"
+    for call, status, text in (
+        (lambda: httpx.put(f"{base}/settings", json={"gated": "sometimes"}, headers=auth), 400, "invalid 'gated'"),
+        (lambda: httpx.post(f"{base}/ask-access", headers={"authorization": f"Bearer {bob[1]}"}), 400, "not gated"),
+        (lambda: httpx.post(f"{base}/user-access-request/grant", json={"user": bob[0]}, headers=auth), 400,
+         "not gated"),
+    ):
+        answer = call()
+        assert answer.status_code == status and text in answer.json()["error"], answer.text
+    api.update_repo_settings(repo, gated="manual")
+    for body, status, text in (
+        ({"user": bob[0], "status": "maybe"}, 400, "'status'"),
+        ({"user": "no-such-user-here", "status": "accepted"}, 404, "no user"),
+        ({"user": bob[0], "status": "accepted"}, 404, "no access request"),
+        ({"status": "accepted"}, 400, "'user'"),
+    ):
+        answer = httpx.post(f"{base}/user-access-request/handle", json=body, headers=auth)
+        assert answer.status_code == status and text in answer.json()["error"], answer.text
+    with pytest.raises(HfHubHTTPError) as not_writer:
+        list(HfApi(endpoint=server.url, token=bob[1]).list_pending_access_requests(repo))
+    assert not_writer.value.response.status_code == 403
+    assert list(api.list_accepted_access_requests(repo)) == [] and api.model_info(repo).gated == "manual"

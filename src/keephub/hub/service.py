@@ -18,7 +18,8 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import commits, discussions, git_push, housekeeping, lfs, naming, repos, social, webhooks, wireformat
+from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, social, webhooks,
+                         wireformat)
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -85,8 +86,7 @@ class Hub:
 
     def update_settings(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: dict) -> dict:
         private = visibility_of(body)
-        if "gated" in body and body["gated"] not in (False, None, "false"):
-            raise BadRequest("gated repos are not supported by keephub; control access with private repos and orgs")
+        gate = gating.gate_of(body)
         force_push = body.get("allowForcePush")
         if force_push is not None and not isinstance(force_push, bool):
             raise BadRequest("'allowForcePush' must be true or false (whether git push --force may rewrite main)")
@@ -96,6 +96,8 @@ class Hub:
                 repos.set_visibility(session, repo, private)
             if force_push is not None:
                 git_push.allow_force_push(session, repo, force_push)
+            if gate is not None:
+                gating.set_gate(session, repo, gate)
         return {"private": private if private is not None else repo.private}
 
     def repo_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,
@@ -107,7 +109,7 @@ class Hub:
             files = gitobjects.list_entries(session, tree, "", recursive=True)
             readme = self._read_small(session, tree, "README.md")
             info = wireformat.repo_info(repo, sha, files, readme, with_file_metadata, self.settings.base_url)
-            return info | {"likes": social.like_count(session, repo.id)}
+            return info | {"likes": social.like_count(session, repo.id), "gated": gating.mode(session, repo) or False}
 
     def list_repos(self, actor: Actor | None, repo_type: str, author: str | None, search: str | None,
                    limit: int | None) -> list[dict]:
@@ -305,6 +307,7 @@ class Hub:
         with self.db.read() as session:
             if isinstance(body, dict) and body.get("operation") == "download":
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
+                gating.check_access(session, actor, repo)
             else:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             return lfs.batch(session, self.settings, repo, body, actor.token_id if actor else None)
@@ -322,6 +325,7 @@ class Hub:
         """Size of an LFS object the caller may download from this repo."""
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            gating.check_access(session, actor, repo)
             sizes = lfs.linked_sizes(session, repo, [oid])
         if oid not in sizes:
             raise EntryNotFound(f"LFS object {oid} is not part of {repo.repo_id}")
@@ -333,6 +337,7 @@ class Hub:
         path = naming.check_path(path)
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
+            gating.check_access(session, actor, repo, path)
             sha = repos.resolve_revision(session, repo, revision)
             tree = gitobjects.load_commit(session, sha).tree.decode()
             found = gitobjects.lookup(session, tree, path)
@@ -375,6 +380,7 @@ class Hub:
                 repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             else:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
+                gating.check_access(session, actor, repo)
         grant = tokens.issue(self.settings, repo.id, repo_stamp(repo.created_at), access,
                              actor.name if actor else "", actor.token_id if actor else None)
         return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,

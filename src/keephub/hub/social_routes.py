@@ -1,4 +1,5 @@
-"""HTTP handlers for likes and collections (hub/social.py): parse, call `Social` in a worker thread, render."""
+"""HTTP handlers for likes and collections (hub/social.py) and gated repos' access requests (hub/gating.py): parse,
+call `Social` or `Gates` in a worker thread, render."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from keephub.hub.routes import actor_of, call, hub_of, read_json_object, repo_params
+from keephub.hub.gating import Gates
 from keephub.hub.social import Social
 from keephub.wire.params import int_param
 
@@ -67,6 +69,36 @@ async def collection_item(request: Request) -> JSONResponse:
     return JSONResponse({})
 
 
+def gates_of(request: Request) -> Gates:
+    return Gates(hub_of(request).db)
+
+
+async def ask_access(request: Request) -> JSONResponse:
+    """A user asks for a gated repo's files (the Hub takes this from its pages; the client has no call for it)."""
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    return JSONResponse(await call(gates_of(request).ask, actor, *repo_params(request), body))
+
+
+async def access_requests(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    return JSONResponse(await call(gates_of(request).list, actor, *repo_params(request), request.path_params["status"]))
+
+
+async def handle_access_request(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    await call(gates_of(request).handle, actor, *repo_params(request), body)
+    return JSONResponse({})
+
+
+async def grant_access(request: Request) -> JSONResponse:
+    actor = await actor_of(request)
+    body = await read_json_object(request)
+    await call(gates_of(request).grant, actor, *repo_params(request), body)
+    return JSONResponse({})
+
+
 def routes() -> list[BaseRoute]:
     """Ahead of the repo routes: `/api/collections/...` and `/api/users/...` would match `/api/{type}/{repo}`."""
     table: list[BaseRoute] = [
@@ -77,5 +109,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/users/{user}/likes", user_likes, methods=["GET"]),
         Route("/api/{plural}/{namespace}/{name}/like", like, methods=["POST", "DELETE"]),
         Route("/api/{plural}/{namespace}/{name}/likers", likers, methods=["GET"]),
+        Route("/api/{plural}/{namespace}/{name}/ask-access", ask_access, methods=["POST"]),
+        Route("/api/{plural}/{namespace}/{name}/user-access-request/handle", handle_access_request, methods=["POST"]),
+        Route("/api/{plural}/{namespace}/{name}/user-access-request/grant", grant_access, methods=["POST"]),
+        Route("/api/{plural}/{namespace}/{name}/user-access-request/{status}", access_requests, methods=["GET"]),
     ]
     return table

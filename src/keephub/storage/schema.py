@@ -91,6 +91,8 @@ class Repo(Base):
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Whether `git push --force` may rewrite the default branch (dropping commits from it); off unless asked for.
     allow_force_push: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # None: open; "auto" or "manual": files need an accepted access request (hub/gating.py).
+    gated: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 # Repo ids are case-insensitive, as on the Hub: "Alice/Model" and "alice/model" name one repo.
@@ -141,6 +143,19 @@ class CollectionItem(Base):
     repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     position: Mapped[int] = mapped_column(Integer)
+
+
+class AccessRequest(Base):
+    """A user's request for the files of a gated repo: pending, accepted or rejected."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (UniqueConstraint("repo_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(8))
+    fields_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def repo_stamp(created_at: datetime) -> int:

@@ -1,5 +1,5 @@
-"""Case-insensitive repo ids (a unique index on the lowercased name), redirects from a moved repo's old name, likes
-and collections.
+"""Case-insensitive repo ids (a unique index on the lowercased name), redirects from a moved repo's old name, likes,
+collections, and gated repos with their access requests.
 
 Revision ID: 0011
 Revises: 0010
@@ -61,8 +61,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("collection_id", "repo_id"),
     )
 
+    op.add_column("repos", sa.Column("gated", sa.String(8), nullable=True))
+    op.create_table(
+        "access_requests",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("repo_id", sa.Integer, sa.ForeignKey("repos.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column("fields_json", sa.Text, nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("repo_id", "user_id"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("access_requests")
+    with op.batch_alter_table("repos") as batch:
+        batch.drop_column("gated")
     op.drop_table("collection_items")
     op.drop_table("collections")
     op.drop_table("repo_likes")
