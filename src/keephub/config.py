@@ -37,6 +37,8 @@ class Settings:
     # Largest NDJSON commit body (regular files travel inline, base64-encoded). The body is spooled to a temporary
     # file and its files stored a batch at a time, so this bounds disk, not memory.
     max_commit_body_bytes: int = 2 * 1024**3
+    # Largest git push body (git smart HTTP): a push's objects are held in memory while they are checked.
+    max_push_bytes: int = 64 * 1024 * 1024
     # Part size offered to clients for multipart LFS uploads.
     lfs_multipart_chunk_bytes: int = 64 * 1024 * 1024
     # Multipart is offered only above this size: completing one re-reads and re-hashes every part, which

@@ -341,7 +341,7 @@ async def service_rpc(request: Request) -> Response:
     actor, repo = await _authorized_repo(request, service)
     hub = _hub(request)
     pushing = service == "git-receive-pack"
-    limit = hub.settings.max_commit_body_bytes if pushing else NEGOTIATION_LIMIT
+    limit = hub.settings.max_push_bytes if pushing else NEGOTIATION_LIMIT
     body = await _request_body(request, limit, "; push fewer commits at a time, and large files with git lfs"
                                if pushing else "")
 
