@@ -124,6 +124,14 @@ def test_private_repo_needs_the_token(server, api: HfApi, alice, git_env, tmp_pa
     git(git_env, "commit", "-m", "more", cwd=tmp_path / "helper")
     denied = git(git_env, "push", with_token(url, reader), "main", cwd=tmp_path / "helper", ok=False)
     assert denied.returncode != 0 and "403" in denied.stderr
+    git(helper, "push", "origin", "main", cwd=tmp_path / "helper")
+    assert api.hf_hub_download(repo_id, "more.txt") and api.list_repo_commits(repo_id)[0].title == "more"
+
+    dataset = f"{alice[0]}/data-{uuid.uuid4().hex[:8]}"
+    api.create_repo(dataset, repo_type="dataset", private=True)
+    api.upload_file(path_or_fileobj=b"a,b\n1,2\n", path_in_repo="train.csv", repo_id=dataset, repo_type="dataset")
+    git(helper, "clone", f"{server.url}/datasets/{dataset}.git", str(tmp_path / "dataset"))
+    assert (tmp_path / "dataset" / "train.csv").read_bytes() == b"a,b\n1,2\n"
 
 
 def test_bad_pushes_are_refused_and_store_nothing(server, api: HfApi, alice, repo_id: str, git_env,

@@ -10,10 +10,12 @@ git authenticates with HTTP Basic, the access token as the password (any user na
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 import zlib
+from collections import OrderedDict
 from tempfile import SpooledTemporaryFile
 from typing import IO, Callable, Iterable, Iterator
 
@@ -38,7 +40,7 @@ from keephub.hub.repos import DEFAULT_BRANCH, RepoRef
 from keephub.hub.routes import actor_of
 from keephub.hub.service import Hub
 from keephub.storage import gitobjects
-from keephub.storage.schema import GitObject, RepoCommit
+from keephub.storage.schema import GitObject, RepoCommit, repo_stamp
 from keephub.wire import BadRequest, HubError, RepoNotFound, TooLarge, Unauthorized
 
 log = logging.getLogger("keephub.git")
@@ -134,6 +136,39 @@ class RepoObjects(MemoryObjectStore):
 
     def pushed(self) -> dict[str, ShaFile]:
         return {sha.decode(): obj for sha, obj in self._data.items()}
+
+
+class ClonePacks:
+    """The answers to recent clones (upload-pack requests without `have` lines) by repo and request, so that a fleet
+    of jobs or CI runners cloning one revision costs one pack. Git objects never change and a repo only gains
+    commits, so an answer stays right; the key holds the repo's creation stamp, since SQLite reuses a deleted
+    repo's id. Access is checked before the cache is asked."""
+
+    def __init__(self, capacity: int, largest: int) -> None:
+        self.capacity = capacity
+        self.largest = largest
+        self.answers: OrderedDict[tuple[int, int, str], bytes] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, str]) -> bytes | None:
+        with self.lock:
+            answer = self.answers.get(key)
+            if answer is not None:
+                self.answers.move_to_end(key)
+            return answer
+
+    def put(self, key: tuple[int, int, str], answer: bytes) -> None:
+        with self.lock:
+            if key in self.answers or len(answer) > self.largest:
+                return
+            self.answers[key] = answer
+            self.size += len(answer)
+            while self.size > self.capacity:
+                self.size -= len(self.answers.popitem(last=False)[1])
+
+
+CLONE_PACKS = ClonePacks(capacity=256 * 1024 * 1024, largest=64 * 1024 * 1024)
 
 
 class RepoView(BaseRepo):
@@ -345,13 +380,38 @@ async def service_rpc(request: Request) -> Response:
     body = await _request_body(request, limit, "; push fewer commits at a time, and large files with git lfs"
                                if pushing else "")
 
+    clone_key = None
+    if not pushing:
+        request_bytes = body.read()
+        body.seek(0)
+        if b"have " not in request_bytes:
+            clone_key = (repo.id, repo_stamp(repo.created_at), hashlib.sha256(request_bytes).hexdigest())
+            cached = CLONE_PACKS.get(clone_key)
+            if cached is not None:
+                body.close()
+                return Response(cached, media_type=f"application/x-{service}-result",
+                                headers={"Cache-Control": "no-cache"})
+
     def run(write: Callable[[bytes], None]) -> None:
         try:
-            proto = ReceivableProtocol(body.read, write)
             if not pushing:
+                answer: list[bytes] | None = [] if clone_key is not None else None
+
+                def write_and_keep(data: bytes) -> None:
+                    nonlocal answer
+                    write(data)
+                    if answer is not None:
+                        answer.append(bytes(data))
+                        if sum(map(len, answer)) > CLONE_PACKS.largest:
+                            answer = None
+
+                proto = ReceivableProtocol(body.read, write_and_keep)
                 with hub.db.read() as session:
                     UploadPackHandler(_OneRepo(RepoView(session, repo)), ["/"], proto, stateless_rpc=True).handle()
+                if clone_key is not None and answer is not None:
+                    CLONE_PACKS.put(clone_key, b"".join(answer))
                 return
+            proto = ReceivableProtocol(body.read, write)
             with hub.db.read() as session:
                 view = RepoView(session, repo)
 
