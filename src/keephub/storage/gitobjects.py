@@ -1,7 +1,7 @@
 """Real git objects (via dulwich) kept in the metadata database.
 
 Commit ids are true git SHA-1s over true trees, and large files are git-lfs pointer blobs, as on
-the Hugging Face Hub, so a future `git clone` endpoint can serve these objects unchanged.
+the Hugging Face Hub, so git's smart HTTP (hub/git_http.py) serves these objects unchanged.
 Objects are immutable, so parsed trees and commits are cached in memory by sha.
 """
 
