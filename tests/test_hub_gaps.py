@@ -9,7 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, HfFileSystem, ModelCard, hf_hub_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    HfFileSystem,
+    ModelCard,
+    hf_hub_download,
+)
 from huggingface_hub.errors import (
     BadRequestError,
     HfHubHTTPError,

@@ -10,7 +10,6 @@ deleted; Xet content follows the same links (see `Cas.collect_garbage`).
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select, text, update
@@ -18,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor
 from keephub.hub import lfs, naming
-from keephub.hub.wireformat import iso
 from keephub.hub.repos import RepoRef, branch_head, make_commit, touch
+from keephub.hub.wireformat import iso
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, is_sha256
 from keephub.storage.db import Database
@@ -27,13 +26,6 @@ from keephub.storage.schema import GitObject, LfsLink, LfsObject, Ref, Repo, Rep
 from keephub.wire import BadRequest, EntryNotFound, PreconditionFailed
 
 MAX_DELETIONS = 1000  # what the client sends per request
-
-
-@dataclass(frozen=True)
-class ReachableLfs:
-    """LFS content reachable from a repo's refs: sha256 -> (a path it has, the ref it was found from)."""
-
-    where: dict[str, tuple[str, str]]
 
 
 def reachable_commits(session: Session, repo_id: int) -> tuple[set[str], list[tuple[str, str]]]:
@@ -50,9 +42,11 @@ def reachable_commits(session: Session, repo_id: int) -> tuple[set[str], list[tu
     return seen, heads
 
 
-def reachable_lfs(session: Session, repo_id: int) -> ReachableLfs:
-    """Walk every tree of every reachable commit once (a tree seen before is skipped, so long histories of small
-    changes cost their changed trees only) and name the LFS content their files point at."""
+def reachable_lfs(session: Session, repo_id: int) -> dict[str, tuple[str, str]]:
+    """LFS content reachable from the repo's refs: sha256 -> (a path it has, the ref it was found from).
+
+    Every tree of every reachable commit is walked once (a tree seen before is skipped, so long histories of
+    small changes cost their changed trees only)."""
     commits, heads = reachable_commits(session, repo_id)
     ref_of = {sha: name for name, sha in heads}
     blobs: dict[str, tuple[str, str]] = {}
@@ -79,12 +73,12 @@ def reachable_lfs(session: Session, repo_id: int) -> ReachableLfs:
                                .where(GitObject.sha.in_(shas[start : start + 900]), GitObject.lfs_oid.is_not(None)))
         for blob_sha, oid in rows:
             where.setdefault(oid, blobs[blob_sha])
-    return ReachableLfs(where)
+    return where
 
 
 def lfs_files(session: Session, repo: RepoRef) -> list[dict]:
     """`list_lfs_files`: the content the repo holds, newest first, with a path (and ref) it has where reachable."""
-    reachable = reachable_lfs(session, repo.id).where
+    reachable = reachable_lfs(session, repo.id)
     rows = session.execute(select(LfsLink.oid, LfsLink.created_at, LfsObject.size)
                            .join(LfsObject, LfsObject.oid == LfsLink.oid).where(LfsLink.repo_id == repo.id)
                            .order_by(LfsLink.created_at.desc(), LfsLink.oid))
@@ -170,7 +164,7 @@ def collect_lfs_garbage(db: Database, blobs: BlobStore, grace_seconds: int, dry_
             session.execute(text("LOCK TABLE refs, git_objects, repo_commits, lfs_objects IN SHARE MODE"))
         stale_links: list[tuple[int, str]] = []
         for repo_id in session.scalars(select(Repo.id)):
-            reachable = reachable_lfs(session, repo_id).where
+            reachable = reachable_lfs(session, repo_id)
             for oid, created in session.execute(select(LfsLink.oid, LfsLink.created_at)
                                                 .where(LfsLink.repo_id == repo_id)):
                 if oid not in reachable and _aware(created) < cutoff:

@@ -47,9 +47,9 @@ def _is_name(value: object) -> bool:
 
 
 def _field_problems(key: str, value: object) -> list[str]:
-    if key in _NAME_OR_NAMES and value is not None:
-        if not (_is_name(value) or (isinstance(value, list) and all(_is_name(item) for item in value))):
-            return [f"'{key}' must be a string or a list of strings"]
+    names = _is_name(value) or (isinstance(value, list) and all(_is_name(item) for item in value))
+    if key in _NAME_OR_NAMES and value is not None and not names:
+        return [f"'{key}' must be a string or a list of strings"]
     if key in _NAME_ONLY and value is not None and not _is_name(value):
         return [f"'{key}' must be a string"]
     if key == "model-index":

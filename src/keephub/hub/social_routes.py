@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from keephub.hub.routes import actor_of, call, hub_of, read_json_object, repo_params
 from keephub.hub.gating import Gates
+from keephub.hub.routes import actor_of, call, hub_of, read_json_object, repo_params
 from keephub.hub.social import Social
 from keephub.wire.params import int_param
 
