@@ -338,6 +338,14 @@ def entry_for(session: Session, path: str, mode: int, sha: str) -> Entry:
     return Entry(path=path, is_dir=False, sha=sha, size=size, lfs_oid=lfs_oid, lfs_size=lfs_size)
 
 
+def entries_for(session: Session, items: list[tuple[str, int, str]]) -> list[Entry]:
+    """Entries for (path, mode, sha) items of trees, their sizes and LFS pointers read in one batched query (a
+    page of a large folder, without the cost of the rest)."""
+    blob_info = _blob_info(session, {sha for _, mode, sha in items if not stat.S_ISDIR(mode)})
+    return [Entry(path=path, is_dir=True, sha=sha) if stat.S_ISDIR(mode)
+            else Entry(path, False, sha, *blob_info[sha]) for path, mode, sha in items]
+
+
 def _blob_info(session: Session, shas: set[str]) -> dict[str, tuple[int, str | None, int | None]]:
     info: dict[str, tuple[int, str | None, int | None]] = {}
     ordered = sorted(shas)

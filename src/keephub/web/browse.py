@@ -7,14 +7,18 @@ of thousands of files).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import stat
 import struct
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from math import prod
+from typing import Any
 
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import ShaFile
@@ -38,11 +42,55 @@ RESCUE_PREFIX = "rescue/"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # The commits a history page lists at once.
 HISTORY_PAGE = 50
+# Entries a folder page lists at once, and changed files a commit page lists.
+FOLDER_PAGE = 200
+CHANGES_SHOWN = 1000
 
 
-def natural_key(name: str) -> list[tuple[int, int | str]]:
-    """Sort key putting `checkpoint-50` before `checkpoint-100`: runs of digits compare as numbers."""
-    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(name) if part]
+def natural_key(name: str) -> list[str | int]:
+    """Sort key putting `checkpoint-50` before `checkpoint-100`: runs of digits compare as numbers. Splitting on
+    digit runs leaves text at even places and numbers at odd ones, so two keys always compare like with like."""
+    parts: list[str | int] = list(_DIGITS.split(name.lower()))
+    parts[1::2] = [int(digits) for digits in parts[1::2]]
+    return parts
+
+
+class ByObjectId:
+    """What pages derive from a git object (a folder's sorted listing, a commit's changes), kept by the object's
+    id for the last `capacity` objects: an object never changes, so a large one costs its work once, not on every
+    page view."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self.values: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, object_id: str, compute: Callable[[], Any]) -> Any:
+        with self.lock:
+            if object_id in self.values:
+                self.values.move_to_end(object_id)
+                return self.values[object_id]
+        value = compute()
+        with self.lock:
+            self.values[object_id] = value
+            while len(self.values) > self.capacity:
+                self.values.popitem(last=False)
+        return value
+
+
+_folders = ByObjectId()
+_commit_changes = ByObjectId()
+
+
+def _sorted_items(session, tree_sha: str) -> list[tuple[str, int, str]]:  # type: ignore[no-untyped-def]
+    """A folder's (name, mode, sha) items: folders first, then files, each in natural order."""
+    def compute() -> list[tuple[str, int, str]]:
+        items = [(item.path.decode("utf-8", "replace"), item.mode, item.sha.decode())
+                 for item in gitobjects.load_tree(session, tree_sha).iteritems()]
+        items.sort(key=lambda item: (not stat.S_ISDIR(item[1]), natural_key(item[0])))
+        return items
+
+    return _folders.get(tree_sha, compute)
 
 
 @dataclass(frozen=True)
@@ -55,6 +103,8 @@ class Folder:
     latest: dict
     branches: list[dict]
     tags: list[str]
+    start: int
+    total: int
     readme: bytes | None = None
 
 
@@ -74,7 +124,8 @@ class CommitView:
     repo: repos.RepoRef
     entry: dict
     parent: str | None
-    changes: list[tuple[str, str]] = field(default_factory=list)  # (change kind, path)
+    total_changes: int
+    changes: list[tuple[str, str]]  # (change kind, path), the first CHANGES_SHOWN in natural order
 
 
 def _commit_entry(commit: ShaFile) -> dict:
@@ -82,7 +133,7 @@ def _commit_entry(commit: ShaFile) -> dict:
     title, _, body = message.partition("\n")
     return {"id": commit.id.decode(), "title": title, "message": body.strip(),
             "author": commit.author.decode("utf-8", "replace").split(" <")[0],
-            "date": datetime.fromtimestamp(commit.author_time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.fromtimestamp(commit.author_time, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def _refs(session, repo: repos.RepoRef) -> tuple[list[dict], list[str]]:  # type: ignore[no-untyped-def]
@@ -103,7 +154,10 @@ def _refs(session, repo: repos.RepoRef) -> tuple[list[dict], list[str]]:  # type
 
 
 def read_folder(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
-                path: str) -> Folder:
+                path: str, start: int) -> Folder:
+    """One page of a folder (FOLDER_PAGE entries from `start`, folders first, in natural order)."""
+    if start < 0:
+        raise BadRequest(f"start={start} is negative; use the folder page's links")
     with hub.db.read() as session:
         repo = repos.find_repo(session, repo_type, namespace, name, actor)
         sha = repos.resolve_revision(session, repo, revision)
@@ -112,15 +166,18 @@ def read_folder(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, n
         found = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
         if found is None or not stat.S_ISDIR(found[0]):
             raise EntryNotFound(f"there is no folder {path!r} at revision {revision!r} of {repo.repo_id}")
-        entries = gitobjects.list_entries(session, found[1], path, recursive=False)
-        entries.sort(key=lambda e: (not e.is_dir, natural_key(e.path.rsplit("/", 1)[-1])))
+        items = _sorted_items(session, found[1])
+        prefix = f"{path}/" if path else ""
+        entries = gitobjects.entries_for(session, [(prefix + name, mode, sha)
+                                                   for name, mode, sha in items[start:start + FOLDER_PAGE]])
         readme = None
         if not path:
             readme_entry = gitobjects.lookup(session, tree, "README.md")
             if readme_entry is not None and not stat.S_ISDIR(readme_entry[0]):
                 readme = gitobjects.read_blob(session, readme_entry[1])
         branches, tags = _refs(session, repo)
-        return Folder(repo, revision, sha, path, entries, _commit_entry(commit), branches, tags, readme)
+        return Folder(repo, revision, sha, path, entries, _commit_entry(commit), branches, tags, start,
+                      len(items), readme)
 
 
 def read_file(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
@@ -206,11 +263,15 @@ def commit_changes(hub: Hub, actor: Actor | None, repo_type: str, namespace: str
         resolved = repos.resolve_revision(session, repo, sha)
         commit = gitobjects.load_commit(session, resolved)
         parent = commit.parents[0].decode() if commit.parents else None
-        parent_tree = gitobjects.load_commit(session, parent).tree if parent else None
-        changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
-                   for change in tree_changes(_DatabaseObjects(session), parent_tree, commit.tree)]
-    changes.sort(key=lambda change: natural_key(change[1]))
-    return CommitView(repo, _commit_entry(commit), parent, changes)
+
+        def compute() -> tuple[int, list[tuple[str, str]]]:
+            parent_tree = gitobjects.load_commit(session, parent).tree if parent else None
+            changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
+                       for change in tree_changes(_DatabaseObjects(session), parent_tree, commit.tree)]
+            return len(changes), sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
+
+        total, shown = _commit_changes.get(resolved, compute)
+    return CommitView(repo, _commit_entry(commit), parent, total, shown)
 
 
 def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str,
@@ -221,8 +282,9 @@ def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str,
         repo = repos.find_repo(session, repo_type, namespace, name, actor)
         tree = gitobjects.load_commit(session, repos.resolve_revision(session, repo, revision)).tree.decode()
         candidates = [TRAINER_STATE]
-        checkpoints = sorted(((int(m.group(1)), entry.path) for entry in gitobjects.list_entries(session, tree, "", False)
-                              if entry.is_dir and (m := _CHECKPOINT.match(entry.path))), reverse=True)
+        folders = itertools.takewhile(lambda item: stat.S_ISDIR(item[1]), _sorted_items(session, tree))
+        checkpoints = sorted(((int(m.group(1)), name) for name, _, _ in folders if (m := _CHECKPOINT.match(name))),
+                             reverse=True)
         candidates += [f"{path}/{TRAINER_STATE}" for _, path in checkpoints[:3]]
         for path in candidates:
             found = gitobjects.lookup(session, tree, path)

@@ -11,6 +11,8 @@ from pygal.style import Style
 
 # A chart per panel: which log_history keys it plots.
 PANELS: dict[str, str] = {"loss": "Loss", "learning_rate": "Learning rate", "eval": "Evaluation metrics"}
+# Points drawn per metric at most.
+MAX_POINTS = 200
 # eval_* keys that are timings, not metrics.
 _NOT_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
 _STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
@@ -54,11 +56,21 @@ def logged_steps(log_history: list) -> int:
     return int(max(steps)) if steps else 0
 
 
+def thinned(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most about MAX_POINTS evenly spaced points, the last always kept: a chart 640 pixels wide shows no
+    more, and drawing them all would make a long run's chart slow."""
+    if len(points) <= MAX_POINTS:
+        return points
+    step = len(points) / MAX_POINTS
+    kept = [points[int(index * step)] for index in range(MAX_POINTS)]
+    return kept if kept[-1] == points[-1] else [*kept, points[-1]]
+
+
 def render(log_history: list, panel: str, title: str) -> str:
     """One panel as an SVG document (a 'no data yet' chart when the log has none for it)."""
     chart = pygal.XY(js=[], disable_xml_declaration=False, width=640, height=280, show_dots=False,
                      style=_STYLE, title=title, x_title="step", legend_at_bottom=True, truncate_legend=40,
                      no_data_text="no data yet", logarithmic=False)
     for name, points in series(log_history, panel).items():
-        chart.add(name, points, show_dots=len(points) < 3)
+        chart.add(name, thinned(points), show_dots=len(points) < 3)
     return chart.render(is_unicode=True)

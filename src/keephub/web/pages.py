@@ -34,8 +34,14 @@ from keephub.hub.routes import actor_of, call, hub_of
 from keephub.jobs.logs import LogCursor, LogPosition
 from keephub.jobs.service import TERMINAL
 from keephub.web import browse, curves, joblog
-from keephub.web.sessions import SESSION_COOKIE, SESSION_LIFETIME, SIGN_IN_COOKIE, BrowserSession, csrf_matches
-from keephub.wire import BadRequest, EntryNotFound, Forbidden, HubError, Unauthorized
+from keephub.web.sessions import (
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    SIGN_IN_COOKIE,
+    BrowserSession,
+    csrf_matches,
+)
+from keephub.wire import BadRequest, Forbidden, HubError, Unauthorized
 from keephub.wire.errors import NotFound
 
 _HERE = Path(__file__).parent
@@ -335,14 +341,18 @@ async def repo_page(request: Request) -> Response:
         return JSONResponse(info, headers={"Link": f'<{request.url.path}?format=json>; rel="alternate"'})
     revision = _revision(request)
     path = unquote(request.path_params.get("path") or "").strip("/")
-    folder = await call(browse.read_folder, hub, actor, repo_type, namespace, name, revision, path)
+    try:
+        start = int(request.query_params.get("start", "0"))
+    except ValueError:
+        raise BadRequest("start must be a whole number; use the folder page's links") from None
+    folder = await call(browse.read_folder, hub, actor, repo_type, namespace, name, revision, path, start)
     state = None
     if not path:
         state = await call(browse.trainer_state, hub, actor, repo_type, namespace, name, folder.sha)
     return render(request, "repo.html", {
         "view": folder, "repo": folder.repo, "base": _repo_base(repo_type, namespace, name),
         "readme_html": render_readme(folder.readme) if folder.readme is not None else "",
-        "crumbs": _crumbs(path), "curve_panels": curves.panels_with_data(state[1]["log_history"]) if state else [],
+        "crumbs": _crumbs(path), "page_size": browse.FOLDER_PAGE, "curve_panels": curves.panels_with_data(state[1]["log_history"]) if state else [],
         "curve_source": state[0] if state else None,
         "curve_steps": curves.logged_steps(state[1]["log_history"]) if state else 0})
 
@@ -397,12 +407,17 @@ async def blob_page(request: Request) -> Response:
     elif media_type in _IMAGE_TYPES:
         kind = "image"
     elif file.inline is not None and b"\x00" not in file.inline[:8192]:
-        kind, content = "text", _highlight(path, file.inline.decode("utf-8", "replace"))
+        kind, content = "text", _highlighted.get(f"{file.entry.sha}:{path.rsplit('/', 1)[-1]}",
+                                                 lambda: _highlight(path, file.inline.decode("utf-8", "replace")))
     elif file.entry.lfs_oid is None and file.entry.size > browse.MAX_SHOWN_TEXT:
         kind = "large"
     return render(request, "file.html", {
         "file": file, "repo": file.repo, "base": base, "path": path, "crumbs": _crumbs(path)[:-1], "kind": kind,
         "content": content, "summary": summary, "raw_url": raw_url})
+
+
+# A file's highlighted HTML, by blob and file name (which picks the lexer): highlighting costs more than the page.
+_highlighted = browse.ByObjectId(capacity=64)
 
 
 def _highlight(path: str, text: str) -> str:

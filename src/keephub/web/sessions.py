@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -49,7 +49,7 @@ def set_password(db: Database, user: str, password: str) -> None:
         account = session.execute(select(Account).where(Account.name == user)).scalar_one_or_none()
         if account is None or account.kind != "user":
             raise AccountError(f"no user named {user!r}; create it first (keephub user create {user})")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         session.execute(insert_for(session, Password)
                         .values(user_id=account.id, argon2_hash=argon2_hash, updated_at=now)
                         .on_conflict_do_update(index_elements=["user_id"],
@@ -117,10 +117,12 @@ class Sessions:
             self.limiter.failed(username, address)
             raise Unauthorized(WRONG_CREDENTIALS) from None
         secret = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
         with self.db.write() as session:
+            session.execute(delete(WebSession).where(WebSession.expires_at < now))  # the table keeps live ones
             session.add(WebSession(secret_sha256=_sha256(secret), user_id=user_id, token_id=token_id,
                                    csrf_token=secrets.token_urlsafe(32),
-                                   expires_at=datetime.now(timezone.utc) + SESSION_LIFETIME))
+                                   expires_at=now + SESSION_LIFETIME))
         return secret
 
     def _check_password(self, username: str, password: str) -> int:
@@ -147,7 +149,7 @@ class Sessions:
         with self.db.read() as session:
             found = session.execute(select(WebSession).where(WebSession.secret_sha256 == _sha256(secret))
                                     ).scalar_one_or_none()
-        if found is None or _aware(found.expires_at) <= datetime.now(timezone.utc):
+        if found is None or _aware(found.expires_at) <= datetime.now(UTC):
             return None
         try:
             actor = (self.accounts.actor_of_token(found.token_id) if found.token_id is not None
@@ -184,4 +186,4 @@ def _sha256(secret: str) -> str:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -26,6 +26,7 @@ function followLog(log) {
     if (cancel) cancel.remove();
     const curves = document.getElementById("curves");
     if (curves) refreshCurves(curves);
+    refreshDurability();
     document.body.dataset.jobEnded = "yes";
   });
 }
@@ -52,9 +53,29 @@ function followCurves(section) {
   }, 2000);
 }
 
+// The durability section of a running job: its pushes as they land, then the verdict when the job ends.
+// Taken from the page itself, fetched again: the server escaped everything in it.
+async function refreshDurability() {
+  const current = document.getElementById("durability");
+  const reply = await fetch(location.pathname, {credentials: "same-origin"});
+  if (!current || !reply.ok) return;
+  const fresh = new DOMParser().parseFromString(await reply.text(), "text/html").getElementById("durability");
+  if (fresh) current.replaceWith(document.importNode(fresh, true));
+}
+
+function followDurability(section) {
+  if (section.dataset.live !== "yes") return;
+  const timer = setInterval(() => {
+    if (document.body.dataset.jobEnded === "yes") clearInterval(timer);
+    refreshDurability();
+  }, 3000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const log = document.getElementById("log");
   if (log && log.dataset.eventsUrl) followLog(log);
   const curves = document.getElementById("curves");
   if (curves) followCurves(curves);
+  const durability = document.getElementById("durability");
+  if (durability) followDurability(durability);
 });
