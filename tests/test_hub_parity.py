@@ -129,9 +129,17 @@ def test_gated_repo_with_manual_and_auto_approval(server, api: HfApi, alice, bob
     weights = os.urandom(300_000)
     api.upload_file(path_or_fileobj=b"# Card\n", path_in_repo="README.md", repo_id=repo)
     api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id=repo)
+    bob_auth = {"authorization": f"Bearer {bob[1]}"}
+    cas_token = httpx.get(f"{server.url}/api/models/{repo}/xet-read-token/main", headers=bob_auth).json()
     api.update_repo_settings(repo, gated="manual")
     as_bob = HfApi(endpoint=server.url, token=bob[1])
     assert as_bob.model_info(repo).gated == "manual"
+    # A CAS read token bob got before the repo was gated no longer reads it.
+    reconstruction = httpx.get(f"{cas_token['casUrl']}/v1/reconstructions/{'0' * 64}",
+                               headers={"authorization": f"Bearer {cas_token['accessToken']}"})
+    assert reconstruction.status_code == 403 and "restricted" in reconstruction.json()["error"]
+    gated_token = httpx.get(f"{server.url}/api/models/{repo}/xet-read-token/main", headers=bob_auth)
+    assert gated_token.status_code == 403 and gated_token.headers["x-error-code"] == "GatedRepo"
 
     def download(token: str, path: str) -> bytes:
         return Path(hf_hub_download(repo, path, token=token, cache_dir=tmp_path / uuid.uuid4().hex)).read_bytes()

@@ -72,7 +72,7 @@ class RepoMoved(RepoNotFound):
         self.repo = repo
 
 
-def _repo_ref(repo: Repo, owner: str) -> RepoRef:
+def repo_ref(repo: Repo, owner: str) -> RepoRef:
     return RepoRef(id=repo.id, type=repo.type, namespace=owner, name=repo.name, private=repo.private,
                    space_sdk=repo.space_sdk, created_at=repo.created_at, last_modified=repo.last_modified)
 
@@ -88,7 +88,7 @@ def _named(session: Session, repo_type: str, namespace: str, name: str) -> RepoR
     if not rows:
         return None
     repo, owner = next(((r, o) for r, o in rows if o == namespace), rows[0])
-    return _repo_ref(repo, owner)
+    return repo_ref(repo, owner)
 
 
 def _account_named(session: Session, name: str) -> Account | None:
@@ -107,7 +107,7 @@ def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor
         if redirect is not None:
             row = session.execute(select(Repo, Account.name).join(Account, Account.id == Repo.owner_id)
                                   .where(Repo.id == redirect.repo_id)).one_or_none()
-            moved = _repo_ref(*row) if row is not None else None
+            moved = repo_ref(*row) if row is not None else None
             if moved is not None and allowed(actor, "repo.read", moved.target):
                 raise RepoMoved(repo_type, f"{namespace}/{name}", moved)
         hint = "" if actor else " If it is private, pass a token with read access."
@@ -354,7 +354,7 @@ def visible_repos(session: Session, actor: Actor | None, repo_type: str | None, 
         query = query.where((Account.name + "/" + Repo.name).contains(search))
     repos = []
     for repo, owner in session.execute(query.order_by(Repo.last_modified.desc())):
-        found = _repo_ref(repo, owner)
+        found = repo_ref(repo, owner)
         if allowed(actor, "repo.read", found.target):
             repos.append(found)
     return repos

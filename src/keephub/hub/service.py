@@ -422,6 +422,9 @@ class Hub:
         if refusal is not None:
             raise Forbidden(f"{who} can no longer write to {namespace}/{repo.name} "
                             f"({refusal.message.removeprefix('403 Forbidden: ')}); {renew}")
+        if action == "repo.read" and repo.gated is not None:  # a repo gated since the credential was issued
+            with self.db.read() as session:
+                gating.check_access(session, actor, repos.repo_ref(repo, namespace))
 
     def auth_check(self, actor: Actor | None, repo_type: str, namespace: str, name: str, write: bool) -> None:
         with self.db.read() as session:
