@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor, require_actor
@@ -241,16 +241,15 @@ def record_event(session: Session, base_url: str, repo: RepoRef, scope: str, act
     hooks = session.execute(select(Webhook).where(Webhook.disabled.is_(False), watchers)).scalars().all()
     payload = {"event": {"action": action, "scope": scope}, "repo": repo_payload(base_url, repo, head_sha),
                **{key: value for key, value in extra.items() if value is not None}}
-    queued = 0
     now = utcnow()
-    for hook in hooks:
-        if domain not in json.loads(hook.domains_json) or not _may_read(session, hook.owner_id, repo):
-            continue
-        body = payload | {"webhook": {"id": hook.id, "version": PAYLOAD_VERSION}}
-        session.add(WebhookDelivery(webhook_id=hook.id, scope=scope, payload_json=json.dumps(body), status="pending",
-                                    attempts=0, next_attempt_at=now, created_at=now))
-        queued += 1
-    return queued
+    rows = [{"webhook_id": hook.id, "scope": scope, "status": "pending", "attempts": 0, "next_attempt_at": now,
+             "created_at": now,
+             "payload_json": json.dumps(payload | {"webhook": {"id": hook.id, "version": PAYLOAD_VERSION}})}
+            for hook in hooks
+            if domain in json.loads(hook.domains_json) and _may_read(session, hook.owner_id, repo)]
+    if rows:  # one multi-row INSERT: this runs in every commit's transaction
+        session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
 
 
 def _may_read(session: Session, user_id: int, repo: RepoRef) -> bool:
