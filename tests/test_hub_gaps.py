@@ -180,6 +180,12 @@ def test_validate_yaml_checks_model_card_metadata(api: HfApi, repo_id: str) -> N
     # The client's ModelCard cannot hold YAML it cannot parse; other writers of READMEs post such text.
     broken = httpx.post(f"{api.endpoint}/api/validate-yaml", json={"content": "---\nlicense: [x\n---\n"})
     assert broken.status_code == 400 and "not valid YAML" in broken.json()["error"]
+    # Commits of a README.md ask first: the client lists the problems and commits nothing.
+    with pytest.raises(ValueError, match="'pipeline_tag' must be a string"):
+        api.upload_file(path_or_fileobj=b"---\npipeline_tag: [a]\n---\n", path_in_repo="README.md", repo_id=repo_id)
+    assert api.list_repo_commits(repo_id)[0].title.startswith("Upload README.md")  # good's push, not this one
+    deep = httpx.post(f"{api.endpoint}/api/validate-yaml", json={"content": "---\na: " + "[" * 3000 + "\n---\n"})
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     no_task = "---\nmodel-index:\n- name: m\n  results:\n  - dataset: {type: d, name: d}\n    metrics: []\n---\n"
     refused = httpx.post(f"{api.endpoint}/api/validate-yaml", json={"content": no_task, "repoType": "model"})
     assert refused.status_code == 400 and "model-index[0].results[0].task needs a 'type'" in refused.json()["error"]

@@ -13,14 +13,15 @@ _NAME_ONLY = ("pipeline_tag", "library_name", "license_name", "license_link")
 
 
 def front_matter(content: str) -> str | None:
-    """The YAML between a leading `---` line and the next `---` line; None when the README has none."""
+    """The YAML between a leading `---` line and the next `---` line; None when the README has none (a lone
+    `---` is a Markdown rule, as the client reads it too)."""
     lines = content.lstrip("\ufeff").splitlines()
     if not lines or lines[0].strip() != "---":
         return None
     for index, line in enumerate(lines[1:], start=1):
         if line.strip() == "---":
             return "\n".join(lines[1:index])
-    raise BadRequest("the README's metadata block starts with '---' but never ends: close it with a '---' line")
+    return None
 
 
 def check_metadata(content: str) -> None:
@@ -31,15 +32,22 @@ def check_metadata(content: str) -> None:
     try:
         metadata = yaml.safe_load(block)
     except yaml.YAMLError as exc:
-        raise BadRequest(f"the README's metadata is not valid YAML: {' '.join(str(exc).split())}")
+        raise _invalid(f"the README's metadata is not valid YAML: {' '.join(str(exc).split())}")
+    except RecursionError:
+        raise _invalid("the README's metadata is nested too deeply to read; flatten it")
     if metadata is None:
         return
     if not isinstance(metadata, dict):
-        raise BadRequest("the README's metadata must be a YAML mapping (key: value lines), not a "
-                         f"{type(metadata).__name__}")
+        raise _invalid("the README's metadata must be a YAML mapping (key: value lines), not a "
+                       f"{type(metadata).__name__}")
     problems = [problem for key, value in metadata.items() for problem in _field_problems(str(key), value)]
     if problems:
-        raise BadRequest("invalid metadata in the README: " + "; ".join(problems))
+        raise _invalid("invalid metadata in the README: " + "; ".join(problems), problems)
+
+
+def _invalid(message: str, problems: list[str] | None = None) -> BadRequest:
+    """A 400 whose `errors` list the client prints when a commit of README.md is refused (`_validate_yaml`)."""
+    return BadRequest(message, extra_body={"errors": [{"message": p} for p in problems or [message]], "warnings": []})
 
 
 def _is_name(value: object) -> bool:
