@@ -315,6 +315,15 @@ def test_private_pages_csrf_tokens_and_attempt_limit(server: Server, browser: Br
         assert reply.status_code in (401, 429), reply.text
         return elapsed if reply.status_code == 401 else -1.0
 
+    # After signing in, only a path on this server is followed.
+    for target, landing in (("/settings/tokens", "/settings/tokens"), ("//evil.example/x", "/"),
+                            ("/\t/evil.example", "/"), ("https://evil.example/", "/")):
+        client = httpx.Client(base_url=server.url)
+        form_token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        reply = client.post("/login", data={"csrf_token": form_token, "username": owner, "password": PASSWORD,
+                                            "next": target})
+        assert reply.status_code == 303 and reply.headers["location"] == landing, (target, reply.headers)
+
     unknown = statistics.median(failed_sign_in(f"ghost-{uuid.uuid4().hex[:6]}") for _ in range(3))
     wrong = statistics.median(failed_sign_in(owner) for _ in range(3))
     assert unknown > 0.5 * wrong, f"an unknown user is refused in {unknown:.3f} s, a wrong password in {wrong:.3f} s"

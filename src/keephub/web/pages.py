@@ -160,11 +160,13 @@ def page(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request
     return wrapped
 
 
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+
+
 def _safe_next(target: str | None) -> str:
-    """Where to go after signing in: a path on this server only (never another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
+    """Where to go after signing in: a path on this server only. Anything else, such as `//host`, or a tab or
+    backslash that browsers would drop or turn into a slash, goes to the home page instead."""
+    return target if target and _LOCAL_PATH.fullmatch(target) else "/"
 
 
 # -- sign-in, sign-out, settings -----------------------------------------------------------------------------
