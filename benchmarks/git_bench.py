@@ -87,10 +87,11 @@ def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], ser
             git(env, "push", "-q", "origin", "main", cwd=source)
             for name, url in [*urls.items(), ("cached", urls["keephub"])]:
                 target = work / f"clone-{name}-{run}"
-                seconds = timed(lambda: git(env, "clone", "-q", url, str(target)))
+                seconds = timed(lambda url=url, target=target: git(env, "clone", "-q", url, str(target)))
                 if run:
                     times[name].append(seconds)
-                count = subprocess.run(["git", "ls-files"], cwd=target, env=env, capture_output=True, text=True)
+                count = subprocess.run(["git", "ls-files"], cwd=target, env=env, capture_output=True, text=True,
+                                       check=True)
                 assert len(count.stdout.splitlines()) >= args.files, f"{name} clone is incomplete"
                 subprocess.run(["rm", "-rf", str(target)], check=True)
     finally:
@@ -127,19 +128,19 @@ def lfs_figures(args: argparse.Namespace, work: Path, env: dict[str, str], serve
     href = f"{server.url}/{repo_id}.git/info/lfs/objects/{oid}"
     runs: dict[str, list[float]] = {"download": [], "fetch": [], "pull": [], "curl": []}
     for run in range(args.lfs_repeats):
-        runs["download"].append(timed(lambda: hf_hub_download(repo_id, "weights.bin", endpoint=server.url,
-                                                              cache_dir=str(work / f"hf-cache-{run}"),
-                                                              token=token)))
+        cache = work / f"hf-cache-{run}"
+        runs["download"].append(timed(lambda cache=cache: hf_hub_download(repo_id, "weights.bin", token=token,
+                                                                          endpoint=server.url, cache_dir=str(cache))))
         clone = work / f"lfs-clone-{run}"
         git({**env, "GIT_LFS_SKIP_SMUDGE": "1"}, "clone", "-q", f"{server.url}/{repo_id}", str(clone))
-        fetch = timed(lambda: git(env, "lfs", "fetch", cwd=clone))
-        checkout = timed(lambda: git(env, "lfs", "checkout", cwd=clone))
+        fetch = timed(lambda clone=clone: git(env, "lfs", "fetch", cwd=clone))
+        checkout = timed(lambda clone=clone: git(env, "lfs", "checkout", cwd=clone))
         assert (clone / "weights.bin").stat().st_size == size, "git lfs pull did not fetch the whole file"
         runs["fetch"].append(fetch)
         runs["pull"].append(fetch + checkout)
         runs["curl"].append(timed(lambda: subprocess.run(["curl", "-sf", "-o", str(work / "curl.bin"), href],
                                                          check=True)))
-        for leftover in (clone, work / f"hf-cache-{run}", work / "curl.bin"):
+        for leftover in (clone, cache, work / "curl.bin"):
             subprocess.run(["rm", "-rf", str(leftover)], check=True)
     print("lfs seconds:", {name: [round(t, 2) for t in times] for name, times in runs.items()})
     seconds = {name: statistics.median(times) for name, times in runs.items()}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import HfApi, hf_hub_download
-
 from conftest import SESSION_DIR
+from huggingface_hub import HfApi, hf_hub_download
 
 GIT_HOME = SESSION_DIR / "git-home"
 
@@ -31,7 +30,8 @@ def git_env() -> dict[str, str]:
 
 
 def git(env: dict[str, str], *args: str, cwd: Path | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
     if ok and result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -74,12 +74,15 @@ def test_clone_pull_and_push_share_objects_with_the_api(server, api: HfApi, alic
 
     pushing = tmp_path / "pushing"
     git(git_env, "clone", with_token(url, alice[1]), str(pushing))
+    hook = api.create_webhook(url="http://127.0.0.1:9/hook", watched=[{"type": "model", "name": repo_id}],
+                              domains=["repo"])
     (pushing / "README.md").write_bytes(b"# fixed card\n\nwith \x00 bytes and all\n")
     checkpoint = os.urandom(200_000)
     (pushing / "ckpt").mkdir()
     (pushing / "ckpt" / "optimizer.pt").write_bytes(checkpoint)  # *.pt is tracked by LFS in every new repo
     git(git_env, "add", "-A", cwd=pushing)
     git(git_env, "commit", "-m", "Fix the card, add a checkpoint", cwd=pushing)
+    before_push = api.repo_info(repo_id).sha
     git(git_env, "push", "origin", "main", cwd=pushing)
     head = git(git_env, "rev-parse", "HEAD", cwd=pushing).stdout.strip()
     assert api.list_repo_commits(repo_id)[0].commit_id == head
@@ -91,6 +94,11 @@ def test_clone_pull_and_push_share_objects_with_the_api(server, api: HfApi, alic
 
     git(git_env, "push", "origin", "HEAD:refs/heads/from-git", cwd=pushing)
     assert "from-git" in [b.name for b in api.list_repo_refs(repo_id).branches]
+    log = httpx.get(f"{server.url}/api/settings/webhooks/{hook.id}/deliveries", auth=("user", alice[1])).json()
+    pushed_refs = [d["payload"]["updatedRefs"] for d in log if d["payload"]["event"]["scope"] == "repo.content"]
+    updated = [ref for refs in pushed_refs for ref in refs]
+    assert {"ref": "refs/heads/main", "oldSha": before_push, "newSha": head} in updated
+    assert any(ref["ref"] == "refs/heads/from-git" and ref["oldSha"] is None for ref in updated)
 
 
 def test_private_repo_needs_the_token(server, api: HfApi, alice, git_env, tmp_path: Path) -> None:
@@ -183,7 +191,8 @@ def test_bad_pushes_are_refused_and_store_nothing(server, api: HfApi, alice, rep
     assert httpx.put(settings, json={"allowForcePush": True}, auth=("user", alice[1])).status_code == 200
     git(git_env, "push", "--force", "origin", "main", cwd=work)
     rewritten = git(git_env, "rev-parse", "HEAD", cwd=work).stdout.strip()
-    assert api.repo_info(repo_id).sha == rewritten and rewritten in {c.commit_id for c in api.list_repo_commits(repo_id)}
+    assert api.repo_info(repo_id).sha == rewritten
+    assert rewritten in {commit.commit_id for commit in api.list_repo_commits(repo_id)}
     start = pushed = rewritten
 
     corrupt = receive_pack(server.url, repo_id, alice[1], f"{pushed} {'1' * 40} refs/heads/main",

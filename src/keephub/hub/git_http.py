@@ -16,8 +16,9 @@ import queue
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from tempfile import SpooledTemporaryFile
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, GitProtocolError, ObjectFormatException
 from dulwich.object_store import MemoryObjectStore
@@ -184,7 +185,7 @@ class RepoView(BaseRepo):
 
     def get_named_file(self, path: str, basedir: str | None = None) -> None:
         """No files beside the objects (no `shallow` file, no hooks): keephub keeps none."""
-        return None
+        return
 
 
 class _OneRepo(Backend):
@@ -208,7 +209,8 @@ class KeephubReceivePack(ReceivePackHandler):
         super().__init__(backend, args, proto, stateless_rpc=stateless_rpc, advertise_refs=advertise_refs)
         self.apply = apply
 
-    def _apply_pack(self, refs: list[tuple[bytes, bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+    def _apply_pack(  # type: ignore[override]
+            self, refs: list[tuple[bytes, bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         store: RepoObjects = self.repo.object_store
         if any(new != git_push.ZERO_SHA.encode() for _, new, _ in refs):
             try:
@@ -326,7 +328,7 @@ def _stream(run: Callable[[Callable[[bytes], None]], None]) -> Iterator[bytes]:
 
 async def info_refs(request: Request) -> Response:
     service = _service_of(request)
-    actor, repo = await _authorized_repo(request, service)
+    _, repo = await _authorized_repo(request, service)
     hub = _hub(request)
 
     def run(write: Callable[[bytes], None]) -> None:
