@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from keephub.accounts import AccountError, Actor, NamespaceTarget, allowed
+from keephub.hub.naming import URL_PREFIX
 from keephub.hub.routes import actor_of, call, hub_of
 from keephub.jobs.logs import LogCursor, LogPosition
 from keephub.jobs.service import TERMINAL
@@ -97,10 +98,13 @@ def _wants_html(request: Request) -> bool:
 
 
 # -- who is asking -------------------------------------------------------------------------------------------
+_UNREAD = object()  # request.state.browser_session before the caller has been looked up
+
+
 async def current(request: Request) -> BrowserSession | None:
     """The caller: a token in `Authorization` (no CSRF token: such requests are not a browser's ambient
     credential) or the session cookie."""
-    if "browser_session" not in request.state._state:
+    if getattr(request.state, "browser_session", _UNREAD) is _UNREAD:
         found: BrowserSession | None = None
         actor = await actor_of(request)
         if actor is not None:
@@ -129,7 +133,7 @@ async def checked_form(request: Request) -> tuple[Actor, FormData]:
 
 
 def render(request: Request, template: str, context: dict, status_code: int = 200) -> Response:
-    browser = request.state._state.get("browser_session")
+    browser = getattr(request.state, "browser_session", None)
     response = templates.TemplateResponse(request, template, {
         "me": browser.actor if browser else None, "csrf_token": browser.csrf_token if browser else "",
         **context}, status_code=status_code)
@@ -151,7 +155,7 @@ def page(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request
         except HubError as exc:
             if not _wants_html(request) or _wants_json(request):
                 raise
-            signed_in = request.state._state.get("browser_session") is not None
+            signed_in = getattr(request.state, "browser_session", None) is not None
             return render(request, "error.html", {
                 "status": exc.status_code, "message": str(exc.args[0]) if exc.args else "",
                 "sign_in": not signed_in and exc.status_code in (401, 403, 404),
@@ -253,11 +257,8 @@ async def _repos_of(request: Request, actor: Actor | None, author: str | None, l
     found = []
     for repo_type in ("model", "dataset", "space"):
         for repo in await call(hub.list_repos, actor, repo_type, author, None, limit):
-            found.append({**repo, "type": repo_type, "url": f"/{_PREFIX[repo_type]}{repo['id']}"})
+            found.append({**repo, "type": repo_type, "url": f"/{URL_PREFIX[repo_type]}{repo['id']}"})
     return found
-
-
-_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
 @page
@@ -328,7 +329,7 @@ def _revision(request: Request, key: str = "revision") -> str:
 
 
 def _repo_base(repo_type: str, namespace: str, name: str) -> str:
-    return f"/{_PREFIX[repo_type]}{namespace}/{name}"
+    return f"/{URL_PREFIX[repo_type]}{namespace}/{name}"
 
 
 @page

@@ -94,6 +94,9 @@ class AttemptLimiter:
 
 @dataclass(frozen=True)
 class BrowserSession:
+    """Who a page request comes from, and the CSRF token its forms must carry ("" for a token in a header,
+    which a browser never sends on its own, so no form is accepted on it)."""
+
     actor: Actor
     csrf_token: str
 
