@@ -301,8 +301,9 @@ def test_a_schedule_stops_with_the_token_that_created_it(server: Server, alice) 
     """Found by review: a schedule made with a short-lived (or stolen, then revoked) token kept starting runs
     as its creator after the token ended."""
     name, _ = alice
-    token = scoped_token(server, name, "--expires", "3s")
-    expires = time.monotonic() + 3
+    # Long enough to make the schedule with it on a loaded machine (3 s ran out first at load 12 on 2 cores).
+    token = scoped_token(server, name, "--expires", "6s")
+    expires = time.monotonic() + 6
     scheduled = HfApi(endpoint=server.url, token=token).create_scheduled_job(
         image="python:3.12", command=["python", "-c", "pass"], schedule="@hourly", namespace=name)
     time.sleep(max(0.0, expires - time.monotonic()) + 1)
