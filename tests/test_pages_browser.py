@@ -3,12 +3,13 @@
 Sign in with a password or a token, browse a repo into nested folders, open files, switch to a rescue branch,
 watch a job's log and training curve grow live, cancel it and read its verdict; private pages stay invisible to
 others, forms refuse a session cookie without the CSRF token, and `<script>` pushed anywhere stays text.
-Screenshots of the main pages are written to docs/screenshots/.
+Screenshots of the main pages go to docs/screenshots/ (with KEEPHUB_UPDATE_SCREENSHOTS=1, or when missing).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import struct
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JOB_XET_ENV, WAIT_ON_HUB, Server
+from conftest import JOB_XET_ENV, SESSION_DIR, WAIT_ON_HUB, Server
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -74,8 +75,14 @@ def no_horizontal_overflow(page: Page) -> bool:
 
 
 def screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    """A screenshot for docs/pages.md: written to docs/screenshots/ when KEEPHUB_UPDATE_SCREENSHOTS=1 or missing
+    there (so ordinary runs leave the shared tree unchanged), otherwise to the test session's directory."""
+    folder = SCREENSHOTS
+    if os.environ.get("KEEPHUB_UPDATE_SCREENSHOTS") != "1" and (SCREENSHOTS / f"{name}.png").exists():
+        folder = SESSION_DIR / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"))
+    assert (folder / f"{name}.png").stat().st_size > 10_000, "a blank screenshot"
 
 
 def safetensors_bytes() -> bytes:
