@@ -19,14 +19,12 @@ from keephub import hub, jobs, mcp, web, xet
 from keephub.buckets import routes as bucket_routes
 from keephub.buckets.service import Buckets
 from keephub.config import Settings
-from keephub.hub import community_routes, social_routes
-from keephub.hub import git_http
+from keephub.durability.gate import PreflightGate
+from keephub.hub import community_routes, git_http, social_routes
 from keephub.hub.discussions import Discussions
 from keephub.hub.webhooks import Dispatcher, Webhooks
-from keephub.durability.gate import PreflightGate
 from keephub.storage.blobs import BlobStore, open_blob_stores
-from keephub.storage.db import Database
-from keephub.storage.permissions import make_private_dir, warn_about_open_entries
+from keephub.storage.db import open_database
 from keephub.web.sessions import Sessions
 from keephub.wire.errors import HubError, header_safe, render_hub_error
 from keephub.wire.request_ids import RequestIds
@@ -37,10 +35,7 @@ JANITOR_INTERVAL_SECONDS = 3600
 
 def open_hub(settings: Settings) -> hub.Hub:
     """Open (and migrate) the stores named by `settings`; used by the server and the admin CLI alike."""
-    make_private_dir(settings.data_dir)
-    db = Database(settings.sqlalchemy_url)
-    db.migrate()
-    warn_about_open_entries(settings.data_dir)
+    db = open_database(settings)
     stores = open_blob_stores(settings)
     return hub.Hub(settings, db, stores.lfs, xet.Cas(settings, db, stores.xorbs))
 

@@ -10,9 +10,10 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from keephub.accounts import AccountError
+from keephub.accounts import AccountError, Accounts
 from keephub.config import ConfigError, Settings
 from keephub.storage.blobs import BlobStoreUnavailable
+from keephub.storage.db import open_database
 from keephub.storage.permissions import restrict_new_files
 
 
@@ -25,17 +26,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(config_file=args.config, overrides=overrides)
 
 
-def _accounts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from keephub.app import open_hub
-
-    return open_hub(_settings(args)).accounts
+def _accounts(args: argparse.Namespace) -> Accounts:
+    """Accounts on the metadata database alone: these commands need none of the server."""
+    return Accounts(open_database(_settings(args)))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from keephub.app import build_app
     from keephub.agent.sandbox import jobs_socket
+    from keephub.app import build_app
     from keephub.jobs.scheduler import check_job_settings
     from keephub.storage.blobs import check_blob_settings
     from keephub.storage.db import check_database_url

@@ -224,7 +224,6 @@ class Accounts:
                          token_role="write", token_created_at=user.created_at, is_admin=user.is_admin,
                          org_roles=_org_roles(session, user.id))
 
-
     def actor_of_token(self, token_id: int) -> Actor:
         """The actor behind a credential derived from a token (upload URL, CAS token), as of now; 401 when the
         token no longer authenticates."""
