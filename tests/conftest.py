@@ -141,6 +141,16 @@ def agent_root(server: Server) -> Path:
     return server.data_dir / "sandboxes"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With KEEPHUB_TEST_SKIP_ONCE=1 (scripts/test.sh's second pass), leave out the tests marked `once`: the first
+    pass ran them, and none of the backends the second pass switches changes what they check."""
+    if os.environ.get("KEEPHUB_TEST_SKIP_ONCE") != "1":
+        return
+    once = [item for item in items if item.get_closest_marker("once")]
+    config.hook.pytest_deselected(items=once)
+    items[:] = [item for item in items if not item.get_closest_marker("once")]
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     srv = Server(data_dir=SESSION_DIR / "data", port=PORT)

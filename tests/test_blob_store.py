@@ -20,6 +20,9 @@ from seaweedfs import SeaweedFS
 from keephub.storage.blobs import BlobStore, HashMismatch, LocalBlobStore, MemoryBlobStore, SizeMismatch
 from keephub.storage.blobs.s3 import S3BlobStore
 
+# Each test opens the stores it checks (a directory, memory, the session's SeaweedFS), whatever the pass.
+pytestmark = pytest.mark.once
+
 PART = 5 * 1024 * 1024  # S3's smallest multipart part, so the S3 store's multipart path runs on small data
 
 

@@ -100,6 +100,7 @@ def test_hf_jobs_cli_runs_against_keephub(server: Server) -> None:
 
 
 
+@pytest.mark.once  # the checklist is worked out before submission: no backend or executor is involved
 def test_keephub_preflight_prints_the_executable_checklist(server: Server, tmp_path: Path) -> None:
     name, token = server.user()
     other, _ = server.user()

@@ -3,7 +3,8 @@
 answered 503 and survived without a restart, and a wrong database_url refused at start.
 
 Runs in every pass: on the session's cluster with KEEPHUB_TEST_DATABASE=postgres, else on a cluster of its own;
-skipped only where PostgreSQL is not installed.
+skipped only where PostgreSQL is not installed. The tests marked `once` (schema, locks, outage, refused URLs) touch
+no upload path or executor, so scripts/test.sh runs them in its first pass only.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def status_of(outcome: object) -> int:
 
 
 # -- schema ------------------------------------------------------------------------------------------------
+@pytest.mark.once
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_migrations_from_empty_give_exactly_the_schema(dialect: str, cluster: PostgresCluster, tmp_path: Path) -> None:
     url = cluster.create_database() if dialect == "postgresql" else f"sqlite:///{tmp_path / 'keephub.db'}"
@@ -113,6 +115,7 @@ def test_migrations_from_empty_give_exactly_the_schema(dialect: str, cluster: Po
 
 
 # -- the named lock -----------------------------------------------------------------------------------------
+@pytest.mark.once
 def test_named_lock_excludes_holders_through_other_database_objects(cluster: PostgresCluster) -> None:
     """Two Database objects stand for two keephub processes: one holds the lock, the other waits for it; a lock
     of another name is free meanwhile."""
@@ -146,6 +149,7 @@ def test_named_lock_excludes_holders_through_other_database_objects(cluster: Pos
     assert waited > 0.5
 
 
+@pytest.mark.once
 def test_named_lock_of_a_killed_process_is_released(cluster: PostgresCluster) -> None:
     """A keephub killed while holding the lock (kill -9: no cleanup runs) does not hold it for ever: PostgreSQL
     releases an advisory lock with its session."""
@@ -340,6 +344,7 @@ def test_a_due_scheduled_run_starts_once_across_servers(cluster: PostgresCluster
 
 
 # -- outages and bad settings -------------------------------------------------------------------------------
+@pytest.mark.once
 def test_unreachable_postgresql_answers_503_and_recovers_without_restart(tmp_path: Path) -> None:
     """PostgreSQL cut off as in a crash (pg_ctl stop -m immediate): every request that needs it gets a 503 naming
     the database, a commit sent meanwhile leaves nothing behind, and once it is back keephub serves again."""
@@ -395,6 +400,7 @@ def test_unreachable_postgresql_answers_503_and_recovers_without_restart(tmp_pat
     ("postgresql+psycopg://postgres:s3cret@127.0.0.1:{closed}/x", ["database_url", "PostgreSQL at 127.0.0.1"]),
     ("mysql+nodriver://somewhere/x", ["database_url", "postgresql+psycopg://"]),
 ])
+@pytest.mark.once
 def test_serve_refuses_a_database_url_it_cannot_use(database_url: str, words: list[str], cluster: PostgresCluster,
                                                    tmp_path: Path) -> None:
     url = database_url.format(closed=free_port(), port=cluster.port)

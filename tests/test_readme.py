@@ -16,9 +16,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from huggingface_hub import HfApi
 
 from keephub.devserver import LocalServer as Server
+
+# The quickstart names the embedded default; the other passes' backends are covered by the hub tests themselves.
+pytestmark = pytest.mark.once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _BLOCK = re.compile(r"(?P<marker><!-- readme-test: skip[^>]*-->\s*\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)```", re.DOTALL)

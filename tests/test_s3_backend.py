@@ -4,6 +4,10 @@ Downloads of LFS objects are redirects to presigned URLs and Xet reconstructions
 so bytes go from SeaweedFS to the client without keephub; access checks come first; the S3 server refuses
 altered, expired or re-pointed URLs; an S3 outage is a 503 naming the backend, leaves nothing half-visible,
 and ends without a restart; `keephub serve` refuses S3 settings it cannot use.
+
+The tests marked `once` run in scripts/test.sh's first pass only: its second runs every test on S3, so what
+they check is what the S3 backend does, not the pass's upload path or executor. The gibibyte test (multipart
+uploads of either kind) and the jobs test (an executor's job reaching keephub) run in both.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def lfs_upload(srv: Server, token: str, repo_id: str, path: str, data: bytes) ->
     return oid
 
 
+@pytest.mark.once
 def test_lfs_download_is_a_redirect_to_the_object(s3hub: Server, seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Uploaded with git-lfs (hf_xet off): /resolve answers 302 to a presigned URL with the Hub's metadata
     headers, and hf_hub_download, snapshot_download and a ranged download get exact bytes through it."""
@@ -105,6 +110,7 @@ print(one == snap.read_bytes(), len(one), __import__("hashlib").sha256(one).hexd
         assert out.split() == ["True", str(len(data)), oid]
 
 
+@pytest.mark.once
 def test_xet_download_reads_xorbs_from_presigned_urls(s3hub: Server, seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Uploaded with hf_xet: the reconstruction's fetch URLs are presigned xorb URLs (hf_xet fetches them with a
     Range header), and hf_xet and plain HTTP both rebuild the exact bytes."""
@@ -143,6 +149,7 @@ print(Path(hf_hub_download({repo_id!r}, "w.bin", cache_dir={str(tmp_path / 'hf' 
     assert plain.status_code == 200 and plain.content == data
 
 
+@pytest.mark.once
 def test_private_repo_redirects_only_after_the_access_check(s3hub: Server, tmp_path: Path) -> None:
     owner, token = s3hub.user()
     _, stranger = s3hub.user()
@@ -161,6 +168,7 @@ def test_private_repo_redirects_only_after_the_access_check(s3hub: Server, tmp_p
     assert httpx.get(owner_answer.headers["location"]).content == data
 
 
+@pytest.mark.once
 def test_presigned_urls_are_refused_by_the_store_when_altered_reused_or_expired(s3hub: Server) -> None:
     name, token = s3hub.user()
     repo_id = f"{name}/urls-{uuid.uuid4().hex[:6]}"
@@ -227,6 +235,7 @@ class Outage:
         self.listener.close()
 
 
+@pytest.mark.once
 def test_store_outage_is_a_503_naming_it_and_ends_without_a_restart(seaweedfs: SeaweedFS, s3_bucket: str,
                                                                       tmp_path: Path) -> None:
     relay = Outage(seaweedfs.s3_port)
@@ -287,6 +296,7 @@ def serve_fails(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProc
                           timeout=60)
 
 
+@pytest.mark.once
 def test_serve_refuses_s3_settings_it_cannot_use(seaweedfs: SeaweedFS, s3_bucket: str, tmp_path: Path) -> None:
     good = seaweedfs.settings_env(s3_bucket, "refusals/")
     cases = {
