@@ -119,6 +119,55 @@ def test_discussions_comments_and_who_may_do_what(server: Server, api: HfApi, re
         bob.create_discussion(repo_id, "still there?")
 
 
+def test_a_reader_opens_a_pull_request_with_files_and_commits_nowhere_else(server: Server, api: HfApi, repo_id: str,
+                                                                            tmp_path: Path) -> None:
+    """As on the Hub: read access and a write token of one's own suffice to propose files (regular and LFS, through
+    Xet or git-lfs) in a pull request and to add commits to it; merging, and every other ref, need write access."""
+    _, bob_token = server.user()
+    bob = HfApi(endpoint=server.url, token=bob_token)
+    weights, more_weights = os.urandom(1024 * 1024), os.urandom(512 * 1024)
+    opened = bob.create_commit(repo_id, [CommitOperationAdd("notes.md", b"# Notes\n"),
+                                         CommitOperationAdd("model.safetensors", weights)],
+                               commit_message="Add weights", create_pr=True)
+    assert opened.pr_revision == "refs/pr/1"
+    assert api.list_repo_files(repo_id) == [".gitattributes"]
+    path = hf_hub_download(repo_id, "model.safetensors", revision="refs/pr/1", cache_dir=tmp_path, token=bob_token)
+    assert Path(path).read_bytes() == weights
+    bob.upload_file(path_or_fileobj=more_weights, path_in_repo="more.safetensors", repo_id=repo_id,
+                    revision="refs/pr/1")
+    assert "more.safetensors" in bob.list_repo_files(repo_id, revision="refs/pr/1")
+
+    api.create_branch(repo_id, branch="side")
+    others = api.create_pull_request(repo_id, "Alice's own")
+    for revision in ("main", "side", others.git_reference):
+        assert status_of(commit_file, bob, repo_id, "x.txt", b"x", revision=revision) == 403
+        assert status_of(bob.upload_file, path_or_fileobj=os.urandom(2048), path_in_repo="x.bin", repo_id=repo_id,
+                         revision=revision) == 403
+    bob_auth = {"authorization": f"Bearer {bob_token}"}
+    batch = {"operation": "upload", "objects": [{"oid": "a" * 64, "size": 1}], "ref": {"name": "main"}}
+    assert httpx.post(f"{server.url}/{repo_id}.git/info/lfs/objects/batch", json=batch,
+                      headers=bob_auth).status_code == 403
+    assert httpx.get(f"{server.url}/api/models/{repo_id}/xet-write-token/main", headers=bob_auth).status_code == 403
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    closed = bob.upload_folder(folder_path=folder, repo_id=repo_id, create_pr=True)
+    api.change_discussion_status(repo_id, closed.pr_num, "closed")
+    assert status_of(commit_file, bob, repo_id, "late.txt", b"late", revision=closed.pr_revision) == 403
+
+    assert status_of(bob.merge_pull_request, repo_id, 1) == 403
+    api.merge_pull_request(repo_id, 1)
+    assert api.list_repo_files(repo_id) == [".gitattributes", "model.safetensors", "more.safetensors", "notes.md"]
+    assert hf_hub_download(repo_id, "more.safetensors", cache_dir=tmp_path / "main", token=bob_token)
+    merged = api.get_discussion_details(repo_id, 1)
+    assert merged.status == "merged" and "+# Notes" in merged.diff and "model.safetensors" in merged.diff
+    with pytest.raises(HfHubHTTPError) as refused:
+        api.delete_branch(repo_id, branch="refs/pr/1")
+    assert refused.value.response.status_code == 400 and "close the pull request" in str(refused.value)
+    assert "notes.md" in api.list_repo_files(repo_id, revision="refs/pr/1")
+
+
 def test_bad_input_is_refused_naming_the_problem_and_changes_nothing(server: Server, api: HfApi, repo_id: str,
                                                                      alice) -> None:
     api.create_discussion(repo_id, "First")

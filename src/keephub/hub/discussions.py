@@ -8,7 +8,8 @@ compare-and-swap as a commit: a fast-forward when the branch has not moved since
 merge commit when the two sides changed different files, else 409 naming the files both changed.
 
 Who may do what, as on the Hub: anyone who reads the repo and holds a write token opens discussions and pull
-requests and comments; the author or a writer of the repo renames, closes and reopens; only writers merge.
+requests and comments, and commits to the pull requests they opened (with the LFS and Xet uploads those need);
+the author or a writer of the repo renames, closes and reopens; only writers merge.
 """
 
 from __future__ import annotations
@@ -358,6 +359,7 @@ class Discussions:
             if comment:
                 _add_comment(session, discussion, actor.name, comment)
             discussion.status, discussion.merge_commit_sha = "merged", merged
+            discussion.merge_base_sha = plan.ancestor
             _add_event(session, discussion, "status-change", actor.name, {"status": "merged"})
             self._notify(session, repo, "discussion", "update", discussion)
             webhooks.record_event(session, self.settings.base_url, repo, "repo.content", "update", merged,
@@ -416,6 +418,33 @@ def record_push(session: Session, settings: Settings, repo: RepoRef, actor: Acto
     ref = branch if num is not None else f"refs/heads/{branch}"
     webhooks.record_event(session, settings.base_url, repo, "repo.content", "update", commit_sha,
                           updatedRefs=[{"ref": ref, "oldSha": old, "newSha": commit_sha}])
+
+
+def find_repo_for_contribution(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None,
+                               branch: str | None) -> RepoRef:
+    """The repo if the caller may write to `branch`: a writer anywhere; anyone who may discuss the repo to the
+    open pull request they authored (`refs/pr/<num>`), or to a new one (`branch` None: uploads and commits made
+    with create_pr). A non-writer's bytes thus reach the repo's files only through their own pull request."""
+    require_actor(actor, f"write to {namespace}/{name}")
+    repo = repos.find_repo(session, repo_type, namespace, name, actor)
+    if allowed(actor, "repo.write", repo.target):
+        return repo
+    num = None if branch is None else pr_number(branch)
+    if branch is None or num is not None:
+        authorize(actor, "repo.discuss", repo.target)
+    if branch is None:
+        return repo
+    assert actor is not None
+    if num is not None:
+        authored = session.execute(select(Discussion.num).where(
+            Discussion.repo_id == repo.id, Discussion.num == num, Discussion.author == actor.name,
+            Discussion.is_pull_request.is_(True), Discussion.status.in_(("open", "draft")))).scalar_one_or_none()
+        if authored is not None:
+            return repo
+        raise Forbidden(f"403 Forbidden: {actor.name} may commit to {branch} of {repo.repo_id} only while it is an "
+                        "open pull request they opened; open your own with create_pr=True")
+    authorize(actor, "repo.write", repo.target)
+    return repo
 
 
 def _find_for_discussing(session: Session, repo_type: str, namespace: str, name: str,
@@ -540,11 +569,15 @@ def _merge_commit(session: Session, repo: RepoRef, plan: MergePlan, actor: Actor
 
 
 def _diff(session: Session, repo: RepoRef, discussion: Discussion) -> str:
-    """A unified diff of what the pull request changes since it left its target branch (none once merged)."""
-    if discussion.status == "merged":
+    """A unified diff of what the pull request changes since it left its target branch (for a merged one, what
+    it changed when merged; none for one merged before keephub kept where it left)."""
+    if discussion.status == "merged" and discussion.merge_base_sha is None:
         return ""
     head = repos.branch_head(session, repo, pr_ref(discussion.num))
-    ancestor = _merge_base(session, repos.branch_head(session, repo, str(discussion.target_branch)), head)
+    if discussion.status == "merged":
+        ancestor: str | None = discussion.merge_base_sha
+    else:
+        ancestor = _merge_base(session, repos.branch_head(session, repo, str(discussion.target_branch)), head)
     before, after = _files(session, ancestor), _files(session, head)
     parts = []
     for path, sha in sorted(_changes(before, after).items()):

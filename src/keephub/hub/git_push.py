@@ -200,7 +200,7 @@ def _accept_blob(push: _Push, sha: str, path: str, parents: list[str]) -> None:
     pointer = gitobjects.parse_lfs_pointer(data)
     if pointer is not None:
         oid, size = pointer
-        stored = lfs.linked_sizes(push.session, push.repo, [oid]).get(oid)
+        stored = lfs.linked_sizes(push.session, push.repo, [oid], lock=True).get(oid)
         if stored is None:
             raise Refused(f"{path} is an LFS pointer to {oid[:12]}..., which was never uploaded to "
                           f"{push.repo.repo_id}; install git-lfs (git lfs install) so that git push uploads it first")

@@ -39,7 +39,8 @@ PLACING_LOCK = "lfs-placing"
 @dataclass(frozen=True)
 class UploadGrant:
     """What a signed upload URL authorises: one object of one size into one repo, until `expires`, while the
-    access token `token_id` it was issued to may still write there."""
+    access token `token_id` it was issued to may still write there (a `contribution`, for a caller's own pull
+    requests: while it may still open them)."""
 
     repo_id: int
     oid: str
@@ -48,10 +49,11 @@ class UploadGrant:
     expires: int
     repo_stamp: int
     token_id: int
+    contribution: bool = False
 
     def payload(self) -> str:
         return (f"{self.repo_id}|{self.repo_stamp}|{self.oid}|{self.size}|{self.upload_id}|{self.expires}"
-                f"|{self.token_id}")
+                f"|{self.token_id}|{int(self.contribution)}")
 
 
 def sign(settings: Settings, grant: UploadGrant) -> str:
@@ -60,14 +62,15 @@ def sign(settings: Settings, grant: UploadGrant) -> str:
 
 def grant_query(settings: Settings, grant: UploadGrant) -> str:
     return urlencode({"repo": grant.repo_id, "rs": grant.repo_stamp, "size": grant.size, "upload": grant.upload_id,
-                      "exp": grant.expires, "t": grant.token_id, "sig": sign(settings, grant)})
+                      "exp": grant.expires, "t": grant.token_id, "c": int(grant.contribution),
+                      "sig": sign(settings, grant)})
 
 
 def check_grant(settings: Settings, oid: str, params: dict[str, str]) -> UploadGrant:
     try:
         grant = UploadGrant(repo_id=int(params["repo"]), oid=oid, size=int(params["size"]),
                             upload_id=params["upload"], expires=int(params["exp"]), repo_stamp=int(params["rs"]),
-                            token_id=int(params["t"]))
+                            token_id=int(params["t"]), contribution=params.get("c") == "1")
         signature = params["sig"]
     except (KeyError, ValueError):
         raise Forbidden("this upload URL is incomplete; request a fresh one from the LFS batch endpoint")
@@ -104,9 +107,22 @@ def _validate_batch(body: object) -> list[tuple[str, int]]:
     return result
 
 
-def batch(session: Session, settings: Settings, repo: RepoRef, body: object, token_id: int | None) -> dict:
+def target_ref(body: object) -> str | None:
+    """The branch an upload batch is for (its `ref.name`), or None: the client leaves it out for create_pr."""
+    ref = body.get("ref") if isinstance(body, dict) else None
+    if ref is None:
+        return None
+    name = ref.get("name") if isinstance(ref, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BadRequest("LFS batch 'ref' must be an object naming the branch: {\"name\": \"main\"}")
+    return name.removeprefix("refs/heads/")
+
+
+def batch(session: Session, settings: Settings, repo: RepoRef, body: object, token_id: int | None,
+          contribution: bool = False) -> dict:
     """Answer a batch request: nothing to do for objects this repo already has, signed URLs for the rest, bound
-    to the uploader's token (`token_id`; None only for downloads, which need no URL of their own)."""
+    to the uploader's token (`token_id`; None only for downloads, which need no URL of their own) and, for a
+    caller who may not write the repo, marked a `contribution` to their pull requests."""
     operation = body.get("operation") if isinstance(body, dict) else None
     objects = _validate_batch(body)
     transfers = body.get("transfers") or ["basic"]  # type: ignore[union-attr]
@@ -127,7 +143,7 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object, tok
         else:
             assert token_id is not None, "uploads need a write token, so an upload answer always has one"
             grant = UploadGrant(repo.id, oid, size, uuid.uuid4().hex, int(time.time()) + settings.upload_url_ttl_seconds,
-                                repo_stamp(repo.created_at), token_id)
+                                repo_stamp(repo.created_at), token_id, contribution)
             href = f"{settings.base_url}/api/lfs/objects/{oid}?{grant_query(settings, grant)}"
             upload: dict = {"href": href}
             chunk = settings.lfs_multipart_chunk_bytes
@@ -144,13 +160,14 @@ def batch(session: Session, settings: Settings, repo: RepoRef, body: object, tok
     return {"transfer": chosen, "objects": answers, "hash_algo": "sha256"}
 
 
-def linked_sizes(session: Session, repo: RepoRef, oids: list[str]) -> dict[str, int]:
+def linked_sizes(session: Session, repo: RepoRef, oids: list[str], lock: bool = False) -> dict[str, int]:
+    """Sizes of the objects among `oids` linked to the repo; `lock` (in a write that is about to reference them)
+    holds the links with the shared lock commits take, so that garbage collection cannot drop one meanwhile."""
     found: dict[str, int] = {}
     for start in range(0, len(oids), 900):
-        rows = session.execute(
-            select(LfsObject.oid, LfsObject.size).join(LfsLink, LfsLink.oid == LfsObject.oid)
-            .where(LfsLink.repo_id == repo.id, LfsObject.oid.in_(oids[start : start + 900]))
-        )
+        query = (select(LfsObject.oid, LfsObject.size).join(LfsLink, LfsLink.oid == LfsObject.oid)
+                 .where(LfsLink.repo_id == repo.id, LfsObject.oid.in_(oids[start : start + 900])))
+        rows = session.execute(query.with_for_update(read=True, of=LfsLink) if lock else query)
         found.update({oid: size for oid, size in rows})
     return found
 

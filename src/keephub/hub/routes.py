@@ -119,6 +119,11 @@ def revision_param(request: Request, key: str = "revision") -> str:
     return revision
 
 
+def creates_pr(request: Request) -> bool:
+    """Whether the client asks to open a pull request (`create_pr=1`) rather than write to the revision."""
+    return request.query_params.get("create_pr") in ("1", "true")
+
+
 def call(fn: Callable[..., Any], *args: Any) -> Any:
     return run_in_threadpool(fn, *args)
 
@@ -279,7 +284,7 @@ async def preupload(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     body = await read_json_object(request)
     return JSONResponse(await call(hub_of(request).preupload, actor, *repo_params(request), revision_param(request),
-                                   body))
+                                   body, creates_pr(request)))
 
 
 async def commit(request: Request) -> JSONResponse:
@@ -288,8 +293,7 @@ async def commit(request: Request) -> JSONResponse:
     body = await spool_body(request, hub_of(request).settings.max_commit_body_bytes,
                             "; split the files over several commits (regular files travel inside the commit body)")
     # create_pr=1 opens a pull request holding the commit (hub/discussions.py) instead of moving the branch.
-    make = (request.app.state.discussions.commit_as_pr if request.query_params.get("create_pr") in ("1", "true")
-            else hub_of(request).commit)
+    make = request.app.state.discussions.commit_as_pr if creates_pr(request) else hub_of(request).commit
     with body:
         return JSONResponse(await call(make, actor, *repo_params(request), revision_param(request), body))
 
@@ -402,8 +406,8 @@ async def xet_token(request: Request) -> JSONResponse:
     if access not in ("read", "write"):
         raise NotFound(f"no such endpoint: xet-{access}-token; use xet-read-token or xet-write-token")
     actor = await actor_of(request)
-    revision_param(request)
-    answer = await call(hub_of(request).xet_token, actor, *repo_params(request), access)
+    answer = await call(hub_of(request).xet_token, actor, *repo_params(request), access, revision_param(request),
+                        creates_pr(request))
     return JSONResponse(answer, headers={
         headers.X_XET_CAS_URL: answer["casUrl"],
         headers.X_XET_ACCESS_TOKEN: answer["accessToken"],

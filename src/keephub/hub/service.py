@@ -15,7 +15,7 @@ from dulwich.ignore import IgnoreFilter
 from dulwich.objects import Blob
 from sqlalchemy import select
 
-from keephub.accounts import Accounts, Actor, RepoTarget, refusal_of
+from keephub.accounts import Accounts, Actor, RepoTarget, allowed, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
 from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, social, webhooks,
@@ -176,6 +176,10 @@ class Hub:
                       starting_point: str | None) -> None:
         with self.db.write() as session:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+        num = discussions.pr_number(branch)
+        if num is not None:  # the pull request's commits and diff live there
+            raise BadRequest(f"{branch} holds the commits of pull request #{num} and cannot be deleted; close the "
+                             f"pull request instead (HfApi().change_discussion_status(repo_id, {num}, 'closed'))")
             repos.create_branch(session, repo, branch, starting_point)
 
     def delete_branch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str) -> None:
@@ -199,7 +203,7 @@ class Hub:
 
     # -- writing ---------------------------------------------------------------------------------
     def preupload(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
-                  body: dict) -> dict:
+                  body: dict, create_pr: bool = False) -> dict:
         files = body.get("files") if isinstance(body, dict) else None
         if not isinstance(files, list):
             raise BadRequest("preupload body must be JSON {files: [{path, size, sample}]}")
@@ -207,7 +211,8 @@ class Hub:
         if gitignore is not None and not isinstance(gitignore, str):
             raise BadRequest("preupload 'gitIgnore' must be the text of a .gitignore file")
         with self.db.read() as session:
-            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repo = discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor,
+                                                          None if create_pr else revision)
             sha = repos.branch_head(session, repo, revision)
             tree = gitobjects.load_commit(session, sha).tree.decode()
             lfs_patterns = _lfs_patterns(self._read_small(session, tree, ".gitattributes"))
@@ -250,12 +255,13 @@ class Hub:
         """Apply an NDJSON commit (bytes, or its lines as from a spooled file). Regular files are stored while the
         body is read, once the caller is known to may write the repo, so memory holds one batch of them."""
         with self.db.read() as session:
-            repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor, branch)
         request = commits.parse_ndjson(body, self.settings.max_regular_file_bytes, commits.BlobStash(self._store_blobs))
         for attempt in range(_COMMIT_RETRIES):
             try:
                 with self.db.write() as session:
-                    repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+                    repo = discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor,
+                                                                  branch)
                     assert actor is not None
                     result = commits.apply_commit(session, repo, branch, request, actor)
                     if result.created:
@@ -309,12 +315,14 @@ class Hub:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
                 gating.check_access(session, actor, repo)
             else:
-                repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
-            return lfs.batch(session, self.settings, repo, body, actor.token_id if actor else None)
+                repo = discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor,
+                                                              lfs.target_ref(body))
+            return lfs.batch(session, self.settings, repo, body, actor.token_id if actor else None,
+                             contribution=not allowed(actor, "repo.write", repo.target))
 
     def lfs_verify(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> None:
         with self.db.read() as session:
-            repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repo = discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor, None)
             lfs.verify(session, repo, body)
 
     def lfs_verify_granted(self, grant: lfs.UploadGrant, body: object) -> None:
@@ -373,16 +381,22 @@ class Hub:
         return self.cas.stream(entry, start, entry.size - start if length is None else length)
 
     # -- Xet -------------------------------------------------------------------------------------
-    def xet_token(self, actor: Actor | None, repo_type: str, namespace: str, name: str, access: str) -> dict:
-        """A CAS token for one repo, granting no more than the caller's own rights on it."""
+    def xet_token(self, actor: Actor | None, repo_type: str, namespace: str, name: str, access: str,
+                  revision: str, create_pr: bool = False) -> dict:
+        """A CAS token for one repo, granting no more than the caller's own rights on it: a write token for a
+        caller who may not write the repo only uploads for their pull requests (`create_pr`, or `refs/pr/<num>`)."""
+        contribution = False
         with self.db.read() as session:
             if access == tokens.WRITE:
-                repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+                repo = discussions.find_repo_for_contribution(session, repo_type, namespace, name, actor,
+                                                              None if create_pr else revision)
+                contribution = not allowed(actor, "repo.write", repo.target)
             else:
                 repo = repos.find_repo(session, repo_type, namespace, name, actor)
                 gating.check_access(session, actor, repo)
         grant = tokens.issue(self.settings, repo.id, repo_stamp(repo.created_at), access,
-                             actor.name if actor else "", actor.token_id if actor else None)
+                             actor.name if actor else "", actor.token_id if actor else None,
+                             contribution=contribution)
         return {"accessToken": tokens.encode(self.settings, grant), "exp": grant.expires,
                 "casUrl": f"{self.settings.base_url}/cas"}
 
@@ -390,15 +404,16 @@ class Hub:
         """Re-check a CAS token against the present: the same repo (not a later one that reused its id), the
         Hub token behind it still live, and that token's rights on the repo now, not when it was issued."""
         renew = "ask for a new CAS token (xet-read-token / xet-write-token)"
-        self._recheck("CAS token", renew, grant.hub_token_id, grant.repo_id, grant.repo_stamp,
-                      "repo.write" if grant.access == tokens.WRITE else "repo.read",
+        action: Action = "repo.read" if grant.access != tokens.WRITE else (
+            "repo.discuss" if grant.contribution else "repo.write")
+        self._recheck("CAS token", renew, grant.hub_token_id, grant.repo_id, grant.repo_stamp, action,
                       Unauthorized(f"the repo this CAS token was issued for no longer exists; {renew}"))
 
     def check_upload_grant(self, grant: lfs.UploadGrant) -> None:
         """Re-check a signed upload URL at use time: it works only while the token it was issued to is live and
         may still write the repo (a job's URL ends with the job)."""
         self._recheck("upload URL", "request a fresh one from the LFS batch endpoint", grant.token_id,
-                      grant.repo_id, grant.repo_stamp, "repo.write",
+                      grant.repo_id, grant.repo_stamp, "repo.discuss" if grant.contribution else "repo.write",
                       NotFound("the repo this upload URL was issued for has been deleted since; nothing was linked"))
 
     def _recheck(self, credential: str, renew: str, token_id: int | None, repo_id: int, stamp: int,
@@ -422,7 +437,8 @@ class Hub:
         if refusal is not None:
             raise Forbidden(f"{who} can no longer write to {namespace}/{repo.name} "
                             f"({refusal.message.removeprefix('403 Forbidden: ')}); {renew}")
-        if action == "repo.read" and repo.gated is not None:  # a repo gated since the credential was issued
+        # A repo gated since the credential was issued; a contributor's CAS write token also reads.
+        if action != "repo.write" and repo.gated is not None:
             with self.db.read() as session:
                 gating.check_access(session, actor, repos.repo_ref(repo, namespace))
 

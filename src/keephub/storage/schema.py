@@ -412,6 +412,8 @@ class Discussion(Base):
     author: Mapped[str] = mapped_column(String(96))
     target_branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
     merge_commit_sha: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Where a merged pull request left its target branch: its diff is shown from there once merged.
+    merge_base_sha: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -41,6 +41,9 @@ class CasGrant:
     # The repo's creation time in microseconds: repo ids can be reused after a deletion, this cannot.
     repo_stamp: int = 0
     kind: str = REPO
+    # Issued to a caller who may not write the repo, for uploads to their own pull requests: re-checked against
+    # the right to open them rather than the right to write.
+    contribution: bool = False
 
     def allows(self, needed: str) -> bool:
         return self.access == WRITE or needed == READ
@@ -52,15 +55,16 @@ def _mac(settings: Settings, purpose: str, payload: bytes) -> str:
 
 
 def issue(settings: Settings, repo_id: int, repo_stamp: int, access: str, user: str,
-          hub_token_id: int | None, kind: str = REPO) -> CasGrant:
+          hub_token_id: int | None, kind: str = REPO, contribution: bool = False) -> CasGrant:
     return CasGrant(repo_id, access, user, int(time.time()) + settings.xet_token_ttl_seconds, hub_token_id,
-                    repo_stamp, kind)
+                    repo_stamp, kind, contribution)
 
 
 
 def encode(settings: Settings, grant: CasGrant) -> str:
     payload = json.dumps({"r": grant.repo_id, "a": grant.access, "u": grant.user, "e": grant.expires,
-                          "t": grant.hub_token_id, "s": grant.repo_stamp, "k": grant.kind},
+                          "t": grant.hub_token_id, "s": grant.repo_stamp, "k": grant.kind,
+                          "c": int(grant.contribution)},
                          separators=(",", ":")).encode()
     body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
     return f"{_PREFIX}.{body}.{_mac(settings, 'xet-cas-token', payload)}"
@@ -81,7 +85,7 @@ def decode(settings: Settings, authorization: str | None) -> CasGrant:
         hub_token = fields["t"]
         grant = CasGrant(int(fields["r"]), str(fields["a"]), str(fields["u"]), int(fields["e"]),
                          None if hub_token is None else int(hub_token), int(fields["s"]),
-                         str(fields.get("k", REPO)))
+                         str(fields.get("k", REPO)), bool(fields.get("c", 0)))
     except (ValueError, KeyError, TypeError):
         raise Unauthorized(f"the CAS token is malformed; {refresh}")
     if not same_signature(_mac(settings, "xet-cas-token", payload), parts[2]):
