@@ -169,6 +169,13 @@ def test_sign_in_browse_a_repo_and_find_the_rescue_branch(server: Server, browse
     changes = page.locator("table.changes").inner_text()
     assert "src/deep/nested/train.py" in changes and f"notes/{IMAGE_MARKUP}.txt" in changes
 
+    api.create_discussion(repo, title=f"question {SCRIPT}", description=f"a comment {SCRIPT}")
+    page.goto(f"{server.url}/{repo}")
+    page.click("text=discussions")
+    page.click(f"text=question {SCRIPT}")
+    expect(page.locator("#discussion-title")).to_contain_text(f"question {SCRIPT}")
+    expect(page.locator("ol.events .comment")).to_have_text(f"a comment {SCRIPT}")
+
     page.set_viewport_size(NARROW)
     page.goto(f"{server.url}/{repo}")
     assert no_horizontal_overflow(page), "the repo page fits a narrow screen"
@@ -223,6 +230,8 @@ def test_watch_a_job_live_cancel_it_and_read_the_verdict(server: Server, browser
     assert log.inner_text().count("<script>") > 3 and page.evaluate("window.injected") is None
     expect(page.locator("#stage")).to_have_text("RUNNING")
     expect(page.locator("table.pushes")).to_contain_text("checkpoint-20")  # pushes show as they land
+    page.click("details.preflight summary")
+    expect(page.locator("details.preflight pre")).to_contain_text("===== keephub preflight")
     screenshot(page, "job-running")
 
     page.click("#cancel-form button")
@@ -240,10 +249,29 @@ def test_watch_a_job_live_cancel_it_and_read_the_verdict(server: Server, browser
     page.click(f"details.refs a[href='/jobs/{name}/{job.id}']")
     expect(page.locator("h1")).to_contain_text(job.id)
 
-    page.goto(f"{server.url}/jobs/{name}?status=CANCELED")
-    expect(page.locator("table.jobs")).to_contain_text(job.id[:12])
-    page.goto(f"{server.url}/jobs/{name}?status=COMPLETED")
-    assert page.locator("table.jobs").count() == 0
+    # The rescue offered as a pull request into main, reviewed and merged from its page.
+    page.click("#rescue-pr-form button")
+    expect(page).to_have_url(re.compile(f"/{repo}/discussions/1$"))
+    expect(page.locator("#discussion-status")).to_have_text("open")
+    expect(page.locator("table.changes")).to_contain_text("notes.txt")
+    screenshot(page, "pull-request")
+    page.goto(f"{server.url}/jobs/{name}/{job.id}")
+    page.click("#rescue-pr-form button")  # asked again: the same pull request
+    expect(page).to_have_url(re.compile(f"/{repo}/discussions/1$"))
+    page.click("#merge-form button")
+    expect(page.locator("#discussion-status")).to_have_text("merged")
+    assert "notes.txt" in api.list_repo_files(repo)
+
+    for status, label, found in (("CANCELED", f"keephub.repo={repo}", True), ("COMPLETED", "", False),
+                                 ("", f"keephub.repo={name}/another-run", False)):
+        page.goto(f"{server.url}/jobs/{name}")
+        page.select_option("select[name=status]", status)
+        page.fill("input[name=label]", label)
+        page.click("form.row button")
+        if found:
+            expect(page.locator("table.jobs")).to_contain_text(job.id[:12])
+        else:
+            expect(page.locator("main")).to_contain_text("No jobs match")
     page.goto(f"{server.url}/")
     expect(page.locator("main")).to_contain_text(job.id[:12])
 
@@ -259,7 +287,9 @@ def test_private_pages_csrf_tokens_and_attempt_limit(server: Server, browser: Br
     page = watched_page(browser)
     sign_in(page, server, token=other_token)
     expect(page.locator("header nav")).to_contain_text(other)
-    for path in (f"/{secret_repo}", f"/{secret_repo}/tree/main", f"/{secret_repo}/blob/main/README.md"):
+    owner_api.create_discussion(secret_repo, title="a private question")
+    for path in (f"/{secret_repo}", f"/{secret_repo}/tree/main", f"/{secret_repo}/blob/main/README.md",
+                 f"/{secret_repo}/discussions", f"/{secret_repo}/discussions/1"):
         response = page.goto(f"{server.url}{path}")
         assert response is not None and response.status == 404
     for path in ("/", f"/{owner}"):
@@ -287,11 +317,14 @@ def test_private_pages_csrf_tokens_and_attempt_limit(server: Server, browser: Br
     mine.fill("input[name=name]", "laptop")
     mine.select_option("select[name=role]", "read")
     mine.click("text=Create token")
+    expect(mine).to_have_url(f"{server.url}/settings/tokens")  # redirected: a reload does not post the form again
     new_token = mine.locator("#new-token").inner_text().strip()
     assert HfApi(endpoint=server.url, token=new_token).whoami()["name"] == owner
     screenshot(mine, "tokens")
-    mine.goto(f"{server.url}/settings/tokens")
+    mine.reload()
+    expect(mine.locator("tr", has_text="laptop")).to_have_count(1)
     assert new_token not in mine.content(), "a token's secret is shown once"
+    assert not [c for c in mine.context.cookies() if c["name"] == "keephub_new_token"]
     row = mine.locator("tr", has_text="laptop")
     expect(row).to_contain_text("read")
     assert "never" not in row.inner_text(), "the token was just used"

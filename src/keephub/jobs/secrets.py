@@ -40,6 +40,14 @@ class SecretBox:
     def seal(self, secrets: dict[str, str]) -> bytes:
         return self._fernet.encrypt(json.dumps(secrets).encode())
 
+    def open_fresh(self, sealed: bytes, max_age_seconds: int) -> dict[str, str] | None:
+        """What `seal` sealed at most `max_age_seconds` ago; None when older, altered or sealed with another key
+        (for values a browser hands back, which may be any of those)."""
+        try:
+            return json.loads(self._fernet.decrypt(sealed, ttl=max_age_seconds))
+        except InvalidToken:
+            return None
+
     def open(self, sealed: bytes | None) -> dict[str, str]:
         if not sealed:
             return {}

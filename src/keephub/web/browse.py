@@ -24,8 +24,9 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ShaFile
 from sqlalchemy import select
 
-from keephub.accounts import Actor
+from keephub.accounts import Actor, allowed
 from keephub.hub import repos
+from keephub.hub.discussions import Discussions
 from keephub.hub.service import Hub
 from keephub.storage import gitobjects
 from keephub.storage.schema import Job
@@ -300,3 +301,37 @@ def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str,
             if isinstance(state, dict) and isinstance(state.get("log_history"), list):
                 return path, state
     return None
+
+
+@dataclass
+class DiscussionView:
+    repo: repos.RepoRef
+    details: dict  # as get_discussion_details answers it
+    changed_files: list[str]  # what an open pull request changes since it left its target branch
+    may_merge: bool
+
+
+_DIFF_HEADER = "diff --git a/"
+
+
+def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str, name: str,
+               num: int) -> DiscussionView:
+    """A discussion or pull request with its events; for an open pull request, the files it changes and whether
+    the caller may merge it."""
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+    details = discussions.details(actor, repo_type, namespace, name, num, True)
+    # Each file's section of the diff starts `diff --git a/PATH b/PATH`, the same PATH twice.
+    changed = [line[len(_DIFF_HEADER):][:(len(line) - len(_DIFF_HEADER) - 3) // 2]
+               for line in details.pop("diff", "").splitlines() if line.startswith(_DIFF_HEADER)]
+    open_pull_request = details["isPullRequest"] and details["status"] in ("open", "draft")
+    return DiscussionView(repo, details, changed,
+                          open_pull_request and allowed(actor, "repo.write", repo.target))
+
+
+def discussions_of_repo(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str,
+                        name: str) -> tuple[repos.RepoRef, list[dict]]:
+    """The repo and its newest discussions and pull requests (one page, as the API lists them)."""
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, repo_type, namespace, name, actor)
+    return repo, discussions.list(actor, repo_type, namespace, name, "all", "all", None, 0)["discussions"]

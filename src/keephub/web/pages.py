@@ -29,18 +29,22 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from keephub.accounts import AccountError, Actor, NamespaceTarget, allowed
+from keephub.accounts import AccountError, Actor, NamespaceTarget, RepoTarget, allowed
 from keephub.hub.naming import URL_PREFIX
 from keephub.hub.routes import actor_of, call, hub_of
 from keephub.jobs.logs import LogCursor, LogPosition
 from keephub.jobs.service import TERMINAL
 from keephub.web import browse, curves, joblog
 from keephub.web.sessions import (
+    NEW_TOKEN_COOKIE,
+    NEW_TOKEN_SECONDS,
     SESSION_COOKIE,
     SESSION_LIFETIME,
     SIGN_IN_COOKIE,
     BrowserSession,
     csrf_matches,
+    open_new_token,
+    seal_new_token,
 )
 from keephub.wire import BadRequest, Forbidden, HubError, Unauthorized
 from keephub.wire.errors import NotFound
@@ -220,12 +224,14 @@ async def logout(request: Request) -> Response:
 
 @page
 async def tokens_page(request: Request) -> Response:
-    """The signed-in user's access tokens: name, role, last use; create one (shown once) or revoke one."""
+    """The signed-in user's access tokens: name, role, last use; create one or revoke one. A created token's
+    secret is shown once, on the page the form redirects to (so reloading it creates nothing and shows nothing)."""
     actor = await page_actor(request)
     if actor is None:
         raise Unauthorized("sign in to see your access tokens")
-    sessions = request.app.state.sessions
-    created, error = None, ""
+    box = request.app.state.jobs.box
+    session_secret = request.cookies.get(SESSION_COOKIE, "")
+    error = ""
     if request.method == "POST":
         actor, form = await checked_form(request)
         name, role = str(form.get("name") or "").strip(), str(form.get("role") or "read")
@@ -236,9 +242,21 @@ async def tokens_page(request: Request) -> Response:
                 created = await call(request.app.state.hub.accounts.create_token, actor.name, name, role)
             except AccountError as exc:
                 error = str(exc)
-    tokens = await call(sessions.tokens_of, actor.user_id)
-    return render(request, "tokens.html", {"tokens": tokens, "created": created, "error": error},
-                  status_code=400 if error else 200)
+            else:
+                redirect = RedirectResponse("/settings/tokens", status_code=303)
+                redirect.set_cookie(NEW_TOKEN_COOKIE, seal_new_token(box, session_secret, created),
+                                    max_age=NEW_TOKEN_SECONDS, path="/settings/tokens", httponly=True,
+                                    samesite="strict", secure=request.url.scheme == "https")
+                return redirect
+    sealed = request.cookies.get(NEW_TOKEN_COOKIE)
+    created = open_new_token(box, session_secret, sealed) if sealed and request.method == "GET" else None
+    tokens = await call(request.app.state.sessions.tokens_of, actor.user_id)
+    response = render(request, "tokens.html", {"tokens": tokens, "created": created, "error": error},
+                      status_code=400 if error else 200)
+    response.headers["Cache-Control"] = "no-store"
+    if sealed:
+        response.delete_cookie(NEW_TOKEN_COOKIE, path="/settings/tokens", httponly=True, samesite="strict")
+    return response
 
 
 @page
@@ -393,6 +411,44 @@ async def history_page(request: Request) -> Response:
         "branches": branches, "tags": tags, "base": _repo_base(repo_type, namespace, name)})
 
 
+def _discussion_number(request: Request) -> int:
+    num = request.path_params["num"]
+    if not 0 < num < 2**31:
+        raise NotFound(f"there is no discussion or pull request #{num}; numbers start at 1 (see the discussions page)")
+    return num
+
+
+@page
+async def discussions_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    repo_type, namespace, name = _repo_args(request)
+    repo, found = await call(browse.discussions_of_repo, hub_of(request), request.app.state.discussions, actor,
+                             repo_type, namespace, name)
+    return render(request, "discussions.html", {"repo": repo, "discussions": found,
+                                                "base": _repo_base(repo_type, namespace, name)})
+
+
+@page
+async def discussion_page(request: Request) -> Response:
+    """A discussion or pull request (the `url` the API answers with): its events, the files a pull request
+    changes, and a merge button for those who may write the repo."""
+    actor = await page_actor(request)
+    repo_type, namespace, name = _repo_args(request)
+    view = await call(browse.discussion, hub_of(request), request.app.state.discussions, actor, repo_type,
+                      namespace, name, _discussion_number(request))
+    return render(request, "discussion.html", {"view": view, "repo": view.repo, "item": view.details,
+                                               "base": _repo_base(repo_type, namespace, name)})
+
+
+@page
+async def merge_pull_request(request: Request) -> Response:
+    actor, _ = await checked_form(request)
+    repo_type, namespace, name = _repo_args(request)
+    num = _discussion_number(request)
+    await call(request.app.state.discussions.merge, actor, repo_type, namespace, name, num, {})
+    return RedirectResponse(f"{_repo_base(repo_type, namespace, name)}/discussions/{num}", status_code=303)
+
+
 @page
 async def blob_page(request: Request) -> Response:
     """One file: highlighted text, an image, or a safetensors summary read from the file's header alone."""
@@ -517,11 +573,14 @@ async def job_page(request: Request) -> Response:
     durability = info.get("durability") or {}
     rescue = [p["revision"] for p in durability.get("pushes", []) if p["revision"].startswith("rescue/")]
     branch = durability.get("verdict", {}).get("branch") or (rescue[-1] if rescue else None)
+    target = durability.get("targetRepo")
+    may_offer_rescue = (durability.get("verdict", {}).get("status") == "rescued" and target is not None
+                        and allowed(actor, "repo.write", RepoTarget("model", *target.split("/", 1))))
     return render(request, "job.html", {
         "job": info, "lines": [event["data"] for event in events], "older": older, "paged": position is not None,
         "live_after": str(end) if end is not None else "0.0", "finished": info["status"]["stage"] in TERMINAL,
         "preflight": record.spec.get("preflightNotes") or [], "rescue_branch": branch,
-        "may_cancel": allowed(actor, "jobs.manage", NamespaceTarget(namespace)),
+        "may_cancel": allowed(actor, "jobs.manage", NamespaceTarget(namespace)), "may_offer_rescue": may_offer_rescue,
         "curve_panels": list(curves.PANELS) if durability.get("targetRepo") else []})
 
 
@@ -578,6 +637,16 @@ async def cancel_job(request: Request) -> Response:
     return RedirectResponse(f"/jobs/{namespace}/{job_id}", status_code=303)
 
 
+@page
+async def offer_rescue(request: Request) -> Response:
+    """The job's rescue branch offered as a pull request into main (the same one when asked again)."""
+    actor, _ = await checked_form(request)
+    job = await call(request.app.state.jobs.get, actor, request.path_params["namespace"],
+                     request.path_params["job_id"])
+    offered = await call(request.app.state.discussions.offer_rescue, actor, job)
+    return RedirectResponse(f"/{offered['repo']}/discussions/{offered['num']}", status_code=303)
+
+
 async def _job_training_state(request: Request) -> tuple[str, dict] | None:
     """The newest trainer_state.json the job pushed: at the commit of its latest push (main or its rescue
     branch)."""
@@ -623,9 +692,12 @@ def _repo_routes(prefix: str, repo_type: str) -> list[Route]:
     table = [("", repo_page), ("/tree/{revision}", repo_page), ("/tree/{revision}/{path:path}", repo_page),
              ("/blob/{revision}/{path:path}", blob_page), ("/raw/{revision}/{path:path}", raw_file),
              ("/commits/{revision}", history_page), ("/commit/{sha}", commit_page),
-             ("/curves/{revision}/{panel}.svg", repo_curve)]
+             ("/curves/{revision}/{panel}.svg", repo_curve), ("/discussions", discussions_page),
+             ("/discussions/{num:int}", discussion_page)]
     return [Route(base + suffix, typed(handler), methods=["GET"], name=f"{handler.__name__}_{repo_type}{suffix}")
-            for suffix, handler in table]
+            for suffix, handler in table] + [
+        Route(base + "/discussions/{num:int}/merge", typed(merge_pull_request), methods=["POST"],
+              name=f"merge_pull_request_{repo_type}")]
 
 
 def routes() -> list[BaseRoute]:
@@ -640,6 +712,7 @@ def routes() -> list[BaseRoute]:
         Route("/jobs/{namespace}/{job_id}", job_page, methods=["GET"]),
         Route("/jobs/{namespace}/{job_id}/events", job_events, methods=["GET"]),
         Route("/jobs/{namespace}/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/jobs/{namespace}/{job_id}/rescue-pr", offer_rescue, methods=["POST"]),
         Route("/jobs/{namespace}/{job_id}/curves.json", job_curves, methods=["GET"]),
         Route("/jobs/{namespace}/{job_id}/curves/{panel}.svg", job_curve, methods=["GET"]),
         Route("/buckets/{namespace}/{name}", bucket_page, methods=["GET"]),

@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 
 from keephub.accounts import AccountError, Accounts, Actor
+from keephub.jobs.secrets import SecretBox
 from keephub.storage.db import Database, insert_for
 from keephub.storage.schema import Account, Password, Token, WebSession
 from keephub.wire import HubError, Unauthorized
@@ -32,6 +33,10 @@ SESSION_LIFETIME = timedelta(days=14)
 WRONG_CREDENTIALS = ("Wrong username or password, or an access token that does not work. Check them and try "
                      "again; an administrator sets passwords with `keephub user passwd NAME`.")
 MIN_PASSWORD_LENGTH = 10
+# A token just created on the settings page reaches the page after the form's redirect in this cookie: sealed
+# with the secrets key (so any server sharing it can read it), bound to the session, and readable for a minute.
+NEW_TOKEN_COOKIE = "keephub_new_token"
+NEW_TOKEN_SECONDS = 60
 _hasher = PasswordHasher()
 # Verified when the user is unknown or has no password, so that case takes as long as a wrong password.
 _DECOY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -178,6 +183,19 @@ class Sessions:
             if token is None or token.user_id != user_id or token.is_job_token:
                 raise AccountError("no such token of yours; reload the settings page")
             token.revoked = True
+
+
+def seal_new_token(box: SecretBox, session_secret: str, token: str) -> str:
+    return box.seal({"session": _sha256(session_secret), "token": token}).decode()
+
+
+def open_new_token(box: SecretBox, session_secret: str, sealed: str) -> str | None:
+    """The token sealed for this session within NEW_TOKEN_SECONDS; None for anything else, including a cookie
+    copied from another session."""
+    opened = box.open_fresh(sealed.encode(), NEW_TOKEN_SECONDS)
+    if opened is None or not hmac.compare_digest(str(opened.get("session")), _sha256(session_secret)):
+        return None
+    return str(opened.get("token"))
 
 
 def csrf_matches(expected: str, given: str | None) -> bool:
