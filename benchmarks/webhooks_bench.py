@@ -67,7 +67,8 @@ def main() -> int:
         client_environment(work, xet=False)
         from huggingface_hub import CommitOperationAdd, HfApi
 
-        server = LocalServer(data_dir=work / "data")
+        # The receivers listen on loopback, which webhooks reach only where the operator allows it.
+        server = LocalServer(data_dir=work / "data", env={"KEEPHUB_WEBHOOK_PRIVATE_TARGETS": "127.0.0.1/32"})
         server.start()
         try:
             user, token = server.user()

@@ -151,9 +151,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for item in items if not item.get_closest_marker("once")]
 
 
+# The tests' webhook receivers listen on loopback, which webhooks may reach only where the operator allows it.
+LOOPBACK_RECEIVERS = {"KEEPHUB_WEBHOOK_PRIVATE_TARGETS": "127.0.0.1/32"}
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    srv = Server(data_dir=SESSION_DIR / "data", port=PORT)
+    srv = Server(data_dir=SESSION_DIR / "data", port=PORT, env=LOOPBACK_RECEIVERS)
     srv.start()
     yield srv
     srv.stop()

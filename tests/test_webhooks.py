@@ -5,6 +5,7 @@ pending when the server died sent after it restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, stored_metadata
+from conftest import LOOPBACK_RECEIVERS, Server, stored_metadata
 from huggingface_hub import HfApi, WebhookPayload
 from huggingface_hub.errors import HfHubHTTPError
 
+from keephub.config import ConfigError
 from keephub.devserver import free_port
+from keephub.hub.webhooks import Receivers
 
 
 class Receiver:
@@ -134,6 +137,14 @@ def test_bad_webhooks_are_refused_naming_the_field(server: Server, api: HfApi, a
         ({"url": "http://127.0.0.1:9/hook", "watched": watched, "domains": ["everything"]}, "'domains'"),
         ({"url": "http://127.0.0.1:9/hook", "watched": watched, "secret": 7}, "'secret'"),
         ({"jobSourceId": "abc", "watched": watched}, "run_job"),
+        # Receivers keephub alone could reach: the test servers allow 127.0.0.1 only (LOOPBACK_RECEIVERS).
+        ({"url": "http://127.0.0.2:9/hook", "watched": watched}, "webhook_private_targets"),
+        ({"url": "http://[::1]:9/hook", "watched": watched}, "webhook_private_targets"),
+        ({"url": "http://[::ffff:10.0.0.1]/hook", "watched": watched}, "private network"),
+        ({"url": "http://10.0.0.1/hook", "watched": watched}, "private network"),
+        ({"url": "http://169.254.169.254/latest/meta-data", "watched": watched}, "private network"),
+        ({"url": "http://100.64.0.1/hook", "watched": watched}, "private network"),
+        ({"url": "http://0.0.0.0:9/hook", "watched": watched}, "private network"),
     ]
     for body, words in cases:
         response = httpx.post(f"{server.url}/api/settings/webhooks", json=body, timeout=30,
@@ -147,7 +158,7 @@ def test_bad_webhooks_are_refused_naming_the_field(server: Server, api: HfApi, a
 
 
 def test_pending_deliveries_survive_a_crash(tmp_path: Path) -> None:
-    srv = Server(data_dir=tmp_path / "data", port=free_port())
+    srv = Server(data_dir=tmp_path / "data", port=free_port(), env=LOOPBACK_RECEIVERS)
     srv.start()
     try:
         name, token = srv.user()
@@ -167,3 +178,21 @@ def test_pending_deliveries_survive_a_crash(tmp_path: Path) -> None:
             late.close()
     finally:
         srv.stop()
+
+
+def test_a_name_is_checked_where_it_resolves_before_each_send() -> None:
+    """A webhook saved with a host name is checked when it is sent, against what the name resolves to then."""
+    anywhere, loopback_only = Receivers(""), Receivers("127.0.0.1/32")
+
+    async def refusals() -> list[str | None]:
+        return [await anywhere.refusal_of("http://localhost:9/hook"),
+                await loopback_only.refusal_of("http://localhost:9/hook"),
+                await anywhere.refusal_of("http://receiver.invalid/hook")]
+
+    to_localhost, allowed, unresolvable = asyncio.run(refusals())
+    assert to_localhost is not None and "localhost is 127.0.0.1" in to_localhost
+    assert allowed is None
+    assert unresolvable is None  # the send fails on its own, and the delivery log says why
+    with pytest.raises(ConfigError, match="webhook_private_targets"):
+        Receivers("10.0.0.0/33")
+

@@ -22,7 +22,7 @@ from keephub.config import Settings
 from keephub.durability.gate import PreflightGate
 from keephub.hub import community_routes, git_http, social_routes
 from keephub.hub.discussions import Discussions
-from keephub.hub.webhooks import Dispatcher, Webhooks
+from keephub.hub.webhooks import Dispatcher, Receivers, Webhooks
 from keephub.storage.blobs import BlobStore, open_blob_stores
 from keephub.storage.db import open_database
 from keephub.web.sessions import Sessions
@@ -93,6 +93,7 @@ class FreshDate:
 def build_app(settings: Settings) -> Starlette:
     settings = settings.with_signing_key()
     mcp_endpoint = mcp.Endpoint()
+    receivers = Receivers(settings.webhook_private_targets)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,12 +106,12 @@ def build_app(settings: Settings) -> Starlette:
         app.state.scheduler = jobs.Scheduler(settings, the_hub.db, app.state.jobs)
         app.state.scheduled_jobs = app.state.scheduler.scheduled
         app.state.discussions = Discussions(settings, the_hub.db)
-        app.state.webhooks = Webhooks(the_hub.db, app.state.jobs.box)
+        app.state.webhooks = Webhooks(the_hub.db, app.state.jobs.box, receivers)
         background = [
             asyncio.create_task(_janitor(the_hub.blobs, settings.stale_upload_seconds)),
             asyncio.create_task(_janitor(the_hub.cas.xorbs, settings.stale_upload_seconds)),
             asyncio.create_task(app.state.scheduler.run()),
-            asyncio.create_task(Dispatcher(the_hub.db, app.state.jobs.box).run()),
+            asyncio.create_task(Dispatcher(the_hub.db, app.state.jobs.box, receivers).run()),
         ]
         try:
             async with mcp_endpoint.running():

@@ -106,6 +106,9 @@ class Settings:
     # Size of the parts an upload is streamed to S3 in (at least 5 MiB, S3's minimum): each upload in progress
     # holds one part in memory.
     blob_part_bytes: int = 16 * 1024 * 1024
+    # Networks (CIDRs, comma-separated) on keephub's own machine or private network that webhooks may POST to;
+    # others of that kind are refused, since any user picks a webhook's URL (e.g. "10.1.0.0/16").
+    webhook_private_targets: str = ""
     # Secret used to sign upload URLs; generated once and stored in data_dir when empty.
     signing_key: str = field(default="", repr=False)
     # Fernet key that encrypts job secrets at rest; generated once into data_dir/jobs/secrets.key when empty.

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from keephub.accounts import Actor, require_actor
+from keephub.config import ConfigError
 from keephub.hub import naming
 from keephub.hub.repos import RepoRef
 from keephub.storage.db import Database
@@ -55,6 +58,64 @@ BATCH = 20
 MAX_IN_FLIGHT = 100
 RECORD_COALESCE_SECONDS = 0.05
 DELIVERY_LOG_LENGTH = 100
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Receivers:
+    """Which receivers webhooks may reach: public addresses, and the private ranges the operator lists.
+
+    Any user chooses a webhook's URL, and keephub POSTs to it from inside the operator's network; unchecked, a
+    user could make keephub call what only keephub reaches (its own machine's ports, a cloud metadata address,
+    the database). So loopback, private, link-local, shared and other non-public addresses are refused unless
+    the setting webhook_private_targets lists them (CIDRs, e.g. "10.1.0.0/16"). A URL naming such an address
+    is refused when the webhook is saved; a host name is resolved and checked before every send.
+    """
+
+    def __init__(self, private_targets: str) -> None:
+        try:
+            self.allowed = [ipaddress.ip_network(item.strip(), strict=False)
+                            for item in private_targets.split(",") if item.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"setting webhook_private_targets={private_targets!r}: {exc}; list networks "
+                              "webhooks may reach, comma-separated, e.g. \"10.1.0.0/16,127.0.0.1/32\"") from exc
+
+    def refusal(self, host: str, address: _Address) -> str | None:
+        """Why webhooks may not reach `address` (which `host` names), or None if they may."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_global and not address.is_multicast:
+            return None
+        if any(address in network for network in self.allowed):
+            return None
+        return (f"{host} is {address}, an address of keephub's own machine or of a private network, which "
+                "webhooks may not reach; use a public receiver, or ask an administrator to allow that network "
+                "with the setting webhook_private_targets")
+
+    def check_url(self, url: str) -> None:
+        """Refuse, when a webhook is saved, a URL whose host is a non-public address or localhost."""
+        host = urlsplit(url).hostname or ""
+        literal = "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
+        try:
+            address = ipaddress.ip_address(literal)
+        except ValueError:
+            return  # a name: resolved and checked at each send, since what it names may change
+        if (why := self.refusal(host, address)) is not None:
+            raise BadRequest(f"'url': {why}")
+
+    async def refusal_of(self, url: str) -> str | None:
+        """Why a delivery to `url` may not be sent now (its host resolves to a refused address), or None."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(
+                host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        except OSError:
+            return None  # unresolvable: the send itself fails and says so
+        for *_, sockaddr in found:
+            why = self.refusal(host, ipaddress.ip_address(sockaddr[0]))
+            if why is not None:
+                return why
+        return None
 
 
 def utcnow() -> datetime:
@@ -138,13 +199,15 @@ def delivery_wire(row: WebhookDelivery) -> dict:
 class Webhooks:
     """The `/api/settings/webhooks` operations of one user, each a whole transaction."""
 
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, receivers: Receivers) -> None:
         self.db = db
         self.box = box
+        self.receivers = receivers
 
     def create(self, actor: Actor | None, body: dict) -> dict:
         owner = _manager(actor, "create webhooks")
         spec = parse_spec(body)
+        self.receivers.check_url(spec.url)
         secret = _secret_of(body)
         with self.db.write() as session:
             hook = Webhook(id=secrets.token_hex(12), owner_id=owner.user_id, url=spec.url,
@@ -173,6 +236,7 @@ class Webhooks:
             hook = _own(session, owner, webhook_id, lock=True)
             current = WebhookSpec(hook.url, json.loads(hook.watched_json), json.loads(hook.domains_json))
             spec = parse_spec(body, current)
+            self.receivers.check_url(spec.url)
             hook.url, hook.watched_json, hook.domains_json = spec.url, json.dumps(spec.watched), json.dumps(spec.domains)
             if secret is not None:
                 hook.secret_sealed = self._seal(secret)
@@ -297,9 +361,10 @@ class Dispatcher:
     and an fsync, and a burst of deliveries recorded one by one would hold up the pushes that caused them.
     """
 
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, receivers: Receivers) -> None:
         self.db = db
         self.box = box
+        self.receivers = receivers
         self.outcomes: list[Outcome] = []
         self.finished = asyncio.Event()
 
@@ -361,14 +426,15 @@ class Dispatcher:
         if item.secret is not None:
             headers["X-Webhook-Secret"] = item.secret
         code: int | None = None
-        error: str | None = None
-        try:
-            response = await client.post(item.url, content=item.payload.encode(), headers=headers)
-            code = response.status_code
-            if not response.is_success:
-                error = f"the receiver answered HTTP {code}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        error = await self.receivers.refusal_of(item.url)
+        if error is None:
+            try:
+                response = await client.post(item.url, content=item.payload.encode(), headers=headers)
+                code = response.status_code
+                if not response.is_success:
+                    error = f"the receiver answered HTTP {code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         self.outcomes.append(Outcome(item, code, error))
         self.finished.set()
 
