@@ -307,7 +307,7 @@ def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str,
 class DiscussionView:
     repo: repos.RepoRef
     details: dict  # as get_discussion_details answers it
-    changed_files: list[str]  # what an open pull request changes since it left its target branch
+    changed_files: list[str]  # the files a pull request changes, as its diff lists them
     may_merge: bool
 
 
@@ -316,8 +316,8 @@ _DIFF_HEADER = "diff --git a/"
 
 def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str, name: str,
                num: int) -> DiscussionView:
-    """A discussion or pull request with its events; for an open pull request, the files it changes and whether
-    the caller may merge it."""
+    """A discussion or pull request with its events; for a pull request, the files it changes and whether the
+    caller may merge it."""
     with hub.db.read() as session:
         repo = repos.find_repo(session, repo_type, namespace, name, actor)
     details = discussions.details(actor, repo_type, namespace, name, num, True)
