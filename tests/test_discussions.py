@@ -167,6 +167,12 @@ def test_a_reader_opens_a_pull_request_with_files_and_commits_nowhere_else(serve
     assert refused.value.response.status_code == 400 and "close the pull request" in str(refused.value)
     assert "notes.md" in api.list_repo_files(repo_id, revision="refs/pr/1")
 
+    moved = f"{repo_id}-moved"
+    api.move_repo(repo_id, moved)  # discussions under the old name follow the move, as the other routes do
+    bob.comment_discussion(repo_id, 1, "Thanks")
+    assert api.get_discussion_details(repo_id, 1).events[-1].content == "Thanks"
+    assert [d.num for d in api.get_repo_discussions(moved)] == [3, 2, 1]
+
 
 def test_bad_input_is_refused_naming_the_problem_and_changes_nothing(server: Server, api: HfApi, repo_id: str,
                                                                      alice) -> None:

@@ -121,6 +121,61 @@ def test_collection_bad_input_changes_nothing(server, api: HfApi, alice) -> None
     assert {c.slug for c in api.list_collections(owner=alice[0])} == before
 
 
+def test_collection_metadata_and_items_updated(server, bob) -> None:
+    owner, token = server.user()
+    api = HfApi(endpoint=server.url, token=token)
+    first, second, third = (new_repo(api, owner) for _ in range(3))
+    other = api.create_collection(f"Other {uuid.uuid4().hex[:6]}")
+    collection = api.create_collection(f"Runs {uuid.uuid4().hex[:6]}")
+    for repo in (first, second, third):
+        api.add_collection_item(collection.slug, repo, "model")
+    updated = api.update_collection_metadata(collection.slug, title="Best runs", description="picked",
+                                             private=True, theme="pink", position=0)
+    assert (updated.title, updated.description, updated.private, updated.theme) == ("Best runs", "picked", True,
+                                                                                      "pink")
+    assert updated.slug.startswith(f"{owner}/best-runs-") and updated.position == 0
+    assert api.get_collection(other.slug).position == 1
+    with pytest.raises(HfHubHTTPError) as hidden:
+        HfApi(endpoint=server.url, token=bob[1]).get_collection(updated.slug)
+    assert hidden.value.response.status_code == 404
+
+    items = api.get_collection(updated.slug).items
+    api.update_collection_item(updated.slug, items[2].item_object_id, note="the final one", position=0)
+    api.update_collection_item(updated.slug, items[0].item_object_id, position=99)  # past the end: last
+    moved = api.get_collection(updated.slug).items
+    assert [(i.item_id, i.note, i.position) for i in moved] == [(third, "the final one", 0), (second, None, 1),
+                                                                (first, None, 2)]
+    api.update_collection_item(updated.slug, moved[0].item_object_id, note="")
+    assert api.get_collection(updated.slug).items[0].note is None
+
+    auth = {"authorization": f"Bearer {token}"}
+    base = f"{server.url}/api/collections/{updated.slug}"
+    item = f"{base}/items/{moved[1].item_object_id}"
+    for url, body, status, text in (
+        (base, {}, 400, "nothing to change"),
+        (base, {"upvotes": 5}, 400, "cannot change 'upvotes'"),
+        (base, {"title": "x" * 61}, 400, "limit is 60"),
+        (base, {"title": other.title}, 409, "already has a collection"),
+        (base, {"private": "no"}, 400, "'private'"),
+        (base, {"theme": "<b>"}, 400, "'theme'"),
+        (base, {"position": -1}, 400, "'position'"),
+        (base, {"description": "d" * 151}, 400, "limit is 150"),
+        (item, {"note": "n" * 501}, 400, "limit is 500"),
+        (item, {"position": "first"}, 400, "'position'"),
+        (f"{base}/items/12345678", {"note": "x"}, 404, "not in this collection"),
+    ):
+        answer = httpx.patch(url, json=body, headers=auth)
+        assert answer.status_code == status and text in answer.json()["error"], (url, body, answer.text)
+    refused = httpx.patch(item, json={"note": "mine"}, headers={"authorization": f"Bearer {bob[1]}"})
+    assert refused.status_code == 404  # private: bob cannot see it, let alone change it
+    api.update_collection_metadata(updated.slug, private=False)
+    refused = httpx.patch(item, json={"note": "mine"}, headers={"authorization": f"Bearer {bob[1]}"})
+    assert refused.status_code == 403
+    after = api.get_collection(updated.slug)
+    assert (after.title, after.description, after.theme) == ("Best runs", "picked", "pink")
+    assert [(i.item_id, i.note) for i in after.items] == [(third, None), (second, None), (first, None)]
+
+
 def test_gated_repo_with_manual_and_auto_approval(server, api: HfApi, alice, bob, tmp_path) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import GatedRepoError

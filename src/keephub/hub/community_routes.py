@@ -4,12 +4,14 @@ otherwise take `/api/settings/webhooks/<id>` for a repo."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from keephub.hub.discussions import Discussions
-from keephub.hub.routes import actor_of, call, read_json_object, repo_params
+from keephub.hub.routes import actor_of, call, following_moves, read_json_object, repo_params
 from keephub.hub.webhooks import Webhooks
 from keephub.wire import BadRequest
 from keephub.wire.errors import NotFound
@@ -144,6 +146,11 @@ async def webhook_deliveries(request: Request) -> JSONResponse:
     return JSONResponse(await call(webhooks_of(request).deliveries, actor, request.path_params["webhook_id"]))
 
 
+def repo_route(path: str, endpoint: Callable, methods: list[str]) -> Route:
+    """A route naming a repo: a moved repo's old id is redirected to its new one, as the Hub routes do."""
+    return Route(path, following_moves(endpoint), methods=methods, name=endpoint.__name__)
+
+
 def routes() -> list[BaseRoute]:
     discussion = "/api/{plural}/{namespace}/{name}/discussions/{num}"
     return [
@@ -152,13 +159,13 @@ def routes() -> list[BaseRoute]:
         Route("/api/settings/webhooks/{webhook_id}/deliveries", webhook_deliveries, methods=["GET"]),
         Route("/api/settings/webhooks/{webhook_id}/{switch}", switch_webhook, methods=["POST"]),
         Route("/api/jobs/{namespace}/{job_id}/rescue-pr", offer_rescue, methods=["POST"]),
-        Route("/api/{plural}/{namespace}/{name}/discussions", list_discussions, methods=["GET"]),
-        Route("/api/{plural}/{namespace}/{name}/discussions", create_discussion, methods=["POST"]),
-        Route(discussion, discussion_details, methods=["GET"]),
-        Route(discussion + "/comment", comment, methods=["POST"]),
-        Route(discussion + "/comment/{comment_id}/edit", edit_comment, methods=["POST"]),
-        Route(discussion + "/comment/{comment_id}/hide", hide_comment, methods=["POST"]),
-        Route(discussion + "/title", rename, methods=["POST"]),
-        Route(discussion + "/status", change_status, methods=["POST"]),
-        Route(discussion + "/merge", merge, methods=["POST"]),
+        repo_route("/api/{plural}/{namespace}/{name}/discussions", list_discussions, ["GET"]),
+        repo_route("/api/{plural}/{namespace}/{name}/discussions", create_discussion, ["POST"]),
+        repo_route(discussion, discussion_details, ["GET"]),
+        repo_route(discussion + "/comment", comment, ["POST"]),
+        repo_route(discussion + "/comment/{comment_id}/edit", edit_comment, ["POST"]),
+        repo_route(discussion + "/comment/{comment_id}/hide", hide_comment, ["POST"]),
+        repo_route(discussion + "/title", rename, ["POST"]),
+        repo_route(discussion + "/status", change_status, ["POST"]),
+        repo_route(discussion + "/merge", merge, ["POST"]),
     ]

@@ -28,6 +28,9 @@ MAX_NOTE = 500
 MAX_ITEMS = 1000
 _KEY = re.compile(r"-([0-9a-f]{24})$")
 ITEM_TYPES = {"model", "dataset", "space"}
+_THEME = re.compile(r"[a-z]{1,16}")
+COLLECTION_FIELDS = ("title", "description", "private", "theme", "position")
+ITEM_FIELDS = ("note", "position")
 
 
 # -- likes ------------------------------------------------------------------------------------------
@@ -168,6 +171,70 @@ def delete_item(session: Session, collection: Collection, item_object_id: str) -
     collection.updated_at = _now()
 
 
+def update_collection(session: Session, collection: Collection, owner: Account, body: dict) -> None:
+    """`update_collection_metadata`: only the fields the body names change (the client leaves out the others)."""
+    _check_fields(body, COLLECTION_FIELDS, "update_collection_metadata")
+    if "title" in body:
+        title = _title(body["title"])
+        if session.scalars(select(Collection.id).where(Collection.owner_id == owner.id, Collection.title == title,
+                                                       Collection.id != collection.id)).first() is not None:
+            raise Conflict(f"{owner.name} already has a collection titled {title!r}; choose another title")
+        collection.title = title
+    if "description" in body:
+        collection.description = _optional_text(body["description"], "description", MAX_DESCRIPTION) or None
+    if "private" in body:
+        if not isinstance(body["private"], bool):
+            raise BadRequest("'private' must be true or false")
+        collection.private = body["private"]
+    if "theme" in body:
+        if not isinstance(body["theme"], str) or not _THEME.fullmatch(body["theme"]):
+            raise BadRequest("'theme' must be a colour name of at most 16 lowercase letters, e.g. 'pink'")
+        collection.theme = body["theme"]
+    if "position" in body:
+        siblings = session.scalars(select(Collection).where(Collection.owner_id == owner.id)
+                                   .order_by(Collection.position, Collection.id)).all()
+        _move(list(siblings), collection, _position(body["position"]))
+    collection.updated_at = _now()
+
+
+def update_item(session: Session, collection: Collection, item_object_id: str, body: dict) -> None:
+    """`update_collection_item`: a new note (an empty one removes it) and/or a new place in the collection."""
+    _check_fields(body, ITEM_FIELDS, "update_collection_item")
+    items = session.scalars(select(CollectionItem).where(CollectionItem.collection_id == collection.id)
+                            .order_by(CollectionItem.position, CollectionItem.id)).all()
+    item = next((i for i in items if str(i.id) == item_object_id), None)
+    if item is None:
+        raise NotFound(f"item {item_object_id!r} is not in this collection; take `item_object_id` from "
+                       "get_collection's items")
+    if "note" in body:
+        item.note = _optional_text(body["note"], "note", MAX_NOTE) or None
+    if "position" in body:
+        _move(list(items), item, _position(body["position"]))
+    collection.updated_at = _now()
+
+
+def _check_fields(body: dict, known: tuple[str, ...], call: str) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise BadRequest(f"{call} cannot change {', '.join(map(repr, unknown))}; it changes {', '.join(known)}")
+    if not body:
+        raise BadRequest(f"nothing to change: send at least one of {', '.join(known)}")
+
+
+def _position(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"'position' must be a whole number from 0 (the first place), not {value!r}")
+    return value
+
+
+def _move(ordered: list, moved: Collection | CollectionItem, position: int) -> None:
+    """Put `moved` at `position` (or last, past the end) and number the rest after it in their order."""
+    ordered.remove(moved)
+    ordered.insert(min(position, len(ordered)), moved)
+    for index, row in enumerate(ordered):
+        row.position = index
+
+
 def collection_json(session: Session, actor: Actor | None, collection: Collection, owner: Account) -> dict:
     rows = session.execute(select(CollectionItem, Repo, Account.name).join(Repo, Repo.id == CollectionItem.repo_id)
                            .join(Account, Account.id == Repo.owner_id)
@@ -256,6 +323,18 @@ class Social:
             collection, owner = find_collection(session, actor, slug, write=True)
             add_item(session, actor, collection, body)
             return collection_json(session, actor, collection, owner)
+
+    def update(self, actor: Actor | None, slug: str, body: dict) -> dict:
+        with self.db.write() as session:
+            collection, owner = find_collection(session, actor, slug, write=True)
+            update_collection(session, collection, owner, body)
+            session.flush()
+            return collection_json(session, actor, collection, owner)
+
+    def update_item(self, actor: Actor | None, slug: str, item_object_id: str, body: dict) -> None:
+        with self.db.write() as session:
+            collection, _ = find_collection(session, actor, slug, write=True)
+            update_item(session, collection, item_object_id, body)
 
     def remove(self, actor: Actor | None, slug: str, item_object_id: str) -> None:
         with self.db.write() as session:

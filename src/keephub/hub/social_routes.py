@@ -54,6 +54,9 @@ async def collection(request: Request) -> JSONResponse:
     if request.method == "DELETE":
         await call(social_of(request).delete, actor, _slug(request))
         return JSONResponse({})
+    if request.method == "PATCH":
+        body = await read_json_object(request)
+        return JSONResponse({"data": await call(social_of(request).update, actor, _slug(request), body)})
     return JSONResponse(await call(social_of(request).get, actor, _slug(request)))
 
 
@@ -65,6 +68,10 @@ async def collection_items(request: Request) -> JSONResponse:
 
 async def collection_item(request: Request) -> JSONResponse:
     actor = await actor_of(request)
+    if request.method == "PATCH":
+        body = await read_json_object(request)
+        await call(social_of(request).update_item, actor, _slug(request), request.path_params["item"], body)
+        return JSONResponse({})
     await call(social_of(request).remove, actor, _slug(request), request.path_params["item"])
     return JSONResponse({})
 
@@ -103,9 +110,9 @@ def routes() -> list[BaseRoute]:
     """Ahead of the repo routes: `/api/collections/...` and `/api/users/...` would match `/api/{type}/{repo}`."""
     table: list[BaseRoute] = [
         Route("/api/collections", collections, methods=["GET", "POST"]),
-        Route("/api/collections/{namespace}/{slug}", collection, methods=["GET", "DELETE"]),
+        Route("/api/collections/{namespace}/{slug}", collection, methods=["GET", "PATCH", "DELETE"]),
         Route("/api/collections/{namespace}/{slug}/items", collection_items, methods=["POST"]),
-        Route("/api/collections/{namespace}/{slug}/items/{item}", collection_item, methods=["DELETE"]),
+        Route("/api/collections/{namespace}/{slug}/items/{item}", collection_item, methods=["PATCH", "DELETE"]),
         Route("/api/users/{user}/likes", user_likes, methods=["GET"]),
         Route("/api/{plural}/{namespace}/{name}/like", like, methods=["POST", "DELETE"]),
         Route("/api/{plural}/{namespace}/{name}/likers", likers, methods=["GET"]),
