@@ -18,8 +18,8 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, allowed, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, social, webhooks,
-                         wireformat)
+from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, snapshots, social,
+                         webhooks, wireformat)
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -105,10 +105,9 @@ class Hub:
         with self.db.read() as session:
             repo = repos.find_repo(session, repo_type, namespace, name, actor)
             sha = repos.resolve_revision(session, repo, revision or repos.DEFAULT_BRANCH)
-            tree = gitobjects.load_commit(session, sha).tree.decode()
-            files = gitobjects.list_entries(session, tree, "", recursive=True)
-            readme = self._read_small(session, tree, "README.md")
-            info = wireformat.repo_info(repo, sha, files, readme, with_file_metadata, self.settings.base_url)
+            card, files = snapshots.repo_files(session, sha, with_file_metadata,
+                                               lambda tree: self._read_small(session, tree, "README.md"))
+            info = wireformat.repo_info(repo, sha, card, files, self.settings.base_url)
             return info | {"likes": social.like_count(session, repo.id), "gated": gating.mode(session, repo) or False}
 
     def list_repos(self, actor: Actor | None, repo_type: str, author: str | None, search: str | None,
@@ -118,7 +117,7 @@ class Hub:
             result = []
             for repo in found:
                 sha = repos.resolve_revision(session, repo, repos.DEFAULT_BRANCH)
-                result.append(wireformat.repo_info(repo, sha, None, None, False, self.settings.base_url))
+                result.append(wireformat.repo_info(repo, sha, None, None, self.settings.base_url))
             return result
 
     # -- reading trees and history ---------------------------------------------------------------
@@ -131,9 +130,7 @@ class Hub:
             found = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
             if found is None or not stat.S_ISDIR(found[0]):
                 raise EntryNotFound(f"folder {path!r} does not exist at revision {revision!r} of {repo.repo_id}")
-            entries = gitobjects.list_entries(session, found[1], path, recursive)
-            xet = self.cas.xet_hashes(session, [e.lfs_oid for e in entries if e.lfs_oid])
-            return sha, [wireformat.tree_entry(e, xet.get(e.lfs_oid or "")) for e in entries]
+            return sha, snapshots.tree_entries(session, found[1], path, recursive, self.cas.xet_hashes)
 
     def paths_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
                    paths: list[str], expand: bool = False) -> list[dict]:

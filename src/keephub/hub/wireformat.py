@@ -83,9 +83,8 @@ def card_data(readme: bytes | None) -> dict | None:
     return card
 
 
-def repo_info(repo: RepoRef, sha: str | None, files: list[Entry] | None, readme: bytes | None,
-              with_file_metadata: bool, base_url: str) -> dict:
-    card = card_data(readme)
+def repo_info(repo: RepoRef, sha: str | None, card: dict | None, files: dict | None, base_url: str) -> dict:
+    """`card`: the README's metadata (card_data); `files`: `siblings` and `usedStorage` (hub/snapshots.py)."""
     tags = [tag for tag in card["tags"] if isinstance(tag, str)] if card and isinstance(card.get("tags"), list) else []
     info: dict = {
         "_id": f"{repo.type}-{repo.id}",
@@ -112,8 +111,7 @@ def repo_info(repo: RepoRef, sha: str | None, files: list[Entry] | None, readme:
         info["sdk"] = repo.space_sdk
         info["runtime"] = {"stage": "NO_APP_FILE", "hardware": {"current": None, "requested": None}}
     if files is not None:
-        info["siblings"] = [sibling(e, with_file_metadata) for e in files if not e.is_dir]
-        info["usedStorage"] = sum(e.file_size for e in files if not e.is_dir)
+        info |= files
     return info
 
 
