@@ -476,8 +476,10 @@ def test_token_without_write_access_is_403_naming_the_namespace(server: Server, 
             rejected(client.post(f"{api}/tag/main", json={"tag": "v9"}), 403, problem)
             rejected(client.put(f"{api}/settings", json={"private": True}), 403)
             rejected(client.request("DELETE", "/api/repos/delete", json={"name": unchanged.repo_id}), 403)
+            # For main (as the client names it); without a ref it is an upload for a pull request of one's own.
             rejected(client.post(f"/{unchanged.repo_id}.git/info/lfs/objects/batch",
-                                 json={"operation": "upload", "objects": [{"oid": NEVER_UPLOADED, "size": 1}]}),
+                                 json={"operation": "upload", "objects": [{"oid": NEVER_UPLOADED, "size": 1}],
+                                       "ref": {"name": "main"}}),
                      403, problem)
             rejected(client.post("/api/repos/create", json={"name": f"{owner[0]}/intruder"}), 403, problem)
 
@@ -504,6 +506,8 @@ BAD_BATCHES = [
                               "objects": [{"oid": NEVER_UPLOADED, "size": 1}]}).encode(), "hash_algo"),
     ("transfers not a list", json.dumps({"operation": "upload", "transfers": 5,
                                          "objects": [{"oid": NEVER_UPLOADED, "size": 1}]}).encode(), "transfers"),
+    ("ref not an object", json.dumps({"operation": "upload", "ref": "main",
+                                      "objects": [{"oid": NEVER_UPLOADED, "size": 1}]}).encode(), "'ref'"),
 ]
 
 
