@@ -24,6 +24,8 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 # PostgreSQL: the tests' PostgreSQL pass (and tests/test_postgres.py) initdb a throwaway cluster with it.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+# nginx: benchmarks/peers_bench.py measures downloads against it serving the same bytes from a plain file.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get"

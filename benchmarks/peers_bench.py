@@ -1,0 +1,236 @@
+"""keephub against its peers (issue 22), each figure a ratio measured in the same run, runs interleaved (A B A B)
+so machine noise hits both sides alike.
+
+1. Downloads with curl of one large random file: keephub's `resolve` for an LFS-stored file (uploaded with
+   HF_HUB_DISABLE_XET=1) and for a Xet-stored one (uploaded through hf_xet, rebuilt from xorbs), against nginx
+   (Debian's, with sendfile) serving the same bytes from a plain file.
+2. Small calls on a repo of 1,000 files (model_info, list_repo_files, whoami, get_paths_info, resolve HEAD): the
+   median latency with one client thread, and requests per second with 8 client threads, against the same
+   client fetching a small static file from nginx (the client's own ceiling).
+
+Run:  .venv/bin/python benchmarks/peers_bench.py [--size-mib 512] [--runs 5]
+Needs nginx (`apt-get install nginx-light`, which scripts/setup.sh does). Exit status 1 if a figure fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from report import Figure, add_work_dir_options, at_least, print_table, work_dir
+
+from keephub.devserver import LocalServer, free_port
+
+MIB = 1024 * 1024
+LFS_DOWNLOAD_TARGET = 0.9
+XET_DOWNLOAD_TARGET = 0.5
+SMALL_CALL_P50_MS = 1.5
+SMALL_CALL_THREADS = 8
+REPO_FILES = 1000
+
+NGINX_CONF = """daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work}/nginx-tmp;
+    proxy_temp_path {work}/nginx-tmp;
+    fastcgi_temp_path {work}/nginx-tmp;
+    uwsgi_temp_path {work}/nginx-tmp;
+    scgi_temp_path {work}/nginx-tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx serving `root` on a free port, with its config and temp files in `work`."""
+
+    def __init__(self, work: Path, root: Path) -> None:
+        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if binary is None:
+            sys.exit("nginx is not installed: run scripts/setup.sh (or apt-get install nginx-light)")
+        self.port = free_port()
+        (work / "nginx-tmp").mkdir()
+        conf = work / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(work=work, port=self.port, root=root))
+        for folder in (work, root):  # nginx's workers drop root to nobody, who must reach the files
+            folder.chmod(0o755)
+        self.process = subprocess.Popen([binary, "-p", str(work), "-c", str(conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/")
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        sys.exit(f"nginx did not start; see {work}/nginx-error.log")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def random_file(path: Path, size_mib: int) -> Path:
+    with open(path, "wb") as fh:
+        fh.writelines(os.urandom(MIB) for _ in range(size_mib))
+    path.chmod(0o644)
+    return path
+
+
+def upload(server: LocalServer, token: str, repo: str, source: Path, xet: bool) -> None:
+    """Upload through the real client in its own process: whether it uses Xet is fixed when it is imported."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_XET", "HF_TOKEN")}
+    env |= {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **({} if xet else {"HF_HUB_DISABLE_XET": "1"})}
+    code = ("import sys; from huggingface_hub import HfApi; api = HfApi(endpoint=sys.argv[1], token=sys.argv[2]); "
+            "api.create_repo(sys.argv[3]); api.upload_file(path_or_fileobj=sys.argv[4], path_in_repo='file.bin', "
+            "repo_id=sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, server.url, token, repo, str(source)], check=True, env=env)
+
+
+def curl_mib_per_s(url: str, size_mib: int, token: str | None) -> float:
+    auth = ["-H", f"authorization: Bearer {token}"] if token else []
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sfL", "-o", "/dev/null", *auth, url], check=True)
+    return size_mib / (time.perf_counter() - started)
+
+
+def interleaved(runs: int, contenders: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, measure in contenders.items():
+            results[name].append(measure())
+    return results
+
+
+def spread(values: list[float]) -> str:
+    middle = statistics.median(values)
+    return f"{min(values):.0f}–{max(values):.0f} (±{(max(values) - min(values)) / 2 / middle:.0%})"
+
+
+def latency_ms(method: str, url: str, headers: dict, body: dict | None, count: int) -> float:
+    with httpx.Client(timeout=60) as client:
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            client.request(method, url, headers=headers, json=body).raise_for_status()
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples[count // 10 :]) * 1000
+
+
+def requests_per_s(method: str, url: str, headers: dict, body: dict | None, count: int) -> float:
+    def worker() -> None:
+        with httpx.Client(timeout=60) as client:
+            for _ in range(count):
+                client.request(method, url, headers=headers, json=body).raise_for_status()
+
+    threads = [threading.Thread(target=worker) for _ in range(SMALL_CALL_THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return SMALL_CALL_THREADS * count / (time.perf_counter() - started)
+
+
+def small_call_figures(server: LocalServer, token: str, nginx: Nginx, requests: int) -> list[Figure]:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=server.url, token=token)
+    repo = api.create_repo(f"{api.whoami()['name']}/files-{uuid.uuid4().hex[:6]}").repo_id
+    api.create_commit(repo, [CommitOperationAdd(f"folder-{i // 100}/file-{i}.txt", f"{i}".encode())
+                             for i in range(REPO_FILES)], commit_message=f"{REPO_FILES} files")
+    auth = {"authorization": f"Bearer {token}"}
+    calls = {
+        "model_info": ("GET", f"{server.url}/api/models/{repo}", None),
+        "list_repo_files": ("GET", f"{server.url}/api/models/{repo}/tree/main?recursive=true", None),
+        "whoami": ("GET", f"{server.url}/api/whoami-v2", None),
+        "get_paths_info": ("POST", f"{server.url}/api/models/{repo}/paths-info/main",
+                           {"paths": ["folder-3/file-300.txt", "folder-5"]}),
+        "resolve HEAD": ("HEAD", f"{server.url}/{repo}/resolve/main/folder-7/file-700.txt", None),
+    }
+    static = ("GET", nginx.url("small.txt"), None)
+    figures = []
+    ceiling_p50 = statistics.median(latency_ms(*static[:2], {}, None, requests) for _ in range(3))
+    ceiling_rate = statistics.median(requests_per_s(*static[:2], {}, None, requests // 4) for _ in range(3))
+    for name, (method, url, body) in calls.items():
+        p50 = latency_ms(method, url, auth, body, requests)
+        rate = requests_per_s(method, url, auth, body, requests // 4)
+        figures.append(Figure(f"{name} p50, 1 thread", p50, ceiling_p50, "ms", p50 / ceiling_p50,
+                              f"<= {SMALL_CALL_P50_MS} ms", p50 <= SMALL_CALL_P50_MS))
+        figures.append(Figure(f"{name}, {SMALL_CALL_THREADS} threads", rate, ceiling_rate, "req/s",
+                              rate / ceiling_rate, "—", None, digits=0))
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=at_least(1), default=512, help="size of the downloaded file")
+    parser.add_argument("--runs", type=at_least(1), default=5, help="interleaved runs per download figure")
+    parser.add_argument("--requests", type=at_least(40), default=400, help="requests per small-call sample")
+    parser.add_argument("--only", choices=["downloads", "small"], help="one group of figures")
+    add_work_dir_options(parser)
+    args = parser.parse_args()
+    with work_dir(parser, args, "keephub-peers-") as work:
+        www = work / "www"
+        www.mkdir()
+        (www / "small.txt").write_text("x" * 200)
+        nginx = Nginx(work, www)
+        server = LocalServer(data_dir=work / "data")
+        server.start()
+        figures: list[Figure] = []
+        notes = {"baseline": "nginx 1.22 (Debian, sendfile on) serving the same bytes from a plain file; for "
+                             "small calls, a 200-byte static file (the client's own ceiling)"}
+        try:
+            name, token = server.user()
+            if args.only in (None, "downloads"):
+                urls = {}
+                for kind in ("lfs", "xet"):
+                    source = random_file(www / f"{kind}.bin", args.size_mib)
+                    repo = f"{name}/{kind}-{uuid.uuid4().hex[:6]}"
+                    upload(server, token, repo, source, xet=kind == "xet")
+                    urls[kind] = f"{server.url}/{repo}/resolve/main/file.bin"
+                results = interleaved(args.runs, {
+                    "nginx": lambda: curl_mib_per_s(nginx.url("lfs.bin"), args.size_mib, None),
+                    "lfs": lambda: curl_mib_per_s(urls["lfs"], args.size_mib, token),
+                    "xet": lambda: curl_mib_per_s(urls["xet"], args.size_mib, token),
+                })
+                floor = statistics.median(results["nginx"])
+                for kind, target in (("lfs", LFS_DOWNLOAD_TARGET), ("xet", XET_DOWNLOAD_TARGET)):
+                    rate = statistics.median(results[kind])
+                    figures.append(Figure(f"curl download, {kind.upper()}-stored", rate, floor, "MiB/s",
+                                          rate / floor, f">= {target}x", rate / floor >= target, digits=0))
+                    notes[f"{kind} runs"] = spread(results[kind]) + " MiB/s"
+                notes["nginx runs"] = spread(results["nginx"]) + " MiB/s"
+            if args.only in (None, "small"):
+                figures += small_call_figures(server, token, nginx, args.requests)
+        finally:
+            server.stop()
+            nginx.stop()
+        print_table(figures, notes)
+    return 0 if all(f.passed is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
