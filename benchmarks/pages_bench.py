@@ -68,6 +68,15 @@ def big_repo(api, repo: str, files: int) -> None:  # type: ignore[no-untyped-def
     api.create_commit(repo, operations=operations, commit_message="10,000 files")
 
 
+def pull_request(api, repo: str, changed: int) -> int:  # type: ignore[no-untyped-def]
+    """A pull request changing `changed` of the repo's files; its number."""
+    from huggingface_hub import CommitOperationAdd
+
+    operations = [CommitOperationAdd(f"file-{i}.txt", f"file {i}, changed\n".encode()) for i in range(changed)]
+    commit = api.create_commit(repo, operations=operations, commit_message="change some files", create_pr=True)
+    return commit.pr_num
+
+
 def live_latency(server: LocalServer, client: httpx.Client, api, name: str) -> list[float]:  # type: ignore[no-untyped-def]
     """Seconds from a job printing a line (its time.time() in the line) to the line arriving on the page's
     event stream."""
@@ -108,6 +117,8 @@ def main() -> int:
         job = api.run_job(image=UV_IMAGE, command=["python", "-c", code], namespace=name)
         assert api.wait_for_job(job_id=job.id, namespace=name, timeout=300).status.stage == "COMPLETED"
         head = api.list_repo_commits(repo)[0].commit_id
+        changed = max(1, args.files // 10)
+        pull_request_number = pull_request(api, repo, changed)
         client = signed_in_client(server, name)
         pages = {
             f"repo page ({args.files:,} files in one folder)": f"/{repo}",
@@ -116,6 +127,7 @@ def main() -> int:
             "history": f"/{repo}/commits/main",
             f"commit page ({args.files:,} changed files)": f"/{repo}/commit/{head}",
             "training curve (2,000 steps, SVG)": f"/{repo}/curves/main/loss.svg",
+            f"pull request page ({changed:,} changed files)": f"/{repo}/discussions/{pull_request_number}",
             f"job page ({args.lines:,} log lines)": f"/jobs/{name}/{job.id}",
             "job list": f"/jobs/{name}",
             "home": "/",

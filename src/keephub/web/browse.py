@@ -18,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import prod
-from typing import Any
+from typing import Any, ClassVar
 
 from dulwich.diff_tree import tree_changes
-from dulwich.objects import ShaFile
+from dulwich.graph import find_merge_base
+from dulwich.objects import Commit, ShaFile
 from sqlalchemy import select
 
 from keephub.accounts import Actor, allowed
 from keephub.hub import repos
-from keephub.hub.discussions import Discussions
+from keephub.hub.discussions import Discussions, pr_ref
 from keephub.hub.service import Hub
 from keephub.storage import gitobjects
 from keephub.storage.schema import Job
@@ -307,26 +308,56 @@ def trainer_state(hub: Hub, actor: Actor | None, repo_type: str, namespace: str,
 class DiscussionView:
     repo: repos.RepoRef
     details: dict  # as get_discussion_details answers it
-    changed_files: list[str]  # the files a pull request changes, as its diff lists them
+    changed_files: list[tuple[str, str]]  # (change kind, path) of what a pull request changes, in natural order
     may_merge: bool
 
 
-_DIFF_HEADER = "diff --git a/"
+class _CommitGraph(_DatabaseObjects):
+    """The database's commits as dulwich's merge-base search reads them (a repo with no grafts or shallows)."""
+
+    shallows: ClassVar[frozenset[bytes]] = frozenset()
+
+    @property
+    def object_store(self) -> _CommitGraph:
+        return self
+
+    def parents_provider(self) -> _CommitGraph:
+        return self
+
+    def get_parents(self, commit_id: bytes, commit: Commit | None = None) -> list[bytes]:
+        found = commit or self[commit_id]
+        assert isinstance(found, Commit)
+        return list(found.parents)
+
+
+def _pull_request_changes(session, base: str, head: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """What `head` changed since it left `base`: a tree diff from their merge base, which reads only the folders
+    that differ (never the files' contents), so a pull request over a large repo costs what it changes."""
+    graph = _CommitGraph(session)
+    bases = find_merge_base(graph, [base.encode(), head.encode()])
+    before = gitobjects.load_commit(session, bases[0].decode()).tree if bases else None
+    changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
+               for change in tree_changes(graph, before, gitobjects.load_commit(session, head).tree)]
+    return sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
+
+
+_pull_requests = ByObjectId()
 
 
 def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str, name: str,
                num: int) -> DiscussionView:
-    """A discussion or pull request with its events; for a pull request, the files it changes and whether the
-    caller may merge it."""
+    """A discussion or pull request with its events; for one not merged yet, the files it changes and whether
+    the caller may merge it."""
+    details = discussions.details(actor, repo_type, namespace, name, num, False)
+    changed: list[tuple[str, str]] = []
     with hub.db.read() as session:
         repo = repos.find_repo(session, repo_type, namespace, name, actor)
-    details = discussions.details(actor, repo_type, namespace, name, num, True)
-    # Each file's section of the diff starts `diff --git a/PATH b/PATH`, the same PATH twice.
-    changed = [line[len(_DIFF_HEADER):][:(len(line) - len(_DIFF_HEADER) - 3) // 2]
-               for line in details.pop("diff", "").splitlines() if line.startswith(_DIFF_HEADER)]
-    open_pull_request = details["isPullRequest"] and details["status"] in ("open", "draft")
-    return DiscussionView(repo, details, changed,
-                          open_pull_request and allowed(actor, "repo.write", repo.target))
+        if details["isPullRequest"] and details["status"] != "merged":
+            base = repos.branch_head(session, repo, details["changes"]["base"].removeprefix("refs/heads/"))
+            head = repos.branch_head(session, repo, pr_ref(num))
+            changed = _pull_requests.get(f"{base}:{head}", lambda: _pull_request_changes(session, base, head))
+    may_merge = details["isPullRequest"] and details["status"] in ("open", "draft")
+    return DiscussionView(repo, details, changed, may_merge and allowed(actor, "repo.write", repo.target))
 
 
 def discussions_of_repo(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str,
