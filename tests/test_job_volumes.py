@@ -86,7 +86,9 @@ def test_run_uv_job_runs_a_local_script_and_keeps_what_it_writes_in_data(user, t
     # The job's token mounted the volume; it writes only that bucket and is revoked with the job.
     assert record["token"]["scopes"] == [f"bucket:{artifacts}"] and record["token"]["state"] == "revoked"
     page = httpx.get(job.url, headers={"authorization": f"Bearer {api.token}"}, timeout=30).text
-    assert f'/data → bucket <a href="/buckets/{artifacts}">' in page and "final push verified" in page
+    # The job page's durability table: the volume's row, saved to the bucket, and the log's verified final push.
+    assert "<td>/data</td>" in page and f'bucket <a href="/buckets/{artifacts}">' in page and "✓ saved" in page
+    assert "final push" in page and "verified" in page
 
 
 def test_preflight_accepts_an_output_dir_in_a_read_write_bucket_volume(user, tmp_path: Path) -> None:
