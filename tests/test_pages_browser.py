@@ -261,6 +261,9 @@ def test_watch_a_job_live_cancel_it_and_read_the_verdict(server: Server, browser
     page.click("#merge-form button")
     expect(page.locator("#discussion-status")).to_have_text("merged")
     assert "notes.txt" in api.list_repo_files(repo)
+    page.goto(f"{server.url}/jobs/{name}/{job.id}")
+    expect(page.locator("#rescue-merged")).to_contain_text("the rescue is merged")
+    assert page.locator("#rescue-pr-form").count() == 0, "nothing is left to offer"
 
     for status, label, found in (("CANCELED", f"keephub.repo={repo}", True), ("COMPLETED", "", False),
                                  ("", f"keephub.repo={name}/another-run", False)):

@@ -21,7 +21,7 @@ from math import prod
 from typing import Any, ClassVar
 
 from dulwich.diff_tree import tree_changes
-from dulwich.graph import find_merge_base
+from dulwich.graph import can_fast_forward, find_merge_base
 from dulwich.objects import Commit, ShaFile
 from sqlalchemy import select
 
@@ -358,6 +358,17 @@ def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_typ
             changed = _pull_requests.get(f"{base}:{head}", lambda: _pull_request_changes(session, base, head))
     may_merge = details["isPullRequest"] and details["status"] in ("open", "draft")
     return DiscussionView(repo, details, changed, may_merge and allowed(actor, "repo.write", repo.target))
+
+
+def rescue_merged(hub: Hub, actor: Actor | None, repo_id: str, branch: str) -> bool:
+    """Whether main already holds everything on a job's rescue branch (its rescue was merged, or main moved past
+    it): then there is nothing left to offer as a pull request."""
+    namespace, name = repo_id.split("/", 1)
+    with hub.db.read() as session:
+        repo = repos.find_repo(session, "model", namespace, name, actor)
+        rescued = repos.branch_head(session, repo, branch)
+        main = repos.branch_head(session, repo, repos.DEFAULT_BRANCH)
+        return can_fast_forward(_CommitGraph(session), rescued.encode(), main.encode())
 
 
 def discussions_of_repo(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str,

@@ -573,15 +573,27 @@ async def job_page(request: Request) -> Response:
     durability = info.get("durability") or {}
     rescue = [p["revision"] for p in durability.get("pushes", []) if p["revision"].startswith("rescue/")]
     branch = durability.get("verdict", {}).get("branch") or (rescue[-1] if rescue else None)
-    target = durability.get("targetRepo")
-    may_offer_rescue = (durability.get("verdict", {}).get("status") == "rescued" and target is not None
-                        and allowed(actor, "repo.write", RepoTarget("model", *target.split("/", 1))))
     return render(request, "job.html", {
         "job": info, "lines": [event["data"] for event in events], "older": older, "paged": position is not None,
         "live_after": str(end) if end is not None else "0.0", "finished": info["status"]["stage"] in TERMINAL,
         "preflight": record.spec.get("preflightNotes") or [], "rescue_branch": branch,
-        "may_cancel": allowed(actor, "jobs.manage", NamespaceTarget(namespace)), "may_offer_rescue": may_offer_rescue,
+        "may_cancel": allowed(actor, "jobs.manage", NamespaceTarget(namespace)),
+        "rescue_offer": await _rescue_offer(request, actor, durability, branch),
         "curve_panels": list(curves.PANELS) if durability.get("targetRepo") else []})
+
+
+async def _rescue_offer(request: Request, actor: Actor | None, durability: dict, branch: str | None) -> str | None:
+    """"offer" when the job was rescued and the caller may write its repo, "merged" when main already holds the
+    rescue branch (nothing left to offer), None otherwise."""
+    target = durability.get("targetRepo")
+    if (durability.get("verdict", {}).get("status") != "rescued" or not target or not branch
+            or not allowed(actor, "repo.write", RepoTarget("model", *target.split("/", 1)))):
+        return None
+    try:
+        merged = await call(browse.rescue_merged, hub_of(request), actor, target, branch)
+    except HubError:  # the repo or the branch is gone
+        return None
+    return "merged" if merged else "offer"
 
 
 @page
