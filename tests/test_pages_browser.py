@@ -341,7 +341,8 @@ def test_private_pages_csrf_tokens_and_attempt_limit(server: Server, browser: Br
     forged = httpx.Client(base_url=server.url, cookies={"keephub_session": session_cookie})
     before = forged.get("/settings/tokens").text.count("<tr>")
     for path, data in (("/settings/tokens", {"name": "forged", "role": "write"}), ("/logout", {}),
-                       ("/settings/tokens", {"name": "forged", "role": "write", "csrf_token": "guess"})):
+                       ("/settings/tokens", {"name": "forged", "role": "write", "csrf_token": "guess"}),
+                       (f"/{secret_repo}/discussions/1/merge", {}), (f"/jobs/{owner}/any-job/rescue-pr", {})):
         refused = forged.post(path, data=data)
         assert refused.status_code == 403 and "CSRF" in refused.text, refused.text
     assert forged.get("/settings/tokens").text.count("<tr>") == before
