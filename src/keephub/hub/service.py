@@ -173,13 +173,13 @@ class Hub:
                       starting_point: str | None) -> None:
         with self.db.write() as session:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
+            repos.create_branch(session, repo, branch, starting_point)
+
+    def delete_branch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str) -> None:
         num = discussions.pr_number(branch)
         if num is not None:  # the pull request's commits and diff live there
             raise BadRequest(f"{branch} holds the commits of pull request #{num} and cannot be deleted; close the "
                              f"pull request instead (HfApi().change_discussion_status(repo_id, {num}, 'closed'))")
-            repos.create_branch(session, repo, branch, starting_point)
-
-    def delete_branch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, branch: str) -> None:
         with self.db.write() as session:
             repo = repos.find_repo_for_write(session, repo_type, namespace, name, actor)
             repos.delete_branch(session, repo, branch)
