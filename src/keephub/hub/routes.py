@@ -133,7 +133,8 @@ async def whoami(request: Request) -> JSONResponse:
     actor = await actor_of(request)
     if actor is None:
         raise Unauthorized(INVALID_CREDENTIALS)
-    orgs = await call(hub_of(request).accounts.org_fullnames, list(actor.org_roles))
+    # Most callers belong to no organization: they skip a second trip to a worker thread and the database.
+    orgs = await call(hub_of(request).accounts.org_fullnames, list(actor.org_roles)) if actor.org_roles else {}
     return JSONResponse({
         "type": "user",
         "id": str(actor.user_id),
