@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from keephub.hub import wireformat
 from keephub.storage import gitobjects
 
-# Bounded by listed entries (a recursive listing of a 100,000-file repo weighs 100,000), not by listings.
-MAX_CACHED_ENTRIES = 400_000
+# Bounded by listed entries (a recursive listing of a 100,000-file repo weighs 100,000), not by listings: an entry
+# held costs a few hundred bytes, so the cache stays within some tens of MB however many repos are read.
+MAX_CACHED_ENTRIES = 100_000
 
 
 class _ShaKeyedCache:
