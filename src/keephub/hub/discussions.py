@@ -517,9 +517,7 @@ def _plan_merge(session: Session, repo: RepoRef, discussion: Discussion) -> Merg
     base = repos.branch_head(session, repo, str(discussion.target_branch))
     head = repos.branch_head(session, repo, pr_ref(discussion.num))
     ancestor = _merge_base(session, base, head)
-    start = _files(session, ancestor)
-    return MergePlan(base, head, ancestor, _changes(start, _files(session, base)),
-                     _changes(start, _files(session, head)))
+    return MergePlan(base, head, ancestor, _changes(session, ancestor, base), _changes(session, ancestor, head))
 
 
 def _merge_base(session: Session, base: str, head: str) -> str | None:
@@ -541,17 +539,14 @@ def _merge_base(session: Session, base: str, head: str) -> str | None:
     return None
 
 
-def _files(session: Session, commit_sha: str | None) -> dict[str, str]:
-    if commit_sha is None:
-        return {}
-    tree = gitobjects.load_commit(session, commit_sha).tree.decode()
-    return {e.path: e.sha for e in gitobjects.list_entries(session, tree, "", recursive=True) if not e.is_dir}
+def _tree(session: Session, commit_sha: str | None) -> str | None:
+    return gitobjects.load_commit(session, commit_sha).tree.decode() if commit_sha else None
 
 
-def _changes(before: dict[str, str], after: dict[str, str]) -> dict[str, str | None]:
-    changed: dict[str, str | None] = {p: s for p, s in after.items() if before.get(p) != s}
-    changed.update({p: None for p in before if p not in after})
-    return changed
+def _changes(session: Session, before: str | None, after: str) -> dict[str, str | None]:
+    """path -> its blob at `after` (None: deleted) of each file changed between two commits."""
+    return {path: new for path, (_, new) in gitobjects.changed_files(session, _tree(session, before),
+                                                                     _tree(session, after)).items()}
 
 
 def _merge_commit(session: Session, repo: RepoRef, plan: MergePlan, actor: Actor, discussion: Discussion) -> str:
@@ -578,16 +573,16 @@ def _diff(session: Session, repo: RepoRef, discussion: Discussion) -> str:
         ancestor: str | None = discussion.merge_base_sha
     else:
         ancestor = _merge_base(session, repos.branch_head(session, repo, str(discussion.target_branch)), head)
-    before, after = _files(session, ancestor), _files(session, head)
     parts = []
-    for path, sha in sorted(_changes(before, after).items()):
-        old, new = _text(session, before.get(path)), _text(session, sha)
+    for path, (before, after) in sorted(gitobjects.changed_files(session, _tree(session, ancestor),
+                                                                 _tree(session, head)).items()):
+        old, new = _text(session, before), _text(session, after)
         parts.append(f"diff --git a/{path} b/{path}\n")
         if old is None or new is None:
             parts.append(f"Binary files a/{path} and b/{path} differ\n")
             continue
-        parts.extend(difflib.unified_diff(old, new, f"a/{path}" if path in before else "/dev/null",
-                                          f"b/{path}" if sha else "/dev/null"))
+        parts.extend(difflib.unified_diff(old, new, f"a/{path}" if before else "/dev/null",
+                                          f"b/{path}" if after else "/dev/null"))
     return "".join(parts)
 
 

@@ -16,6 +16,7 @@ from itertools import accumulate
 from threading import Lock
 from typing import Callable, Iterator
 
+from dulwich.diff_tree import tree_changes
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 from sqlalchemy import Insert, select
 from sqlalchemy.orm import Session
@@ -275,6 +276,32 @@ def load_tree(session: Session, sha: str) -> Tree:
     if not isinstance(obj, Tree):
         raise KeyError(sha)
     return obj
+
+
+class DatabaseObjects:
+    """The database's git objects as dulwich's algorithms read them (by binary-hex id), e.g. its tree diff."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __getitem__(self, sha: bytes) -> ShaFile:
+        return load(self.session, sha.decode())
+
+
+def changed_files(session: Session, before_tree: str | None, after_tree: str | None) -> dict[str, tuple[str | None,
+                                                                                                      str | None]]:
+    """path -> (blob before, blob after) of every file that differs between two trees (None: absent). dulwich's
+    tree diff skips subtrees whose ids match, so the cost is the folders that changed, not the repo's size."""
+    changes: dict[str, tuple[str | None, str | None]] = {}
+    for change in tree_changes(DatabaseObjects(session), before_tree.encode() if before_tree else None,
+                               after_tree.encode() if after_tree else None):
+        if change.old is not None:  # a file whose kind changed (say, to a symlink) comes as a delete and an add
+            path = change.old.path.decode()
+            changes[path] = (change.old.sha.decode(), changes.get(path, (None, None))[1])
+        if change.new is not None:
+            path = change.new.path.decode()
+            changes[path] = (changes.get(path, (None, None))[0], change.new.sha.decode())
+    return changes
 
 
 def tree_index(session: Session, sha: str) -> TreeIndex:

@@ -247,16 +247,6 @@ def history(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name:
     return repo, shown, len(commits) > (page + 1) * HISTORY_PAGE, branches, tags
 
 
-class _DatabaseObjects:
-    """The git objects of the database as dulwich's tree diff reads them (by id)."""
-
-    def __init__(self, session) -> None:  # type: ignore[no-untyped-def]
-        self.session = session
-
-    def __getitem__(self, sha: bytes) -> ShaFile:
-        return gitobjects.load(self.session, sha.decode())
-
-
 def commit_changes(hub: Hub, actor: Actor | None, repo_type: str, namespace: str, name: str,
                    sha: str) -> CommitView:
     """A commit and the files it added, changed and deleted against its first parent."""
@@ -268,8 +258,8 @@ def commit_changes(hub: Hub, actor: Actor | None, repo_type: str, namespace: str
 
         def compute() -> tuple[int, list[tuple[str, str]]]:
             parent_tree = gitobjects.load_commit(session, parent).tree if parent else None
-            changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
-                       for change in tree_changes(_DatabaseObjects(session), parent_tree, commit.tree)]
+            changes = [(change.type, (change.new or change.old).path.decode("utf-8", "replace"))
+                       for change in tree_changes(gitobjects.DatabaseObjects(session), parent_tree, commit.tree)]
             return len(changes), sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
 
         total, shown = _commit_changes.get(resolved, compute)
@@ -312,7 +302,7 @@ class DiscussionView:
     may_merge: bool
 
 
-class _CommitGraph(_DatabaseObjects):
+class _CommitGraph(gitobjects.DatabaseObjects):
     """The database's commits as dulwich's merge-base search reads them (a repo with no grafts or shallows)."""
 
     shallows: ClassVar[frozenset[bytes]] = frozenset()
@@ -336,7 +326,7 @@ def _pull_request_changes(session, base: str, head: str) -> list[tuple[str, str]
     graph = _CommitGraph(session)
     bases = find_merge_base(graph, [base.encode(), head.encode()])
     before = gitobjects.load_commit(session, bases[0].decode()).tree if bases else None
-    changes = [(change.type, (change.new.path or change.old.path).decode("utf-8", "replace"))
+    changes = [(change.type, (change.new or change.old).path.decode("utf-8", "replace"))
                for change in tree_changes(graph, before, gitobjects.load_commit(session, head).tree)]
     return sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
 
