@@ -159,7 +159,7 @@ class Discussions:
                 if discussion.merge_commit_sha:
                     result["changes"]["mergeCommitId"] = discussion.merge_commit_sha
                 plan = _plan_merge(session, repo, discussion) if discussion.status in ("open", "draft") else None
-                result["filesWithConflicts"] = plan.conflicts if plan else []
+                result["filesWithConflicts"] = list(plan.conflicts) if plan else []
                 if with_diff:
                     result["diff"] = _diff(session, repo, discussion)
             return result
@@ -513,11 +513,20 @@ class MergePlan:
                                 if path in base_changes and base_changes[path] != sha)
 
 
+# Merge plans by (target branch head, pull request head): both are commits, which never change, so a pull
+# request's page costs its two tree diffs once per push, not on every view.
+_merge_plans: gitobjects.ShaKeyedCache[tuple[str, str], MergePlan] = gitobjects.ShaKeyedCache(256)
+
+
 def _plan_merge(session: Session, repo: RepoRef, discussion: Discussion) -> MergePlan:
     base = repos.branch_head(session, repo, str(discussion.target_branch))
     head = repos.branch_head(session, repo, pr_ref(discussion.num))
-    ancestor = _merge_base(session, base, head)
-    return MergePlan(base, head, ancestor, _changes(session, ancestor, base), _changes(session, ancestor, head))
+
+    def compute() -> MergePlan:
+        ancestor = _merge_base(session, base, head)
+        return MergePlan(base, head, ancestor, _changes(session, ancestor, base), _changes(session, ancestor, head))
+
+    return _merge_plans.get_or_compute((base, head), compute)
 
 
 def _merge_base(session: Session, base: str, head: str) -> str | None:

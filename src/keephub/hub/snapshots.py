@@ -9,10 +9,8 @@ files) is still read from the database on every request by the callers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from threading import Lock
 from typing import Any
 
-from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
 from keephub.hub import wireformat
@@ -23,32 +21,13 @@ from keephub.storage import gitobjects
 MAX_CACHED_ENTRIES = 100_000
 
 
-class _ShaKeyedCache:
-    """A thread-safe LRU of values derived from immutable git objects, bounded by the sum of their weights."""
-
-    def __init__(self, capacity: int, weigh: Callable[[Any], int]) -> None:
-        self._items: LRUCache = LRUCache(maxsize=capacity, getsizeof=weigh)
-        self._lock = Lock()
-
-    def get_or_compute(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            found = self._items.get(key)
-        if found is not None:
-            return found
-        value = compute()
-        with self._lock:
-            if self._items.getsizeof(value) <= self._items.maxsize:  # a listing too large to keep is just served
-                self._items[key] = value
-        return value
-
-
 def _weight(value: Any) -> int:
     """How many entries a cached value holds: a listing's entries, or a repo's files."""
     entries = value[0] if isinstance(value[0], tuple) else value[1]["siblings"]
     return max(len(entries), 1)
 
 
-_listings = _ShaKeyedCache(MAX_CACHED_ENTRIES, weigh=_weight)
+_listings: gitobjects.ShaKeyedCache[tuple, Any] = gitobjects.ShaKeyedCache(MAX_CACHED_ENTRIES, weigh=_weight)
 
 
 def _listing(session: Session, tree_sha: str, prefix: str, recursive: bool) -> tuple[tuple[dict, ...],

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import stat
 from bisect import bisect_left
-from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from threading import Lock
-from typing import Callable, Iterator
+from typing import Generic, TypeVar
 
+from cachetools import LRUCache
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 from sqlalchemy import Insert, select
@@ -27,6 +28,9 @@ FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1\n"
 _LFS_POINTER_MAX = 200
+
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
 
 
 def lfs_pointer(oid: str, size: int) -> bytes:
@@ -60,35 +64,34 @@ class Entry:
         return self.lfs_size if self.lfs_size is not None else self.size
 
 
-class _LRU:
-    """A least-recently-used cache; `weigh` says how much of `capacity` a value takes (1 each by default)."""
+class ShaKeyedCache(Generic[Key, Value]):
+    """A thread-safe LRU of values derived from immutable git objects, keyed by their shas: an object never
+    changes, so nothing here needs invalidating. `weigh` says how much of `capacity` a value takes (1 each by
+    default); a value too large to keep is just served."""
 
-    def __init__(self, capacity: int, weigh: Callable[[object], int] = lambda _value: 1) -> None:
-        self.capacity = capacity
-        self.weigh = weigh
-        self.weight = 0
-        self.items: OrderedDict[str, object] = OrderedDict()
-        self.lock = Lock()
+    def __init__(self, capacity: int, weigh: Callable[[Value], int] | None = None) -> None:
+        self._items: LRUCache[Key, Value] = LRUCache(maxsize=capacity, getsizeof=weigh)
+        self._lock = Lock()
 
-    def get(self, key: str) -> object | None:
-        with self.lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
+    def get(self, key: Key) -> Value | None:
+        with self._lock:
+            return self._items.get(key)
 
-    def put(self, key: str, value: object) -> None:
-        with self.lock:
-            replaced = self.items.pop(key, None)
-            if replaced is not None:
-                self.weight -= self.weigh(replaced)
-            self.items[key] = value
-            self.weight += self.weigh(value)
-            while self.weight > self.capacity and len(self.items) > 1:
-                self.weight -= self.weigh(self.items.popitem(last=False)[1])
+    def put(self, key: Key, value: Value) -> None:
+        with self._lock:
+            if self._items.getsizeof(value) <= self._items.maxsize:
+                self._items[key] = value
+
+    def get_or_compute(self, key: Key, compute: Callable[[], Value]) -> Value:
+        """The cached value, else `compute()`'s, then kept; computed outside the lock, so two threads may both."""
+        found = self.get(key)
+        if found is None:
+            found = compute()
+            self.put(key, found)
+        return found
 
 
-_parsed = _LRU(4096)
+_parsed: ShaKeyedCache[str, ShaFile] = ShaKeyedCache(4096)
 
 
 class TreeIndex:
@@ -186,14 +189,13 @@ class TreeIndex:
         return TreeIndex(b"".join(raw), keys, lengths)
 
 
-def _index_bytes(index: object) -> int:
+def _index_bytes(index: TreeIndex) -> int:
     """Roughly the memory a cached TreeIndex holds: its raw bytes, plus a key and a length per entry."""
-    assert isinstance(index, TreeIndex)
     return len(index.raw) + 72 * len(index.keys)
 
 
 # Weighed in bytes, not entries, so that a few huge folders cannot fill memory.
-_indexes = _LRU(64 * 1024 * 1024, _index_bytes)
+_indexes: ShaKeyedCache[str, TreeIndex] = ShaKeyedCache(64 * 1024 * 1024, _index_bytes)
 
 
 def insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
@@ -254,7 +256,7 @@ class ObjectWriter:
 def load(session: Session, sha: str) -> ShaFile:
     cached = _parsed.get(sha)
     if cached is not None:
-        return cached  # type: ignore[return-value]
+        return cached
     row = session.execute(select(GitObject.type_num, GitObject.data).where(GitObject.sha == sha)).one_or_none()
     if row is None:
         raise KeyError(sha)
@@ -307,7 +309,7 @@ def changed_files(session: Session, before_tree: str | None, after_tree: str | N
 def tree_index(session: Session, sha: str) -> TreeIndex:
     cached = _indexes.get(sha)
     if cached is not None:
-        return cached  # type: ignore[return-value]
+        return cached
     row = session.execute(select(GitObject.type_num, GitObject.data).where(GitObject.sha == sha)).one_or_none()
     if row is None or row.type_num != Tree.type_num:
         raise KeyError(sha)

@@ -12,13 +12,11 @@ import json
 import re
 import stat
 import struct
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import prod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from dulwich.diff_tree import tree_changes
 from dulwich.graph import can_fast_forward, find_merge_base
@@ -57,31 +55,10 @@ def natural_key(name: str) -> list[str | int]:
     return parts
 
 
-class ByObjectId:
-    """What pages derive from a git object (a folder's sorted listing, a commit's changes), kept by the object's
-    id for the last `capacity` objects: an object never changes, so a large one costs its work once, not on every
-    page view."""
-
-    def __init__(self, capacity: int = 32) -> None:
-        self.capacity = capacity
-        self.values: OrderedDict[str, Any] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, object_id: str, compute: Callable[[], Any]) -> Any:
-        with self.lock:
-            if object_id in self.values:
-                self.values.move_to_end(object_id)
-                return self.values[object_id]
-        value = compute()
-        with self.lock:
-            self.values[object_id] = value
-            while len(self.values) > self.capacity:
-                self.values.popitem(last=False)
-        return value
-
-
-_folders = ByObjectId()
-_commit_changes = ByObjectId()
+# What pages derive from a git object (a folder's sorted listing, a commit's changes), kept for the last 32
+# objects: a large one costs its work once, not on every page view.
+_folders: gitobjects.ShaKeyedCache[str, list[tuple[str, int, str]]] = gitobjects.ShaKeyedCache(32)
+_commit_changes: gitobjects.ShaKeyedCache[str, tuple[int, list[tuple[str, str]]]] = gitobjects.ShaKeyedCache(32)
 
 
 def _sorted_items(session, tree_sha: str) -> list[tuple[str, int, str]]:  # type: ignore[no-untyped-def]
@@ -92,7 +69,7 @@ def _sorted_items(session, tree_sha: str) -> list[tuple[str, int, str]]:  # type
         items.sort(key=lambda item: (not stat.S_ISDIR(item[1]), natural_key(item[0])))
         return items
 
-    return _folders.get(tree_sha, compute)
+    return _folders.get_or_compute(tree_sha, compute)
 
 
 @dataclass(frozen=True)
@@ -262,7 +239,7 @@ def commit_changes(hub: Hub, actor: Actor | None, repo_type: str, namespace: str
                        for change in tree_changes(gitobjects.DatabaseObjects(session), parent_tree, commit.tree)]
             return len(changes), sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
 
-        total, shown = _commit_changes.get(resolved, compute)
+        total, shown = _commit_changes.get_or_compute(resolved, compute)
     return CommitView(repo, _commit_entry(commit), parent, total, shown)
 
 
@@ -331,7 +308,7 @@ def _pull_request_changes(session, base: str, head: str) -> list[tuple[str, str]
     return sorted(changes, key=lambda change: natural_key(change[1]))[:CHANGES_SHOWN]
 
 
-_pull_requests = ByObjectId()
+_pull_requests: gitobjects.ShaKeyedCache[str, list[tuple[str, str]]] = gitobjects.ShaKeyedCache(32)
 
 
 def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_type: str, namespace: str, name: str,
@@ -345,7 +322,8 @@ def discussion(hub: Hub, discussions: Discussions, actor: Actor | None, repo_typ
         if details["isPullRequest"] and details["status"] != "merged":
             base = repos.branch_head(session, repo, details["changes"]["base"].removeprefix("refs/heads/"))
             head = repos.branch_head(session, repo, pr_ref(num))
-            changed = _pull_requests.get(f"{base}:{head}", lambda: _pull_request_changes(session, base, head))
+            changed = _pull_requests.get_or_compute(f"{base}:{head}",
+                                                     lambda: _pull_request_changes(session, base, head))
     may_merge = details["isPullRequest"] and details["status"] in ("open", "draft")
     return DiscussionView(repo, details, changed, may_merge and allowed(actor, "repo.write", repo.target))
 

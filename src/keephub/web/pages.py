@@ -34,6 +34,7 @@ from keephub.hub.naming import URL_PREFIX
 from keephub.hub.routes import actor_of, call, hub_of
 from keephub.jobs.logs import LogCursor, LogPosition
 from keephub.jobs.service import TERMINAL
+from keephub.storage.gitobjects import ShaKeyedCache
 from keephub.web import browse, curves, joblog
 from keephub.web.sessions import (
     NEW_TOKEN_COOKIE,
@@ -466,8 +467,9 @@ async def blob_page(request: Request) -> Response:
     elif media_type in _IMAGE_TYPES:
         kind = "image"
     elif file.inline is not None and b"\x00" not in file.inline[:8192]:
-        kind, content = "text", _highlighted.get(f"{file.entry.sha}:{path.rsplit('/', 1)[-1]}",
-                                                 lambda: _highlight(path, file.inline.decode("utf-8", "replace")))
+        kind, content = "text", _highlighted.get_or_compute(
+            f"{file.entry.sha}:{path.rsplit('/', 1)[-1]}",
+            lambda: _highlight(path, file.inline.decode("utf-8", "replace")))
     elif file.entry.lfs_oid is None and file.entry.size > browse.MAX_SHOWN_TEXT:
         kind = "large"
     return render(request, "file.html", {
@@ -476,7 +478,7 @@ async def blob_page(request: Request) -> Response:
 
 
 # A file's highlighted HTML, by blob and file name (which picks the lexer): highlighting costs more than the page.
-_highlighted = browse.ByObjectId(capacity=64)
+_highlighted: ShaKeyedCache[str, str] = ShaKeyedCache(64)
 
 
 def _highlight(path: str, text: str) -> str:
