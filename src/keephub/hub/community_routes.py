@@ -60,18 +60,21 @@ async def discussion_details(request: Request) -> JSONResponse:
     return JSONResponse(found)
 
 
-async def comment(request: Request) -> JSONResponse:
+async def _change_discussion(request: Request, change: Callable[..., dict], *path_args: str) -> JSONResponse:
+    """Runs a `Discussions` change on the discussion the URL names: the caller, the repo, its number, then
+    `path_args` and the JSON body."""
     actor = await actor_of(request)
     body = await read_json_object(request)
-    return JSONResponse(await call(discussions_of(request).comment, actor, *repo_params(request),
-                                   number_param(request), body))
+    return JSONResponse(await call(change, actor, *repo_params(request), number_param(request), *path_args, body))
+
+
+async def comment(request: Request) -> JSONResponse:
+    return await _change_discussion(request, discussions_of(request).comment)
 
 
 async def edit_comment(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
-    body = await read_json_object(request)
-    return JSONResponse(await call(discussions_of(request).edit_comment, actor, *repo_params(request),
-                                   number_param(request), request.path_params["comment_id"], body))
+    return await _change_discussion(request, discussions_of(request).edit_comment,
+                                    request.path_params["comment_id"])
 
 
 async def hide_comment(request: Request) -> JSONResponse:
@@ -81,24 +84,15 @@ async def hide_comment(request: Request) -> JSONResponse:
 
 
 async def rename(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
-    body = await read_json_object(request)
-    return JSONResponse(await call(discussions_of(request).rename, actor, *repo_params(request),
-                                   number_param(request), body))
+    return await _change_discussion(request, discussions_of(request).rename)
 
 
 async def change_status(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
-    body = await read_json_object(request)
-    return JSONResponse(await call(discussions_of(request).change_status, actor, *repo_params(request),
-                                   number_param(request), body))
+    return await _change_discussion(request, discussions_of(request).change_status)
 
 
 async def merge(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
-    body = await read_json_object(request)
-    return JSONResponse(await call(discussions_of(request).merge, actor, *repo_params(request),
-                                   number_param(request), body))
+    return await _change_discussion(request, discussions_of(request).merge)
 
 
 async def offer_rescue(request: Request) -> JSONResponse:
