@@ -14,6 +14,7 @@ from __future__ import annotations
 import stat
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
@@ -30,6 +31,8 @@ from keephub.wire import HubError
 ZERO_SHA = "0" * 40
 _REF_PREFIXES = {"branch": "refs/heads/", "tag": "refs/tags/"}
 _ALLOWED_MODES = (gitobjects.FILE_MODE, stat.S_IFREG | 0o755, gitobjects.DIR_MODE)
+# What `_to_accept` checks a pushed object to be: a tree or a blob.
+Pushed = TypeVar("Pushed", Tree, Blob)
 
 
 def ref_name(kind: str, name: str) -> str:
@@ -159,15 +162,25 @@ def _repo_has_commit(push: _Push, sha: str) -> bool:
     return push.session.get(RepoCommit, (push.repo.id, sha)) is not None
 
 
+def _to_accept(push: _Push, sha: str, path: str, parents: list[str], kind: type[Pushed],
+               noun: str) -> Pushed | None:
+    """The pushed object `sha` found at `path`, checked to be a `kind`, if it still needs accepting; None when it
+    was accepted already or is not in the push (then the repo must hold it already)."""
+    if sha in push.accepted:
+        return None
+    found = push.incoming.get(sha)
+    if found is None:
+        _require_known(push, sha, path, parents)
+        return None
+    if not isinstance(found, kind):
+        raise Refused(f"object {sha[:12]} at {path or 'the root'} should be a {noun} but is a {found.type_name}")
+    return found
+
+
 def _accept_tree(push: _Push, tree_sha: str, path: str, parents: list[str]) -> None:
-    if tree_sha in push.accepted:
-        return
-    tree = push.incoming.get(tree_sha)
+    tree = _to_accept(push, tree_sha, path, parents, Tree, "tree")
     if tree is None:
-        _require_known(push, tree_sha, path, parents)
         return
-    if not isinstance(tree, Tree):
-        raise Refused(f"object {tree_sha[:12]} at {path or 'the root'} should be a tree but is a {tree.type_name}")
     _check_format(tree)
     push.accepted[tree_sha] = tree
     for entry in tree.iteritems():
@@ -188,14 +201,9 @@ def _accept_tree(push: _Push, tree_sha: str, path: str, parents: list[str]) -> N
 
 
 def _accept_blob(push: _Push, sha: str, path: str, parents: list[str]) -> None:
-    if sha in push.accepted:
-        return
-    blob = push.incoming.get(sha)
+    blob = _to_accept(push, sha, path, parents, Blob, "file")
     if blob is None:
-        _require_known(push, sha, path, parents)
         return
-    if not isinstance(blob, Blob):
-        raise Refused(f"object {sha[:12]} at {path} should be a file but is a {blob.type_name}")
     data = blob.as_raw_string()
     pointer = gitobjects.parse_lfs_pointer(data)
     if pointer is not None:
