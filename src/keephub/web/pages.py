@@ -450,15 +450,20 @@ async def merge_pull_request(request: Request) -> Response:
     return RedirectResponse(f"{_repo_base(repo_type, namespace, name)}/discussions/{num}", status_code=303)
 
 
+async def _requested_file(request: Request) -> tuple[browse.File, str, str]:
+    """The file the URL names, as the signed-in caller may read it, with the revision and path it was named by."""
+    actor = await page_actor(request)
+    revision, path = _revision(request), unquote(request.path_params["path"])
+    file = await call(browse.read_file, hub_of(request), actor, *_repo_args(request), revision, path)
+    return file, revision, path
+
+
 @page
 async def blob_page(request: Request) -> Response:
     """One file: highlighted text, an image, or a safetensors summary read from the file's header alone."""
-    actor = await page_actor(request)
+    file, revision, path = await _requested_file(request)
     hub = hub_of(request)
-    repo_type, namespace, name = _repo_args(request)
-    revision, path = _revision(request), unquote(request.path_params["path"])
-    file = await call(browse.read_file, hub, actor, repo_type, namespace, name, revision, path)
-    base = _repo_base(repo_type, namespace, name)
+    base = _repo_base(*_repo_args(request))
     raw_url = f"{base}/raw/{quote_revision(revision)}/{quote(path)}"
     kind, content, summary = "binary", "", None
     media_type = mimetypes.guess_type(path)[0] or ""
@@ -492,11 +497,8 @@ def _highlight(path: str, text: str) -> str:
 @page
 async def raw_file(request: Request) -> Response:
     """A file's bytes for a signed-in browser (the API's resolve URL wants a token header a browser lacks)."""
-    actor = await page_actor(request)
+    file, _, path = await _requested_file(request)
     hub = hub_of(request)
-    repo_type, namespace, name = _repo_args(request)
-    revision, path = _revision(request), unquote(request.path_params["path"])
-    file = await call(browse.read_file, hub, actor, repo_type, namespace, name, revision, path)
     media_type = mimetypes.guess_type(path)[0]
     inline = media_type in _IMAGE_TYPES
     filename = quote(path.rsplit("/", 1)[-1], safe="")
