@@ -173,7 +173,8 @@ def _to_accept(push: _Push, sha: str, path: str, parents: list[str], kind: type[
         _require_known(push, sha, path, parents)
         return None
     if not isinstance(found, kind):
-        raise Refused(f"object {sha[:12]} at {path or 'the root'} should be a {noun} but is a {found.type_name.decode()}")
+        raise Refused(f"object {sha[:12]} at {path or 'the root'} should be a {noun} but is a "
+                      f"{found.type_name.decode()}")
     return found
 
 
