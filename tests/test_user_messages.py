@@ -50,7 +50,10 @@ def test_403_is_printed_once_without_a_doubled_status_or_period(server: Server, 
     assert "403 Forbidden: 403 Forbidden" not in text, text
     assert not re.search(r"\.\.(\s|$)", text), text
     assert text.count(f"no write access to namespace '{other}'") == 1, text
-    assert text.startswith("403 Forbidden: user '"), text
+    # The client puts the answer's X-Request-Id first (as for the Hub), then the message, once.
+    request_id, _, message = text.partition("\n\n")
+    assert re.fullmatch(r"\(Request ID: [0-9a-f]{32}\)", request_id), text
+    assert message.startswith("403 Forbidden: user '"), text
 
 
 def test_preflight_refusal_prints_a_summary_then_the_checklist_once_intact(alice, api: HfApi) -> None:
