@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything keephub needs on a fresh Debian machine: system packages (bubblewrap, Slurm, munge, PostgreSQL),
+# Set up everything keephub needs on a fresh Debian machine: system packages (bubblewrap, Slurm, munge,
+# PostgreSQL, git, git-lfs, Chromium, nginx),
 # a virtualenv with the pinned CPU torch first (so nothing pulls CUDA builds), then keephub and the training
 # stack.
 # Idempotent: re-running it only installs what is missing.
