@@ -111,6 +111,15 @@ class SlurmCluster:
             self._slurmd = self._slurmctld = self._munged = None
             self._kill_leftover_steps()
 
+    def cancel_jobs_of(self, keephub_job_id: str) -> None:
+        """Cancel every Slurm job keephub made for one of its jobs (named keephub-<id>-<attempt>), so that one a
+        failed test leaves behind cannot hold the node's CPUs through the tests after it."""
+        listed = self._command("squeue", "--noheader", "--format=%i %j").stdout.splitlines()
+        ids = [slurm_id for slurm_id, _, name in (line.strip().partition(" ") for line in listed)
+               if name.startswith(f"keephub-{keephub_job_id}-")]
+        if ids:
+            self._command("scancel", *ids)
+
     def _jobs(self) -> list[str]:
         return self._command("squeue", "--noheader", "--format=%i").stdout.split()
 
