@@ -149,7 +149,17 @@ class SlurmExecutor:
 
     def launch(self, launch: Launch) -> str:
         """sbatch; Slurm's refusal in its own words, or its silence as unavailability. A job Slurm queues
-        but can never run as asked is cancelled and refused too."""
+        but can never run as asked is cancelled and refused too. An earlier try whose answer was lost (sbatch
+        timed out while the controller came back, yet queued the job) is adopted, never submitted twice."""
+        earlier = self._slurm("squeue", "--noheader", "--name", _job_name(launch), "--format=%i")
+        if earlier.returncode != 0:
+            if _unreachable(_words(earlier)):
+                raise ExecutorUnavailable(f"Slurm cannot take the job now: {_words(earlier)}")
+        elif queued := earlier.stdout.split():
+            job_id = min(queued, key=int)
+            log.info("keephub job %s attempt %d is already Slurm job %s (an earlier sbatch went unanswered)",
+                     launch.job_id, launch.attempt, job_id)
+            return job_id
         result = self._slurm("sbatch", *self.sbatch_args(launch), stdin=self.batch_script(launch))
         words = _words(result)
         if result.returncode != 0:
@@ -214,7 +224,7 @@ class SlurmExecutor:
         flavor = launch.flavor
         seconds = launch.time_limit_seconds + launch.grace_seconds + TIME_MARGIN_SECONDS
         partition = self.partitions.get(flavor.name, self.partition)
-        return ["--parsable", f"--job-name=keephub-{launch.job_id}-{launch.attempt}", "--nodes=1",
+        return ["--parsable", f"--job-name={_job_name(launch)}", "--nodes=1",
                 "--ntasks=1", f"--cpus-per-task={flavor.cpus}", f"--time={max(1, math.ceil(seconds / 60))}",
                 "--no-requeue", "--export=ALL", "--chdir=/", "--output=/dev/null",
                 *([f"--partition={partition}"] if partition else []),
@@ -340,6 +350,11 @@ def _partitions(value: object) -> dict[str, str]:
         raise ConfigError(f"[jobs.slurm] partitions: {unknown[0]} is not a flavor keephub has; use one of "
                           f"{', '.join(FLAVOR_NAMES)}")
     return dict(value)
+
+
+def _job_name(launch: Launch) -> str:
+    """The Slurm job name of an attempt: how a resubmission finds a job an earlier, unanswered sbatch queued."""
+    return f"keephub-{launch.job_id}-{launch.attempt}"
 
 
 def _sbatch_options(value: object) -> list[str]:
