@@ -46,10 +46,16 @@ def _claimed(lifecycle: Scheduler, job_id: str) -> str:
     return credential
 
 
+def _started(lifecycle: Scheduler, job_id: str) -> str:
+    """Claim and start the job's first attempt; the credential its agent uses from then on."""
+    return lifecycle.agent_start(job_id, 1, _claimed(lifecycle, job_id), "node-a")["agentCredential"]
+
+
 def test_a_credential_works_for_its_own_attempt_only(lifecycle: Scheduler) -> None:
     first, second = _job(lifecycle), _job(lifecycle)
-    mine, theirs = _claimed(lifecycle, first), _claimed(lifecycle, second)
-    plan = lifecycle.agent_start(first, 1, mine, "node-a")
+    launch, theirs = _claimed(lifecycle, first), _claimed(lifecycle, second)
+    plan = lifecycle.agent_start(first, 1, launch, "node-a")
+    mine = plan.pop("agentCredential")
     assert plan["command"] == ["python", "-c", "print(1)"] and plan["flavor"] == "cpu-basic"
     with pytest.raises(Forbidden):
         lifecycle.agent_start(first, 1, theirs, "node-a")
@@ -62,10 +68,27 @@ def test_a_credential_works_for_its_own_attempt_only(lifecycle: Scheduler) -> No
         lifecycle.agent_log(first, 1, mine, 1, [("t", "late")])
 
 
+def test_a_second_agent_of_a_started_attempt_is_refused(lifecycle: Scheduler) -> None:
+    """An executor may start the same attempt twice (a batch job queued again after sbatch timed out): the
+    launch credential dies at the first start, so the second agent is refused and exits, and the attempt runs
+    once; the first agent goes on with the credential its plan carried."""
+    job_id = _job(lifecycle)
+    launch = _claimed(lifecycle, job_id)
+    running = lifecycle.agent_start(job_id, 1, launch, "node-a")["agentCredential"]
+    assert running != launch
+    with pytest.raises(Forbidden):
+        lifecycle.agent_start(job_id, 1, launch, "node-b")
+    with pytest.raises(Forbidden):
+        lifecycle.agent_heartbeat(job_id, 1, launch, "node-b")
+    assert lifecycle.agent_heartbeat(job_id, 1, running, "node-a") == {}
+    assert lifecycle.agent_log(job_id, 1, running, 1, [("t", "once")]) == {"next": 2, "stored": 1}
+    attempt = lifecycle.service.load(None, job_id).attempts[0]
+    assert attempt.outcome == "RUNNING" and attempt.node == "node-a"
+
+
 def test_resent_lines_are_stored_once_and_a_gap_is_refused(lifecycle: Scheduler) -> None:
     job_id = _job(lifecycle)
-    credential = _claimed(lifecycle, job_id)
-    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    credential = _started(lifecycle, job_id)
     assert lifecycle.agent_log(job_id, 1, credential, 1, [("t", "one"), ("t", "two")]) == {"next": 3, "stored": 2}
     # The answer was lost: the agent sends lines 2-3 again, with line 3 new.
     assert lifecycle.agent_log(job_id, 1, credential, 2, [("t", "two"), ("t", "three")]) == {"next": 4, "stored": 1}
@@ -81,8 +104,7 @@ def test_resent_lines_are_stored_once_and_a_gap_is_refused(lifecycle: Scheduler)
 def test_a_torn_append_is_cut_off_before_the_next(lifecycle: Scheduler) -> None:
     """A crash between appending lines and recording them leaves bytes the agent will resend: they go."""
     job_id = _job(lifecycle)
-    credential = _claimed(lifecycle, job_id)
-    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    credential = _started(lifecycle, job_id)
     lifecycle.agent_log(job_id, 1, credential, 1, [("t", "kept")])
     path = attempt_log(lifecycle.jobs_dir, job_id, 1)
     with open(path, "ab") as fh:
@@ -94,8 +116,7 @@ def test_a_torn_append_is_cut_off_before_the_next(lifecycle: Scheduler) -> None:
 
 def test_an_attempt_ends_once_and_a_failed_one_is_retried(lifecycle: Scheduler) -> None:
     job_id = _job(lifecycle, attempts=2)
-    credential = _claimed(lifecycle, job_id)
-    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    credential = _started(lifecycle, job_id)
     assert lifecycle.agent_exit(job_id, 1, credential, {"exitCode": 3, "stopped": None, "reason": None}) == {
         "outcome": "ERROR", "message": "exited with status 3"}
     with pytest.raises(Forbidden):  # a second report of the same end
@@ -115,8 +136,8 @@ def test_volumes_reach_the_agent_with_a_token_of_their_own_and_each_credential_r
                                lifecycle.service.flavors, 60)
     guarded = replace(spec, durability={"repo": "ada/m", "outputDir": "o"})
     job_id = lifecycle.service.create_job("ada", "ada", guarded, secrets, [], None)
-    credential = _claimed(lifecycle, job_id)
-    plan = lifecycle.agent_start(job_id, 1, credential, "node-a")
+    plan = lifecycle.agent_start(job_id, 1, _claimed(lifecycle, job_id), "node-a")
+    credential = plan["agentCredential"]
     token = plan["volumeToken"]
     assert token.startswith("kh_") and token in plan["redact"]
     assert token not in json.dumps(plan["env"]) and plan["volumes"][0]["mountPath"] == "/data"
@@ -180,8 +201,7 @@ def test_attempts_of_a_keephub_before_executors_end_at_start_and_are_retried(lif
 def test_an_agent_heard_from_again_is_not_given_up(lifecycle: Scheduler) -> None:
     """The silence that ends an attempt is checked in the same update: a heartbeat that arrived meanwhile wins."""
     job_id = _job(lifecycle)
-    credential = _claimed(lifecycle, job_id)
-    lifecycle.agent_start(job_id, 1, credential, "node-a")
+    credential = _started(lifecycle, job_id)
     before_it = datetime.now(timezone.utc) - timedelta(seconds=60)
     assert not lifecycle.finish_attempt(job_id, 1, Outcome("ERROR", "silent"), silent_since=before_it)
     assert lifecycle.service.load(None, job_id).job.stage == "RUNNING"

@@ -80,7 +80,7 @@ class Link:
         self._https = url.scheme == "https"
         self._host, self._port = url.hostname or "127.0.0.1", url.port or (443 if self._https else 80)
         self._base = f"{url.path.rstrip('/')}{API}/jobs/{job}/attempts/{attempt}"
-        self._credential = credential
+        self.credential = credential
 
     def post(self, what: str, body: dict, timeout: float = 30) -> dict:
         """One call; OSError when keephub cannot be reached or answers 5xx, Refused on 4xx."""
@@ -88,7 +88,7 @@ class Link:
         connection = kind(self._host, self._port, timeout=timeout)
         try:
             connection.request("POST", f"{self._base}/{what}", body=json.dumps(body).encode(),
-                               headers={"Authorization": f"Bearer {self._credential}",
+                               headers={"Authorization": f"Bearer {self.credential}",
                                         "Content-Type": "application/json"})
             response = connection.getresponse()
             raw = response.read()
@@ -591,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as exc:
         log.info("keephub will not run this attempt: %s", exc)
         return 0
+    link.credential = plan.pop("agentCredential")
     attempt = Attempt(args, link, plan)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _: attempt.request_stop(

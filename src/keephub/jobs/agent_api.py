@@ -7,7 +7,8 @@
     POST /api/agent/v1/jobs/{job_id}/attempts/{attempt}/records    a durability record (sidecar; agent: bucket-sync)
 
 Each takes `Authorization: Bearer <credential>`. The agent's credential is made when the attempt is claimed and
-reaches the agent on its stdin; the sidecar's (records only) is made when the agent starts and reaches the
+reaches the agent on its stdin and serves for `start` alone, whose plan carries the credential for every later
+call (so a second agent of the same attempt is refused); the sidecar's (records only) is made when the agent starts and reaches the
 sidecar in a file it reads and deletes before the training script starts. keephub stores only their
 sha256; each is valid only for its own attempt while that attempt is active, and accepted nowhere else. Log
 events carry consecutive numbers from 1: a resent line keephub has is ignored, a gap is refused (409 with

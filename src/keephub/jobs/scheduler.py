@@ -304,7 +304,9 @@ class Scheduler:
 
     def agent_start(self, job_id: str, number: int, credential: str, node: str) -> dict:
         """The agent is up: mark the attempt RUNNING and hand it the plan; a job canceled meanwhile is not
-        started at all (409)."""
+        started at all (409). The plan carries a fresh credential for the attempt's later calls and the one used
+        here dies: the launch credential has sat in the executor's hands (a Slurm batch script), and a second
+        agent of the same attempt (a batch job queued twice) is refused instead of running the job again."""
         with self.db.write() as session:
             row = self._agent_row(session, job_id, number, credential, lock=True)
             job = session.get(Job, job_id)
@@ -320,6 +322,8 @@ class Scheduler:
                 row.outcome, row.node, row.heartbeat_at = "RUNNING", node[:200] or None, now
                 sidecar_credential = new_credential() if json.loads(job.spec_json).get("durability") else None
                 row.sidecar_credential_hash = digest(sidecar_credential) if sidecar_credential else None
+                running_credential = new_credential()
+                row.agent_credential_hash = digest(running_credential)
                 time_left = self._time_left(job)
                 owner = job.owner
                 facts_base = (job.max_attempts, job.flavor)
@@ -327,12 +331,13 @@ class Scheduler:
             self.finish_attempt(job_id, number, Outcome("CANCELED", f"canceled by {canceled_by}"))
             raise Conflict(f"the job was canceled by {canceled_by} before this attempt started")
         try:
-            return self._plan(job_id, number, owner, facts_base, time_left, sidecar_credential)
+            plan = self._plan(job_id, number, owner, facts_base, time_left, sidecar_credential)
         except Exception as exc:  # noqa: BLE001 - the agent would retry a 500 for a day
             log.exception("the plan of attempt %d of job %s could not be made", number, job_id)
             reason = f"keephub could not prepare the attempt: {exc!r}"
             self.finish_attempt(job_id, number, Outcome("ERROR", reason), retry=False)
             raise Conflict(reason) from None
+        return {**plan, "agentCredential": running_credential}
 
     def _plan(self, job_id: str, number: int, owner: str, facts_base: tuple[int, str], time_left: float,
               sidecar_credential: str | None) -> dict:
