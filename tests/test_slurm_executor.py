@@ -25,7 +25,8 @@ from keephub.jobs.executors.slurm import SlurmExecutor
 from keephub.jobs.flavors import Flavor
 
 # The agent's stand-in: records what it was given, sleeps, and on SIGTERM does `grace` seconds of work and
-# exits 0. Its child records a SIGTERM too: only the batch script (the agent) may get Slurm's signal.
+# exits 0. Its child records a SIGTERM too: only the batch script (the agent) may get Slurm's signal. The
+# stand-in kills its child (SIGKILL, which the child cannot record) when it ends, so no sleeper outlives a test.
 AGENT = r"""
 import json, os, signal, subprocess, sys, time
 out, seconds, grace = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -38,6 +39,7 @@ def on_term(number, frame):
     record("term", at=time.time())
     time.sleep(grace)
     record("grace-done")
+    child.kill()
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
 child = subprocess.Popen([sys.executable, "-c", "import json, signal, sys, time\n"
@@ -46,6 +48,7 @@ child = subprocess.Popen([sys.executable, "-c", "import json, signal, sys, time\
 record("started", at=time.time(), stdin=sys.stdin.readline().strip(), argv=sys.argv, env=dict(os.environ))
 time.sleep(seconds)
 record("finished")
+child.kill()
 """
 CREDENTIAL = "khagent_" + uuid.uuid4().hex
 # A secret in keephub's own environment: it must not reach a job.
