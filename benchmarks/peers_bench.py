@@ -7,9 +7,12 @@ so machine noise hits both sides alike.
 2. Small calls on a repo of 1,000 files (model_info, list_repo_files, whoami, get_paths_info, resolve HEAD): the
    median latency with one client thread, and requests per second with 8 client threads, against the same
    client fetching a small static file from nginx (the client's own ceiling).
+3. Against MLflow (peers_mlflow.py): the seed's checkpoint workload (time and disk), a fresh large upload with
+   and without Xet, its download, and small calls, each against MLflow's own client or REST API.
 
-Run:  .venv/bin/python benchmarks/peers_bench.py [--size-mib 512] [--runs 5]
-Needs nginx (`apt-get install nginx-light`, which scripts/setup.sh does). Exit status 1 if a figure fails.
+Run:  .venv/bin/python benchmarks/peers_bench.py [--size-mib 512] [--runs 5] [--only downloads|small|mlflow]
+Needs nginx (`apt-get install nginx-light`, which scripts/setup.sh does); MLflow it installs itself from PyPI
+into a virtualenv of its own (--mlflow-venv). Exit status 1 if a figure fails.
 """
 
 from __future__ import annotations
@@ -185,11 +188,15 @@ def small_call_figures(server: LocalServer, token: str, nginx: Nginx, requests: 
 
 
 def main() -> int:
+    import peers_mlflow  # here, not at the top: it imports this module's helpers
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=at_least(1), default=512, help="size of the downloaded file")
-    parser.add_argument("--runs", type=at_least(1), default=5, help="interleaved runs per download figure")
+    parser.add_argument("--runs", type=at_least(1), default=5,
+                        help="interleaved runs per download and MLflow figure")
     parser.add_argument("--requests", type=at_least(40), default=400, help="requests per small-call sample")
-    parser.add_argument("--only", choices=["downloads", "small"], help="one group of figures")
+    parser.add_argument("--only", choices=["downloads", "small", "mlflow"], help="one group of figures")
+    peers_mlflow.add_options(parser)
     add_work_dir_options(parser)
     args = parser.parse_args()
     with work_dir(parser, args, "keephub-peers-") as work:
@@ -200,8 +207,9 @@ def main() -> int:
         server = LocalServer(data_dir=work / "data")
         server.start()
         figures: list[Figure] = []
-        notes = {"baseline": "nginx 1.22 (Debian, sendfile on) serving the same bytes from a plain file; for "
-                             "small calls, a 200-byte static file (the client's own ceiling)"}
+        notes = {} if args.only == "mlflow" else {
+            "baseline": "nginx 1.22 (Debian, sendfile on) serving the same bytes from a plain file; for small "
+                        "calls, a 200-byte static file (the client's own ceiling)"}
         try:
             name, token = server.user()
             if args.only in (None, "downloads"):
@@ -225,6 +233,10 @@ def main() -> int:
                 notes["nginx runs"] = spread(results["nginx"]) + " MiB/s"
             if args.only in (None, "small"):
                 figures += small_call_figures(server, token, nginx, args.requests)
+            if args.only in (None, "mlflow"):
+                mlflow_figures, mlflow_notes = peers_mlflow.mlflow_figures(args, work, server, name, token)
+                figures += mlflow_figures
+                notes |= mlflow_notes
         finally:
             server.stop()
             nginx.stop()
