@@ -54,6 +54,9 @@ class Settings:
     # Garbage collection keeps every xorb uploaded within this many seconds, referenced or not: clients keep
     # a cache of the shards they uploaded (about three weeks) and build new uploads on the xorbs it names.
     xet_gc_grace_seconds: int = 30 * 24 * 3600
+    # Bytes of Xet-stored files kept whole on local disk (data_dir/cache/xet-files) after a first full plain
+    # download, so the next one is read from a file instead of rebuilt from xorbs; 0 turns it off.
+    xet_file_cache_bytes: int = 4 * 1024**3
     # Entries per page of a tree listing.
     tree_page_size: int = 1000
     # CPU cores jobs may use in total (0: all of this machine's).

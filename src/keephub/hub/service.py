@@ -27,6 +27,7 @@ from keephub.storage.schema import Account, LfsLink, Repo, repo_stamp
 from keephub.wire import BadRequest, EntryNotFound, Forbidden, HubError, PreconditionFailed, RepoNotFound, Unauthorized
 from keephub.wire.errors import NotFound
 from keephub.xet import Cas, tokens
+from keephub.xet.filecache import RebuiltFileCache
 
 _COMMIT_RETRIES = 5
 
@@ -50,6 +51,7 @@ class Hub:
         self.blobs = blobs
         self.cas = cas
         self.accounts = Accounts(db)
+        self.rebuilt = RebuiltFileCache(settings.data_dir / "cache" / "xet-files", settings.xet_file_cache_bytes)
 
     # -- repos -----------------------------------------------------------------------------------
     def create_repo(self, actor: Actor | None, body: dict) -> dict:
@@ -302,8 +304,11 @@ class Hub:
     def collect_garbage(self, dry_run: bool = False) -> dict:
         """`keephub gc`: repos' unreferenced LFS content first, then the Xet storage no repo or bucket holds."""
         grace = self.settings.xet_gc_grace_seconds
-        return {"lfs": housekeeping.collect_lfs_garbage(self.db, self.blobs, grace, dry_run),
-                "xet": self.cas.collect_garbage(self.blobs, dry_run=dry_run)}
+        collected = {"lfs": housekeeping.collect_lfs_garbage(self.db, self.blobs, grace, dry_run),
+                     "xet": self.cas.collect_garbage(self.blobs, dry_run=dry_run)}
+        if not dry_run:
+            self.rebuilt.forget_unless(lambda oid: self.cas.file_for_sha256(oid) is not None)
+        return collected
 
     # -- LFS -------------------------------------------------------------------------------------
     def lfs_batch(self, actor: Actor | None, repo_type: str, namespace: str, name: str, body: object) -> dict:
@@ -375,7 +380,12 @@ class Hub:
         entry = self.cas.file_for_sha256(oid)
         if entry is None:
             raise EntryNotFound(f"the content of large file {oid} is missing from this server's stores")
-        return self.cas.stream(entry, start, entry.size - start if length is None else length)
+        length = entry.size - start if length is None else length
+        cached = self.rebuilt.read(oid, start, length)
+        if cached is not None:
+            return cached
+        pieces = self.cas.stream(entry, start, length)
+        return self.rebuilt.keeping(oid, entry.size, pieces) if start == 0 and length == entry.size else pieces
 
     # -- Xet -------------------------------------------------------------------------------------
     def xet_token(self, actor: Actor | None, repo_type: str, namespace: str, name: str, access: str,
