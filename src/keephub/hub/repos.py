@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dulwich.objects import Commit
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from keephub.accounts import Actor, RepoTarget, allowed, authorize, require_actor
 from keephub.hub import naming
 from keephub.storage import gitobjects
-from keephub.storage.schema import Account, Ref, Repo, RepoCommit, RepoRedirect
+from keephub.storage.schema import Account, Ref, Repo, RepoCommit, RepoLike, RepoRedirect
 from keephub.wire import BadRequest, Conflict, Forbidden, RepoNotFound, RevisionNotFound
 
 DEFAULT_BRANCH = "main"
@@ -114,6 +114,52 @@ def find_repo(session: Session, repo_type: str, namespace: str, name: str, actor
         raise RepoNotFound(f"{repo_type.capitalize()} repository {namespace}/{name} not found.{hint}")
     authorize(actor, "repo.read", found.target)
     return found
+
+
+@dataclass(frozen=True)
+class RepoAtRevision:
+    """A readable repo, the commit a revision names in it, and what its reads check besides (gate, likes)."""
+
+    repo: RepoRef
+    sha: str
+    gated: str | None
+    likes: int
+
+
+_branch, _tag = aliased(Ref), aliased(Ref)
+# The repo by its case-insensitive id, with the branch or tag of that name and its like count: what a small read
+# needs before the content, in one prepared statement (built once, so SQLAlchemy only binds the values).
+_REPO_AT_REF = (
+    select(Repo.id, Repo.type, Repo.name, Repo.private, Repo.space_sdk, Repo.created_at, Repo.last_modified,
+           Repo.gated, Account.name.label("owner"), _branch.commit_sha.label("branch_sha"),
+           _tag.commit_sha.label("tag_sha"),
+           select(func.count()).where(RepoLike.repo_id == Repo.id).scalar_subquery().label("likes"))
+    .join(Account, Account.id == Repo.owner_id)
+    .outerjoin(_branch, and_(_branch.repo_id == Repo.id, _branch.kind == "branch",
+                             _branch.name == bindparam("revision")))
+    .outerjoin(_tag, and_(_tag.repo_id == Repo.id, _tag.kind == "tag", _tag.name == bindparam("revision")))
+    .where(Repo.type == bindparam("repo_type"), func.lower(Account.name) == bindparam("namespace"),
+           func.lower(Repo.name) == bindparam("name"))
+)
+
+
+def find_repo_at(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None,
+                 revision: str) -> RepoAtRevision:
+    """`find_repo` and `resolve_revision` in one query when the revision is a branch or tag (the common case);
+    anything else (a moved repo, a commit id, an error) takes their own path, with their answers."""
+    rows = session.connection().execute(_REPO_AT_REF, {"repo_type": repo_type, "namespace": namespace.lower(),
+                                                       "name": name.lower(), "revision": revision}).all()
+    row = next((r for r in rows if r.owner == namespace), rows[0]) if rows else None
+    if row is None:  # moved or missing (find_repo raises), or created since the query (PostgreSQL's READ COMMITTED)
+        repo = find_repo(session, repo_type, namespace, name, actor)
+        return RepoAtRevision(repo, resolve_revision(session, repo, revision),
+                              session.scalar(select(Repo.gated).where(Repo.id == repo.id)),
+                              session.scalar(select(func.count()).where(RepoLike.repo_id == repo.id)) or 0)
+    repo = RepoRef(id=row.id, type=row.type, namespace=row.owner, name=row.name, private=row.private,
+                   space_sdk=row.space_sdk, created_at=row.created_at, last_modified=row.last_modified)
+    authorize(actor, "repo.read", repo.target)
+    sha = row.branch_sha or row.tag_sha or resolve_revision(session, repo, revision)
+    return RepoAtRevision(repo, sha, row.gated, row.likes)
 
 
 def find_repo_for_write(session: Session, repo_type: str, namespace: str, name: str, actor: Actor | None) -> RepoRef:

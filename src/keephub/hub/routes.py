@@ -20,9 +20,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keephub.accounts import INVALID_CREDENTIALS, Actor, access_token_info
-from keephub.hub import lfs, modelcard, naming
+from keephub.hub import lfs, modelcard, naming, snapshots
 from keephub.hub.repos import RepoMoved
-from keephub.hub.service import Hub
+from keephub.hub.service import FileTarget, Hub
 from keephub.wire import BadRequest, Unauthorized, headers
 from keephub.wire.errors import HubError, NotFound, RepoNotFound
 from keephub.wire.bodies import read_body, receive_into, spool_body
@@ -56,9 +56,9 @@ def hub_of(request: Request) -> Hub:
     return request.app.state.hub
 
 
-async def actor_of(request: Request) -> Actor | None:
-    """The caller, from `Authorization: Bearer <token>`, or HTTP Basic with the token as the password (git and
-    git-lfs send what a credential helper gives them); a token that is present but unknown is a 401."""
+def credentials_of(request: Request) -> str | None:
+    """The token in `Authorization: Bearer <token>`, or in HTTP Basic as the password (git and git-lfs send what a
+    credential helper gives them); None without the header, 401 for one that holds no token."""
     value = request.headers.get("authorization")
     if not value:
         return None
@@ -69,7 +69,25 @@ async def actor_of(request: Request) -> Actor | None:
         raise Unauthorized(INVALID_CREDENTIALS)
     if not secret.strip():
         raise Unauthorized(INVALID_CREDENTIALS)
-    return await run_in_threadpool(hub_of(request).accounts.authenticate, secret.strip())
+    return secret.strip()
+
+
+async def actor_of(request: Request) -> Actor | None:
+    """The caller (see `credentials_of`); a token that is present but unknown is a 401."""
+    secret = credentials_of(request)
+    return None if secret is None else await run_in_threadpool(hub_of(request).accounts.authenticate, secret)
+
+
+async def call_as(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(caller, *args)` in a worker thread, the caller authenticated in the same trip: the small reads make
+    one trip to a worker thread instead of two (each costs tens of microseconds, and more when threads contend)."""
+    secret = credentials_of(request)
+    accounts = hub_of(request).accounts
+
+    def as_caller() -> Any:
+        return fn(None if secret is None else accounts.authenticate(secret), *args)
+
+    return await run_in_threadpool(as_caller)
 
 
 def basic_password(credentials: str) -> str:
@@ -130,11 +148,15 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
 
 # -- account ---------------------------------------------------------------------------------------
 async def whoami(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
+    accounts = hub_of(request).accounts
+
+    def with_org_names(actor: Actor | None) -> tuple[Actor | None, dict[str, str]]:
+        # Most callers belong to no organization: they skip the query for org names.
+        return actor, accounts.org_fullnames(list(actor.org_roles)) if actor and actor.org_roles else {}
+
+    actor, orgs = await call_as(request, with_org_names)
     if actor is None:
         raise Unauthorized(INVALID_CREDENTIALS)
-    # Most callers belong to no organization: they skip a second trip to a worker thread and the database.
-    orgs = await call(hub_of(request).accounts.org_fullnames, list(actor.org_roles)) if actor.org_roles else {}
     return JSONResponse({
         "type": "user",
         "id": str(actor.user_id),
@@ -181,12 +203,11 @@ async def repo_settings(request: Request) -> JSONResponse:
     return JSONResponse(await call(hub_of(request).update_settings, actor, *repo_params(request), body))
 
 
-async def repo_info(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
+async def repo_info(request: Request) -> Response:
     revision = revision_param(request) if "revision" in request.path_params else None
     with_metadata = request.query_params.get("blobs", "").lower() in ("1", "true")
-    info = await call(hub_of(request).repo_info, actor, *repo_params(request), revision, with_metadata)
-    return JSONResponse(info)
+    body = await call_as(request, hub_of(request).repo_info_json, *repo_params(request), revision, with_metadata)
+    return Response(body, media_type="application/json")
 
 
 async def list_repos(request: Request) -> JSONResponse:
@@ -199,8 +220,7 @@ async def list_repos(request: Request) -> JSONResponse:
     return JSONResponse(found)
 
 
-async def tree(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
+async def tree(request: Request) -> Response:
     # The client quotes the whole folder path (`a%2Fb`), which EncodedSlashes leaves encoded.
     path = re.sub("%2[fF]", "/", request.path_params.get("path", "")).strip("/")
     if path:
@@ -209,27 +229,32 @@ async def tree(request: Request) -> JSONResponse:
     expand = request.query_params.get("expand", "").lower() in ("1", "true")
     start = int_param(request.query_params, "cursor", minimum=0, maximum=MAX_TREE_CURSOR, default=0,
                       hint="; pass the cursor from the Link header of the previous page") or 0
-    sha, entries = await call(hub_of(request).tree, actor, *repo_params(request), revision_param(request), path,
-                              recursive)
-    size = hub_of(request).settings.tree_page_size
+    hub, repo = hub_of(request), repo_params(request)
+    revision = revision_param(request)
+    size = hub.settings.tree_page_size
     if expand:  # as on the Hub, expanded pages are small: each entry costs a walk back through history
         size = min(size, EXPANDED_TREE_PAGE_SIZE)
-    page = entries[start : start + size]
-    if expand:
-        page = await call(hub_of(request).last_commits, actor, *repo_params(request), sha, page)
+
+        def expanded_page(actor: Actor | None) -> tuple[str, int, bytes]:
+            sha, entries = hub.tree(actor, *repo, revision, path, recursive)
+            page = hub.last_commits(actor, *repo, sha, entries[start : start + size])
+            return sha, len(entries), snapshots.encode(page)
+
+        sha, total, body = await call_as(request, expanded_page)
+    else:
+        sha, total, body = await call_as(request, hub.tree_page_json, *repo, revision, path, recursive, start, size)
     link_headers = {}
-    if start + size < len(entries):
-        repo_type, namespace, name = repo_params(request)
+    if start + size < total:
+        repo_type, namespace, name = repo
         params = urlencode({"recursive": str(recursive).lower(), "expand": str(expand).lower(),
                             "cursor": start + size})
-        next_url = (f"{hub_of(request).settings.base_url}/api/{repo_type}s/{namespace}/{name}/tree/{sha}/"
+        next_url = (f"{hub.settings.base_url}/api/{repo_type}s/{namespace}/{name}/tree/{sha}/"
                     f"{quote(path)}?{params}")
         link_headers["Link"] = f'<{next_url}>; rel="next"'
-    return JSONResponse(page, headers=link_headers)
+    return Response(body, headers=link_headers, media_type="application/json")
 
 
 async def paths_info(request: Request) -> JSONResponse:
-    actor = await actor_of(request)
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await read_json_object(request)
         paths, expand = body.get("paths"), body.get("expand")
@@ -238,8 +263,8 @@ async def paths_info(request: Request) -> JSONResponse:
         paths, expand = form.getlist("paths"), form.get("expand")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise BadRequest("'paths' must be a list of file or folder paths")
-    result = await call(hub_of(request).paths_info, actor, *repo_params(request), revision_param(request), paths,
-                        str(expand).lower() in ("1", "true"))
+    result = await call_as(request, hub_of(request).paths_info, *repo_params(request), revision_param(request),
+                           paths, str(expand).lower() in ("1", "true"))
     return JSONResponse(result)
 
 
@@ -424,12 +449,17 @@ def may_redirect(request: Request, actor: Actor | None) -> bool:
 
 
 async def resolve(request: Request) -> Response:
-    actor = await actor_of(request)
     hub = hub_of(request)
-    target = await call(hub.file_target, actor, *repo_params(request), revision_param(request),
-                        request.path_params["path"])
+    repo, revision, path = repo_params(request), revision_param(request), request.path_params["path"]
+
+    def target_and_redirect(actor: Actor | None) -> tuple[FileTarget, str | None]:
+        """The file, and the blob store's URL for it when the answer is a redirect there (see below)."""
+        target = hub.file_target(actor, *repo, revision, path, with_content=request.method != "HEAD")
+        return target, (hub.large_file_url(target.etag) if target.is_lfs and may_redirect(request, actor) else None)
+
+    target, direct = await call_as(request, target_and_redirect)
     # RFC 5987 percent-encoding: a raw non-latin-1 file name cannot go into a header at all.
-    filename = quote(request.path_params["path"].rsplit("/", 1)[-1], safe="")
+    filename = quote(path.rsplit("/", 1)[-1], safe="")
     base_headers = {
         headers.X_REPO_COMMIT: target.commit_sha,
         "ETag": f'"{target.etag}"',
@@ -455,15 +485,13 @@ async def resolve(request: Request) -> Response:
             base_headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{target.size}"
     base_headers["Content-Length"] = str(length)
     media_type = "application/octet-stream"
-    if target.is_lfs and may_redirect(request, actor):
-        direct = await call(hub.large_file_url, target.etag)
-        if direct is not None:
-            # As the Hub does with its CDN: huggingface_hub reads X-Linked-Size/-Etag and X-Repo-Commit from this
-            # response (a HEAD stops here, the Location being another origin) and fetches Location without the
-            # Authorization header, which a presigned URL must not carry. A Range is re-sent there.
-            kept = {k: v for k, v in base_headers.items()
-                    if k not in ("Content-Length", "Content-Range", "Accept-Ranges", "Content-Disposition")}
-            return Response(status_code=302, headers={**kept, "Location": direct})
+    if direct is not None:
+        # As the Hub does with its CDN: huggingface_hub reads X-Linked-Size/-Etag and X-Repo-Commit from this
+        # response (a HEAD stops here, the Location being another origin) and fetches Location without the
+        # Authorization header, which a presigned URL must not carry. A Range is re-sent there.
+        kept = {k: v for k, v in base_headers.items()
+                if k not in ("Content-Length", "Content-Range", "Accept-Ranges", "Content-Disposition")}
+        return Response(status_code=302, headers={**kept, "Location": direct})
     if request.method == "HEAD":
         return Response(status_code=status, headers=base_headers, media_type=media_type)
     if target.inline is not None:

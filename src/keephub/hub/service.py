@@ -18,8 +18,8 @@ from sqlalchemy import select
 from keephub.accounts import Accounts, Actor, RepoTarget, allowed, refusal_of
 from keephub.accounts.access import Action
 from keephub.config import Settings
-from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, snapshots, social,
-                         webhooks, wireformat)
+from keephub.hub import (commits, discussions, gating, git_push, housekeeping, lfs, naming, repos, snapshots, webhooks,
+                         wireformat)
 from keephub.storage import gitobjects
 from keephub.storage.blobs import BlobStore, iter_range
 from keephub.storage.db import Database
@@ -34,7 +34,8 @@ _COMMIT_RETRIES = 5
 
 @dataclass(frozen=True)
 class FileTarget:
-    """Everything resolve needs to answer HEAD or GET for one file at one revision."""
+    """Everything resolve needs to answer HEAD or GET for one file at one revision; `inline` holds a small
+    file's bytes (None for a large file, and when they were not asked for)."""
 
     commit_sha: str
     etag: str
@@ -104,13 +105,26 @@ class Hub:
 
     def repo_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,
                   with_file_metadata: bool) -> dict:
+        info, files, _ = self._repo_info_parts(actor, repo_type, namespace, name, revision, with_file_metadata)
+        return info | files
+
+    def repo_info_json(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,
+                       with_file_metadata: bool) -> bytes:
+        """`repo_info` as JSON bytes: the siblings, the large part, are encoded once per commit (snapshots)."""
+        info, files, siblings = self._repo_info_parts(actor, repo_type, namespace, name, revision,
+                                                      with_file_metadata)
+        head = snapshots.encode(info | {"usedStorage": files["usedStorage"]})
+        return head[:-1] + b',"siblings":' + siblings + b"}"
+
+    def _repo_info_parts(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str | None,
+                         with_file_metadata: bool) -> tuple[dict, dict, bytes]:
+        """`model_info` but its siblings, then the siblings and usedStorage, then the siblings as JSON."""
         with self.db.read() as session:
-            repo = repos.find_repo(session, repo_type, namespace, name, actor)
-            sha = repos.resolve_revision(session, repo, revision or repos.DEFAULT_BRANCH)
-            card, files = snapshots.repo_files(session, sha, with_file_metadata,
-                                               lambda tree: self._read_small(session, tree, "README.md"))
-            info = wireformat.repo_info(repo, sha, card, files, self.settings.base_url)
-            return info | {"likes": social.like_count(session, repo.id), "gated": gating.mode(session, repo) or False}
+            found = repos.find_repo_at(session, repo_type, namespace, name, actor, revision or repos.DEFAULT_BRANCH)
+            card, files, siblings = snapshots.repo_files(session, found.sha, with_file_metadata,
+                                                         lambda tree: self._read_small(session, tree, "README.md"))
+        info = wireformat.repo_info(found.repo, found.sha, card, None, self.settings.base_url)
+        return info | {"likes": found.likes, "gated": found.gated or False}, files, siblings
 
     def list_repos(self, actor: Actor | None, repo_type: str, author: str | None, search: str | None,
                    limit: int | None) -> list[dict]:
@@ -126,27 +140,39 @@ class Hub:
     def tree(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str, path: str,
              recursive: bool) -> tuple[str, list[dict]]:
         with self.db.read() as session:
-            repo = repos.find_repo(session, repo_type, namespace, name, actor)
-            sha = repos.resolve_revision(session, repo, revision)
-            tree = gitobjects.load_commit(session, sha).tree.decode()
-            found = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
-            if found is None or not stat.S_ISDIR(found[0]):
-                raise EntryNotFound(f"folder {path!r} does not exist at revision {revision!r} of {repo.repo_id}")
-            return sha, snapshots.tree_entries(session, found[1], path, recursive, self.cas.xet_hashes)
+            sha, tree = self._folder(session, actor, repo_type, namespace, name, revision, path)
+            return sha, snapshots.tree_entries(session, tree, path, recursive, self.cas.xet_hashes)
+
+    def tree_page_json(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
+                       path: str, recursive: bool, start: int, size: int) -> tuple[str, int, bytes]:
+        """The commit, how many entries the folder has, and a page of them as JSON (`list_repo_tree`)."""
+        with self.db.read() as session:
+            sha, tree = self._folder(session, actor, repo_type, namespace, name, revision, path)
+            return (sha, *snapshots.tree_page_json(session, tree, path, recursive, start, size, self.cas.xet_hashes))
+
+    def _folder(self, session, actor: Actor | None, repo_type: str, namespace: str, name: str,  # type: ignore[no-untyped-def]
+                revision: str, path: str) -> tuple[str, str]:
+        """The commit `revision` names and the tree sha of the folder `path` in it; 404 if it is not a folder."""
+        found = repos.find_repo_at(session, repo_type, namespace, name, actor, revision)
+        tree = gitobjects.load_commit(session, found.sha).tree.decode()
+        folder = gitobjects.lookup(session, tree, path) if path else (gitobjects.DIR_MODE, tree)
+        if folder is None or not stat.S_ISDIR(folder[0]):
+            raise EntryNotFound(f"folder {path!r} does not exist at revision {revision!r} of {found.repo.repo_id}")
+        return found.sha, folder[1]
 
     def paths_info(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
                    paths: list[str], expand: bool = False) -> list[dict]:
         with self.db.read() as session:
-            repo = repos.find_repo(session, repo_type, namespace, name, actor)
-            sha = repos.resolve_revision(session, repo, revision)
+            sha = repos.find_repo_at(session, repo_type, namespace, name, actor, revision).sha
             tree = gitobjects.load_commit(session, sha).tree.decode()
             found_entries = []
             for index, raw in enumerate(paths):
                 path = naming.check_path(raw.strip("/"), f"'paths' entry {index}")
                 found = gitobjects.lookup(session, tree, path)
                 if found is not None:
-                    found_entries.append(gitobjects.entry_for(session, path, *found))
-            xet = self.cas.xet_hashes(session, [e.lfs_oid for e in found_entries if e.lfs_oid])
+                    found_entries.append(snapshots.path_entry(session, path, *found))
+            lfs_oids = [e.lfs_oid for e in found_entries if e.lfs_oid]
+            xet = self.cas.xet_hashes(session, lfs_oids) if lfs_oids else {}
             result = [wireformat.tree_entry(e, xet.get(e.lfs_oid or "")) for e in found_entries]
             return _with_last_commits(session, sha, result) if expand else result
 
@@ -343,12 +369,14 @@ class Hub:
 
     # -- files -----------------------------------------------------------------------------------
     def file_target(self, actor: Actor | None, repo_type: str, namespace: str, name: str, revision: str,
-                    path: str) -> FileTarget:
+                    path: str, with_content: bool = True) -> FileTarget:
+        """What resolve answers for one file; `with_content` False (a HEAD) leaves a small file's bytes unread."""
         path = naming.check_path(path)
         with self.db.read() as session:
-            repo = repos.find_repo(session, repo_type, namespace, name, actor)
-            gating.check_access(session, actor, repo, path)
-            sha = repos.resolve_revision(session, repo, revision)
+            found_repo = repos.find_repo_at(session, repo_type, namespace, name, actor, revision)
+            repo, sha = found_repo.repo, found_repo.sha
+            if found_repo.gated is not None:
+                gating.check_access(session, actor, repo, path)
             tree = gitobjects.load_commit(session, sha).tree.decode()
             found = gitobjects.lookup(session, tree, path)
             if found is None or stat.S_ISDIR(found[0]):
@@ -356,7 +384,7 @@ class Hub:
                     f"{path} does not exist at revision {revision!r} of {repo.repo_id}",
                     extra_headers={"X-Repo-Commit": sha},
                 )
-            entry = gitobjects.entry_for(session, path, *found)
+            entry = snapshots.path_entry(session, path, *found)
             if entry.lfs_oid is not None:
                 if session.get(LfsLink, (repo.id, entry.lfs_oid)) is None:
                     raise EntryNotFound(f"{path} at revision {revision!r} of {repo.repo_id} is an LFS file whose "
@@ -364,7 +392,8 @@ class Hub:
                                         extra_headers={"X-Repo-Commit": sha})
                 xet = self.cas.xet_hashes(session, [entry.lfs_oid]).get(entry.lfs_oid)
                 return FileTarget(sha, entry.lfs_oid, entry.file_size, True, None, xet)
-            return FileTarget(sha, entry.sha, entry.size, False, gitobjects.read_blob(session, entry.sha))
+            content = gitobjects.read_blob(session, entry.sha) if with_content else None
+            return FileTarget(sha, entry.sha, entry.size, False, content)
 
     def large_file_url(self, oid: str) -> str | None:
         """A short-lived URL serving a git-lfs-uploaded large file straight from the blob store (S3), for the
