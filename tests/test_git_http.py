@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import SESSION_DIR
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 
 GIT_HOME = SESSION_DIR / "git-home"
 
@@ -99,6 +99,54 @@ def test_clone_pull_and_push_share_objects_with_the_api(server, api: HfApi, alic
     updated = [ref for refs in pushed_refs for ref in refs]
     assert {"ref": "refs/heads/main", "oldSha": before_push, "newSha": head} in updated
     assert any(ref["ref"] == "refs/heads/from-git" and ref["oldSha"] is None for ref in updated)
+
+
+def objects_in_packs(env: dict[str, str], clone: Path) -> int:
+    counts = dict(line.split(": ") for line in git(env, "count-objects", "-v", cwd=clone).stdout.splitlines())
+    return int(counts["in-pack"]) + int(counts["count"])
+
+
+def test_packs_hold_what_the_client_lacks(server, api: HfApi, repo_id: str, git_env, tmp_path: Path) -> None:
+    """Clone and fetch packs, written from the database: a history of nested folders clones whole and passes `git
+    fsck`, the same again once its pack entries are cached; a fetch receives only the objects the new commit added;
+    a shallow clone deepens (--depth) and unshallows; a partial clone's pack (dulwich's own upload-pack)
+    leaves the files out."""
+    for number in range(4):
+        api.create_commit(repo_id, commit_message=f"change {number}", operations=[
+            CommitOperationAdd(f"data/part-{number % 2}/file-{number}.txt", f"file {number}\n".encode()),
+            CommitOperationAdd("notes.md", f"notes {number}\n".encode())])
+    url = f"{server.url}/{repo_id}"
+    commits = len(api.list_repo_commits(repo_id))
+
+    for name in ("cold", "cached"):  # the second clone reads its pack entries from the cache the first filled
+        clone = tmp_path / name
+        git(git_env, "clone", url, str(clone))
+        git(git_env, "fsck", "--full", "--strict", cwd=clone)
+        assert int(git(git_env, "rev-list", "--count", "HEAD", cwd=clone).stdout) == commits
+        assert (clone / "data" / "part-1" / "file-3.txt").read_text() == "file 3\n"
+
+    before = objects_in_packs(git_env, clone)
+    api.upload_file(path_or_fileobj=b"deep\n", path_in_repo="data/part-0/deep/new.txt", repo_id=repo_id)
+    git(git_env, "fetch", cwd=clone)
+    git(git_env, "fsck", "--full", "--strict", cwd=clone)
+    assert objects_in_packs(git_env, clone) - before == 6  # a commit, 4 trees (root to deep/) and the new file
+
+    shallow = tmp_path / "shallow"
+    git(git_env, "clone", "--depth", "1", url, str(shallow))
+    assert git(git_env, "rev-list", "--count", "HEAD", cwd=shallow).stdout.strip() == "1"
+    git(git_env, "fetch", "--depth", "3", cwd=shallow)
+    assert git(git_env, "rev-list", "--count", "HEAD", cwd=shallow).stdout.strip() == "3"
+    git(git_env, "fetch", "--unshallow", cwd=shallow)
+    assert int(git(git_env, "rev-list", "--count", "HEAD", cwd=shallow).stdout) == commits + 1
+    git(git_env, "fsck", "--full", "--strict", cwd=shallow)
+
+    partial = tmp_path / "partial"
+    git(git_env, "clone", "--filter=blob:none", "--no-checkout", url, str(partial))
+    listed = git(git_env, "rev-list", "--objects", "--missing=print", "HEAD", cwd=partial).stdout.splitlines()
+    everything = git(git_env, "rev-list", "--objects", "--all", cwd=clone).stdout.splitlines()
+    kinds = subprocess.run(["git", "cat-file", "--batch-check=%(objecttype)"], cwd=clone, env=git_env, check=True,
+                           capture_output=True, text=True, input="".join(f"{line[:40]}\n" for line in everything))
+    assert sum(line.startswith("?") for line in listed) == kinds.stdout.split().count("blob")  # every file left out
 
 
 def test_private_repo_needs_the_token(server, api: HfApi, alice, git_env, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """git's smart HTTP protocol for every repo: `git clone`, `fetch`, `pull` and `push` of http://host/alice/model.
 
-dulwich's server handlers speak the protocol (ref advertisement, negotiation, shallow clones, packs, report-status);
+dulwich's server handlers speak the protocol (ref advertisement, negotiation, shallow clones, report-status);
 keephub gives them a view of one repo: its refs, and an object store that reads the git objects in the database
 and holds a pushed pack's objects in memory until git_push.apply_push has checked them and written them with the
-ref updates in one transaction. Each handler runs in a worker thread and its output streams to the client.
+ref updates in one transaction. The pack a clone or fetch receives is written by git_pack from the database rows.
+Each handler runs in a worker thread and its output streams to the client.
 git authenticates with HTTP Basic, the access token as the password (any user name); a caller without one gets a
 401 whose realm git answers with its credential helper, and the same 401 for a private repo as for a missing one.
 """
@@ -16,18 +17,18 @@ import queue
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from tempfile import SpooledTemporaryFile
 from typing import IO
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, GitProtocolError, ObjectFormatException
-from dulwich.object_store import MemoryObjectStore
-from dulwich.objects import Blob, Commit, ShaFile
+from dulwich.object_store import GraphTraversalReachability, MemoryObjectStore, MissingObjectFinder
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile
 from dulwich.pack import UnpackedObject
-from dulwich.protocol import CAPABILITY_ATOMIC, ReceivableProtocol
+from dulwich.protocol import CAPABILITY_ATOMIC, CAPABILITY_NO_DONE, ReceivableProtocol
 from dulwich.refs import DictRefsContainer
 from dulwich.repo import BaseRepo
-from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler
+from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler, _ProtocolGraphWalker
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +37,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from keephub.accounts import Actor
-from keephub.hub import git_push, repos
+from keephub.hub import git_pack, git_push, repos
 from keephub.hub.repos import DEFAULT_BRANCH, RepoRef
 from keephub.hub.routes import actor_of
 from keephub.hub.service import Hub
@@ -59,8 +60,9 @@ class RepoObjects(MemoryObjectStore):
     """The git objects of one repo for dulwich: read from the database, a pushed pack's objects held in memory.
 
     A commit counts as present only if this repo has it, so that the `have` lines of a fetch cannot probe for
-    other repos' commits. Writing a pack reads every object once, in the order dulwich was handed them: each read
-    that misses loads the objects that follow it in one query (up to _PREFETCH_BYTES), not one query per object.
+    other repos' commits. When dulwich writes a pack (a partial clone's; git_pack writes the others), it reads every
+    object once, in the order it was handed them: each read that misses loads the objects that follow it in one
+    query (up to _PREFETCH_BYTES), not one query per object.
     """
 
     def __init__(self, session: Session, repo_id: int) -> None:
@@ -138,6 +140,24 @@ class RepoObjects(MemoryObjectStore):
     def pushed(self) -> dict[str, ShaFile]:
         return {sha.decode(): obj for sha, obj in self._data.items()}
 
+    def get_reachability_provider(self, prefer_bitmaps: bool = True) -> GraphTraversalReachability:
+        if self._data:  # a push's objects are not in the database yet
+            return super().get_reachability_provider(prefer_bitmaps)  # type: ignore[return-value]
+        return _StoredReachability(self)
+
+
+class _StoredReachability(GraphTraversalReachability):
+    """What the commits a fetch has in common with keephub hold (objects not to send), from git_pack's batched walk
+    over cached trees instead of one object at a time."""
+
+    def __init__(self, store: RepoObjects) -> None:
+        super().__init__(store)
+        self.session = store.session
+
+    def get_tree_objects(self, tree_shas: Iterable[ObjectID]) -> set[ObjectID]:
+        found = git_pack.tree_objects(self.session, [sha.decode() for sha in tree_shas])
+        return {ObjectID(sha.encode()) for sha in found}
+
 
 class ClonePacks:
     """The answers to recent clones (upload-pack requests without `have` lines) by repo and request, so that a fleet
@@ -194,6 +214,44 @@ class _OneRepo(Backend):
 
     def open_repository(self, path: str) -> RepoView:  # type: ignore[override]
         return self.view
+
+
+class KeephubUploadPack(UploadPackHandler):
+    """dulwich's upload-pack (wants, haves, shallow and deepen lines, acknowledgements) whose pack git_pack writes:
+    the objects found by a batched walk, their pack entries cached by sha, the pack streamed as it is built. A
+    partial clone (a filter) is left to dulwich's own handler, which filters (see service_rpc)."""
+
+    def handle(self) -> None:
+        store: RepoObjects = self.repo.object_store
+        walker = _ProtocolGraphWalker(self, store, self.repo.get_peeled, self.repo.refs.get_symrefs)
+        wants: list[ObjectID] = []
+
+        def determine_wants(refs: Mapping[bytes, ObjectID], depth: int | None = None) -> list[ObjectID]:
+            wants.extend(walker.determine_wants(refs, depth))
+            return wants
+
+        finder = self.repo.find_missing_objects(determine_wants, walker, self.progress,  # type: ignore[arg-type]
+                                                get_tagged=self.get_tagged)
+        if not wants or finder is None:  # nothing wanted, or a shallow update without objects
+            return
+        if self.filter_spec is not None:
+            raise GitProtocolError("a partial clone (--filter) is served by dulwich's own upload-pack")
+        shas = _objects_to_send(store.session, finder)
+        if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
+            return
+        self._start_pack_send_phase()
+        self.progress(f"counting objects: {len(shas)}, done.\n".encode())
+        git_pack.write_pack(store.session, shas, self.write_pack_data)
+        self.proto.write_pkt_line(None)
+
+
+def _objects_to_send(session: Session, finder: MissingObjectFinder) -> list[str]:
+    """What dulwich's negotiation decided to send (commits, minus what the client has), walked by git_pack; anything
+    else wanted (an object that is not a commit) is walked by dulwich's finder itself."""
+    commits = [sha.decode() for sha, _, type_num, _ in finder.objects_to_send if type_num == Commit.type_num]
+    if len(commits) < len(finder.objects_to_send):
+        return [sha.decode() for sha, _ in finder]
+    return git_pack.objects_to_send(session, commits, {sha.decode() for sha in finder.get_remote_has()})
 
 
 _UNPACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, AssertionError, zlib.error, ObjectFormatException,
@@ -383,9 +441,12 @@ async def service_rpc(request: Request) -> Response:
                                if pushing else "")
 
     clone_key = None
+    handler: type[UploadPackHandler] = KeephubUploadPack
     if not pushing:
         request_bytes = body.read()
         body.seek(0)
+        if b"filter" in request_bytes:  # a partial clone: dulwich's handler applies the filter
+            handler = UploadPackHandler
         if b"have " not in request_bytes:
             clone_key = (repo.id, repo_stamp(repo.created_at), hashlib.sha256(request_bytes).hexdigest())
             cached = CLONE_PACKS.get(clone_key)
@@ -409,7 +470,7 @@ async def service_rpc(request: Request) -> Response:
 
                 proto = ReceivableProtocol(body.read, write_and_keep)
                 with hub.db.read() as session:
-                    UploadPackHandler(_OneRepo(RepoView(session, repo)), ["/"], proto, stateless_rpc=True).handle()
+                    handler(_OneRepo(RepoView(session, repo)), ["/"], proto, stateless_rpc=True).handle()
                 if clone_key is not None and answer is not None:
                     CLONE_PACKS.put(clone_key, b"".join(answer))
                 return
