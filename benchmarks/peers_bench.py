@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def main() -> int:
     peers_mlflow.add_options(parser)
     add_work_dir_options(parser)
     args = parser.parse_args()
+    # A SIGTERM unwinds like an error, so the servers this run started (keephub, nginx, MLflow) stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     with work_dir(parser, args, "keephub-peers-") as work:
         www = work / "www"
         www.mkdir()
@@ -208,8 +211,8 @@ def main() -> int:
         server.start()
         figures: list[Figure] = []
         notes = {} if args.only == "mlflow" else {
-            "baseline": "nginx 1.22 (Debian, sendfile on) serving the same bytes from a plain file; for small "
-                        "calls, a 200-byte static file (the client's own ceiling)"}
+            "baseline": "nginx 1.22 (Debian, sendfile on) serving the same bytes from a plain file; for "
+                        "small calls, a 200-byte static file (the client's own ceiling)"}
         try:
             name, token = server.user()
             if args.only in (None, "downloads"):

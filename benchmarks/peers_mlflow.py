@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,9 @@ from keephub.devserver import LocalServer, free_port
 
 MLFLOW_VERSION = "3.17.2"
 MLFLOW_WORKERS = 4  # `mlflow server`'s default, which is what users run
+# The one setting changed from MLflow's defaults: uvicorn kills a worker that misses its 5 s health check, and
+# on a loaded 2-core machine a busy worker misses it; each restart re-imports MLflow (seconds of CPU), which
+# then makes the others miss theirs. A longer wait changes nothing while the machine keeps up.
 MIB = 1024 * 1024
 DRIVER = Path(__file__).with_name("peers_driver.py")
 CHECKPOINT_TIME_TARGET = 0.45
@@ -135,12 +139,18 @@ class MlflowServer:
                 [str(python), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                  "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
-                 "--workers", str(MLFLOW_WORKERS)],
+                 "--workers", str(MLFLOW_WORKERS), "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **NO_TELEMETRY},
                 start_new_session=True)
-        # Its workers start one by one, each taking seconds of CPU: wait for all of them, so that no figure
-        # pays for a start-up.
-        deadline = time.monotonic() + 120
+        try:
+            self._wait_for_workers(deadline=time.monotonic() + 180)
+        except BaseException:  # a timeout, or a SIGTERM while waiting: leave no server behind
+            self.stop()
+            raise
+
+    def _wait_for_workers(self, deadline: float) -> None:
+        """Its workers start one by one, each taking seconds of CPU: wait for all of them, so that no figure
+        pays for a start-up."""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 sys.exit(f"mlflow server exited at start-up; see {self.log_path}")
@@ -152,8 +162,7 @@ class MlflowServer:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.2)
-        self.stop()
-        sys.exit(f"mlflow server did not start {MLFLOW_WORKERS} workers within 120 s; see {self.log_path}")
+        sys.exit(f"mlflow server did not start {MLFLOW_WORKERS} workers in time; see {self.log_path}")
 
     @property
     def url(self) -> str:
@@ -165,14 +174,19 @@ class MlflowServer:
             shutil.rmtree(folder)
 
     def stop(self) -> None:
-        """SIGTERM the server's whole process group (its workers too), SIGKILL if it lingers."""
+        """SIGTERM the server's whole process group, then SIGKILL what is left of it: its job runner's queue
+        consumers outlive the server otherwise."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 @dataclass
