@@ -111,7 +111,7 @@ def test_packs_hold_what_the_client_lacks(server, api: HfApi, repo_id: str, git_
     fsck`, the same again once its pack entries are cached; a fetch receives only the objects the new commit added;
     a shallow clone deepens (--depth) and unshallows; a partial clone's pack (dulwich's own upload-pack)
     leaves the files out."""
-    for number in range(4):
+    for number in range(20):  # more than git_pack reads one by one before it reads all of a repo's commits at once
         api.create_commit(repo_id, commit_message=f"change {number}", operations=[
             CommitOperationAdd(f"data/part-{number % 2}/file-{number}.txt", f"file {number}\n".encode()),
             CommitOperationAdd("notes.md", f"notes {number}\n".encode())])

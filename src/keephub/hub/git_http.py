@@ -69,6 +69,7 @@ class RepoObjects(MemoryObjectStore):
         super().__init__()
         self.session = session
         self.repo_id = repo_id
+        self.commit_links = git_pack.CommitLinks(session, repo_id)
         self._order: list[str] = []
         self._position: dict[str, int] = {}
         self._prefetched: dict[str, tuple[int, bytes]] = {}
@@ -139,6 +140,10 @@ class RepoObjects(MemoryObjectStore):
 
     def pushed(self) -> dict[str, ShaFile]:
         return {sha.decode(): obj for sha, obj in self._data.items()}
+
+    def get_commit_graph(self) -> git_pack.CommitLinks:  # type: ignore[override]
+        """Commits' parents for dulwich's history walks, read in batches and cached (see git_pack.CommitLinks)."""
+        return self.commit_links
 
     def get_reachability_provider(self, prefer_bitmaps: bool = True) -> GraphTraversalReachability:
         if self._data:  # a push's objects are not in the database yet
@@ -236,7 +241,7 @@ class KeephubUploadPack(UploadPackHandler):
             return
         if self.filter_spec is not None:
             raise GitProtocolError("a partial clone (--filter) is served by dulwich's own upload-pack")
-        shas = _objects_to_send(store.session, finder)
+        shas = _objects_to_send(store.commit_links, finder)
         if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
             return
         self._start_pack_send_phase()
@@ -245,13 +250,13 @@ class KeephubUploadPack(UploadPackHandler):
         self.proto.write_pkt_line(None)
 
 
-def _objects_to_send(session: Session, finder: MissingObjectFinder) -> list[str]:
+def _objects_to_send(links: git_pack.CommitLinks, finder: MissingObjectFinder) -> list[str]:
     """What dulwich's negotiation decided to send (commits, minus what the client has), walked by git_pack; anything
     else wanted (an object that is not a commit) is walked by dulwich's finder itself."""
     commits = [sha.decode() for sha, _, type_num, _ in finder.objects_to_send if type_num == Commit.type_num]
     if len(commits) < len(finder.objects_to_send):
         return [sha.decode() for sha, _ in finder]
-    return git_pack.objects_to_send(session, commits, {sha.decode() for sha in finder.get_remote_has()})
+    return git_pack.objects_to_send(links, commits, {sha.decode() for sha in finder.get_remote_has()})
 
 
 _UNPACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, AssertionError, zlib.error, ObjectFormatException,

@@ -3,10 +3,11 @@
 dulwich negotiates (wants, haves, shallow, acknowledgements); its own pack writer, given keephub's objects, walked them
 one Python object at a time, read each object twice and started a fresh zlib stream with 256 KiB of state for each:
 ~0.3 s of CPU for a clone of 2,300 small objects, where `git upload-pack` reuses the compressed objects of its packs.
-Here trees are read in batches, level by level, and each tree's children are kept by its sha; each object's pack
-entry (header and zlib data) is kept by sha too, so that a clone or fetch after another of the same repo compresses
-only what is new, as git's stored packs let it; and the pack streams to the client as it is written. The packs hold
-whole objects, no deltas, which every git accepts. Objects never change, so nothing here is ever invalidated.
+Here commits' parents and trees (for dulwich's history walks too, as its "commit graph") and trees' children are read
+in batches and kept by sha; each object's pack entry (header and zlib data) is kept by sha too, so that a clone or
+fetch after another of the same repo compresses only what is new, as git's stored packs let it; and the pack streams
+to the client as it is written. The packs hold whole objects, no deltas, which every git accepts. Objects never
+change, so nothing here is ever invalidated.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 from dulwich.object_format import DEFAULT_OBJECT_FORMAT
-from dulwich.objects import S_ISGITLINK, Tree, parse_tree
+from dulwich.objects import S_IFGITLINK, Commit, ObjectID, Tree, parse_tree
 from dulwich.pack import pack_header_chunks, pack_object_header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keephub.storage.gitobjects import ShaKeyedCache, load_commit
-from keephub.storage.schema import GitObject
+from keephub.storage.gitobjects import ShaKeyedCache
+from keephub.storage.schema import GitObject, RepoCommit
 
 _QUERY_SHAS = 900  # ids per IN (...) query, within SQLite's limit on bound parameters
 _QUERY_BYTES = 16 * 1024 * 1024  # object bytes per query, so that a batch of large files cannot fill memory
 _WRITE_BYTES = 64 * 1024  # pack bytes per write: one side-band packet each
 _SHA_BYTES = 100  # about what a 40-character str costs in a tuple of a cached tree's children
+_SINGLE_COMMIT_READS = 16  # commits a request reads one by one before it reads all of its repo's at once
+
+# A commit's tree and parents.
+_commit_links: ShaKeyedCache[str, tuple[str, tuple[str, ...]]] = ShaKeyedCache(
+    16 * 1024 * 1024, weigh=lambda links: _SHA_BYTES * (2 + len(links[1])))
 
 # A tree's subtrees and files (submodule commits left out: a repo holds no other repo's objects).
 _children: ShaKeyedCache[str, tuple[tuple[str, ...], tuple[str, ...]]] = ShaKeyedCache(
@@ -37,12 +43,56 @@ _children: ShaKeyedCache[str, tuple[tuple[str, ...], tuple[str, ...]]] = ShaKeye
 _entries: ShaKeyedCache[str, bytes] = ShaKeyedCache(64 * 1024 * 1024, weigh=len)
 
 
-def objects_to_send(session: Session, commits: Iterable[str], sent: set[str]) -> list[str]:
+class CommitLinks:
+    """Each commit's tree and parents, for one request's walks of a repo's history: dulwich's (as its commit graph)
+    and objects_to_send's. A commit nobody asked for since the server started is read alone the first few times (a
+    fetch after a push needs one or two); past that the request is walking a history not seen yet, and all the
+    repo's commits are read in one query rather than one query per commit."""
+
+    def __init__(self, session: Session, repo_id: int) -> None:
+        self.session = session
+        self.repo_id = repo_id
+        self.known: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.single_reads_left = _SINGLE_COMMIT_READS
+        self.read_all = False
+
+    def get(self, sha: str) -> tuple[str, tuple[str, ...]]:
+        """(tree, parents) of the commit `sha`; KeyError if no commit has that sha."""
+        links = self.known.get(sha) or _commit_links.get(sha)
+        if links is not None:
+            return links
+        rows = select(GitObject.sha, GitObject.data).where(GitObject.type_num == Commit.type_num)
+        if self.single_reads_left > 0 or self.read_all:
+            self.single_reads_left -= 1
+            rows = rows.where(GitObject.sha == sha)
+        else:
+            self.read_all = True
+            rows = rows.join(RepoCommit, RepoCommit.sha == GitObject.sha).where(RepoCommit.repo_id == self.repo_id)
+        for row in self.session.execute(rows):
+            commit = Commit.from_raw_string(Commit.type_num, row.data)
+            found = (commit.tree.decode(), tuple(parent.decode() for parent in commit.parents))
+            self.known[row.sha] = found
+            _commit_links.put(row.sha, found)
+        if sha not in self.known:
+            raise KeyError(sha)
+        return self.known[sha]
+
+    def get_parents(self, sha: ObjectID) -> list[ObjectID] | None:
+        """dulwich's commit graph: a commit's parents, or None for dulwich to look the object up itself."""
+        try:
+            _, parents = self.get(sha.decode())
+        except KeyError:
+            return None
+        return [ObjectID(parent.encode()) for parent in parents]
+
+
+def objects_to_send(links: CommitLinks, commits: Iterable[str], sent: set[str]) -> list[str]:
     """The commits, then every tree and file under them that is not in `sent` (what the client has), each once."""
+    session = links.session
     commits = list(commits)
     seen = set(sent)
     seen.update(commits)
-    level = list(dict.fromkeys(tree for tree in _commit_trees(session, commits) if tree not in seen))
+    level = list(dict.fromkeys(tree for tree in (links.get(sha)[0] for sha in commits) if tree not in seen))
     seen.update(level)
     trees: list[str] = []
     files: list[str] = []
@@ -133,11 +183,6 @@ class _PackOut:
             self.pending, self.size = [], 0
 
 
-def _commit_trees(session: Session, commits: list[str]) -> list[str]:
-    """The root tree of each commit (parsed commits come from gitobjects' cache, where negotiation left them)."""
-    return [load_commit(session, sha).tree.decode() for sha in commits]
-
-
 def _children_of(session: Session, trees: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(subtrees, files) of each tree, in order: from the cache, else read in batches and parsed."""
     known = {sha: children for sha in trees if (children := _children.get(sha)) is not None}
@@ -146,9 +191,10 @@ def _children_of(session: Session, trees: list[str]) -> list[tuple[tuple[str, ..
             raise KeyError(f"object {sha} is not a tree")
         subtrees, blobs = [], []
         for _name, mode, child in parse_tree(data, sha_len=DEFAULT_OBJECT_FORMAT.oid_length):
-            if stat.S_ISDIR(mode):
+            kind = stat.S_IFMT(mode)
+            if kind == stat.S_IFDIR:
                 subtrees.append(child.decode())
-            elif not S_ISGITLINK(mode):
+            elif kind != S_IFGITLINK:
                 blobs.append(child.decode())
         known[sha] = (tuple(subtrees), tuple(blobs))
         _children.put(sha, known[sha])
