@@ -317,6 +317,17 @@ async def test_calls_without_a_valid_token(server: Server, alice, tmp_path: Path
     reply = httpx2.post(f"{server.url}/mcp", headers={"Authorization": "Bearer kh_not-a-token"},
                         json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert reply.status_code == 401 and reply.json()["error"] == "Invalid credentials in Authorization header"
+    # A tools/call is authenticated by the tool's first service call, and its answer held until then: an unknown
+    # token still gets the 401 (never the answer), and nothing runs.
+    call = {"name": "hf_jobs", "arguments": {"operation": "run", "args": {"command": ["python", "-c", "print(1)"],
+                                                                          "namespace": name, "detach": True}}}
+    as_the_sdk_sends_it = {"Authorization": "Bearer kh_not-a-token", "MCP-Protocol-Version": "2026-07-28",
+                           "Accept": "application/json, text/event-stream", "Mcp-Method": "tools/call",
+                           "Mcp-Name": "hf_jobs"}
+    reply = httpx2.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+                        headers=as_the_sdk_sends_it)
+    assert reply.status_code == 401 and reply.json()["error"] == "Invalid credentials in Authorization header"
+    assert list(HfApi(endpoint=server.url, token=alice[1]).list_jobs(namespace=name)) == []
 
     async with over_stdio(server.url, "kh_not-a-token", tmp_path) as agent:
         refused = await refusal(agent, "hf_whoami", {})

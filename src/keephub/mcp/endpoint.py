@@ -19,18 +19,19 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from keephub import __version__
-from keephub.hub.routes import actor_of
+from keephub.hub.routes import credentials_of, hub_of
 from keephub.mcp import hub_tools, jobs_tool
+from keephub.mcp.caller import Caller
 from keephub.mcp.jobs_tool import TOKEN_HINT, Services
 from keephub.mcp.tools import HF_JOBS, INSTRUCTIONS, TOOL_NAMES, TOOLS, ToolError
 from keephub.wire import Unauthorized
 from keephub.wire.errors import HubError
 
 log = logging.getLogger("keephub.mcp")
-_ACTOR = "mcp_actor"
+_CALLER = "mcp_caller"
 # The Jobs API words a few things for its own clients; an agent calls the tool, so its answers say the tool's.
 _TOOL_WORDING = {"`hf jobs ps`": 'hf_jobs("ps", {"all": true})', "'environment'": "'env'",
                  "the label keephub.preflight=override": 'the label "keephub.preflight": "override" (in "labels")'}
@@ -49,8 +50,13 @@ _HEADER_SCHEMAS = {tool.name: tool.input_schema for tool in TOOLS
 
 
 class Endpoint:
-    """The ASGI app at /mcp: authenticates the caller (a token that is present but unknown is a 401, as anywhere
-    in the API; no token is an anonymous caller, who may read public repos), then lets the SDK serve the call."""
+    """The ASGI app at /mcp: lets the SDK serve the call, and refuses it with a 401 if its token is present but
+    unknown, as anywhere in the API (no token is an anonymous caller, who may read public repos).
+
+    A tools/call is authenticated by the tool's first service call, in the same worker-thread hop (see
+    caller.py), and its answer is held until the caller is known: a refused token gets the 401, never the answer,
+    and nothing ran as anyone. Other requests (tools/list, an SSE stream) are authenticated before the SDK sees
+    them."""
 
     def __init__(self) -> None:
         self.server: Server[Any] = Server("keephub", version=__version__, instructions=INSTRUCTIONS,
@@ -72,9 +78,23 @@ class Endpoint:
         return self.manager.run()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        actor = await actor_of(Request(scope, receive))
-        scope.setdefault("state", {})[_ACTOR] = actor
-        await self.manager.handle_request(scope, receive, send)
+        request = Request(scope, receive)
+        caller = Caller(hub_of(request).accounts, credentials_of(request))
+        scope.setdefault("state", {})[_CALLER] = caller
+        if caller.settled or request.method != "POST" or request.headers.get("mcp-method") != "tools/call":
+            await caller.settle()
+            await self.manager.handle_request(scope, receive, send)
+            return
+        # The SDK checks that Mcp-Method names the body's method, and answers a tools/call with one JSON body.
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        await self.manager.handle_request(scope, receive, hold)
+        await caller.settle()
+        for message in held:
+            await send(message)
 
 
 async def _list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -96,7 +116,7 @@ async def _call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallTool
     request = ctx.request
     assert isinstance(request, Request)
     state = request.app.state
-    services = Services(state.hub, state.jobs, state.scheduled_jobs, state.scheduler, request.scope["state"][_ACTOR])
+    services = Services(state.hub, state.jobs, state.scheduled_jobs, state.scheduler, request.scope["state"][_CALLER])
     try:
         return result(await handler(services, params.arguments or {}))
     except ToolError as exc:

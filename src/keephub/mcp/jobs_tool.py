@@ -9,7 +9,7 @@ import shlex
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +23,7 @@ from keephub.jobs.logs import LogCursor
 from keephub.jobs.scheduled import ScheduledJobs
 from keephub.jobs.service import HF_TOKEN_PLACEHOLDER, TERMINAL, JobService, human_duration
 from keephub.jobs.spec import SUPPORTED_IMAGES
+from keephub.mcp.caller import Caller
 from keephub.mcp.tools import OPERATIONS, USAGE, Args, ToolError, is_script_path, split_call
 from keephub.wire import Unauthorized
 
@@ -40,6 +41,7 @@ UNAUTHENTICATED = "you must be authenticated for this call: it acts as your user
 TOKEN_HINT = ("To pass a token: an MCP client over HTTP sends `Authorization: Bearer <token>` with its requests to "
               "/mcp; `keephub mcp` (stdio) reads HF_TOKEN or --token. Create one with "
               "`keephub token create USER --role write`.")
+Result = TypeVar("Result")
 
 
 class Wakeable(Protocol):
@@ -58,15 +60,48 @@ class Services:
     jobs: JobService
     scheduled: ScheduledJobs
     scheduler: Wakeable
-    actor: Actor | None
+    caller: Caller
 
     @property
     def base_url(self) -> str:
         return self.jobs.settings.base_url
 
+    async def actor(self) -> Actor | None:
+        return await self.caller.settle()
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """A service call, off the event loop (they use the database and the disk)."""
+    async def as_caller(self, fn: Callable[..., Result], *args: Any) -> Result:
+        """`fn(actor, *args)` off the event loop, the caller authenticated in the same worker-thread hop if no
+        call before did it."""
+        return await run_in_threadpool(_as_caller, self.caller, fn, args)
+
+    async def in_namespace(self, namespace: str | None, fn: Callable[..., Result], *args: Any
+                           ) -> tuple[str, Result]:
+        """(namespace, `fn(actor, namespace, *args)`) in one worker-thread hop, authentication included; namespace
+        None is the caller's own."""
+        return await run_in_threadpool(_in_namespace, self.caller, namespace, fn, args)
+
+
+def _as_caller(caller: Caller, fn: Callable[..., Result], args: tuple[Any, ...]) -> Result:
+    return fn(caller.actor(), *args)
+
+
+def _in_namespace(caller: Caller, namespace: str | None, fn: Callable[..., Result], args: tuple[Any, ...]
+                  ) -> tuple[str, Result]:
+    actor = caller.actor()
+    where = namespace if namespace is not None else own_namespace(actor)
+    return where, fn(actor, where, *args)
+
+
+def own_namespace(actor: Actor | None) -> str:
+    """The namespace a call that names none works in: the caller's user."""
+    if actor is None:
+        raise Unauthorized(UNAUTHENTICATED)
+    return actor.name
+
+
+async def call(fn: Callable[..., Result], *args: Any) -> Result:
+    """A service call that acts as nobody (a job's own log, its record by id), off the event loop: they use the
+    database and the disk."""
     return await run_in_threadpool(fn, *args)
 
 
@@ -81,15 +116,6 @@ async def hf_jobs(services: Services, arguments: dict[str, Any]) -> str:
         return OPERATIONS[operation].help
     args = Args(values, f'hf_jobs("{operation}")', OPERATIONS[operation].arguments)
     return await _HANDLERS[operation](services, args)
-
-
-def namespace_of(services: Services, args: Args) -> str:
-    namespace = args.text("namespace")
-    if namespace is not None:
-        return namespace
-    if services.actor is None:
-        raise Unauthorized(UNAUTHENTICATED)
-    return services.actor.name
 
 
 # -- specs ------------------------------------------------------------------------------------------------------
@@ -199,9 +225,9 @@ def _volumes(args: Args) -> list[dict[str, Any]]:
 
 # -- submitting ---------------------------------------------------------------------------------------------------
 async def _submit(services: Services, args: Args, uv: bool) -> str:
-    namespace, detach = namespace_of(services, args), args.flag("detach")
+    detach = args.flag("detach")
     spec = job_spec(services, args, uv)
-    info = await call(services.jobs.submit, services.actor, namespace, spec)
+    namespace, info = await services.in_namespace(args.text("namespace"), services.jobs.submit, spec)
     services.scheduler.poke()
     url = f"{services.base_url}/jobs/{namespace}/{info['id']}"
     head = [f"Job {info['id']} submitted: {display_command(info['command'])} on {info['flavor']}, timeout "
@@ -212,7 +238,7 @@ async def _submit(services: Services, args: Args, uv: bool) -> str:
         return "\n".join([*head, follow])
     lines, count, stage, message = await _first_lines(services, namespace, info["id"])
     if stage in TERMINAL:
-        done = await call(services.jobs.get, services.actor, namespace, info["id"])
+        done = await services.as_caller(services.jobs.get, namespace, info["id"])
         said = f": {message}" if message and message.lower() != stage.lower() else ""
         ending = [f"Job ended {stage}{said}."]
         if done.get("durability"):
@@ -257,13 +283,13 @@ async def run(services: Services, args: Args) -> str:
 
 # -- following ------------------------------------------------------------------------------------------------------
 async def ps(services: Services, args: Args) -> str:
-    namespace = namespace_of(services, args)
+    given = args.text("namespace")
     status = args.text("status")
     if status is not None and status.upper() not in STAGES:
         raise ToolError(f"{args.where}: 'status' {status!r} is not a stage; use one of {', '.join(STAGES)}")
     show_all = args.flag("all")
     stages = [status.upper()] if status else ([] if show_all else ["SCHEDULING", "RUNNING"])
-    jobs = await call(services.jobs.list, services.actor, namespace, stages, [])
+    namespace, jobs = await services.in_namespace(given, services.jobs.list, stages, [])
     which = f"{status.upper()} jobs" if status else ("jobs" if show_all else "running or scheduling jobs")
     if not jobs:
         hint = "" if show_all or status else ' (hf_jobs("ps", {"all": true}) lists finished ones too)'
@@ -275,9 +301,9 @@ async def ps(services: Services, args: Args) -> str:
 
 
 async def logs(services: Services, args: Args) -> str:
-    namespace, job_id = namespace_of(services, args), args.required("job_id")
+    given, job_id = args.text("namespace"), args.required("job_id")
     tail = args.integer("tail", 20, 1, MAX_TAIL_LINES)
-    info = await call(services.jobs.get, services.actor, namespace, job_id)
+    _, info = await services.in_namespace(given, services.jobs.get, job_id)
     cursor = LogCursor(services.jobs.jobs_dir, job_id)
     events, older = await call(cursor.page_before, None, tail, MAX_LOG_BYTES)
     lines = [event["data"] for event in events]
@@ -294,14 +320,18 @@ async def logs(services: Services, args: Args) -> str:
 
 
 async def inspect(services: Services, args: Args) -> str:
-    namespace = namespace_of(services, args)
+    given = args.text("namespace")
     value = args.values.get("job_id")
     job_ids = [value] if isinstance(value, str) and value else args.strings("job_id")
     if not job_ids or len(job_ids) > MAX_JOB_IDS:
         raise ToolError(f"{args.where}: 'job_id' must be a job id or a list of 1 to {MAX_JOB_IDS} of them")
+
+    def read(actor: Actor | None, namespace: str) -> list[dict]:
+        return [services.jobs.get(actor, namespace, job_id) for job_id in job_ids]
+
+    namespace, infos = await services.in_namespace(given, read)
     parts = []
-    for job_id in job_ids:
-        info = await call(services.jobs.get, services.actor, namespace, job_id)
+    for job_id, info in zip(job_ids, infos):
         record = {**info, "command": display_command(info["command"])}
         parts.append(f"{describe(info)}\nURL: {services.base_url}/jobs/{namespace}/{job_id}\n\n"
                      f"```json\n{json.dumps(record, ensure_ascii=False)}\n```")
@@ -309,12 +339,12 @@ async def inspect(services: Services, args: Args) -> str:
 
 
 async def cancel(services: Services, args: Args) -> str:
-    namespace, job_id = namespace_of(services, args), args.required("job_id")
-    before = await call(services.jobs.get, services.actor, namespace, job_id)
+    job_id = args.required("job_id")
+    namespace, before = await services.in_namespace(args.text("namespace"), services.jobs.get, job_id)
     if before["status"]["stage"] in TERMINAL:
-        await call(services.jobs.check_write, services.actor, namespace)
+        await services.as_caller(services.jobs.check_write, namespace)
         return f"Job {job_id} had already ended ({before['status']['stage']}); nothing to cancel."
-    await call(services.jobs.cancel, services.actor, namespace, job_id)
+    await services.as_caller(services.jobs.cancel, namespace, job_id)
     services.scheduler.request_cancel(job_id)
     return (f"Cancel requested for job {job_id} (it was {before['status']['stage']}): it gets SIGTERM, then SIGKILL "
             'after the grace period; keephub still saves what it wrote. hf_jobs("inspect", '
@@ -329,10 +359,10 @@ async def hardware(services: Services, args: Args) -> str:
 
 # -- scheduled jobs ---------------------------------------------------------------------------------------------
 async def _scheduled_create(services: Services, args: Args, uv: bool) -> str:
-    namespace = namespace_of(services, args)
+    given = args.text("namespace")
     body = {"jobSpec": job_spec(services, args, uv), "schedule": args.required("schedule"),
             "suspend": args.flag("suspend")}
-    info = await call(services.scheduled.create, services.actor, namespace, body)
+    _, info = await services.in_namespace(given, services.scheduled.create, body)
     return "Scheduled job created.\n" + describe_scheduled(info)
 
 
@@ -345,8 +375,7 @@ async def scheduled_run(services: Services, args: Args) -> str:
 
 
 async def scheduled_ps(services: Services, args: Args) -> str:
-    namespace = namespace_of(services, args)
-    found = await call(services.scheduled.list, services.actor, namespace)
+    namespace, found = await services.in_namespace(args.text("namespace"), services.scheduled.list)
     if not found:
         return f"No scheduled jobs in {namespace}."
     rows = [[item["id"], item["schedule"], "yes" if item["suspend"] else "no",
@@ -357,21 +386,21 @@ async def scheduled_ps(services: Services, args: Args) -> str:
 
 
 async def scheduled_inspect(services: Services, args: Args) -> str:
-    namespace, scheduled_id = namespace_of(services, args), args.required("scheduled_job_id")
-    info = await call(services.scheduled.get, services.actor, namespace, scheduled_id)
+    given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
+    _, info = await services.in_namespace(given, services.scheduled.get, scheduled_id)
     record = {**info, "jobSpec": {**info["jobSpec"], "command": display_command(info["jobSpec"]["command"])}}
     return f"{describe_scheduled(info)}\n\n```json\n{json.dumps(record, ensure_ascii=False)}\n```"
 
 
 async def scheduled_delete(services: Services, args: Args) -> str:
-    namespace, scheduled_id = namespace_of(services, args), args.required("scheduled_job_id")
-    await call(services.scheduled.delete, services.actor, namespace, scheduled_id)
+    given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
+    await services.in_namespace(given, services.scheduled.delete, scheduled_id)
     return f"Scheduled job {scheduled_id} deleted; the jobs it started are kept."
 
 
 async def _set_suspended(services: Services, args: Args, suspend: bool) -> str:
-    namespace, scheduled_id = namespace_of(services, args), args.required("scheduled_job_id")
-    info = await call(services.scheduled.set_suspended, services.actor, namespace, scheduled_id, suspend)
+    given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
+    _, info = await services.in_namespace(given, services.scheduled.set_suspended, scheduled_id, suspend)
     return ("Suspended.\n" if suspend else "Resumed.\n") + describe_scheduled(info)
 
 
