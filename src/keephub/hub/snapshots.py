@@ -79,7 +79,18 @@ def tree_entries(session: Session, tree_sha: str, prefix: str, recursive: bool,
 def tree_page_json(session: Session, tree_sha: str, prefix: str, recursive: bool, start: int, size: int,
                    xet_hashes: Callable[[Session, list[str]], dict[str, str]]) -> tuple[int, bytes]:
     """How many entries the folder has, and entries [start, start + size) of `tree_entries` as a JSON array:
-    joined from each entry's cached JSON; only an entry with a Xet hash (looked up now) is encoded again."""
+    joined from each entry's cached JSON; only an entry with a Xet hash (looked up now) is encoded again. A listing
+    too large to keep (a quarter of the cache) is built a page at a time instead: kept whole it would be evicted,
+    and every page would rebuild all of it (a 100,000-file repo listed in 100 pages read 10 million entries)."""
+    total = (gitobjects.count_entries(session, tree_sha) if recursive
+             else len(gitobjects.load_tree(session, tree_sha)))
+    if total > MAX_CACHED_ENTRIES // 4:
+        # Too large a share of the cache to keep whole: built a page at a time, each page costing its own size.
+        wire = [wireformat.tree_entry(entry)
+                for entry in gitobjects.page_of_entries(session, tree_sha, prefix, recursive, start, size)]
+        lfs_in_page = [entry["lfs"]["oid"] for entry in wire if "lfs" in entry]
+        xet = xet_hashes(session, lfs_in_page) if lfs_in_page else {}
+        return total, encode([_with_xet(entry, xet) for entry in wire])
     entries, lfs_oids, encoded = _listing(session, tree_sha, prefix, recursive)
     xet = xet_hashes(session, list(lfs_oids)) if lfs_oids else {}
     page = encoded[start : start + size]

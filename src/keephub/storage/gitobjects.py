@@ -360,6 +360,50 @@ def list_entries(session: Session, tree_sha: str, prefix: str, recursive: bool) 
     return entries
 
 
+_entry_counts: ShaKeyedCache[str, int] = ShaKeyedCache(100_000)
+
+
+def count_entries(session: Session, tree_sha: str) -> int:
+    """How many entries a recursive listing of `tree_sha` has (folders included); kept per tree sha, so a commit
+    recounts only the folders it changed."""
+    found = _entry_counts.get(tree_sha)
+    if found is None:
+        found = 0
+        for item in load_tree(session, tree_sha).iteritems():
+            found += 1 + (count_entries(session, item.sha.decode()) if stat.S_ISDIR(item.mode) else 0)
+        _entry_counts.put(tree_sha, found)
+    return found
+
+
+def page_of_entries(session: Session, tree_sha: str, prefix: str, recursive: bool, start: int,
+                    size: int) -> list[Entry]:
+    """Entries [start, start + size) of `list_entries(session, tree_sha, prefix, recursive)`, in the same order,
+    at the cost of the page: folders wholly before `start` are skipped by their counts, unread, and only the
+    page's files are looked up."""
+    items: list[tuple[str, int, str]] = []
+    skip = start
+
+    def walk(sha: str, base: str) -> None:
+        nonlocal skip
+        for item in load_tree(session, sha).iteritems():
+            if len(items) >= size:
+                return
+            path, child = f"{base}{item.path.decode()}", item.sha.decode()
+            if skip:
+                skip -= 1
+            else:
+                items.append((path, item.mode, child))
+            if recursive and stat.S_ISDIR(item.mode):
+                inside = count_entries(session, child)
+                if skip >= inside:
+                    skip -= inside
+                else:
+                    walk(child, path + "/")
+
+    walk(tree_sha, f"{prefix}/" if prefix else "")
+    return entries_for(session, items)
+
+
 def entry_for(session: Session, path: str, mode: int, sha: str) -> Entry:
     if stat.S_ISDIR(mode):
         return Entry(path=path, is_dir=True, sha=sha)
