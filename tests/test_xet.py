@@ -279,6 +279,91 @@ def test_tampered_shards_are_rejected_and_their_files_cannot_be_committed(server
     assert httpx.get(f"{server.url}/{repo_id}/resolve/main/w.bin").content == content
 
 
+def files_shard(files: list[tuple[list[tuple[bytes, list[bytes]]], bytes | None]]) -> bytes:
+    """A shard of files, each a list of (xorb hash, the xorb's chunks) terms covering whole xorbs, and the sha256
+    to claim for it (None: the true one); every xorb named is listed in the xorb section."""
+    out = bytearray(SHARD_TAG + struct.pack("<QQ", 2, 0))
+    listed: dict[bytes, list[bytes]] = {}
+    for terms, claimed in files:
+        content = b"".join(c for _, chunks in terms for c in chunks)
+        pairs = [(hashing.chunk_hash(c), len(c)) for _, chunks in terms for c in chunks]
+        out += struct.pack("<32sII8x", hashing.file_hash(pairs), (1 << 31) | (1 << 30), len(terms))
+        for xorb, chunks in terms:
+            out += struct.pack("<32sIIII", xorb, 0, sum(map(len, chunks)), 0, len(chunks))
+            listed[xorb] = chunks
+        for _, chunks in terms:
+            out += struct.pack("<32s16x", hashing.verification_hash([hashing.chunk_hash(c) for c in chunks]))
+        out += struct.pack("<32s16x", claimed or hashing.from_hex(hashlib.sha256(content).hexdigest()))
+    out += BOOKEND
+    for xorb, chunks in listed.items():
+        out += struct.pack("<32sIIII", xorb, 0, len(chunks), sum(map(len, chunks)), 0)
+        position = 0
+        for chunk in chunks:
+            out += struct.pack("<32sIIII", hashing.chunk_hash(chunk), position, len(chunk), 0, 0)
+            position += len(chunk)
+    out += BOOKEND
+    return bytes(out)
+
+
+def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server: Server, alice,
+                                                                          repo_id: str) -> None:
+    """The sha256 a commit names is taken from the digest kept while the file's xorbs arrived when they are the
+    upload's first xorbs in order, and rebuilt from the stored xorbs otherwise: a lie is refused either way, the
+    truth accepted either way, and a refused file cannot be committed."""
+    cas, headers = cas_token(server, alice[1], repo_id, "write")
+    xorbs = {}
+    for name, seed in (("a", 40), ("b", 41), ("c", 42), ("d", 43)):
+        chunks = [random_bytes(30_000 + seed * 100, seed), random_bytes(25_000, seed + 100)]
+        xorbs[name] = (xorb_hash(chunks), chunks)
+    broken = bytearray(xorb_bytes(xorbs["c"][1]))
+    broken[50] ^= 0xFF
+    # a and b in order (a corrupted c between them and d is refused), then d before c.
+    for name, body in (("a", None), ("c", bytes(broken)), ("b", None), ("d", None), ("c", None)):
+        sent = httpx.post(f"{cas}/v1/xorbs/default/{hashing.to_hex(xorbs[name][0])}",
+                          content=body or xorb_bytes(xorbs[name][1]), headers=headers)
+        assert sent.status_code == (400 if body else 200), (name, sent.text)
+    lie = hashing.from_hex(hashlib.sha256(b"something else").hexdigest())
+    for first, second, path in (("a", "b", "on-arrival.bin"), ("c", "d", "rebuilt.bin")):
+        terms = [xorbs[first], xorbs[second]]
+        content = b"".join(xorbs[first][1] + xorbs[second][1])
+        refused = httpx.post(f"{cas}/v1/shards", content=files_shard([(terms, lie)]), headers=headers)
+        assert refused.status_code == 400 and "not the claimed" in refused.json()["error"], refused.text
+        assert commit_lfs(server, alice[1], repo_id, path, content).status_code in (400, 404, 422)
+        accepted = httpx.post(f"{cas}/v1/shards", content=files_shard([(terms, None)]), headers=headers)
+        assert accepted.json() == {"result": 1}, accepted.text
+        assert commit_lfs(server, alice[1], repo_id, path, content).status_code == 200
+        assert httpx.get(f"{server.url}/{repo_id}/resolve/main/{path}").content == content
+
+
+def test_the_running_sha256_serves_only_a_files_own_xorbs_in_order() -> None:
+    """chains.py on its own: the digest after the session's first xorbs, whole and in turn order, or nothing."""
+    import asyncio
+
+    from keephub.xet.chains import Chains
+    from keephub.xet.formats import Term
+
+    pieces = {name: [random_bytes(1000, seed), random_bytes(500, seed + 1)] for name, seed in (("x", 1), ("y", 3))}
+    names = {name: hashing.to_hex(xorb_hash(chunks)) for name, chunks in pieces.items()}
+    raw = {name: xorb_hash(chunks) for name, chunks in pieces.items()}
+    chains = Chains()
+    tickets = [chains.ticket("session") for _ in range(3)]
+    for ticket, name in zip(tickets, ("x", "y")):
+        assert asyncio.run(ticket.take_turn())
+        for chunk in pieces[name]:
+            ticket.feed(chunk)
+        ticket.complete(names[name], 2)
+    tickets[2].close()  # an upload that failed: its turn passes, nothing is added
+    both = b"".join(pieces["x"] + pieces["y"])
+    whole = [Term(raw["x"], 1500, 0, 2), Term(raw["y"], 1500, 0, 2)]
+    assert chains.sha256_of("session", whole) == hashlib.sha256(both).hexdigest()
+    split = [Term(raw["x"], 1000, 0, 1), Term(raw["x"], 500, 1, 2)]
+    assert chains.sha256_of("session", split) == hashlib.sha256(b"".join(pieces["x"])).hexdigest()
+    assert chains.sha256_of("session", [Term(raw["y"], 1500, 0, 2)]) is None  # not where the session began
+    assert chains.sha256_of("session", [Term(raw["x"], 1000, 0, 1)]) is None  # part of a xorb
+    assert chains.sha256_of("session", whole + [Term(raw["x"], 1500, 0, 2)]) is None  # more than was sent
+    assert chains.sha256_of("other session", whole) is None
+
+
 def test_cas_tokens_are_scoped_to_one_repo_and_access(server: Server, alice, api: HfApi, repo_id: str) -> None:
     assert httpx.get(f"{server.url}/api/models/{repo_id}/xet-write-token/main").status_code == 401
     reader = server.token(alice[0], "read")

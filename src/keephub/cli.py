@@ -37,10 +37,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from keephub.agent.sandbox import jobs_socket
     from keephub.app import build_app
     from keephub.jobs.scheduler import check_job_settings
-    from keephub.storage.blobs import check_blob_settings
+    from keephub.storage.blobs import check_blob_settings, trim
     from keephub.storage.db import check_database_url
     from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
+    trim.limit_heaps()
     settings = _settings(args)
     check_job_settings(settings)
     check_blob_settings(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import lz4.frame
 
@@ -20,6 +20,8 @@ MAX_XORB_CHUNKS = 8192
 # hf_xet fills a xorb with up to 64 MiB of chunk data, then adds an 8-byte header per chunk.
 MAX_XORB_BYTES = 64 * 1024 * 1024 + MAX_XORB_CHUNKS * 8
 MAX_SHARD_BYTES = 64 * 1024 * 1024
+# Reads of stored xorbs go in pieces this large: few calls, a bounded buffer.
+READ_PIECE_BYTES = 8 * 1024 * 1024
 CHUNK_HEADER = struct.Struct("<B3sB3s")
 SCHEME_NONE, SCHEME_LZ4, SCHEME_BG4_LZ4 = 0, 1, 2
 SHARD_TAG = b"HFRepoMetaData\x00" + bytes([85, 105, 103, 69, 106, 123, 129, 87, 131, 165, 189, 217, 92, 205, 209,
@@ -64,7 +66,7 @@ def ungroup_bg4(grouped: bytes) -> bytes:
     return bytes(out)
 
 
-def decode_chunk(scheme: int, payload: bytes, size: int, index: int) -> bytes:
+def decode_chunk(scheme: int, payload: bytes | memoryview, size: int, index: int) -> bytes | memoryview:
     if scheme == SCHEME_NONE:
         data = payload
     elif scheme in (SCHEME_LZ4, SCHEME_BG4_LZ4):
@@ -79,6 +81,86 @@ def decode_chunk(scheme: int, payload: bytes, size: int, index: int) -> bytes:
     if len(data) != size:
         raise FormatError(f"chunk {index} unpacks to {len(data)} bytes but its header says {size}")
     return data
+
+
+class XorbReader:
+    """A serialized xorb parsed as its bytes arrive, in pieces of any size: each chunk is unpacked (and hashed,
+    with `hash_chunks`) as soon as its last byte is fed, then handed to `on_chunk` and dropped.
+
+    This is how an upload is verified from the bytes already in memory, with nothing read back from disk, and
+    how a file is rebuilt from its xorbs in large reads. Only a chunk cut by the end of a piece is held over.
+    """
+
+    def __init__(self, on_chunk: Callable[[bytes | memoryview], None] | None = None, *,
+                 hash_chunks: bool = True) -> None:
+        self.chunks: list[ChunkRecord] = []
+        self._on_chunk = on_chunk
+        self._hash_chunks = hash_chunks
+        self._held = bytearray()
+        self._offset = 0  # serialized offset of the next chunk
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        position = 0
+        while self._held:
+            end = self._chunk_end(self._held, 0)
+            wanted = (CHUNK_HEADER.size if end is None else end) - len(self._held)
+            if wanted > 0:
+                piece = view[position : position + wanted]
+                self._held += piece
+                position += len(piece)
+                if len(piece) < wanted:
+                    return
+                continue
+            self._take(memoryview(self._held), 0, end)  # type: ignore[arg-type]
+            self._held = bytearray()
+        while position < len(view):
+            end = self._chunk_end(view, position)
+            if end is None or end > len(view):
+                self._held = bytearray(view[position:])
+                return
+            self._take(view, position, end)
+            position = end
+
+    def finish(self, expected_hash: bytes | None = None) -> list[ChunkRecord]:
+        """The chunks, once the xorb is complete; with `expected_hash`, also checks the chunks' Merkle hash."""
+        if self._held:
+            where = "a chunk header" if len(self._held) < CHUNK_HEADER.size else "the chunk's data"
+            raise FormatError(f"chunk {len(self.chunks)} at byte {self._offset}: the xorb ends inside {where}")
+        if not self.chunks:
+            raise FormatError("the xorb is empty")
+        if expected_hash is not None:
+            actual = hashing.merkle_root([(c.hash, c.size) for c in self.chunks])
+            if actual != expected_hash:
+                raise FormatError(f"the xorb's chunks hash to {hashing.to_hex(actual)}, not the "
+                                  f"{hashing.to_hex(expected_hash)} in the URL; nothing was stored")
+        return self.chunks
+
+    def _chunk_end(self, buffer: bytearray | memoryview, start: int) -> int | None:
+        """Where the chunk starting at `start` ends, from its header; None while the header is incomplete."""
+        if len(buffer) - start < CHUNK_HEADER.size:
+            return None
+        version, packed_raw, _scheme, size_raw = CHUNK_HEADER.unpack_from(buffer, start)
+        packed, size = _u24(packed_raw), _u24(size_raw)
+        where = f"chunk {len(self.chunks)} at byte {self._offset}"
+        if version != 0:
+            raise FormatError(f"{where}: unknown chunk header version {version}")
+        if size == 0 or size > MAX_CHUNK_BYTES or packed > MAX_CHUNK_BYTES + 1024:
+            raise FormatError(f"{where}: sizes {packed}/{size} are outside 1..{MAX_CHUNK_BYTES}")
+        if len(self.chunks) >= MAX_XORB_CHUNKS:
+            raise FormatError(f"the xorb holds more than {MAX_XORB_CHUNKS} chunks, the limit")
+        if self._offset + CHUNK_HEADER.size + packed > MAX_XORB_BYTES:
+            raise FormatError(f"the xorb is larger than {MAX_XORB_BYTES} bytes, the limit")
+        return start + CHUNK_HEADER.size + packed
+
+    def _take(self, buffer: memoryview, start: int, end: int) -> None:
+        _version, _packed, scheme, size_raw = CHUNK_HEADER.unpack_from(buffer, start)
+        data = decode_chunk(scheme, buffer[start + CHUNK_HEADER.size : end], _u24(size_raw), len(self.chunks))
+        chunk_hash = hashing.chunk_hash(data) if self._hash_chunks else b""
+        self.chunks.append(ChunkRecord(chunk_hash, self._offset, len(data)))
+        if self._on_chunk is not None:
+            self._on_chunk(data)
+        self._offset += end - start
 
 
 def iter_xorb(fh: BinaryIO, total: int) -> Iterator[tuple[int, bytes]]:
@@ -99,23 +181,21 @@ def iter_xorb(fh: BinaryIO, total: int) -> Iterator[tuple[int, bytes]]:
             raise FormatError(f"chunk {index} at byte {offset}: the xorb ends inside the chunk's data")
         if index >= MAX_XORB_CHUNKS:
             raise FormatError(f"the xorb holds more than {MAX_XORB_CHUNKS} chunks, the limit")
-        yield offset, decode_chunk(scheme, payload, size, index)
+        yield offset, bytes(decode_chunk(scheme, payload, size, index))
         offset += CHUNK_HEADER.size + packed
         index += 1
 
 
 def verify_xorb(fh: BinaryIO, total: int, expected_hash: bytes) -> list[ChunkRecord]:
     """Decompress and hash every chunk, recompute the Merkle root, and compare with the claimed xorb hash."""
-    if total == 0:
-        raise FormatError("the xorb is empty")
     if total > MAX_XORB_BYTES:
         raise FormatError(f"the xorb is {total} bytes; the limit is {MAX_XORB_BYTES}")
-    chunks = [ChunkRecord(hashing.chunk_hash(data), offset, len(data)) for offset, data in iter_xorb(fh, total)]
-    actual = hashing.merkle_root([(c.hash, c.size) for c in chunks])
-    if actual != expected_hash:
-        raise FormatError(f"the xorb's chunks hash to {hashing.to_hex(actual)}, not the "
-                          f"{hashing.to_hex(expected_hash)} in the URL; nothing was stored")
-    return chunks
+    reader = XorbReader()
+    remaining = total
+    while remaining > 0 and (piece := fh.read(min(READ_PIECE_BYTES, remaining))):
+        reader.feed(piece)
+        remaining -= len(piece)
+    return reader.finish(expected_hash)
 
 
 # -- chunk index, as stored in the metadata database ----------------------------------------------------

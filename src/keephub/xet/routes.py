@@ -44,16 +44,18 @@ def hash_param(request: Request, key: str = "hash") -> str:
 
 
 async def upload_xorb(request: Request) -> JSONResponse:
-    await grant_of(request, tokens.WRITE)
+    grant = await grant_of(request, tokens.WRITE)
     xorb = hash_param(request)
     cas = cas_of(request)
-    pending = await run_in_threadpool(cas.begin_xorb, xorb)
+    upload = await run_in_threadpool(cas.begin_xorb, xorb, grant)
     try:
-        await receive_into(request, pending, formats.MAX_XORB_BYTES,
+        if upload.ticket is not None:
+            await upload.ticket.take_turn()
+        await receive_into(request, upload, formats.MAX_XORB_BYTES,
                            "a serialized xorb may be at most {limit} bytes; nothing was stored")
-        inserted = await run_in_threadpool(cas.store_xorb, xorb, pending)
+        inserted = await run_in_threadpool(cas.store_xorb, upload)
     finally:
-        await run_in_threadpool(pending.abort)
+        await run_in_threadpool(upload.abort)
     return JSONResponse({"was_inserted": inserted})
 
 

@@ -3,7 +3,8 @@
 Trust runs one way: the server hashes every chunk of every xorb itself; a shard's terms are accepted only
 when each names an existing xorb, a valid chunk range, its true unpacked size and a verification hash
 that proves the uploader knows the chunk hashes; the file hash is recomputed from those chunks, and the
-sha256 the commit will name is computed by rebuilding the file. Only then is the file linked to the repo
+sha256 the commit will name is the running digest of the upload session's verified chunks when the file is
+those chunks (chains.py), else computed by rebuilding the file. Only then is the file linked to the repo
 the uploading token was issued for, through the same `LfsLink` the git-lfs path uses, so a commit
 cannot name content its author never proved to hold. A bucket's token links files by their Xet hash
 (`BucketUpload`) instead: buckets never name content by sha256, so none is computed for them.
@@ -24,7 +25,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from keephub.config import Settings
-from keephub.storage.blobs import BlobStore, BlobWriter, iter_range
+from keephub.storage.blobs import BlobStore, BlobWriter, iter_range, trim
 from keephub.storage.db import Database, insert_for, inserted
 from keephub.storage.schema import (
     Bucket,
@@ -42,6 +43,7 @@ from keephub.wire import BadRequest, RangeNotSatisfiable
 from keephub.wire.errors import NotFound
 from keephub.wire.ranges import parse_range
 from keephub.xet import formats, hashing, tokens
+from keephub.xet.chains import Chains, Ticket
 from keephub.xet.formats import ChunkRecord, FormatError, Term
 
 DEDUP_SHARD_EXPIRY_SECONDS = 7 * 24 * 3600
@@ -89,28 +91,27 @@ class Cas:
         self.xorbs = xorbs
         self._xorb_cache: dict[str, XorbEntry] = {}
         self._cache_lock = threading.Lock()
+        self._chains = Chains()
 
     # -- xorbs ----------------------------------------------------------------------------------------
-    def begin_xorb(self, xorb: str) -> BlobWriter:
-        """A writer for an uploaded xorb: not sha256-hashed (its Merkle hash is what counts) and spooled, because
-        `store_xorb` reads the bytes back to verify every chunk before the store may place them."""
-        return self.xorbs.begin(xorb, hashed=False, spool=True)
+    def begin_xorb(self, xorb: str, grant: tokens.CasGrant) -> XorbUpload:
+        """An uploaded xorb about to be received: verified chunk by chunk as its bytes arrive (see `XorbUpload`), and,
+        for a repo, fed to its session's running sha256 (see chains.py)."""
+        ticket = self._chains.ticket(_session(grant)) if grant.kind == tokens.REPO else None
+        return XorbUpload(xorb, self.xorbs.begin(xorb, hashed=False), ticket)
 
-    def store_xorb(self, xorb: str, pending: BlobWriter) -> bool:
-        """Verify an uploaded xorb's every chunk against its hash, then keep it. False if it was already kept.
+    def store_xorb(self, upload: XorbUpload) -> bool:
+        """Keep an uploaded xorb once every chunk was verified against its hash. False if it was already kept.
 
         The same xorb hash has more than one valid serialization (LZ4 or not), and the index must describe
         the bytes on disk: placing the file and recording its index happen under one lock, and a file left
         without an index (a crash between the two) is replaced, never indexed from another upload's bytes.
         """
+        xorb, pending = upload.xorb, upload.pending
+        chunks = upload.verified_chunks()
         if self._touch_xorb(xorb):
             return False
         size = pending.size
-        try:
-            with pending.read_back() as fh:
-                chunks = formats.verify_xorb(fh, size, hashing.from_hex(xorb))
-        except FormatError as exc:
-            raise BadRequest(f"xorb {xorb} rejected, nothing was stored: {exc}")
         with self._placing_xorbs():
             if self._touch_xorb(xorb):
                 return False
@@ -178,7 +179,7 @@ class Cas:
                              f"{MAX_SHARD_CHUNK_REFERENCES}: upload the files in several sessions")
         for cas in shard.xorbs:
             self._check_listed_xorb(cas)
-        verified = [self._verify_file(info, grant.kind) for info in shard.files]
+        verified = [self._verify_file(info, grant) for info in shard.files]
         new = False
         with self.db.write() as session:
             if session.get(Bucket if grant.kind == tokens.BUCKET else Repo, grant.repo_id) is None:
@@ -229,7 +230,8 @@ class Cas:
         if [c[0] for c in cas.chunks] != [c.hash for c in entry.chunks]:
             raise BadRequest(f"shard rejected: its chunk list for xorb {name} does not match the xorb's chunks")
 
-    def _verify_file(self, info: formats.FileInfo, kind: str) -> FileEntry:
+    def _verify_file(self, info: formats.FileInfo, grant: tokens.CasGrant) -> FileEntry:
+        kind = grant.kind
         label = f"file {hashing.to_hex(info.file_hash)}"
         if info.verifications is None:
             raise BadRequest(f"shard rejected: {label} has no verification entries; they are required")
@@ -272,12 +274,10 @@ class Cas:
         if known is not None and known.sha256 is not None:
             actual = known.sha256
         else:
-            digest = hashlib.sha256()
-            for piece in self._stream_terms(list(info.terms), 0, size):
-                digest.update(piece)
-            actual = digest.hexdigest()
+            actual = self._chains.sha256_of(_session(grant), info.terms) or self._rebuilt_sha256(info.terms)
         if actual != claimed:
-            raise BadRequest(f"shard rejected: {label} rebuilds to sha256 {actual}, not the claimed {claimed}")
+            raise BadRequest(f"shard rejected: the bytes of {label} hash to sha256 {actual}, not the claimed "
+                             f"{claimed}")
         return FileEntry(file_hash, actual, size, list(info.terms))
 
     # -- files and reconstruction ---------------------------------------------------------------------
@@ -382,6 +382,12 @@ class Cas:
         return itertools.chain([] if first is None else [first], pieces)
 
     def _stream_terms(self, terms: list[Term], skip: int, length: int) -> Iterator[bytes]:
+        try:
+            yield from self._terms_bytes(terms, skip, length)
+        finally:
+            trim.transferred(length)
+
+    def _terms_bytes(self, terms: list[Term], skip: int, length: int) -> Iterator[bytes]:
         remaining = length
         for term in terms:
             xorb = self.xorb(hashing.to_hex(term.xorb))
@@ -399,6 +405,22 @@ class Cas:
                     yield piece
                     if remaining <= 0:
                         return
+
+    def _rebuilt_sha256(self, terms: list[Term]) -> str:
+        """The sha256 of a file rebuilt from its stored xorbs, read in large pieces (chunk hashes were verified on
+        upload, so only the sha256 is computed here)."""
+        digest = hashlib.sha256()
+        for term in terms:
+            xorb = self.xorb(hashing.to_hex(term.xorb))
+            if xorb is None:
+                raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
+            first, last = xorb.byte_span(term.start, term.end)
+            reader = formats.XorbReader(digest.update, hash_chunks=False)
+            for piece in iter_range(self.xorbs, xorb.hash, first, last - first + 1, formats.READ_PIECE_BYTES):
+                reader.feed(piece)
+            if len(reader.finish()) != term.end - term.start:
+                raise FormatError(f"xorb {xorb.hash} holds other chunks than its index says")
+        return digest.hexdigest()
 
     def read_xorb_range(self, xorb: str, first: int, last: int) -> Iterator[bytes]:
         return iter_range(self.xorbs, xorb, first, last - first + 1)
@@ -478,6 +500,46 @@ class Cas:
                 for xorb in batch:
                     if xorb not in indexed:
                         self.xorbs.delete(xorb)
+
+
+class XorbUpload:
+    """A xorb being received: each piece is parsed, unpacked and hashed chunk by chunk as it arrives (from the bytes
+    already in memory, never read back from disk) while the blob store writes it, and each unpacked chunk extends
+    the session's running sha256 when this upload has its turn."""
+
+    def __init__(self, xorb: str, pending: BlobWriter, ticket: Ticket | None) -> None:
+        self.xorb = xorb
+        self.pending = pending
+        self.ticket = ticket
+        self._reader = formats.XorbReader(ticket.feed if ticket is not None else None)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._reader.feed(data)
+        except FormatError as exc:
+            raise BadRequest(f"xorb {self.xorb} rejected, nothing was stored: {exc}")
+        self.pending.write(data)
+
+    def verified_chunks(self) -> list[ChunkRecord]:
+        """The xorb's chunks, once all its bytes arrived and their Merkle hash is the xorb's; a 400 otherwise."""
+        try:
+            chunks = self._reader.finish(hashing.from_hex(self.xorb))
+        except FormatError as exc:
+            raise BadRequest(f"xorb {self.xorb} rejected, nothing was stored: {exc}")
+        if self.ticket is not None:
+            self.ticket.complete(self.xorb, len(chunks))
+        return chunks
+
+    def abort(self) -> None:
+        """Drop the bytes unless stored, and pass the turn on; idempotent."""
+        if self.ticket is not None:
+            self.ticket.close()
+        self.pending.abort()
+
+
+def _session(grant: tokens.CasGrant) -> tuple:
+    """An upload session, for the running sha256: one Hub token's uploads to one repo (across CAS token renewals)."""
+    return grant.kind, grant.repo_id, grant.repo_stamp, grant.user, grant.hub_token_id
 
 
 def _holds(session: Session, grant: tokens.CasGrant, entry: FileEntry) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
+from keephub.storage.blobs import trim
 from keephub.wire.errors import HubError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -98,6 +99,7 @@ class BlobWriter:
         self._hashed = hashed
         self._digest = hashlib.sha256()
         self._hashing: Future[None] | None = None
+        self._ended = False
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -147,6 +149,9 @@ class BlobWriter:
         """Drop the bytes unless committed; idempotent, so callers may abort in a `finally` after committing."""
         self._wait_for_hash()
         self._sink.discard()
+        if not self._ended:
+            self._ended = True
+            trim.transferred(self.size)
 
 
 class BlobStore(Protocol):
@@ -207,16 +212,20 @@ class BlobStore(Protocol):
         ...
 
 
-def iter_stream(fh: ByteStream) -> Iterator[bytes]:
-    """Yield a stream's bytes in 1 MiB pieces, then close it."""
+def iter_stream(fh: ByteStream, piece_bytes: int = COPY_CHUNK) -> Iterator[bytes]:
+    """Yield a stream's bytes in pieces of `piece_bytes` (1 MiB), then close it."""
+    moved = 0
     try:
-        while chunk := fh.read(COPY_CHUNK):
+        while chunk := fh.read(piece_bytes):
+            moved += len(chunk)
             yield chunk
     finally:
         fh.close()
+        trim.transferred(moved)
 
 
-def iter_range(store: BlobStore, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """Bytes [start, start + length) of a blob, in 1 MiB pieces; the blob is opened before the first is asked
-    for, so a missing blob or an unreachable store fails the call, not a response already begun."""
-    return iter_stream(store.open_range(key, start, length))
+def iter_range(store: BlobStore, key: str, start: int = 0, length: int | None = None,
+               piece_bytes: int = COPY_CHUNK) -> Iterator[bytes]:
+    """Bytes [start, start + length) of a blob, in pieces of `piece_bytes` (1 MiB); the blob is opened before the
+    first is asked for, so a missing blob or an unreachable store fails the call, not a response already begun."""
+    return iter_stream(store.open_range(key, start, length), piece_bytes)

@@ -1,0 +1,148 @@
+"""The sha256 of a file uploaded through Xet, computed while its xorbs arrive instead of by rebuilding the file.
+
+A commit names a Xet file by the sha256 of its bytes, which the server must compute itself before the file can
+be committed. Rebuilding the file once its shard arrives reads, unpacks and hashes every byte a second time.
+Instead, each upload session (the uploads of one Hub token to one repo) keeps a running sha256 over the unpacked
+chunks of its xorbs, in the order their uploads began, fed by the same pass that verifies each chunk's hash; the
+digest after each verified xorb is kept. A file whose terms are exactly the session's first xorbs, whole and in
+that order (a large file uploaded on its own, the common case), is checked against that digest. Any other shape
+(chunks deduplicated against xorbs stored before, several files sharing xorbs, a xorb sent again or out of
+turn) finds no matching digest and falls back to the rebuild: the verdict is the same either way, only its cost
+differs.
+
+Each xorb upload takes a ticket and feeds the digest only on its turn (waiting, without a thread, for the
+uploads that began before it to finish); one that waits too long gives its turn up and is verified unchained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from collections.abc import Hashable
+from typing import Any
+
+from keephub.xet import hashing
+from keephub.xet.formats import Term
+
+MAX_SESSIONS = 64
+# 16,384 xorbs of 64 MiB: a 1 TiB file; a longer session stops extending its digest (its files are rebuilt).
+MAX_XORBS_PER_SESSION = 16_384
+TURN_WAIT_SECONDS = 10.0
+_TURN_POLL_SECONDS = 0.002
+
+
+@dataclass
+class _Chain:
+    digest: Any = field(default_factory=hashlib.sha256)  # the sha256 of every chunk fed so far, in order
+    # (xorb, its number of chunks, the sha256 state after it): one entry per verified xorb, in turn order.
+    states: list[tuple[str, int, Any]] = field(default_factory=list)
+    next_ticket: int = 0
+    turn: int = 0
+    skipped: set[int] = field(default_factory=set)
+
+
+class Ticket:
+    """One xorb upload's place in its session's order."""
+
+    def __init__(self, chains: Chains, chain: _Chain, number: int) -> None:
+        self._chains = chains
+        self._chain = chain
+        self._number = number
+        self._digest: Any = None  # a copy of the chain's digest, extended by this xorb's chunks
+        self._done = False
+
+    async def take_turn(self) -> bool:
+        """Wait until the uploads that began before this one are done; False (turn given up) after a while."""
+        deadline = time.monotonic() + TURN_WAIT_SECONDS
+        while True:
+            digest = self._chains._digest_on_turn(self._chain, self._number)
+            if digest is not None:
+                self._digest = digest
+                return True
+            if time.monotonic() > deadline:
+                self.close()
+                return False
+            await asyncio.sleep(_TURN_POLL_SECONDS)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """An unpacked chunk of this xorb, in order (ignored when the turn was not taken)."""
+        if self._digest is not None:
+            self._digest.update(data)
+
+    def complete(self, xorb: str, chunk_count: int) -> None:
+        """The xorb was verified: its chunks extend the session's digest."""
+        if self._digest is not None and not self._done:
+            self._chains._extend(self._chain, xorb, chunk_count, self._digest)
+        self.close()
+
+    def close(self) -> None:
+        """Give the turn to the next upload (or mark this one's as passed); idempotent."""
+        if not self._done:
+            self._done = True
+            self._chains._pass_turn(self._chain, self._number)
+
+
+class Chains:
+    """Running sha256 digests of the upload sessions seen last (a bounded number)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chains: OrderedDict[Hashable, _Chain] = OrderedDict()
+
+    def ticket(self, session: Hashable) -> Ticket:
+        with self._lock:
+            chain = self._chains.get(session)
+            if chain is None:
+                chain = self._chains[session] = _Chain()
+                while len(self._chains) > MAX_SESSIONS:
+                    self._chains.popitem(last=False)
+            self._chains.move_to_end(session)
+            number = chain.next_ticket
+            chain.next_ticket += 1
+        return Ticket(self, chain, number)
+
+    def sha256_of(self, session: Hashable, terms: list[Term]) -> str | None:
+        """The sha256 of a file made of these terms, if they are the session's first xorbs, whole, in order."""
+        with self._lock:
+            chain = self._chains.get(session)
+            states = list(chain.states) if chain is not None else []
+        merged = _merged(terms)
+        if not merged or len(merged) > len(states):
+            return None
+        for (xorb, start, end), (kept, count, _state) in zip(merged, states):
+            if xorb != kept or start != 0 or end != count:
+                return None
+        return str(states[len(merged) - 1][2].hexdigest())
+
+    def _digest_on_turn(self, chain: _Chain, number: int) -> Any:
+        with self._lock:
+            return chain.digest.copy() if chain.turn == number else None
+
+    def _extend(self, chain: _Chain, xorb: str, chunk_count: int, digest: Any) -> None:
+        with self._lock:
+            if len(chain.states) < MAX_XORBS_PER_SESSION:
+                chain.digest = digest
+                chain.states.append((xorb, chunk_count, digest))
+
+    def _pass_turn(self, chain: _Chain, number: int) -> None:
+        with self._lock:
+            chain.skipped.add(number)
+            while chain.turn in chain.skipped:
+                chain.skipped.remove(chain.turn)
+                chain.turn += 1
+
+
+def _merged(terms: list[Term]) -> list[tuple[str, int, int]]:
+    """(xorb, first chunk, end chunk) of each run of terms, adjacent ranges of one xorb joined."""
+    merged: list[list[Any]] = []
+    for term in terms:
+        xorb = hashing.to_hex(term.xorb)
+        if merged and merged[-1][0] == xorb and merged[-1][2] == term.start:
+            merged[-1][2] = term.end
+        else:
+            merged.append([xorb, term.start, term.end])
+    return [(x, s, e) for x, s, e in merged]
