@@ -112,14 +112,41 @@ def test_a_new_commit_is_seen_by_the_very_next_call(server: Server, api: HfApi, 
     with pytest.raises(EntryNotFoundError):
         hf_hub_download(repo_id, "data/new.txt", endpoint=server.url, token=api.token, cache_dir=tmp_path)
 
+    head = httpx.head(f"{server.url}/{repo_id}/resolve/main/data/0.txt", headers={"authorization": f"Bearer {api.token}"})
+    assert head.headers["content-length"] == "1"
+
     second = api.create_commit(repo_id, [CommitOperationAdd("README.md", b"---\nlicense: apache-2.0\n---\n"),
-                                         CommitOperationAdd("data/new.txt", b"new")], commit_message="second")
+                                         CommitOperationAdd("data/new.txt", b"new"),
+                                         CommitOperationAdd("data/0.txt", b"changed")], commit_message="second")
 
     info = api.model_info(repo_id)
     assert info.sha == second.oid and info.card_data.license == "apache-2.0" and len(info.siblings) == len(first.siblings) + 1
     assert "data/new.txt" in api.list_repo_files(repo_id)
     assert "data/new.txt" in [f.path for f in api.list_repo_tree(repo_id, "data")]
     assert [p.path for p in api.get_paths_info(repo_id, ["data/new.txt"])] == ["data/new.txt"]
+    assert [p.size for p in api.get_paths_info(repo_id, ["data/0.txt"])] == [len(b"changed")]
+    head = httpx.head(f"{server.url}/{repo_id}/resolve/main/data/0.txt", headers={"authorization": f"Bearer {api.token}"})
+    assert head.headers["x-repo-commit"] == second.oid and head.headers["content-length"] == str(len(b"changed"))
     path = hf_hub_download(repo_id, "data/new.txt", endpoint=server.url, token=api.token, cache_dir=tmp_path)
     assert Path(path).read_bytes() == b"new"
     assert api.model_info(repo_id, revision=first.sha).card_data.license == "mit", "the old commit is unchanged"
+
+
+def test_likes_and_a_gate_count_on_the_very_next_request(server: Server, api: HfApi, repo_id: str) -> None:
+    """model_info reads the repo, its likes and its gate in one query; each change shows at once."""
+    api.upload_file(path_or_fileobj=b"weights", path_in_repo="model.bin", repo_id=repo_id)
+    _, other_token = server.user()
+    other = HfApi(endpoint=server.url, token=other_token)
+    info = other.model_info(repo_id)
+    assert info.likes == 0 and info.gated is False
+    head = httpx.head(f"{server.url}/{repo_id}/resolve/main/model.bin", headers={"authorization": f"Bearer {other_token}"})
+    assert head.status_code in (200, 302)
+
+    liked = httpx.post(f"{server.url}/api/models/{repo_id}/like", headers={"authorization": f"Bearer {other_token}"})
+    assert liked.status_code == 200, liked.text
+    api.update_repo_settings(repo_id, gated="manual")
+
+    info = other.model_info(repo_id)
+    assert info.likes == 1 and info.gated == "manual"
+    head = httpx.head(f"{server.url}/{repo_id}/resolve/main/model.bin", headers={"authorization": f"Bearer {other_token}"})
+    assert head.status_code == 403 and head.headers["x-error-code"] == "GatedRepo"

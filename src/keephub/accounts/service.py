@@ -201,6 +201,14 @@ class Accounts:
 
         Every request asks, so a live token costs one indexed query and nothing is cached: a revocation, an
         expiry or a changed membership counts from the very next request, in every server process."""
+        actor, mark_due = self.check_token(secret)
+        if mark_due:
+            self.mark_used(actor)
+        return actor
+
+    def check_token(self, secret: str) -> tuple[Actor, bool]:
+        """`authenticate` without its write: the actor, and whether the token's last use is due to be marked
+        (`mark_used`), for a caller that reads more in the same transaction and writes after it ends."""
         with self.db.read() as session:
             # On the session's connection: a plain statement skips the ORM's handling of each execution.
             rows = session.connection().execute(_LIVE_TOKEN, {"secret_sha256": hash_secret(secret)}).all()
@@ -210,14 +218,16 @@ class Accounts:
             if actor is None:  # refused, or made from a token itself made from another: say why, the long way
                 actor = _live_actor(session, session.get(Token, rows[0].token_id))
             last_used = rows[0].last_used_at
-        if last_used is None or _aware(last_used) < datetime.now(timezone.utc) - LAST_USED_RESOLUTION:
-            try:
-                with self.db.write() as session:
-                    session.execute(update(Token).where(Token.id == actor.token_id)
-                                    .values(last_used_at=datetime.now(timezone.utc)))
-            except HubError:  # advisory only: a busy or read-only database must not refuse a valid token
-                pass
-        return actor
+        return actor, last_used is None or _aware(last_used) < datetime.now(timezone.utc) - LAST_USED_RESOLUTION
+
+    def mark_used(self, actor: Actor) -> None:
+        """Record that the actor's token was used now (to the hour: see LAST_USED_RESOLUTION)."""
+        try:
+            with self.db.write() as session:
+                session.execute(update(Token).where(Token.id == actor.token_id)
+                                .values(last_used_at=datetime.now(timezone.utc)))
+        except HubError:  # advisory only: a busy or read-only database must not refuse a valid token
+            pass
 
     def user_actor(self, user_id: int, label: str) -> Actor:
         """The actor for a user signed in without a token (a browser session made with their password): all the

@@ -198,6 +198,7 @@ class Database:
         self._write = sessionmaker(self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False)
         self._process_locks: dict[str, threading.Lock] = {}
         self._process_locks_guard = threading.Lock()
+        self._shared_reads = threading.local()
 
     @property
     def is_postgresql(self) -> bool:
@@ -219,8 +220,27 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        shared = getattr(self._shared_reads, "session", None)
+        if shared is not None:  # inside `one_read` on this thread
+            yield shared
+            return
         with self._answerable(), self._read() as session:
             yield session
+
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Every `read()` on this thread until the block ends shares one session (one connection, one
+        transaction): a small request whose steps each read (the caller's token, then the repo) opens one, not
+        one per step. For reads only: a write made meanwhile may not be visible to them."""
+        if getattr(self._shared_reads, "session", None) is not None:
+            yield
+            return
+        with self.read() as session:
+            self._shared_reads.session = session
+            try:
+                yield
+            finally:
+                self._shared_reads.session = None
 
     @contextmanager
     def write(self) -> Iterator[Session]:
