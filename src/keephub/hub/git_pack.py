@@ -34,13 +34,13 @@ _SINGLE_COMMIT_READS = 16  # commits a request reads one by one before it reads 
 
 # A commit's tree and parents.
 _commit_links: ShaKeyedCache[str, tuple[str, tuple[str, ...]]] = ShaKeyedCache(
-    16 * 1024 * 1024, weigh=lambda links: _SHA_BYTES * (2 + len(links[1])))
+    8 * 1024 * 1024, weigh=lambda links: _SHA_BYTES * (3 + len(links[1])))
 
 # A tree's subtrees and files (submodule commits left out: a repo holds no other repo's objects).
 _children: ShaKeyedCache[str, tuple[tuple[str, ...], tuple[str, ...]]] = ShaKeyedCache(
-    32 * 1024 * 1024, weigh=lambda children: _SHA_BYTES * (1 + len(children[0]) + len(children[1])))
-# An object's entry in a pack: its header, then its body as a zlib stream.
-_entries: ShaKeyedCache[str, bytes] = ShaKeyedCache(64 * 1024 * 1024, weigh=len)
+    16 * 1024 * 1024, weigh=lambda children: _SHA_BYTES * (3 + len(children[0]) + len(children[1])))
+# An object's entry in a pack: its header, then its body as a zlib stream (weighed with its key and bookkeeping).
+_entries: ShaKeyedCache[str, bytes] = ShaKeyedCache(32 * 1024 * 1024, weigh=lambda entry: len(entry) + 2 * _SHA_BYTES)
 
 
 class CommitLinks:
