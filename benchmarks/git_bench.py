@@ -51,6 +51,12 @@ def timed(action) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has reaped (git daemon's upload-pack, pack-objects)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def build_history(env: dict[str, str], work: Path, files: int, commits: int) -> None:
     """`commits` commits on top of `work`'s clone, adding files/commits files each, touching one older file too."""
     per_commit = max(1, files // commits)
@@ -80,10 +86,13 @@ def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], ser
                                str(work / "served")], env=env, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
+        # `git daemon` runs git-daemon as its child, which forks a process per connection and reaps it.
+        daemon_pid = int(Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()[0])
         keephub_push = timed(lambda: git(env, "push", "-q", "origin", "main", cwd=source))
         daemon_push = timed(lambda: git(env, "push", "-q", f"git://127.0.0.1:{port}/empty.git", "main", cwd=source))
         keephub, daemon_url = f"{server.url}/{repo_id}", f"git://127.0.0.1:{port}/repo.git"
         times: dict[str, list[float]] = {"restarted": [], "daemon": [], "keephub": [], "cached": []}
+        cpu: dict[str, list[float]] = {name: [] for name in times}
 
         def new_head(message: str) -> None:
             """A commit no clone has asked for yet, so that keephub builds its pack (no answer of a recent clone)."""
@@ -93,11 +102,14 @@ def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], ser
 
         def clone(name: str, url: str, run: int) -> None:
             target = work / f"clone-{name}-{run}"
+            serving = daemon_pid if name == "daemon" else server.process.pid  # type: ignore[union-attr]
+            before = cpu_seconds(serving)
             seconds = timed(lambda: git(env, "clone", "-q", url, str(target)))
-            if run:
-                times[name].append(seconds)
             count = subprocess.run(["git", "ls-files"], cwd=target, env=env, capture_output=True, text=True,
                                    check=True)
+            if run:
+                times[name].append(seconds)
+                cpu[name].append(cpu_seconds(serving) - before)  # the daemon has reaped its upload-pack by now
             assert len(count.stdout.splitlines()) >= args.files, f"{name} clone is incomplete"
             subprocess.run(["rm", "-rf", str(target)], check=True)
 
@@ -115,6 +127,8 @@ def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], ser
         daemon.wait()
     medians = {name: statistics.median(values) for name, values in times.items()}
     print("clone seconds:", {name: [round(t, 3) for t in values] for name, values in times.items()})
+    print("server CPU seconds per clone:", {name: [round(t, 3) for t in values] for name, values in cpu.items()})
+    server_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     restarted, cold, baseline, cached = (medians[name] for name in ("restarted", "keephub", "daemon", "cached"))
     shape = f"{args.files} files / {args.commits + 1} commits"
     return [
@@ -123,6 +137,9 @@ def clone_figures(args: argparse.Namespace, work: Path, env: dict[str, str], ser
         Figure("  first clone after a server restart", restarted, baseline, "s", restarted / baseline,
                f"≤ {CLONE_TARGET}x", restarted / baseline <= CLONE_TARGET),
         Figure("  again, same head (cached pack)", cached, baseline, "s", cached / baseline, "—", None),
+        *(Figure(f"  server CPU per clone, {label}", server_cpu[name], server_cpu["daemon"], "s",
+                 server_cpu[name] / max(server_cpu["daemon"], 0.001), "—", None, digits=3)
+          for label, name in (("new head", "keephub"), ("after a restart", "restarted"), ("same head", "cached"))),
         Figure("git push of that history", keephub_push, daemon_push, "s", keephub_push / daemon_push, "—", None),
     ]
 
