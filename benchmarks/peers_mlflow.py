@@ -114,8 +114,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def disk_bytes(root: Path) -> int:
-    """Bytes allocated under `root` (st_blocks, as du counts), after a sync so that none are still pending."""
-    os.sync()
+    """Bytes allocated under `root` (st_blocks, as du counts); call it after a sync, so none are pending."""
     total = 0
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
@@ -195,6 +194,9 @@ class Sample:
     server_cpu: float
     client_cpu: float
     result: dict
+    # The sync right after the turn: the writeback a server left pending (MLflow does not fsync), plus
+    # whatever the machine's other tenants had dirty.
+    sync_seconds: float = 0.0
 
     @property
     def total(self) -> float:
@@ -240,20 +242,27 @@ def drive(python: str, env: dict[str, str], server_pid: int, args: tuple[str, ..
 
 
 def in_turns(runs: int, contenders: dict[str, Callable[[], Sample]],
-             prepare: Callable[[], None] = lambda: None) -> dict[str, list[Sample]]:
+             prepare: Callable[[], None] = lambda: None,
+             after: Callable[[str, Sample], None] = lambda name, sample: None) -> dict[str, list[Sample]]:
     """`runs` rounds, each contender once a round after `prepare` (fresh content), the order rotating every
-    round; a sync before each turn, so that no one pays for the writeback of the one before."""
+    round. A timed sync follows each turn, so that no one pays for the writeback of the one before; `after`
+    runs once it is done (the disk is measured there)."""
     results: dict[str, list[Sample]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_number in range(runs):
         prepare()
+        os.sync()
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
-            os.sync()
             sample = contenders[name]()
+            started = time.perf_counter()
+            os.sync()
+            sample.sync_seconds = time.perf_counter() - started
+            after(name, sample)
             results[name].append(sample)
             print(f"  round {round_number + 1} {name:<18} {sample.total:7.2f} s  (CPU: server "
-                  f"{sample.server_cpu:5.2f} s, client {sample.client_cpu:5.2f} s)", flush=True)
+                  f"{sample.server_cpu:5.2f} s, client {sample.client_cpu:5.2f} s; then sync "
+                  f"{sample.sync_seconds:5.2f} s)", flush=True)
     return results
 
 
@@ -270,11 +279,12 @@ def at_most(name: str, measured: float, baseline: float, unit: str, target: floa
 
 
 def runs_note(results: dict[str, list[Sample]]) -> str:
-    """Each contender's range of times and median CPU seconds (its server's, its client's) per run."""
+    """Each contender's range of times, and medians of its CPU seconds (server, client) and the sync after."""
     return "; ".join(
         f"{name} {min(s.total for s in samples):.2f}–{max(s.total for s in samples):.2f} s (CPU: server "
         f"{statistics.median(s.server_cpu for s in samples):.1f} s, client "
-        f"{statistics.median(s.client_cpu for s in samples):.1f} s)" for name, samples in results.items())
+        f"{statistics.median(s.client_cpu for s in samples):.1f} s; sync after "
+        f"{statistics.median(s.sync_seconds for s in samples):.1f} s)" for name, samples in results.items())
 
 
 def write_random(path: Path, size_mib: int) -> None:
@@ -309,29 +319,31 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
     """(a) the seed's workload, time and disk."""
     folder = sides.work / "checkpoints"
     sources: list[Path] = []
+    roots = {"keephub": sides.keephub.data_dir, "mlflow": sides.mlflow.root}
+    before: dict[str, int] = {}
     disk: dict[str, list[int]] = {"keephub": [], "mlflow": []}
 
     def keephub() -> Sample:
-        before = disk_bytes(sides.keephub.data_dir)
-        sample = sides.hf("hf-upload", sides.keephub.url, sides.token, sides.new_repo("checkpoints"),
-                          *(f"{path}=checkpoint-{n}/model.bin" for n, path in enumerate(sources, 1)))
-        disk["keephub"].append(disk_bytes(sides.keephub.data_dir) - before)
-        return sample
+        before["keephub"] = disk_bytes(roots["keephub"])
+        return sides.hf("hf-upload", sides.keephub.url, sides.token, sides.new_repo("checkpoints"),
+                        *(f"{path}=checkpoint-{n}/model.bin" for n, path in enumerate(sources, 1)))
 
     def mlflow() -> Sample:
-        before = disk_bytes(sides.mlflow.root)
-        sample = sides.ml("mlflow-upload", sides.mlflow.url,
-                          *(f"{path}=checkpoint-{n}" for n, path in enumerate(sources, 1)))
-        disk["mlflow"].append(disk_bytes(sides.mlflow.root) - before)
-        sides.mlflow.drop_run(sample.result["run_id"])  # measured; its gigabytes are not read again
-        return sample
+        before["mlflow"] = disk_bytes(roots["mlflow"])
+        return sides.ml("mlflow-upload", sides.mlflow.url,
+                        *(f"{path}=checkpoint-{n}" for n, path in enumerate(sources, 1)))
+
+    def measure_disk(name: str, sample: Sample) -> None:
+        disk[name].append(disk_bytes(roots[name]) - before[name])
+        if name == "mlflow":
+            sides.mlflow.drop_run(sample.result["run_id"])  # measured; its gigabytes are not read again
 
     def fresh_checkpoints() -> None:  # fresh content every round, so no round dedups against an earlier one
         sources[:] = checkpoint_versions(folder, count, size_mib)
 
     print(f"a. {count} checkpoints of {size_mib} MiB, {CHANGED_FRACTION:.0%} changed between saves",
           flush=True)
-    results = in_turns(runs, {"keephub": keephub, "mlflow": mlflow}, fresh_checkpoints)
+    results = in_turns(runs, {"keephub": keephub, "mlflow": mlflow}, fresh_checkpoints, measure_disk)
     shutil.rmtree(folder)
     firsts = {name: statistics.median(s.seconds[0] for s in samples) for name, samples in results.items()}
     laters = {name: statistics.median(statistics.median(s.seconds[1:]) for s in samples)
