@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from email.utils import formatdate
 from typing import AsyncIterator
 
@@ -28,6 +29,7 @@ from keephub.storage.db import open_database
 from keephub.web.sessions import Sessions
 from keephub.wire.errors import HubError, header_safe, render_hub_error
 from keephub.wire.request_ids import RequestIds
+from keephub.wire.route_index import RouteIndex
 
 log = logging.getLogger("keephub")
 JANITOR_INTERVAL_SECONDS = 3600
@@ -74,6 +76,16 @@ class FreshDate:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._second = 0
+        self._date = b""
+
+    def now(self) -> bytes:
+        """The header's value for the current second, formatted once per second (responses are sent from the
+        event loop's thread alone)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._date = second, formatdate(second, usegmt=True).encode()
+        return self._date
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +95,7 @@ class FreshDate:
         async def send_with_date(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
-                headers.append((b"date", formatdate(usegmt=True).encode()))
+                headers.append((b"date", self.now()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -123,9 +135,9 @@ def build_app(settings: Settings) -> Starlette:
             the_hub.db.close()
 
     return Starlette(
-        routes=(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes()
-                + community_routes.routes() + social_routes.routes() + hub.routes()
-                + git_http.routes() + web.routes()),
+        routes=[RouteIndex(mcp_endpoint.routes() + jobs.routes() + xet.routes() + bucket_routes.routes()
+                           + community_routes.routes() + social_routes.routes() + hub.routes()
+                           + git_http.routes() + web.routes())],
         middleware=[Middleware(RequestIds), Middleware(FreshDate), Middleware(hub.EncodedSlashes)],
         exception_handlers={HubError: render_hub_error, HTTPException: _http_error,
                             ClientDisconnect: _client_gone},
