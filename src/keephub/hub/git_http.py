@@ -241,9 +241,9 @@ class KeephubUploadPack(UploadPackHandler):
             return
         if self.filter_spec is not None:
             raise GitProtocolError("a partial clone (--filter) is served by dulwich's own upload-pack")
-        shas = _objects_to_send(store.commit_links, finder)
         if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
-            return
+            return  # a negotiation round without `done`: acknowledgements only, no pack, so no walk
+        shas = _objects_to_send(store.commit_links, finder)
         self._start_pack_send_phase()
         self.progress(f"counting objects: {len(shas)}, done.\n".encode())
         git_pack.write_pack(store.session, shas, self.write_pack_data)
