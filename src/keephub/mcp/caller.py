@@ -1,8 +1,8 @@
 """Who sent an MCP call, authenticated once, in the worker thread of the call's first service call.
 
 A thread hop costs the event loop a wake-up each way (more when threads contend), so an MCP call that is one
-read (hf_jobs inspect, ps) authenticates in the same hop as its read, as the Hub API's small reads do
-(`call_as`). The endpoint still refuses an unknown token with a 401 before any answer leaves (see `Endpoint`).
+read (hf_jobs inspect, ps) authenticates in the same hop as its read, and in the same database session, as the
+Hub API's small reads do (`call_as`). The endpoint still refuses an unknown token with a 401 before any answer leaves (see `Endpoint`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Caller:
         self._token = token
         self._actor: Actor | None = None
         self._refusal: Unauthorized | None = None
+        self._mark_due = False
         self.settled = token is None
 
     def actor(self) -> Actor | None:
@@ -29,7 +30,7 @@ class Caller:
         if not self.settled:
             assert self._token is not None
             try:
-                self._actor = self._accounts.authenticate(self._token)
+                self._actor, self._mark_due = self._accounts.check_token(self._token)
             except Unauthorized as refusal:
                 self._refusal = refusal
             self.settled = True
@@ -37,6 +38,21 @@ class Caller:
             raise self._refusal
         return self._actor
 
+    def mark_used(self) -> None:
+        """Record the token's use when it is due (`Accounts.mark_used`): a write, so after the reads of the hop
+        that looked the token up."""
+        if self._mark_due and self._actor is not None:
+            self._mark_due = False
+            self._accounts.mark_used(self._actor)
+
     async def settle(self) -> Actor | None:
         """`actor()` from the event loop: no thread hop once a service call has authenticated the caller."""
-        return self.actor() if self.settled else await run_in_threadpool(self.actor)
+        if not self.settled:
+            await run_in_threadpool(self._settle)
+        return self.actor()
+
+    def _settle(self) -> None:
+        try:
+            self.actor()
+        finally:
+            self.mark_used()

@@ -42,7 +42,7 @@ def _search(repo_type: str) -> Callable[[Services, dict[str, Any]], Awaitable[st
         args = Args(arguments, f"{repo_type}_search", frozenset({"query", "author", "limit"}))
         query, author = args.text("query"), args.text("author")
         limit = args.integer("limit", 20, 1, 100)
-        found = await services.as_caller(services.hub.list_repos, repo_type, author, query, limit)
+        found = await services.read(services.hub.list_repos, repo_type, author, query, limit)
         what = f"{repo_type}s" + (f" matching {query!r}" if query else "") + (f" by {author}" if author else "")
         if not found:
             return f"No {what} that you can read on this keephub."
@@ -66,9 +66,9 @@ async def repo_details(services: Services, arguments: dict[str, Any]) -> str:
 async def _details(services: Services, repo_type: str, repo_id: str) -> str:
     namespace, name = split_repo_id(repo_id)
     hub = services.hub
-    info = await services.as_caller(hub.repo_info, repo_type, namespace, name, None, True)
-    refs = await services.as_caller(hub.refs, repo_type, namespace, name)
-    last = (await services.as_caller(hub.commits, repo_type, namespace, name, "main"))[0]
+    info = await services.read(hub.repo_info, repo_type, namespace, name, None, True)
+    refs = await services.read(hub.refs, repo_type, namespace, name)
+    last = (await services.read(hub.commits, repo_type, namespace, name, "main"))[0]
     files = sorted(info["siblings"], key=lambda item: item["rfilename"])
     lines = [f"{repo_id} ({repo_type}, {'private' if info['private'] else 'public'}): {info['url']}",
              f"   last commit {last['id'][:12]} \"{last['title']}\" by {last['authors'][0]['user']}, {last['date']}",
@@ -79,7 +79,7 @@ async def _details(services: Services, repo_type: str, repo_id: str) -> str:
     if len(files) > MAX_FILES_SHOWN:
         lines.append(f"   ... and {len(files) - MAX_FILES_SHOWN} more")
     if repo_type == "model":
-        job = await services.as_caller(services.jobs.latest_guarding, repo_id)
+        job = await services.read(services.jobs.latest_guarding, repo_id)
         if job is not None:
             lines += [f"produced by job {job['id']} ({job['status']['stage']}): {services.base_url}/jobs/"
                       f"{job['owner']['name']}/{job['id']}", durability_summary(job)]
@@ -96,7 +96,7 @@ async def repo_file(services: Services, arguments: dict[str, Any]) -> str:
     namespace, name = split_repo_id(args.required("repo_id"))
     path, revision = args.required("path"), args.text("revision") or "main"
     hub = services.hub
-    target = await services.as_caller(hub.file_target, _repo_type(args), namespace, name, revision, path)
+    target = await services.read(hub.file_target, _repo_type(args), namespace, name, revision, path)
     if target.size > MAX_FILE_BYTES:
         raise ToolError(f"{path} is {target.size:,} bytes; hub_repo_file returns text files up to "
                         f"{MAX_FILE_BYTES:,} bytes (download it with hf_hub_download)")

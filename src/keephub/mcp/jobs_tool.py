@@ -69,25 +69,34 @@ class Services:
     async def actor(self) -> Actor | None:
         return await self.caller.settle()
 
-    async def as_caller(self, fn: Callable[..., Result], *args: Any) -> Result:
-        """`fn(actor, *args)` off the event loop, the caller authenticated in the same worker-thread hop if no
-        call before did it."""
-        return await run_in_threadpool(_as_caller, self.caller, fn, args)
+    async def read(self, fn: Callable[..., Result], *args: Any) -> Result:
+        """`fn(actor, *args)`, a call that only reads, in one worker-thread hop (see `_hop`)."""
+        return await run_in_threadpool(self._hop, True, lambda actor: fn(actor, *args))
 
-    async def in_namespace(self, namespace: str | None, fn: Callable[..., Result], *args: Any
-                           ) -> tuple[str, Result]:
-        """(namespace, `fn(actor, namespace, *args)`) in one worker-thread hop, authentication included; namespace
+    async def read_in(self, namespace: str | None, fn: Callable[..., Result], *args: Any) -> tuple[str, Result]:
+        """(namespace, `fn(actor, namespace, *args)`), a call that only reads, in one worker-thread hop; namespace
         None is the caller's own."""
-        return await run_in_threadpool(_in_namespace, self.caller, namespace, fn, args)
+        return await run_in_threadpool(self._hop, True, lambda actor: _in(namespace, actor, fn, args))
+
+    async def write_in(self, namespace: str | None, fn: Callable[..., Result], *args: Any) -> tuple[str, Result]:
+        """`read_in` for a call that writes."""
+        return await run_in_threadpool(self._hop, False, lambda actor: _in(namespace, actor, fn, args))
+
+    def _hop(self, reads_only: bool, work: Callable[[Actor | None], Result]) -> Result:
+        """In a worker thread: `work(actor)`, the caller authenticated first if no call before did it. A read
+        shares one database session with the token check (`Database.one_read`), as the Hub API's small reads do;
+        the token's last-use mark, a write, comes after it."""
+        try:
+            if not reads_only:
+                return work(self.caller.actor())
+            with self.hub.db.one_read():
+                return work(self.caller.actor())
+        finally:
+            self.caller.mark_used()
 
 
-def _as_caller(caller: Caller, fn: Callable[..., Result], args: tuple[Any, ...]) -> Result:
-    return fn(caller.actor(), *args)
-
-
-def _in_namespace(caller: Caller, namespace: str | None, fn: Callable[..., Result], args: tuple[Any, ...]
-                  ) -> tuple[str, Result]:
-    actor = caller.actor()
+def _in(namespace: str | None, actor: Actor | None, fn: Callable[..., Result], args: tuple[Any, ...]
+        ) -> tuple[str, Result]:
     where = namespace if namespace is not None else own_namespace(actor)
     return where, fn(actor, where, *args)
 
@@ -227,7 +236,7 @@ def _volumes(args: Args) -> list[dict[str, Any]]:
 async def _submit(services: Services, args: Args, uv: bool) -> str:
     detach = args.flag("detach")
     spec = job_spec(services, args, uv)
-    namespace, info = await services.in_namespace(args.text("namespace"), services.jobs.submit, spec)
+    namespace, info = await services.write_in(args.text("namespace"), services.jobs.submit, spec)
     services.scheduler.poke()
     url = f"{services.base_url}/jobs/{namespace}/{info['id']}"
     head = [f"Job {info['id']} submitted: {display_command(info['command'])} on {info['flavor']}, timeout "
@@ -238,7 +247,7 @@ async def _submit(services: Services, args: Args, uv: bool) -> str:
         return "\n".join([*head, follow])
     lines, count, stage, message = await _first_lines(services, namespace, info["id"])
     if stage in TERMINAL:
-        done = await services.as_caller(services.jobs.get, namespace, info["id"])
+        done = await services.read(services.jobs.get, namespace, info["id"])
         said = f": {message}" if message and message.lower() != stage.lower() else ""
         ending = [f"Job ended {stage}{said}."]
         if done.get("durability"):
@@ -289,7 +298,7 @@ async def ps(services: Services, args: Args) -> str:
         raise ToolError(f"{args.where}: 'status' {status!r} is not a stage; use one of {', '.join(STAGES)}")
     show_all = args.flag("all")
     stages = [status.upper()] if status else ([] if show_all else ["SCHEDULING", "RUNNING"])
-    namespace, jobs = await services.in_namespace(given, services.jobs.list, stages, [])
+    namespace, jobs = await services.read_in(given, services.jobs.list, stages, [])
     which = f"{status.upper()} jobs" if status else ("jobs" if show_all else "running or scheduling jobs")
     if not jobs:
         hint = "" if show_all or status else ' (hf_jobs("ps", {"all": true}) lists finished ones too)'
@@ -303,7 +312,7 @@ async def ps(services: Services, args: Args) -> str:
 async def logs(services: Services, args: Args) -> str:
     given, job_id = args.text("namespace"), args.required("job_id")
     tail = args.integer("tail", 20, 1, MAX_TAIL_LINES)
-    _, info = await services.in_namespace(given, services.jobs.get, job_id)
+    _, info = await services.read_in(given, services.jobs.get, job_id)
     cursor = LogCursor(services.jobs.jobs_dir, job_id)
     events, older = await call(cursor.page_before, None, tail, MAX_LOG_BYTES)
     lines = [event["data"] for event in events]
@@ -329,7 +338,7 @@ async def inspect(services: Services, args: Args) -> str:
     def read(actor: Actor | None, namespace: str) -> list[dict]:
         return [services.jobs.get(actor, namespace, job_id) for job_id in job_ids]
 
-    namespace, infos = await services.in_namespace(given, read)
+    namespace, infos = await services.read_in(given, read)
     parts = []
     for job_id, info in zip(job_ids, infos):
         record = {**info, "command": display_command(info["command"])}
@@ -340,11 +349,11 @@ async def inspect(services: Services, args: Args) -> str:
 
 async def cancel(services: Services, args: Args) -> str:
     job_id = args.required("job_id")
-    namespace, before = await services.in_namespace(args.text("namespace"), services.jobs.get, job_id)
+    namespace, before = await services.read_in(args.text("namespace"), services.jobs.get, job_id)
     if before["status"]["stage"] in TERMINAL:
-        await services.as_caller(services.jobs.check_write, namespace)
+        await services.read(services.jobs.check_write, namespace)
         return f"Job {job_id} had already ended ({before['status']['stage']}); nothing to cancel."
-    await services.as_caller(services.jobs.cancel, namespace, job_id)
+    await services.write_in(namespace, services.jobs.cancel, job_id)
     services.scheduler.request_cancel(job_id)
     return (f"Cancel requested for job {job_id} (it was {before['status']['stage']}): it gets SIGTERM, then SIGKILL "
             'after the grace period; keephub still saves what it wrote. hf_jobs("inspect", '
@@ -362,7 +371,7 @@ async def _scheduled_create(services: Services, args: Args, uv: bool) -> str:
     given = args.text("namespace")
     body = {"jobSpec": job_spec(services, args, uv), "schedule": args.required("schedule"),
             "suspend": args.flag("suspend")}
-    _, info = await services.in_namespace(given, services.scheduled.create, body)
+    _, info = await services.write_in(given, services.scheduled.create, body)
     return "Scheduled job created.\n" + describe_scheduled(info)
 
 
@@ -375,7 +384,7 @@ async def scheduled_run(services: Services, args: Args) -> str:
 
 
 async def scheduled_ps(services: Services, args: Args) -> str:
-    namespace, found = await services.in_namespace(args.text("namespace"), services.scheduled.list)
+    namespace, found = await services.read_in(args.text("namespace"), services.scheduled.list)
     if not found:
         return f"No scheduled jobs in {namespace}."
     rows = [[item["id"], item["schedule"], "yes" if item["suspend"] else "no",
@@ -387,20 +396,20 @@ async def scheduled_ps(services: Services, args: Args) -> str:
 
 async def scheduled_inspect(services: Services, args: Args) -> str:
     given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
-    _, info = await services.in_namespace(given, services.scheduled.get, scheduled_id)
+    _, info = await services.read_in(given, services.scheduled.get, scheduled_id)
     record = {**info, "jobSpec": {**info["jobSpec"], "command": display_command(info["jobSpec"]["command"])}}
     return f"{describe_scheduled(info)}\n\n```json\n{json.dumps(record, ensure_ascii=False)}\n```"
 
 
 async def scheduled_delete(services: Services, args: Args) -> str:
     given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
-    await services.in_namespace(given, services.scheduled.delete, scheduled_id)
+    await services.write_in(given, services.scheduled.delete, scheduled_id)
     return f"Scheduled job {scheduled_id} deleted; the jobs it started are kept."
 
 
 async def _set_suspended(services: Services, args: Args, suspend: bool) -> str:
     given, scheduled_id = args.text("namespace"), args.required("scheduled_job_id")
-    _, info = await services.in_namespace(given, services.scheduled.set_suspended, scheduled_id, suspend)
+    _, info = await services.write_in(given, services.scheduled.set_suspended, scheduled_id, suspend)
     return ("Suspended.\n" if suspend else "Resumed.\n") + describe_scheduled(info)
 
 
