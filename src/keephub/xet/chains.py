@@ -28,9 +28,11 @@ from typing import Any
 from keephub.xet import hashing
 from keephub.xet.formats import Term
 
-MAX_SESSIONS = 64
-# 16,384 xorbs of 64 MiB: a 1 TiB file; a longer session stops extending its digest (its files are rebuilt).
-MAX_XORBS_PER_SESSION = 16_384
+# At most ~300 bytes a kept digest state: these bound the states kept to about 20 MB in all.
+MAX_SESSIONS = 32
+# 2,048 xorbs of 64 MiB: a 128 GiB file (the most a shard's file may reference); a longer session stops
+# extending its digest, and its files are rebuilt.
+MAX_XORBS_PER_SESSION = 2_048
 TURN_WAIT_SECONDS = 10.0
 _TURN_POLL_SECONDS = 0.002
 

@@ -40,7 +40,7 @@ class FormatError(ValueError):
     """An uploaded xorb or shard is malformed; the message says where."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One chunk of a verified xorb: its hash, where its serialized bytes start, and its unpacked size."""
 

@@ -50,7 +50,9 @@ DEDUP_SHARD_EXPIRY_SECONDS = 7 * 24 * 3600
 # Bounds the work (and memory) one shard can demand: hashing and rebuilding every chunk it references.
 MAX_FILE_CHUNK_REFERENCES = 2_000_000
 MAX_SHARD_CHUNK_REFERENCES = 4_000_000
-XORB_CACHE_ENTRIES = 128  # about 200 kB per 64 MiB xorb held
+# About 190 KiB per 64 MiB xorb held (1,024 chunk records): 32 keep the cache near 6 MB, within issue 22's memory
+# budget for a server that has moved many GiB; a xorb that is not cached costs one indexed read (~1 ms).
+XORB_CACHE_ENTRIES = 32
 # Rebuilt files go out in pieces this large, not chunk by chunk (~64 KiB): each piece costs a hop from the worker
 # thread to the event loop and one ASGI message, which at 64 KiB held a download to a third of the disk's speed.
 STREAM_PIECE_BYTES = 1024 * 1024
