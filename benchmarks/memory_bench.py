@@ -50,7 +50,7 @@ def transfer(server: LocalServer, token: str, repo: str, path: Path, work: Path,
         env["HF_HUB_DISABLE_XET"] = "1"
     try:
         result = subprocess.run([sys.executable, "-c", TRANSFER, repo, str(path), str(cache)], env=env,
-                                capture_output=True, text=True, timeout=900)
+                                capture_output=True, text=True, timeout=900, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"transfer of {path.name} ({'xet' if xet else 'lfs'}) failed: {result.stderr[-3000:]}")
     finally:

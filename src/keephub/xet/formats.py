@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import lz4.frame
 
