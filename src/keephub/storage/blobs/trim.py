@@ -2,13 +2,14 @@
 
 A transfer moves its bytes through buffers of a few MiB (4 MiB receive buffers, 1-8 MiB read pieces). glibc
 serves allocations that size from its heaps once its adaptive mmap threshold has risen past them, and keeps
-what they freed: measured, the server's RSS grew ~40 MB over 1 GiB of uploads and downloads and never came back.
-A fixed mmap threshold gives every such buffer back at once, but then each one costs fresh page faults, which
-raised the server's CPU time per GiB by a third. Instead the heaps keep reusing their pages during a transfer,
-and `malloc_trim` returns the free ones after it: `transferred` is called as each blob write or read ends.
-Trimming alone still left ~30 MB per GiB behind, fragments spread over glibc's many per-thread heaps (up to 8
-per core, one per worker thread that allocated); `limit_heaps`, called as the server starts, keeps them to two,
-which brought the growth under 10 MB per GiB at the same CPU time (benchmarks/memory_bench.py).
+what they freed: measured, the server's RSS grew ~40 MiB over 1 GiB of uploads and downloads and never came
+back. A fixed mmap threshold gives every such buffer back at once, but then each one costs fresh page faults,
+which raised the server's CPU time by half in the same measurement. Instead the heaps keep reusing their pages
+during a transfer, and `malloc_trim` returns the free ones after it: `transferred` is called as each blob write
+or read ends. Trimming alone still left ~30 MiB behind after 1 GiB, fragments spread over glibc's many
+per-thread heaps (up to 8 per core, one per worker thread that allocated); `limit_heaps`, called as the server
+starts, keeps them to two: +10 MiB after 1 GiB, +18 MiB after 10 GiB, at the same CPU time
+(benchmarks/memory_bench.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
