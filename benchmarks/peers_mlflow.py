@@ -4,8 +4,8 @@ MLflow comes from PyPI into its own virtualenv (MLFLOW_VERSION, kept under --mlf
 into keephub's; `mlflow server` runs on 127.0.0.1 with its defaults (4 worker processes) on a local SQLite
 backend store and a local artifact store it proxies (`--serve-artifacts`). Both sides are driven by their own
 client in a child process (peers_driver.py) that times the operation alone; each figure is a ratio of medians
-from runs taken in turns, the order rotating each round, with `sync` between turns so that neither side pays
-for the other's writeback (MLflow does not fsync; keephub does before it acknowledges).
+from runs taken in turns, the order rotating each round, with a timed `sync` after each turn so that neither
+side pays for the other's writeback (MLflow does not fsync; keephub does before it acknowledges).
 
 a. The seed's workload: --checkpoints random checkpoints of --checkpoint-mib, 2% of each overwritten in
    place (ten spread-out regions) before the next save, pushed one after another: keephub through hf_xet,
@@ -48,6 +48,7 @@ MLFLOW_WORKERS = 4  # `mlflow server`'s default, which is what users run
 # The one setting changed from MLflow's defaults: uvicorn kills a worker that misses its 5 s health check, and
 # on a loaded 2-core machine a busy worker misses it; each restart re-imports MLflow (seconds of CPU), which
 # then makes the others miss theirs. A longer wait changes nothing while the machine keeps up.
+MLFLOW_HEALTH_CHECK_SECONDS = 60
 MIB = 1024 * 1024
 DRIVER = Path(__file__).with_name("peers_driver.py")
 CHECKPOINT_TIME_TARGET = 0.45
@@ -138,7 +139,8 @@ class MlflowServer:
                 [str(python), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                  "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
-                 "--workers", str(MLFLOW_WORKERS), "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
+                 "--workers", str(MLFLOW_WORKERS),
+                 "--uvicorn-opts", f"--timeout-worker-healthcheck {MLFLOW_HEALTH_CHECK_SECONDS}"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **NO_TELEMETRY},
                 start_new_session=True)
         try:
