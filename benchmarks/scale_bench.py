@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 from report import Figure, add_work_dir_options, at_least, client_environment, print_table, work_dir

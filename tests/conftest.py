@@ -141,6 +141,15 @@ def agent_root(server: Server) -> Path:
     return server.data_dir / "sandboxes"
 
 
+def own_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Iterator[Server]:
+    """A server of a test module's own, with settings the session's server lacks; for a module-scoped fixture to
+    `yield from`, so it stops when the module ends."""
+    server = Server(data_dir=tmp_path_factory.mktemp(name) / "data", port=free_port(), env=env)
+    server.start()
+    yield server
+    server.stop()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With KEEPHUB_TEST_SKIP_ONCE=1 (scripts/test.sh's second pass), leave out the tests marked `once`: the first
     pass ran them, and none of the backends the second pass switches changes what they check."""

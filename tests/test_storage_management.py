@@ -10,21 +10,17 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import stored_blobs
+from conftest import own_server, stored_blobs
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import BadRequestError, EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
 
-from keephub.devserver import LocalServer, free_port, keephub_cli
+from keephub.devserver import LocalServer, keephub_cli
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """A server of the module's own whose gc has no grace period, so what these tests free is freed at once."""
-    srv = LocalServer(data_dir=tmp_path_factory.mktemp("storage") / "data", port=free_port(),
-                      env={"KEEPHUB_XET_GC_GRACE_SECONDS": "0"})
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from own_server(tmp_path_factory, "storage", {"KEEPHUB_XET_GC_GRACE_SECONDS": "0"})
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-from conftest import XET_ENABLED, stored_blobs
+from conftest import XET_ENABLED, own_server, stored_blobs
 from huggingface_hub import HfApi
 
-from keephub.devserver import LocalServer, free_port, keephub_cli
+from keephub.devserver import LocalServer, keephub_cli
 
 MIB = 1024 * 1024
 CACHE_BYTES = 8 * MIB
@@ -27,11 +27,8 @@ pytestmark = [pytest.mark.once,
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    srv = LocalServer(data_dir=tmp_path_factory.mktemp("xetcache") / "data", port=free_port(),
-                      env={"KEEPHUB_XET_FILE_CACHE_BYTES": str(CACHE_BYTES), "KEEPHUB_XET_GC_GRACE_SECONDS": "0"})
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from own_server(tmp_path_factory, "xetcache", {"KEEPHUB_XET_FILE_CACHE_BYTES": str(CACHE_BYTES),
+                                                         "KEEPHUB_XET_GC_GRACE_SECONDS": "0"})
 
 
 @pytest.fixture(scope="module")
