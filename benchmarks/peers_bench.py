@@ -2,7 +2,8 @@
 so machine noise hits both sides alike.
 
 1. Downloads with curl of one large random file: keephub's `resolve` for an LFS-stored file (uploaded with
-   HF_HUB_DISABLE_XET=1) and for a Xet-stored one (uploaded through hf_xet, rebuilt from xorbs), against nginx
+   HF_HUB_DISABLE_XET=1) and for a Xet-stored one (uploaded through hf_xet: rebuilt from xorbs on a first read, then
+   read from the copy a whole read keeps, xet/filecache.py), against nginx
    (Debian's, with sendfile) serving the same bytes from a plain file.
 2. Small calls on a repo of 1,000 files (model_info, list_repo_files, whoami, get_paths_info, resolve HEAD): the
    median latency with one client thread, and requests per second with 8 client threads, against the same
@@ -18,6 +19,7 @@ into a virtualenv of its own (--mlflow-venv). Exit status 1 if a figure fails.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import signal
@@ -38,6 +40,7 @@ from keephub.devserver import LocalServer, free_port
 MIB = 1024 * 1024
 LFS_DOWNLOAD_TARGET = 0.9
 XET_DOWNLOAD_TARGET = 0.5
+XET_REPEATED_READ_TARGET = 0.9
 SMALL_CALL_P50_MS = 1.5
 SMALL_CALL_THREADS = 8
 REPO_FILES = 1000
@@ -222,15 +225,33 @@ def main() -> int:
                     repo = f"{name}/{kind}-{uuid.uuid4().hex[:6]}"
                     upload(server, token, repo, source, xet=kind == "xet")
                     urls[kind] = f"{server.url}/{repo}/resolve/main/file.bin"
+                kept = server.data_dir / "cache" / "xet-files" / hashlib.sha256((www / "xet.bin").read_bytes()).hexdigest()
+
+                def xet_first_read() -> float:
+                    """A read that rebuilds the file from its xorbs: the copy a previous read kept is removed first."""
+                    kept.unlink(missing_ok=True)
+                    return curl_mib_per_s(urls["xet"], args.size_mib, token)
+
+                def xet_repeated_read() -> float:
+                    if not kept.exists():  # a whole read keeps a copy, published once it is hashed
+                        curl_mib_per_s(urls["xet"], args.size_mib, token)
+                        deadline = time.monotonic() + 60
+                        while not kept.exists() and time.monotonic() < deadline:
+                            time.sleep(0.05)
+                    return curl_mib_per_s(urls["xet"], args.size_mib, token)
+
                 results = interleaved(args.runs, {
                     "nginx": lambda: curl_mib_per_s(nginx.url("lfs.bin"), args.size_mib, None),
                     "lfs": lambda: curl_mib_per_s(urls["lfs"], args.size_mib, token),
-                    "xet": lambda: curl_mib_per_s(urls["xet"], args.size_mib, token),
+                    "xet": xet_first_read,
+                    "xet again": xet_repeated_read,
                 })
                 floor = statistics.median(results["nginx"])
-                for kind, target in (("lfs", LFS_DOWNLOAD_TARGET), ("xet", XET_DOWNLOAD_TARGET)):
+                for kind, label, target in (("lfs", "LFS-stored", LFS_DOWNLOAD_TARGET),
+                                            ("xet", "Xet-stored, first read", XET_DOWNLOAD_TARGET),
+                                            ("xet again", "Xet-stored, read again", XET_REPEATED_READ_TARGET)):
                     rate = statistics.median(results[kind])
-                    figures.append(Figure(f"curl download, {kind.upper()}-stored", rate, floor, "MiB/s",
+                    figures.append(Figure(f"curl download, {label}", rate, floor, "MiB/s",
                                           rate / floor, f">= {target}x", rate / floor >= target, digits=0))
                     notes[f"{kind} runs"] = spread(results[kind]) + " MiB/s"
                 notes["nginx runs"] = spread(results["nginx"]) + " MiB/s"

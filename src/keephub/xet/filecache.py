@@ -2,8 +2,8 @@
 
 A Xet file is rebuilt for every plain HTTP download (browsers, curl, git-lfs, clients without hf_xet): each xorb
 range is read and every chunk decompressed. The first full read writes the bytes it sends into this cache as well;
-the file is published (renamed into place) only when its size and sha256 match the name it is kept under, so
-whatever is read from here is the verified content. Entries are named by sha256 and content never changes under a
+the copy is hashed once the response is sent (off the client's path) and published (renamed into place) only
+when its size and sha256 match the name it is kept under, so whatever is read from here is the verified content. Entries are named by sha256 and content never changes under a
 name, so nothing is ever invalidated; the cache is bounded (`xet_file_cache_bytes`), evicting the least recently
 read files first, and `keephub gc` removes entries whose content the server no longer holds.
 """
@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -60,24 +61,36 @@ class RebuiltFileCache:
 
     def _tee(self, oid: str, size: int, pieces: Iterator[bytes]) -> Iterator[bytes]:
         fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f"{oid}.", suffix=".part")
-        digest, written, published = hashlib.sha256(), 0, False
+        written, handed_over = 0, False
         try:
             with os.fdopen(fd, "wb") as out:
                 for piece in pieces:
                     out.write(piece)
-                    digest.update(piece)
                     written += len(piece)
                     yield piece
-            if written == size and digest.hexdigest() == oid:
+            if written == size:
+                # Hashed once the client has every byte, off the response's path: the copy is read back from the
+                # page cache and published only if it is the file named `oid`.
+                threading.Thread(target=self._publish, args=(oid, Path(temporary)), daemon=True,
+                                 name="xet-file-cache").start()
+                handed_over = True
+        finally:
+            if not handed_over:
+                Path(temporary).unlink(missing_ok=True)
+
+    def _publish(self, oid: str, temporary: Path) -> None:
+        try:
+            digest = hashlib.sha256()
+            with open(temporary, "rb") as fh:
+                while piece := fh.read(READ_PIECE_BYTES):
+                    digest.update(piece)
+            if digest.hexdigest() == oid:
                 os.replace(temporary, self.directory / oid)
-                published = True
                 self._evict()
             else:
-                log.error("a rebuilt Xet file did not match its sha256 %s (%d of %d bytes); not cached", oid,
-                          written, size)
+                log.error("a rebuilt Xet file did not match its sha256 %s; not cached", oid)
         finally:
-            if not published:
-                Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
 
     def _evict(self) -> None:
         """Delete the least recently read files until the cache fits its bound."""
