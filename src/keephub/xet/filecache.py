@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 # Files smaller than this are rebuilt on every read: a few chunks cost less than a file of their own.
 MIN_CACHED_BYTES = 1024 * 1024
+# A partial copy untouched this long is a crash's leftover.
+STALE_PART_SECONDS = 3600
 # Pieces a cached file is sent in.
 READ_PIECE_BYTES = 1024 * 1024
 
@@ -36,8 +39,14 @@ class RebuiltFileCache:
         self.directory, self.max_bytes = directory, max_bytes
         if max_bytes > 0:
             directory.mkdir(parents=True, exist_ok=True)
-            for leftover in directory.glob("*.part"):  # a download cut short by a crash
-                leftover.unlink(missing_ok=True)
+            # Copies left by a crash; a recent one may be another process's download in progress (`keephub gc`
+            # opens this cache too while the server runs).
+            for leftover in directory.glob("*.part"):
+                try:
+                    if time.time() - leftover.stat().st_mtime > STALE_PART_SECONDS:
+                        leftover.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    continue
 
     def read(self, oid: str, start: int, length: int) -> Iterator[bytes] | None:
         """Bytes [start, start + length) of a cached file, or None when it is not cached. The file is opened here,
