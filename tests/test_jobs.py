@@ -477,7 +477,7 @@ def test_a_job_waits_in_scheduling_while_slurm_is_down_and_runs_once_it_is_back(
         deadline = time.time() + 60
         while time.time() < deadline:
             status = api.inspect_job(job_id=job.id).status
-            if status.message and "waiting" in status.message:
+            if status.message and "Slurm" in status.message:  # first "waiting for a free slot", then Slurm's wait
                 break
             time.sleep(0.5)
         assert status.stage == "SCHEDULING" and "Slurm" in status.message, status
