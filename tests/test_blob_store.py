@@ -300,3 +300,59 @@ def test_blobs_settings_choose_and_check_the_backend(tmp_path: Path) -> None:
     for message, environ in refused.items():
         with pytest.raises(ConfigError, match=message):
             open_blob_stores(Settings.load(environ=environ, overrides={"data_dir": tmp_path / "x"}))
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 4 * 1024 * 1024 - 1, 4 * 1024 * 1024, 9 * 1024 * 1024 + 7])
+def test_local_blobs_written_around_the_page_cache_keep_every_byte(tmp_path: Path, size: int) -> None:
+    """Durable local writes go out O_DIRECT in aligned pieces, the last padded and the file cut back: each size
+    about a piece or block boundary reads back whole and exactly as long as written."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    data = os.urandom(size)
+    put(store, data, pieces=7)
+    assert store.size(sha(data)) == size
+    assert read(store, sha(data)) == data
+
+
+def test_local_writes_after_a_read_back_land_after_it(tmp_path: Path) -> None:
+    """Reading back flushes the unaligned tail; bytes written after that still go to the right offset."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    first, second = os.urandom(4 * 1024 * 1024 + 3), os.urandom(5000)
+    writer = store.begin(sha(first + second))
+    writer.write(first)
+    with writer.read_back() as fh:
+        assert fh.read() == first
+    writer.write(second)
+    writer.commit(len(first) + len(second))
+    assert read(store, sha(first + second)) == first + second
+
+
+def test_local_writes_fall_back_to_the_page_cache_where_direct_writes_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that accepts O_DIRECT at open but refuses the writes (EINVAL) gets cached writes instead,
+    every byte kept, whether it refuses the first piece or only the padded tail."""
+    import errno
+
+    from keephub.storage.blobs import local
+
+    probe = local._DirectFile.create(tmp_path / "probe")
+    if probe is None:
+        pytest.skip("this filesystem has no O_DIRECT: the cached path is all it ever takes")
+    probe.close()
+    real_write = os.write
+    refused = []
+
+    def refuse_direct(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & local._O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(local.os, "write", refuse_direct)
+    store = LocalBlobStore(tmp_path / "blobs")
+    for size in (10, 4 * 1024 * 1024 + 10):
+        data = os.urandom(size)
+        put(store, data, pieces=3)
+        assert read(store, sha(data)) == data
+    assert refused == [4096, 4 * 1024 * 1024]  # the first blob's padded tail, the second's first piece

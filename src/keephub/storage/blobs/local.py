@@ -2,12 +2,22 @@
 
 Writes go to a temporary file that is fsynced and renamed into place (and the folders leading to it
 fsynced), so an acknowledged blob survives a power cut and a crash leaves no partial blob.
+
+A blob that must be durable is written around the page cache (O_DIRECT), as databases write their data
+files: it is fsynced before it is acknowledged anyway, and copying it into the cache first, then writing the
+cache back, cost most of an upload's server CPU (measured: 1 GiB written and fsynced, 3.3 s of system time
+through the cache against 0.2 s direct; docs/benchmarks.md). The first read of a new blob then comes from the
+disk rather than the cache. Filesystems without O_DIRECT (tmpfs on older kernels) get cached writes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,40 +28,185 @@ from keephub.storage.blobs.base import BlobWriter, ByteStream, check_key, check_
 
 _WRITE_BEHIND_BYTES = 8 * 1024 * 1024
 _fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS and Windows
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and the BSDs; macOS has F_NOCACHE instead, not used here
+# Direct writes go out in pieces of this size from a page-aligned buffer; their offsets and lengths are
+# multiples of _DIRECT_ALIGN (the largest logical block size in use), the last piece padded and cut back.
+_DIRECT_PIECE_BYTES = 4 * 1024 * 1024
+_DIRECT_ALIGN = 4096
+# Buffers kept for the next writer: a fresh one costs a page fault per page, which a small blob would feel.
+_SPARE_BUFFERS = 2
+
+
+class _BufferPool:
+    """Page-aligned buffers for direct writes, reused across writers (at most `keep` spare)."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self._size = size
+        self._keep = keep
+        self._spare: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._spare:
+                return self._spare.pop()
+        return mmap.mmap(-1, self._size)
+
+    def give(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._spare) < self._keep:
+                self._spare.append(buffer)
+                return
+        buffer.close()
+
+
+_direct_buffers = _BufferPool(_DIRECT_PIECE_BYTES, _SPARE_BUFFERS)
+
+
+class _DirectFile:
+    """A new file written with O_DIRECT: bytes gather in an aligned buffer and go to the disk a piece at a time.
+
+    `finish` writes what is left (padded to the alignment, then the file cut back to its true size) and turns
+    the file back into a cached one, so that whatever is written after it (nothing, in practice) still lands
+    at the right offset. A filesystem that refuses a direct write gets the same treatment at once.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer: mmap.mmap | None = _direct_buffers.take()
+        self._filled = 0
+        self._size = 0
+        self._on_disk = 0
+        self._direct = True
+
+    @classmethod
+    def create(cls, path: Path) -> _DirectFile | None:
+        """The file opened for direct writes, or None where the platform or the filesystem has no O_DIRECT."""
+        if not _O_DIRECT:
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _O_DIRECT, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return None
+        return cls(fd)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        self._size += len(view)
+        if not self._direct or self._buffer is None:
+            _write_all(self._fd, view)
+            return
+        while view:
+            taken = min(len(view), _DIRECT_PIECE_BYTES - self._filled)
+            self._buffer[self._filled:self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == _DIRECT_PIECE_BYTES:
+                self._write_piece(_DIRECT_PIECE_BYTES)
+                if not self._direct:
+                    _write_all(self._fd, view)
+                    return
+
+    def _write_piece(self, length: int) -> None:
+        """Write the buffer's first `length` bytes (aligned) directly, or cached if the filesystem refuses."""
+        assert self._buffer is not None
+        try:
+            _write_all(self._fd, memoryview(self._buffer)[:length])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._stop_direct()
+            os.lseek(self._fd, self._on_disk, os.SEEK_SET)
+            _write_all(self._fd, memoryview(self._buffer)[:self._filled])
+        self._on_disk += self._filled
+        self._filled = 0
+
+    def _stop_direct(self) -> None:
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        self._direct = False
+
+    def finish(self) -> None:
+        """Put every byte written so far into the file; later writes are cached ones."""
+        if self._buffer is None:
+            return
+        if self._filled and self._direct:
+            padded = -(-self._filled // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            self._buffer[self._filled:padded] = bytes(padded - self._filled)
+            self._write_piece(padded)
+            os.ftruncate(self._fd, self._size)
+        elif self._filled:
+            _write_all(self._fd, memoryview(self._buffer)[:self._filled])
+        self._filled = 0
+        if self._direct:
+            self._stop_direct()
+        os.lseek(self._fd, self._size, os.SEEK_SET)
+        _direct_buffers.give(self._buffer)
+        self._buffer = None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            _direct_buffers.give(self._buffer)
+            self._buffer = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _FileSink:
     """Bytes in a private temporary file, renamed to `final` by `place`.
 
-    A `durable` sink is fsynced before it is placed, and its bytes are handed to the kernel for write-back as
-    they arrive, so that fsync finds little left to do instead of stalling for the whole file at the end. A
-    non-durable one (a multipart part, re-hashed when the upload completes) skips both: if a crash loses it,
-    completion fails and the client re-sends it.
+    A `durable` sink is fsynced before it is placed and written around the page cache where the filesystem
+    allows (see the module's docstring); where it does not, its bytes are handed to the kernel for write-back
+    as they arrive, so that fsync finds little left to do instead of stalling for the whole file at the end. A
+    non-durable one (a multipart part, re-hashed when the upload completes) skips all that: if a crash loses
+    it, completion fails and the client re-sends it.
     """
 
     def __init__(self, tmp: Path, final: Path, durable: bool) -> None:
         self._tmp = tmp
         self._final = final
         self._durable = durable
-        self._fh = open(tmp, "wb")
+        self._direct = _DirectFile.create(tmp) if durable else None
+        self._fh: BinaryIO | _DirectFile = self._direct if self._direct is not None else open(tmp, "wb")
         self._size = 0
         self._written_back = 0
 
     def write(self, data: bytes) -> None:
         self._fh.write(data)
         self._size += len(data)
-        if self._durable and _fadvise is not None and self._size - self._written_back >= _WRITE_BEHIND_BYTES:
+        if (self._durable and self._direct is None and _fadvise is not None
+                and self._size - self._written_back >= _WRITE_BEHIND_BYTES):
             # On Linux, DONTNEED on dirty pages starts their write-back now; they stay cached until written.
-            self._fh.flush()
+            self._flush()
             _fadvise(self._fh.fileno(), self._written_back, self._size - self._written_back, os.POSIX_FADV_DONTNEED)
             self._written_back = self._size
 
+    def _flush(self) -> None:
+        if self._direct is not None:
+            self._direct.finish()
+        else:
+            self._fh.flush()  # type: ignore[union-attr]
+
     def read_back(self) -> BinaryIO:
-        self._fh.flush()
+        self._flush()
         return open(self._tmp, "rb")
 
     def place(self) -> None:
-        self._fh.flush()
+        self._flush()
         if self._durable:
             os.fsync(self._fh.fileno())
         self._fh.close()
