@@ -4,7 +4,9 @@ so machine noise hits both sides alike.
 1. Downloads with curl of one large random file: keephub's `resolve` for an LFS-stored file (uploaded with
    HF_HUB_DISABLE_XET=1) and for a Xet-stored one (uploaded through hf_xet: rebuilt from xorbs on a first read, then
    read from the copy a whole read keeps, xet/filecache.py), against nginx
-   (Debian's, with sendfile) serving the same bytes from a plain file.
+   (Debian's, with sendfile) serving the same bytes from a plain file. Then hf_hub_download of the same bytes
+   from keephub (through hf_xet, and over plain HTTP with HF_HUB_DISABLE_XET=1) and from nginx (given the two
+   headers a resolve answer carries), each into an empty cache in its own process.
 2. Small calls on a repo of 1,000 files (model_info, list_repo_files, whoami, get_paths_info, resolve HEAD): the
    median latency with one client thread, and requests per second with 8 client threads, against the same
    client fetching a small static file from nginx (the client's own ceiling).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -41,6 +44,7 @@ MIB = 1024 * 1024
 LFS_DOWNLOAD_TARGET = 0.9
 XET_DOWNLOAD_TARGET = 0.5
 XET_REPEATED_READ_TARGET = 0.9
+HF_HUB_DOWNLOAD_TARGET = 0.97
 SMALL_CALL_P50_MS = 1.5
 SMALL_CALL_THREADS = 8
 REPO_FILES = 1000
@@ -62,22 +66,30 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        # What hf_hub_download needs of a resolve answer to download a file from an endpoint: the commit and
+        # the file's ETag. Files under /peer/ are hard links laid out as /peer/<repo>/resolve/<commit>/<name>.
+        location /peer/ {{
+            add_header X-Repo-Commit {commit};
+            add_header X-Linked-Etag "{etag}";
+        }}
     }}
 }}
 """
+PEER_COMMIT = "0" * 40
+DRIVER = Path(__file__).with_name("peers_driver.py")
 
 
 class Nginx:
     """Debian's nginx serving `root` on a free port, with its config and temp files in `work`."""
 
-    def __init__(self, work: Path, root: Path) -> None:
+    def __init__(self, work: Path, root: Path, etag: str = "") -> None:
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if binary is None:
             sys.exit("nginx is not installed: run scripts/setup.sh (or apt-get install nginx-light)")
         self.port = free_port()
         (work / "nginx-tmp").mkdir()
         conf = work / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(work=work, port=self.port, root=root))
+        conf.write_text(NGINX_CONF.format(work=work, port=self.port, root=root, commit=PEER_COMMIT, etag=etag or "-"))
         for folder in (work, root):  # nginx's workers drop root to nobody, who must reach the files
             folder.chmod(0o755)
         self.process = subprocess.Popen([binary, "-p", str(work), "-c", str(conf)])
@@ -121,6 +133,47 @@ def curl_mib_per_s(url: str, size_mib: int, token: str | None) -> float:
     started = time.perf_counter()
     subprocess.run(["curl", "-sfL", "-o", "/dev/null", *auth, url], check=True)
     return size_mib / (time.perf_counter() - started)
+
+
+def hf_download_mib_per_s(endpoint: str, token: str, repo: str, revision: str, size_mib: int, xet: bool,
+                          work: Path) -> float:
+    """hf_hub_download into an empty cache, timed in its own process (peers_driver.py): whether it uses Xet is
+    fixed when huggingface_hub is imported."""
+    cache = work / f"hf-cache-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_HOME": str(cache / "home"), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "300", "HF_HUB_ETAG_TIMEOUT": "60", **({} if xet else {"HF_HUB_DISABLE_XET": "1"})}
+    try:
+        done = subprocess.run([sys.executable, str(DRIVER), "hf-download", endpoint, token, repo, "file.bin",
+                               str(cache / "hub"), revision], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"hf_hub_download from {endpoint} failed:\n{done.stderr[-4000:]}")
+        return size_mib / json.loads(done.stdout.strip().splitlines()[-1])["seconds"][0]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def hf_hub_download_figures(server: LocalServer, token: str, repos: dict[str, str], nginx: Nginx, size_mib: int,
+                            runs: int, work: Path) -> list[Figure]:
+    """hf_hub_download of the same bytes from keephub (Xet-stored through hf_xet, and both files over plain HTTP
+    with HF_HUB_DISABLE_XET=1) and from nginx (plain HTTP, the headers a resolve answer needs): the client is
+    the same function, so what differs is the server."""
+    peer = f"http://127.0.0.1:{nginx.port}/peer"
+    results = interleaved(runs, {
+        "nginx": lambda: hf_download_mib_per_s(peer, token, "file", PEER_COMMIT, size_mib, False, work),
+        "hf_xet": lambda: hf_download_mib_per_s(server.url, token, repos["xet"], "main", size_mib, True, work),
+        "http xet": lambda: hf_download_mib_per_s(server.url, token, repos["xet"], "main", size_mib, False, work),
+        "http lfs": lambda: hf_download_mib_per_s(server.url, token, repos["lfs"], "main", size_mib, False, work),
+    })
+    floor = statistics.median(results["nginx"])
+    figures = []
+    for kind, label in (("hf_xet", "Xet-stored, hf_xet"), ("http xet", "Xet-stored, HF_HUB_DISABLE_XET=1"),
+                        ("http lfs", "LFS-stored, HF_HUB_DISABLE_XET=1")):
+        rate = statistics.median(results[kind])
+        figures.append(Figure(f"hf_hub_download, {label}", rate, floor, "MiB/s", rate / floor,
+                              f">= {HF_HUB_DOWNLOAD_TARGET}x", rate / floor >= HF_HUB_DOWNLOAD_TARGET, digits=0))
+    print("hf_hub_download runs (MiB/s): " + "; ".join(f"{k} {spread(v)}" for k, v in results.items()), flush=True)
+    return figures
 
 
 def interleaved(runs: int, contenders: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
@@ -209,7 +262,19 @@ def main() -> int:
         www = work / "www"
         www.mkdir()
         (www / "small.txt").write_text("x" * 200)
-        nginx = Nginx(work, www)
+        downloads = args.only in (None, "downloads")
+        if downloads:  # before nginx starts: its resolve headers name the file's sha256
+            for kind in ("lfs", "xet"):
+                random_file(www / f"{kind}.bin", args.size_mib)
+            xet_sha256 = hashlib.sha256((www / "xet.bin").read_bytes()).hexdigest()
+            peer_copy = www / "peer" / "file" / "resolve" / PEER_COMMIT / "file.bin"
+            peer_copy.parent.mkdir(parents=True)
+            os.link(www / "xet.bin", peer_copy)
+            for folder in peer_copy.parents:  # nginx's workers run as nobody
+                if folder == www:
+                    break
+                folder.chmod(0o755)
+        nginx = Nginx(work, www, etag=xet_sha256 if downloads else "")
         server = LocalServer(data_dir=work / "data")
         server.start()
         figures: list[Figure] = []
@@ -218,14 +283,13 @@ def main() -> int:
                         "small calls, a 200-byte static file (the client's own ceiling)"}
         try:
             name, token = server.user()
-            if args.only in (None, "downloads"):
-                urls = {}
+            if downloads:
+                urls, repos = {}, {}
                 for kind in ("lfs", "xet"):
-                    source = random_file(www / f"{kind}.bin", args.size_mib)
-                    repo = f"{name}/{kind}-{uuid.uuid4().hex[:6]}"
-                    upload(server, token, repo, source, xet=kind == "xet")
-                    urls[kind] = f"{server.url}/{repo}/resolve/main/file.bin"
-                kept = server.data_dir / "cache" / "xet-files" / hashlib.sha256((www / "xet.bin").read_bytes()).hexdigest()
+                    repos[kind] = f"{name}/{kind}-{uuid.uuid4().hex[:6]}"
+                    upload(server, token, repos[kind], www / f"{kind}.bin", xet=kind == "xet")
+                    urls[kind] = f"{server.url}/{repos[kind]}/resolve/main/file.bin"
+                kept = server.data_dir / "cache" / "xet-files" / xet_sha256
 
                 def xet_first_read() -> float:
                     """A read that rebuilds the file from its xorbs: the copy a previous read kept is removed first."""
@@ -255,6 +319,7 @@ def main() -> int:
                                           rate / floor, f">= {target}x", rate / floor >= target, digits=0))
                     notes[f"{kind} runs"] = spread(results[kind]) + " MiB/s"
                 notes["nginx runs"] = spread(results["nginx"]) + " MiB/s"
+                figures += hf_hub_download_figures(server, token, repos, nginx, args.size_mib, args.runs, work)
             if args.only in (None, "small"):
                 figures += small_call_figures(server, token, nginx, args.requests)
             if args.only in (None, "mlflow"):

@@ -8,7 +8,7 @@ and setup (creating the repo or the run) are outside it on both sides. The last 
 included) and whatever the command returns (a run id).
 
     python peers_driver.py hf-upload ENDPOINT TOKEN REPO FILE=PATH_IN_REPO...
-    python peers_driver.py hf-download ENDPOINT TOKEN REPO FILENAME CACHE_DIR
+    python peers_driver.py hf-download ENDPOINT TOKEN REPO FILENAME CACHE_DIR [REVISION]
     python peers_driver.py mlflow-upload TRACKING_URI FILE=ARTIFACT_DIR...
     python peers_driver.py mlflow-download TRACKING_URI RUN_ID ARTIFACT_PATH DEST_DIR
     python peers_driver.py mlflow-small-setup TRACKING_URI SOURCE_DIR MODEL_NAME
@@ -51,10 +51,10 @@ def hf_upload(endpoint: str, token: str, repo: str, *items: str) -> dict:
     ])
 
 
-def hf_download(endpoint: str, token: str, repo: str, filename: str, cache_dir: str) -> dict:
+def hf_download(endpoint: str, token: str, repo: str, filename: str, cache_dir: str, revision: str = "main") -> dict:
     from huggingface_hub import hf_hub_download
 
-    return timed_each([lambda: hf_hub_download(repo, filename, cache_dir=cache_dir, token=token,
+    return timed_each([lambda: hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, token=token,
                                                endpoint=endpoint)])
 
 
