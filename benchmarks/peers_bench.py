@@ -9,7 +9,8 @@ so machine noise hits both sides alike.
    headers a resolve answer carries), each into an empty cache in its own process.
 2. Small calls on a repo of 1,000 files (model_info, list_repo_files, whoami, get_paths_info, resolve HEAD): the
    median latency with one client thread, and requests per second with 8 client threads, against the same
-   client fetching a small static file from nginx (the client's own ceiling).
+   client fetching a small static file from nginx (the client's own ceiling); the 8-thread target is twice the
+   share of that ceiling the issue measured (SMALL_CALL_RATE_TARGET).
 3. Against MLflow (peers_mlflow.py): the seed's checkpoint workload (time and disk), a fresh large upload with
    and without Xet, its download, and small calls, each against MLflow's own client or REST API.
 
@@ -47,6 +48,10 @@ XET_REPEATED_READ_TARGET = 0.9
 HF_HUB_DOWNLOAD_TARGET = 0.97
 SMALL_CALL_P50_MS = 1.5
 SMALL_CALL_THREADS = 8
+# Issue 22's "at least twice today's requests per second": it measured model_info at 229 req/s with 8 threads
+# against this client's ceiling of 1,247 req/s on that machine. Taken as a share of the ceiling measured in
+# the same run, so that the target moves with the machine: twice 229 / 1,247.
+SMALL_CALL_RATE_TARGET = round(2 * 229 / 1247, 2)
 REPO_FILES = 1000
 
 NGINX_CONF = """daemon off;
@@ -240,7 +245,8 @@ def small_call_figures(server: LocalServer, token: str, nginx: Nginx, requests: 
         figures.append(Figure(f"{name} p50, 1 thread", p50, ceiling_p50, "ms", p50 / ceiling_p50,
                               f"<= {SMALL_CALL_P50_MS} ms", p50 <= SMALL_CALL_P50_MS))
         figures.append(Figure(f"{name}, {SMALL_CALL_THREADS} threads", rate, ceiling_rate, "req/s",
-                              rate / ceiling_rate, "—", None, digits=0))
+                              rate / ceiling_rate, f">= {SMALL_CALL_RATE_TARGET}x",
+                              rate / ceiling_rate >= SMALL_CALL_RATE_TARGET, digits=0))
     return figures
 
 
