@@ -356,3 +356,36 @@ def test_local_writes_fall_back_to_the_page_cache_where_direct_writes_are_refuse
         put(store, data, pieces=3)
         assert read(store, sha(data)) == data
     assert refused == [4096, 4 * 1024 * 1024]  # the first blob's padded tail, the second's first piece
+
+
+def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills up mid-blob: the writer's error is the disk's own (ENOSPC), nothing is placed, its
+    temporary file is gone, and the store writes the next blob normally."""
+    import errno
+
+    from keephub.storage.blobs import local
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    real_write = os.write
+    written = []
+
+    def fill_up(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(local.os, "write", fill_up)
+    data = os.urandom(9 * 1024 * 1024)
+    writer = store.begin(sha(data))
+    with pytest.raises(OSError) as failed:
+        writer.write(data)
+        writer.commit(len(data))
+    writer.abort()
+    assert failed.value.errno == errno.ENOSPC
+    assert not store.exists(sha(data)) and list(store.tmp.iterdir()) == []
+    monkeypatch.setattr(local.os, "write", real_write)
+    again = os.urandom(5 * 1024 * 1024 + 1)
+    put(store, again)
+    assert read(store, sha(again)) == again

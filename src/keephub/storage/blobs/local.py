@@ -57,7 +57,10 @@ class _BufferPool:
             if len(self._spare) < self._keep:
                 self._spare.append(buffer)
                 return
-        buffer.close()
+        try:
+            buffer.close()
+        except BufferError:  # a view of it is still held (by a traceback being handled): freed with that view
+            pass
 
 
 _direct_buffers = _BufferPool(_DIRECT_PIECE_BYTES, _SPARE_BUFFERS)
@@ -149,12 +152,12 @@ class _DirectFile:
         return self._fd
 
     def close(self) -> None:
-        if self._buffer is not None:
-            _direct_buffers.give(self._buffer)
-            self._buffer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._buffer is not None:
+            _direct_buffers.give(self._buffer)
+            self._buffer = None
 
     @property
     def closed(self) -> bool:
