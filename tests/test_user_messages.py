@@ -144,6 +144,11 @@ def test_troubleshooting_names_the_real_cause_of_each_refusal(server: Server, al
     assert read_only.startswith(f"403 Forbidden: the job's token may not push to {repo}: the job's HF_TOKEN is a "
                                 "read-only token"), read_only
     assert "$HF_TOKEN" in read_only and "ask an admin" not in read_only and "own namespace" not in read_only
+    # huggingface_hub puts the request id first in a 403's text; an id that happens to hold "401" changes nothing.
+    unlucky = HfApi(endpoint=server.url, token=server.token(name, "read"), headers={"X-Request-Id": "40140140"})
+    refusal = refused(lambda: unlucky.upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=repo))
+    assert str(refusal).startswith("(Request ID: 40140140)"), str(refusal)
+    assert explain(refusal, repo) == read_only
 
     scoped = keephub_cli(server.data_dir, "token", "create", name, "--role", "write", "--repo",
                          f"model:{name}/elsewhere", "--quiet").strip()

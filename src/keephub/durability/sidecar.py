@@ -297,13 +297,18 @@ def _git_blob_sha(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+# An error without an HTTP response (hf_xet's) is a 401 only if its text says so in words; a bare "401" may be
+# part of a request id that huggingface_hub puts first in its messages.
+_NAMES_A_401 = re.compile(r"\b401\b[ :]*(Unauthorized|Client Error)", re.IGNORECASE)
+
+
 def explain(exc: Exception, repo: str) -> str:
     """The reference's troubleshooting section, applied: the status, the real cause and its fix."""
     text = str(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     server = str(getattr(exc, "server_message", None) or "").strip()
     namespace = repo.split("/")[0]
-    if status == 401 or "401" in text[:20]:
+    if status == 401 or (status is None and _NAMES_A_401.search(text)):
         said = f" ({server})" if server else ""
         return (f"401 Unauthorized: the job has no valid token{said}. Fix: submit it with "
                 "secrets={'HF_TOKEN': '$HF_TOKEN'} (keephub jobs uv run --secrets HF_TOKEN ...)")
