@@ -305,7 +305,7 @@ _NAMES_A_401 = re.compile(r"\b401\b[ :]*(Unauthorized|Client Error)", re.IGNOREC
 def explain(exc: Exception, repo: str) -> str:
     """The reference's troubleshooting section, applied: the status, the real cause and its fix."""
     text = str(exc)
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+    status = _status_of(exc)
     server = str(getattr(exc, "server_message", None) or "").strip()
     namespace = repo.split("/")[0]
     if status == 401 or (status is None and _NAMES_A_401.search(text)):
