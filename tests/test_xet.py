@@ -307,8 +307,8 @@ def files_shard(files: list[tuple[list[tuple[bytes, list[bytes]]], bytes | None]
 
 def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server: Server, alice,
                                                                           repo_id: str) -> None:
-    """The sha256 a commit names is taken from the digest kept while the file's xorbs arrived when they are the
-    upload's first xorbs in order, and rebuilt from the stored xorbs otherwise: a lie is refused either way, the
+    """The sha256 a commit names is taken from the digest kept while the file's xorbs arrived as far as they are the
+    upload's first xorbs in order, and rebuilt from the stored xorbs for the rest: a lie is refused either way, the
     truth accepted either way, and a refused file cannot be committed."""
     cas, headers = cas_token(server, alice[1], repo_id, "write")
     xorbs = {}
@@ -323,7 +323,8 @@ def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server:
                           content=body or xorb_bytes(xorbs[name][1]), headers=headers)
         assert sent.status_code == (400 if body else 200), (name, sent.text)
     lie = hashing.from_hex(hashlib.sha256(b"something else").hexdigest())
-    for first, second, path in (("a", "b", "on-arrival.bin"), ("c", "d", "rebuilt.bin")):
+    for first, second, path in (("a", "b", "on-arrival.bin"), ("a", "c", "part-rebuilt.bin"),
+                                ("c", "d", "rebuilt.bin")):
         terms = [xorbs[first], xorbs[second]]
         content = b"".join(xorbs[first][1] + xorbs[second][1])
         refused = httpx.post(f"{cas}/v1/shards", content=files_shard([(terms, lie)]), headers=headers)
@@ -335,8 +336,9 @@ def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server:
         assert httpx.get(f"{server.url}/{repo_id}/resolve/main/{path}").content == content
 
 
-def test_the_running_sha256_serves_only_a_files_own_xorbs_in_order() -> None:
-    """chains.py on its own: the digest after the session's first xorbs, whole and in turn order, or nothing."""
+def test_the_running_sha256_covers_a_files_leading_run_of_the_sessions_xorbs() -> None:
+    """chains.py on its own: the digest after as many of the session's first xorbs as begin the file, whole and in
+    turn order, and how many of the file's terms it covers; the caller rebuilds the rest."""
     import asyncio
 
     from keephub.xet.chains import Chains
@@ -353,15 +355,27 @@ def test_the_running_sha256_serves_only_a_files_own_xorbs_in_order() -> None:
             ticket.feed(chunk)
         ticket.complete(names[name], 2)
     tickets[2].close()  # an upload that failed: its turn passes, nothing is added
-    both = b"".join(pieces["x"] + pieces["y"])
+    x, y = b"".join(pieces["x"]), b"".join(pieces["y"])
+    empty = hashlib.sha256().hexdigest()
+
+    def resumed(session: str, terms: list) -> tuple[str, int]:
+        digest, covered = chains.resume(session, terms)
+        return digest.hexdigest(), covered
+
     whole = [Term(raw["x"], 1500, 0, 2), Term(raw["y"], 1500, 0, 2)]
-    assert chains.sha256_of("session", whole) == hashlib.sha256(both).hexdigest()
+    assert resumed("session", whole) == (hashlib.sha256(x + y).hexdigest(), 2)
     split = [Term(raw["x"], 1000, 0, 1), Term(raw["x"], 500, 1, 2)]
-    assert chains.sha256_of("session", split) == hashlib.sha256(b"".join(pieces["x"])).hexdigest()
-    assert chains.sha256_of("session", [Term(raw["y"], 1500, 0, 2)]) is None  # not where the session began
-    assert chains.sha256_of("session", [Term(raw["x"], 1000, 0, 1)]) is None  # part of a xorb
-    assert chains.sha256_of("session", whole + [Term(raw["x"], 1500, 0, 2)]) is None  # more than was sent
-    assert chains.sha256_of("other session", whole) is None
+    assert resumed("session", split) == (hashlib.sha256(x).hexdigest(), 2)  # adjacent terms of one xorb
+    assert resumed("session", [Term(raw["y"], 1500, 0, 2)]) == (empty, 0)  # not where the session began
+    assert resumed("session", [Term(raw["x"], 1000, 0, 1)]) == (empty, 0)  # part of a xorb
+    # Out of turn order (y's upload overtook x's), more than was sent, or y only partly: x alone is covered.
+    assert resumed("session", [whole[0], whole[0]]) == (hashlib.sha256(x).hexdigest(), 1)
+    assert resumed("session", whole + [whole[0]]) == (hashlib.sha256(x + y).hexdigest(), 2)
+    assert resumed("session", [whole[0], Term(raw["y"], 1000, 0, 1)]) == (hashlib.sha256(x).hexdigest(), 1)
+    assert resumed("other session", whole) == (empty, 0)
+    digest, _ = chains.resume("session", whole)
+    digest.update(b"more")  # the caller extends a copy: the session's own state is untouched
+    assert resumed("session", whole) == (hashlib.sha256(x + y).hexdigest(), 2)
 
 
 def test_cas_tokens_are_scoped_to_one_repo_and_access(server: Server, alice, api: HfApi, repo_id: str) -> None:

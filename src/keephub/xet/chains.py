@@ -4,11 +4,13 @@ A commit names a Xet file by the sha256 of its bytes, which the server must comp
 be committed. Rebuilding the file once its shard arrives reads, unpacks and hashes every byte a second time.
 Instead, each upload session (the uploads of one Hub token to one repo) keeps a running sha256 over the unpacked
 chunks of its xorbs, in the order their uploads began, fed by the same pass that verifies each chunk's hash; the
-digest after each verified xorb is kept. A file whose terms are exactly the session's first xorbs, whole and in
-that order (a large file uploaded on its own, the common case), is checked against that digest. Any other shape
-(chunks deduplicated against xorbs stored before, several files sharing xorbs, a xorb sent again or out of
-turn) finds no matching digest and falls back to the rebuild: the verdict is the same either way, only its cost
-differs.
+digest after each verified xorb is kept. A file's sha256 starts from the digest after the longest run of its
+first terms that are exactly the session's first xorbs, whole and in that order, and only the rest of the file
+is rebuilt from the stored xorbs. A large file uploaded on its own (the common case) is then hashed once, on
+arrival; when hf_xet's concurrent uploads reach the server out of file order (its small last xorb often
+overtakes the one before) only the xorbs from the first one out of order are read back; any other shape
+(chunks deduplicated against xorbs stored before, several files sharing xorbs) is rebuilt whole. The verdict
+is the same either way, only its cost differs.
 
 Each xorb upload takes a ticket and feeds the digest only on its turn (waiting, without a thread, for the
 uploads that began before it to finish); one that waits too long gives its turn up and is verified unchained.
@@ -107,18 +109,18 @@ class Chains:
             chain.next_ticket += 1
         return Ticket(self, chain, number)
 
-    def sha256_of(self, session: Hashable, terms: list[Term]) -> str | None:
-        """The sha256 of a file made of these terms, if they are the session's first xorbs, whole, in order."""
+    def resume(self, session: Hashable, terms: list[Term]) -> tuple[Any, int]:
+        """A sha256 over the file's first `n` terms, and `n`: the most leading terms that are the session's first
+        xorbs, whole and in order (a fresh sha256 and 0 when the first is not). The caller hashes the rest."""
         with self._lock:
             chain = self._chains.get(session)
             states = list(chain.states) if chain is not None else []
-        merged = _merged(terms)
-        if not merged or len(merged) > len(states):
-            return None
-        for (xorb, start, end), (kept, count, _state) in zip(merged, states):
+        digest, consumed = hashlib.sha256(), 0
+        for (xorb, start, end, term_count), (kept, count, state) in zip(_merged(terms), states):
             if xorb != kept or start != 0 or end != count:
-                return None
-        return str(states[len(merged) - 1][2].hexdigest())
+                break
+            digest, consumed = state, consumed + term_count
+        return digest.copy(), consumed
 
     def _digest_on_turn(self, chain: _Chain, number: int) -> Any:
         with self._lock:
@@ -138,13 +140,14 @@ class Chains:
                 chain.turn += 1
 
 
-def _merged(terms: list[Term]) -> list[tuple[str, int, int]]:
-    """(xorb, first chunk, end chunk) of each run of terms, adjacent ranges of one xorb joined."""
+def _merged(terms: list[Term]) -> list[tuple[str, int, int, int]]:
+    """(xorb, first chunk, end chunk, number of terms) of each run of terms, adjacent ranges of one xorb joined."""
     merged: list[list[Any]] = []
     for term in terms:
         xorb = hashing.to_hex(term.xorb)
         if merged and merged[-1][0] == xorb and merged[-1][2] == term.start:
             merged[-1][2] = term.end
+            merged[-1][3] += 1
         else:
-            merged.append([xorb, term.start, term.end])
-    return [(x, s, e) for x, s, e in merged]
+            merged.append([xorb, term.start, term.end, 1])
+    return [(x, s, e, n) for x, s, e, n in merged]

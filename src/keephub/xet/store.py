@@ -3,8 +3,8 @@
 Trust runs one way: the server hashes every chunk of every xorb itself; a shard's terms are accepted only
 when each names an existing xorb, a valid chunk range, its true unpacked size and a verification hash
 that proves the uploader knows the chunk hashes; the file hash is recomputed from those chunks, and the
-sha256 the commit will name is the running digest of the upload session's verified chunks when the file is
-those chunks (chains.py), else computed by rebuilding the file. Only then is the file linked to the repo
+sha256 the commit will name is the running digest of the upload session's verified chunks as far as the file is
+those chunks (chains.py), the rest computed by rebuilding the file. Only then is the file linked to the repo
 the uploading token was issued for, through the same `LfsLink` the git-lfs path uses, so a commit
 cannot name content its author never proved to hold. A bucket's token links files by their Xet hash
 (`BucketUpload`) instead: buckets never name content by sha256, so none is computed for them.
@@ -12,20 +12,20 @@ cannot name content its author never proved to hold. A bucket's token links file
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import secrets
 import threading
 from contextlib import closing, contextmanager
+from functools import partial
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from keephub.config import Settings
-from keephub.storage.blobs import BlobStore, BlobWriter, iter_range, trim
+from keephub.storage.blobs import BlobStore, BlobWriter, iter_range, read_ahead, trim
 from keephub.storage.db import Database, insert_for, inserted
 from keephub.storage.schema import (
     Bucket,
@@ -56,6 +56,11 @@ XORB_CACHE_ENTRIES = 32
 # Rebuilt files go out in pieces this large, not chunk by chunk (~64 KiB): each piece costs a hop from the worker
 # thread to the event loop and one ASGI message, which at 64 KiB held a download to a third of the disk's speed.
 STREAM_PIECE_BYTES = 1024 * 1024
+# A file rebuilt to compute its sha256 is read in pieces of this size, this many at a time, while the pieces before
+# are hashed: a 200 MiB checkpoint's rebuild took 0.17-0.20 s reading then hashing each piece, 0.16 s with reads
+# ahead (the hashing alone, 0.14 s).
+REBUILD_PIECE_BYTES = 4 * 1024 * 1024
+REBUILD_READS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,8 @@ class Cas:
         if known is not None and known.sha256 is not None:
             actual = known.sha256
         else:
-            actual = self._chains.sha256_of(_session(grant), info.terms) or self._rebuilt_sha256(info.terms)
+            digest, hashed = self._chains.resume(_session(grant), info.terms)
+            actual = self._rebuilt_sha256(info.terms[hashed:], digest)
         if actual != claimed:
             raise BadRequest(f"shard rejected: the bytes of {label} hash to sha256 {actual}, not the claimed "
                              f"{claimed}")
@@ -408,21 +414,46 @@ class Cas:
                     if remaining <= 0:
                         return
 
-    def _rebuilt_sha256(self, terms: list[Term]) -> str:
-        """The sha256 of a file rebuilt from its stored xorbs, read in large pieces (chunk hashes were verified on
-        upload, so only the sha256 is computed here)."""
-        digest = hashlib.sha256()
-        for term in terms:
+    def _rebuilt_sha256(self, terms: list[Term], digest: Any) -> str:
+        """`digest` (a sha256 over the file's bytes before `terms`) extended by the terms' bytes rebuilt from the
+        stored xorbs, read in pieces ahead of the hashing (chunk hashes were verified on upload, so only the sha256
+        is computed)."""
+        pieces = self._term_pieces(terms)
+        reader, current = None, -1
+
+        def check_term() -> None:
+            if reader is not None and len(reader.finish()) != terms[current].end - terms[current].start:
+                raise FormatError(f"xorb {hashing.to_hex(terms[current].xorb)} holds other chunks than its index says")
+
+        reads = (partial(self._read_span, *piece[1:]) for piece in pieces)
+        with closing(read_ahead(reads, REBUILD_READS_IN_FLIGHT)) as data:
+            for (index, *_), piece in zip(pieces, data):
+                if index != current:
+                    check_term()
+                    reader, current = formats.XorbReader(digest.update, hash_chunks=False), index
+                reader.feed(piece)
+        check_term()
+        trim.transferred(sum(length for *_, length in pieces))
+        return str(digest.hexdigest())
+
+    def _term_pieces(self, terms: list[Term]) -> list[tuple[int, str, int, int]]:
+        """(term number, xorb, offset, length) of the pieces holding each term's serialized chunks, in order."""
+        pieces = []
+        for index, term in enumerate(terms):
             xorb = self.xorb(hashing.to_hex(term.xorb))
             if xorb is None:
                 raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
             first, last = xorb.byte_span(term.start, term.end)
-            reader = formats.XorbReader(digest.update, hash_chunks=False)
-            for piece in iter_range(self.xorbs, xorb.hash, first, last - first + 1, formats.READ_PIECE_BYTES):
-                reader.feed(piece)
-            if len(reader.finish()) != term.end - term.start:
-                raise FormatError(f"xorb {xorb.hash} holds other chunks than its index says")
-        return digest.hexdigest()
+            for offset in range(first, last + 1, REBUILD_PIECE_BYTES):
+                pieces.append((index, xorb.hash, offset, min(REBUILD_PIECE_BYTES, last + 1 - offset)))
+        return pieces
+
+    def _read_span(self, xorb: str, offset: int, length: int) -> bytes:
+        with closing(self.xorbs.open_range(xorb, offset, length)) as fh:
+            data = fh.read(length)
+        if len(data) != length:
+            raise FormatError(f"xorb {xorb} ends at byte {offset + len(data)}, before the chunks its index lists")
+        return data
 
     def read_xorb_range(self, xorb: str, first: int, last: int) -> Iterator[bytes]:
         return iter_range(self.xorbs, xorb, first, last - first + 1)
