@@ -389,35 +389,3 @@ def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: 
     again = os.urandom(5 * 1024 * 1024 + 1)
     put(store, again)
     assert read(store, sha(again)) == again
-
-
-def test_read_ahead_returns_results_in_order_and_stops_with_the_caller() -> None:
-    """Reads run ahead on worker threads, yet come back in the order asked; an error reaches the caller in its
-    place; a caller that stops early leaves no read behind that had not started."""
-    from keephub.storage.blobs import read_ahead
-
-    started: list[int] = []
-
-    def read(number: int) -> int:
-        started.append(number)
-        time.sleep(0.001 * (number % 3))  # later reads sometimes finish first
-        return number * number
-
-    assert list(read_ahead((lambda n=n: read(n) for n in range(40)), 3)) == [n * n for n in range(40)]
-
-    def failing(number: int) -> int:
-        if number == 5:
-            raise OSError("disk gone")
-        return number
-
-    results = []
-    with pytest.raises(OSError, match="disk gone"):
-        for value in read_ahead((lambda n=n: failing(n) for n in range(10)), 2):
-            results.append(value)
-    assert results == [0, 1, 2, 3, 4]
-
-    started.clear()
-    reads = read_ahead((lambda n=n: read(n) for n in range(1000)), 2)
-    assert next(reads) == 0
-    reads.close()
-    assert len(started) <= 4, started

@@ -19,14 +19,13 @@ from keephub.storage.blobs.base import (
     is_sha256,
     iter_range,
     iter_stream,
-    read_ahead,
 )
 from keephub.storage.blobs.local import LocalBlobStore
 from keephub.storage.blobs.memory import MemoryBlobStore
 
 __all__ = ["BlobStore", "BlobStoreUnavailable", "BlobStores", "BlobWriter", "ByteStream", "HashMismatch",
            "LocalBlobStore", "MemoryBlobStore", "SizeMismatch", "check_blob_settings", "is_sha256", "iter_range",
-           "iter_stream", "open_blob_stores", "read_ahead"]
+           "iter_stream", "open_blob_stores"]
 
 BACKENDS = ("local", "memory", "s3")
 

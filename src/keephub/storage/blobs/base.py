@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol
 
 from keephub.storage.blobs import trim
 from keephub.wire.errors import HubError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK = 1024 * 1024
-_T = TypeVar("_T")
 # sha256 releases the GIL, so a blob's bytes are hashed on another core while the backend stores them.
 _hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="blob-sha256")
 
@@ -231,25 +229,3 @@ def iter_range(store: BlobStore, key: str, start: int = 0, length: int | None = 
     """Bytes [start, start + length) of a blob, in pieces of `piece_bytes` (1 MiB); the blob is opened before the
     first is asked for, so a missing blob or an unreachable store fails the call, not a response already begun."""
     return iter_stream(store.open_range(key, start, length), piece_bytes)
-
-
-def read_ahead(reads: Iterable[Callable[[], _T]], depth: int) -> Iterator[_T]:
-    """The results of `reads`, in order, each run by one of `depth` worker threads while the caller works on the
-    results before it.
-
-    A file rebuilt from its pieces is then read and hashed at once, since reads and hashing both release the GIL,
-    and an S3 endpoint or a cold disk has more than one read to work on. Reads not yet started when the caller
-    stops are cancelled; those running finish first.
-    """
-    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="read-ahead") as workers:
-        pending: deque[Future[_T]] = deque()
-        try:
-            for read in reads:
-                pending.append(workers.submit(read))
-                if len(pending) > depth:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
