@@ -42,10 +42,19 @@ def api(hub: LocalServer, owner: tuple[str, str]) -> HfApi:
 
 
 def cached(hub: LocalServer) -> dict[str, bytes]:
+    """The cache's published files; one the server evicts between the listing and its read is left out."""
     directory = hub.data_dir / "cache" / "xet-files"
     if not directory.is_dir():
         return {}
-    return {path.name: path.read_bytes() for path in directory.iterdir() if not path.name.endswith(".part")}
+    held = {}
+    for path in directory.iterdir():
+        if path.name.endswith(".part"):
+            continue
+        try:
+            held[path.name] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return held
 
 
 def cached_soon(hub: LocalServer, oid: str) -> bytes:
