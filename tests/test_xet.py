@@ -308,8 +308,8 @@ def files_shard(files: list[tuple[list[tuple[bytes, list[bytes]]], bytes | None]
 def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server: Server, alice,
                                                                           repo_id: str) -> None:
     """The sha256 a commit names is taken from the digest kept while the file's xorbs arrived as far as they are the
-    upload's first xorbs in order, and rebuilt from the stored xorbs for the rest: a lie is refused either way, the
-    truth accepted either way, and a refused file cannot be committed."""
+    first xorbs sent since the session's last shard, in order, and rebuilt from the stored xorbs for the rest: a
+    lie is refused either way, the truth accepted either way, and a refused file cannot be committed."""
     cas, headers = cas_token(server, alice[1], repo_id, "write")
     xorbs = {}
     for name, seed in (("a", 40), ("b", 41), ("c", 42), ("d", 43)):
@@ -317,14 +317,17 @@ def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server:
         xorbs[name] = (xorb_hash(chunks), chunks)
     broken = bytearray(xorb_bytes(xorbs["c"][1]))
     broken[50] ^= 0xFF
-    # a and b in order (a corrupted c between them and d is refused), then d before c.
-    for name, body in (("a", None), ("c", bytes(broken)), ("b", None), ("d", None), ("c", None)):
-        sent = httpx.post(f"{cas}/v1/xorbs/default/{hashing.to_hex(xorbs[name][0])}",
-                          content=body or xorb_bytes(xorbs[name][1]), headers=headers)
-        assert sent.status_code == (400 if body else 200), (name, sent.text)
     lie = hashing.from_hex(hashlib.sha256(b"something else").hexdigest())
-    for first, second, path in (("a", "b", "on-arrival.bin"), ("a", "c", "part-rebuilt.bin"),
-                                ("c", "d", "rebuilt.bin")):
+    # Each case sends its xorbs ("c!" a corrupted c, refused), then the file's shard, refused with a lie and
+    # accepted with the truth; the accepted shard starts the next case's digest afresh.
+    for sent_first, (first, second), path in ((["a", "c!", "b"], ("a", "b"), "on-arrival.bin"),
+                                              (["c", "d"], ("c", "b"), "part-rebuilt.bin"),
+                                              ([], ("d", "c"), "rebuilt.bin")):
+        for name in sent_first:
+            body = bytes(broken) if name == "c!" else xorb_bytes(xorbs[name][1])
+            sent = httpx.post(f"{cas}/v1/xorbs/default/{hashing.to_hex(xorbs[name[0]][0])}", content=body,
+                              headers=headers)
+            assert sent.status_code == (400 if name == "c!" else 200), (name, sent.text)
         terms = [xorbs[first], xorbs[second]]
         content = b"".join(xorbs[first][1] + xorbs[second][1])
         refused = httpx.post(f"{cas}/v1/shards", content=files_shard([(terms, lie)]), headers=headers)
@@ -338,7 +341,8 @@ def test_a_files_sha256_is_verified_whether_hashed_on_arrival_or_rebuilt(server:
 
 def test_the_running_sha256_covers_a_files_leading_run_of_the_sessions_xorbs() -> None:
     """chains.py on its own: the digest after as many of the session's first xorbs as begin the file, whole and in
-    turn order, and how many of the file's terms it covers; the caller rebuilds the rest."""
+    turn order since the session's last shard, and how many of the file's terms it covers; the caller rebuilds the
+    rest."""
     import asyncio
 
     from keephub.xet.chains import Chains
@@ -376,6 +380,24 @@ def test_the_running_sha256_covers_a_files_leading_run_of_the_sessions_xorbs() -
     digest, _ = chains.resume("session", whole)
     digest.update(b"more")  # the caller extends a copy: the session's own state is untouched
     assert resumed("session", whole) == (hashlib.sha256(x + y).hexdigest(), 2)
+
+    # Once a shard registered the session's files, the next xorbs start a digest of their own: a file made of them
+    # is covered from its start, as the session's first file was.
+    begun_before = chains.ticket("session")
+    chains.restart("session")
+    assert resumed("session", whole) == (empty, 0)
+    again = chains.ticket("session")
+    asyncio.run(again.take_turn())
+    for chunk in pieces["y"]:
+        again.feed(chunk)
+    again.complete(names["y"], 2)
+    assert resumed("session", [whole[1]]) == (hashlib.sha256(y).hexdigest(), 1)
+    # An upload begun before the restart and ending after it extends the old digest, never the new one.
+    asyncio.run(begun_before.take_turn())
+    for chunk in pieces["x"]:
+        begun_before.feed(chunk)
+    begun_before.complete(names["x"], 2)
+    assert resumed("session", [whole[1], whole[0]]) == (hashlib.sha256(y).hexdigest(), 1)
 
 
 def test_cas_tokens_are_scoped_to_one_repo_and_access(server: Server, alice, api: HfApi, repo_id: str) -> None:

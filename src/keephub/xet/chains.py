@@ -4,9 +4,9 @@ A commit names a Xet file by the sha256 of its bytes, which the server must comp
 be committed. Rebuilding the file once its shard arrives reads, unpacks and hashes every byte a second time.
 Instead, each upload session (the uploads of one Hub token to one repo) keeps a running sha256 over the unpacked
 chunks of its xorbs, in the order their uploads began, fed by the same pass that verifies each chunk's hash; the
-digest after each verified xorb is kept. A file's sha256 starts from the digest after the longest run of its
-first terms that are exactly the session's first xorbs, whole and in that order, and only the rest of the file
-is rebuilt from the stored xorbs. A large file uploaded on its own (the common case) is then hashed once, on
+digest after each verified xorb is kept, and starts afresh once a shard registered the session's files. A file's
+sha256 starts from the digest after the longest run of its first terms that are exactly the xorbs sent since the
+session's last shard, whole and in that order, and only the rest of the file is rebuilt from the stored xorbs. A large file uploaded on its own (the common case) is then hashed once, on
 arrival; when hf_xet's concurrent uploads reach the server out of file order (its small last xorb often
 overtakes the one before) only the xorbs from the first one out of order are read back; any other shape
 (chunks deduplicated against xorbs stored before, several files sharing xorbs) is rebuilt whole. The verdict
@@ -108,6 +108,13 @@ class Chains:
             number = chain.next_ticket
             chain.next_ticket += 1
         return Ticket(self, chain, number)
+
+    def restart(self, session: Hashable) -> None:
+        """Start the session's digest afresh once a shard registered its files: the xorbs uploaded next begin the
+        next file (a training run pushing checkpoint after checkpoint with one token), which can then be covered
+        from its start. Uploads begun before keep the digest they began on; no file is ever matched to it again."""
+        with self._lock:
+            self._chains.pop(session, None)
 
     def resume(self, session: Hashable, terms: list[Term]) -> tuple[Any, int]:
         """A sha256 over the file's first `n` terms, and `n`: the most leading terms that are the session's first

@@ -207,6 +207,8 @@ class Cas:
                 if first is not None:
                     chunk = first.chunks[entry.terms[0].start].hash
                     self._index_for_dedup(session, first.hash, {hashing.to_hex(chunk)})
+        if grant.kind == tokens.REPO:
+            self._chains.restart(_session(grant))
         return 1 if new else 0
 
     @staticmethod
