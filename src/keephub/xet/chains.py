@@ -6,11 +6,12 @@ Instead, each upload session (the uploads of one Hub token to one repo) keeps a 
 chunks of its xorbs, in the order their uploads began, fed by the same pass that verifies each chunk's hash; the
 digest after each verified xorb is kept, and starts afresh once a shard registered the session's files. A file's
 sha256 starts from the digest after the longest run of its first terms that are exactly the xorbs sent since the
-session's last shard, whole and in that order, and only the rest of the file is rebuilt from the stored xorbs. A large file uploaded on its own (the common case) is then hashed once, on
-arrival; when hf_xet's concurrent uploads reach the server out of file order (its small last xorb often
-overtakes the one before) only the xorbs from the first one out of order are read back; any other shape
-(chunks deduplicated against xorbs stored before, several files sharing xorbs) is rebuilt whole. The verdict
-is the same either way, only its cost differs.
+session's last shard, whole and in that order, and only the rest of the file is rebuilt from the stored xorbs.
+A large file uploaded on its own, or each of a training run's checkpoints pushed one after another (the common
+cases), is then hashed once, on arrival; when hf_xet's concurrent uploads reach the server out of file order (its
+small last xorb often overtakes the one before) only the xorbs from the first one out of order are read back;
+any other shape (chunks deduplicated against xorbs stored before, several files sharing xorbs) is rebuilt whole.
+The verdict is the same either way, only its cost differs.
 
 Each xorb upload takes a ticket and feeds the digest only on its turn (waiting, without a thread, for the
 uploads that began before it to finish); one that waits too long gives its turn up and is verified unchained.
@@ -117,8 +118,9 @@ class Chains:
             self._chains.pop(session, None)
 
     def resume(self, session: Hashable, terms: list[Term]) -> tuple[Any, int]:
-        """A sha256 over the file's first `n` terms, and `n`: the most leading terms that are the session's first
-        xorbs, whole and in order (a fresh sha256 and 0 when the first is not). The caller hashes the rest."""
+        """A sha256 over the file's first `n` terms, and `n`: the most leading terms that are the xorbs sent since
+        the session's last shard, whole and in order (a fresh sha256 and 0 when the first is not). The caller hashes
+        the rest."""
         with self._lock:
             chain = self._chains.get(session)
             states = list(chain.states) if chain is not None else []
