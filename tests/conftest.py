@@ -306,6 +306,29 @@ def relay(source, target, seen: Callable[[bytes], None] | None = None) -> None: 
                 pass
 
 
+def read_response(sock, interim: bool = False) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    """One HTTP/1.1 response read off a raw socket: (status, body), the body by its Content-Length; with `interim`,
+    only an interim (1xx) response's head is read, and its status returned with an empty body."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(65536)
+        assert data, f"the server closed the connection after {buffer!r}"
+        buffer += data
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    if interim:
+        assert not rest, "nothing may follow an interim response before the client sends its body"
+        return status, b""
+    length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+    while len(rest) < length:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection inside a response body"
+        rest += data
+    assert len(rest) == length, "the server sent more than one response"
+    return status, rest
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """An S3 server for tests of the S3 backend whatever the pass: the pass's own SeaweedFS, else one started

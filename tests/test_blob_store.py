@@ -329,7 +329,8 @@ def test_local_writes_after_a_read_back_land_after_it(tmp_path: Path) -> None:
 def test_local_writes_fall_back_to_the_page_cache_where_direct_writes_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A filesystem that accepts O_DIRECT at open but refuses the writes (EINVAL) gets cached writes instead,
-    every byte kept, whether it refuses the first piece or only the padded tail."""
+    every byte kept, whether it refuses the first piece or only the padded tail, and also when the refusal
+    comes back (from the pool thread writing behind) after the next piece has begun."""
     import errno
 
     from keephub.storage.blobs import local
@@ -338,24 +339,25 @@ def test_local_writes_fall_back_to_the_page_cache_where_direct_writes_are_refuse
     if probe is None:
         pytest.skip("this filesystem has no O_DIRECT: the cached path is all it ever takes")
     probe.close()
-    real_write = os.write
+    real_pwrite = os.pwrite
     refused = []
 
-    def refuse_direct(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+    def refuse_direct(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
         import fcntl
 
         if fcntl.fcntl(fd, fcntl.F_GETFL) & local._O_DIRECT:
             refused.append(len(data))
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(local.os, "write", refuse_direct)
+    monkeypatch.setattr(local.os, "pwrite", refuse_direct)
     store = LocalBlobStore(tmp_path / "blobs")
-    for size in (10, 4 * 1024 * 1024 + 10):
+    for size in (10, 4 * 1024 * 1024 + 10, 12 * 1024 * 1024 + 10):
         data = os.urandom(size)
         put(store, data, pieces=3)
         assert read(store, sha(data)) == data
-    assert refused == [4096, 4 * 1024 * 1024]  # the first blob's padded tail, the second's first piece
+    # The first blob's padded tail, the second's and the third's first piece.
+    assert refused == [4096, 4 * 1024 * 1024, 4 * 1024 * 1024]
 
 
 def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: Path,
@@ -367,16 +369,16 @@ def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: 
     from keephub.storage.blobs import local
 
     store = LocalBlobStore(tmp_path / "blobs")
-    real_write = os.write
+    real_pwrite = os.pwrite
     written = []
 
-    def fill_up(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+    def fill_up(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(len(data))
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(local.os, "write", fill_up)
+    monkeypatch.setattr(local.os, "pwrite", fill_up)
     data = os.urandom(9 * 1024 * 1024)
     writer = store.begin(sha(data))
     with pytest.raises(OSError) as failed:
@@ -385,7 +387,7 @@ def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: 
     writer.abort()
     assert failed.value.errno == errno.ENOSPC
     assert not store.exists(sha(data)) and list(store.tmp.iterdir()) == []
-    monkeypatch.setattr(local.os, "write", real_write)
+    monkeypatch.setattr(local.os, "pwrite", real_pwrite)
     again = os.urandom(5 * 1024 * 1024 + 1)
     put(store, again)
     assert read(store, sha(again)) == again

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import Server, blob_staging, free_port
+from conftest import Server, blob_staging, free_port, read_response
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -325,6 +326,37 @@ def test_interrupted_lfs_upload_leaves_nothing(srv: Server, http: httpx.Client, 
     wait_for(lambda: not blob_staging(srv), "the temporary file to be removed after the failed upload")
     _invisible(http, repo_id, oid, len(data))
     assert "Traceback" not in srv.log_path.read_text()[log_start:], "a client hang-up is not a server error"
+
+
+def test_a_large_upload_after_100_continue_in_odd_pieces_is_kept_whole_on_a_reused_connection(
+        srv: Server, http: httpx.Client, repo_id: str) -> None:
+    """A body of several 4 MiB pieces, read straight into the server's buffers (wire/direct_body.py), sent as curl
+    sends one (`Expect: 100-continue`, the body only after the interim answer) in pieces that straddle every piece
+    boundary; then, on the same connection, a body refused before it is read, and a small request after it."""
+    data = os.urandom(9 * 1024 * 1024 + 7)
+    oid = sha256(data)
+    url = urlsplit(_upload_href(http, repo_id, oid, len(data)))
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {len(data)}\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        assert read_response(sock, interim=True) == (100, b"")
+        cuts = [0, 1, 4 * 1024 * 1024 + 2, 4 * 1024 * 1024 + 5, 8 * 1024 * 1024 - 1, len(data)]
+        for start, end in itertools.pairwise(cuts):
+            sock.sendall(data[start:end])
+        assert read_response(sock)[0] == 200
+        assert http.get(f"/{repo_id}.git/info/lfs/objects/{oid}").content == data
+
+        other = os.urandom(5 * 1024 * 1024)
+        refused = urlsplit(_upload_href(http, repo_id, sha256(other), len(other) - 1))
+        sock.sendall(f"PUT {refused.path}?{refused.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     f"Content-Length: {len(other)}\r\n\r\n".encode() + other)
+        status, body = read_response(sock)
+        assert status == 400 and f"more than the announced {len(other) - 1} bytes" in json.loads(body)["error"]
+        sock.sendall(f"GET /api/whoami-v2 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     f"Authorization: {http.headers['authorization']}\r\n\r\n".encode())
+        status, body = read_response(sock)
+        assert status == 200 and json.loads(body)["name"]
+    _invisible(http, repo_id, sha256(other), len(other))
 
 
 def test_upload_cut_by_a_server_crash_is_swept_at_restart(srv: Server, http: httpx.Client, repo_id: str) -> None:

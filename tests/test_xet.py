@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Iterator
 import httpx
 import lz4.frame
 import pytest
-from conftest import XET_ENABLED, Server, free_port, stored_blobs
+from conftest import XET_ENABLED, Server, free_port, read_response, stored_blobs
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from keephub.xet import hashing
@@ -240,6 +241,30 @@ def test_corrupted_xorbs_are_rejected_and_nothing_is_stored(server: Server, alic
     assert accepted.status_code == 200 and accepted.json() == {"was_inserted": True}
     again = httpx.post(f"{cas}/v1/xorbs/default/{name}", content=good, headers=headers)
     assert again.json() == {"was_inserted": False}
+
+
+def test_a_large_xorb_refused_mid_body_leaves_nothing_and_its_connection_serves_the_next(
+        server: Server, alice, repo_id: str) -> None:
+    """A xorb of several 4 MiB pieces (read straight into the server's buffers, wire/direct_body.py) whose chunk
+    header goes bad in its first piece is refused while the rest is still arriving; the same connection then
+    carries a good one of the same size, uncompressed and with chunks straddling every piece boundary."""
+    cas, headers = cas_token(server, alice[1], repo_id, "write")
+    chunks = [random_bytes(65_000 + 13 * n, 30 + n) for n in range(160)]
+    good = xorb_bytes(chunks, scheme=0)
+    name = hashing.to_hex(xorb_hash(chunks))
+    bad = bytearray(good)
+    bad[sum(8 + len(c) for c in chunks[:16])] = 7  # the 17th chunk's header version
+    url = httpx.URL(f"{cas}/v1/xorbs/default/{name}")
+    head = (f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.netloc.decode()}\r\n"
+            f"Authorization: {headers['Authorization']}\r\nContent-Length: {len(good)}\r\n\r\n").encode()
+    with socket.create_connection((url.host, url.port), timeout=60) as sock:
+        sock.sendall(head + bad)
+        status, body = read_response(sock)
+        assert status == 400 and "unknown chunk header version 7" in json.loads(body)["error"]
+        assert name not in stored_xorbs(server)
+        sock.sendall(head + good)
+        assert read_response(sock) == (200, b'{"was_inserted":true}')
+    assert name in stored_xorbs(server)
 
 
 def commit_lfs(server: Server, token: str, repo_id: str, path: str, content: bytes) -> httpx.Response:

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from keephub.jobs.scheduler import check_job_settings
     from keephub.storage.blobs import check_blob_settings, trim
     from keephub.storage.db import check_database_url
-    from keephub.wire.header_limits import BoundedHttpToolsProtocol
+    from keephub.wire.direct_body import DirectBodyProtocol
 
     trim.limit_heaps()
     settings = _settings(args)
@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"keephub serving {settings.data_dir.resolve()} at {settings.base_url}", flush=True)
     print(f"  point clients at it: export HF_ENDPOINT={settings.base_url}", flush=True)
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5, date_header=False, http=BoundedHttpToolsProtocol)
+                            timeout_graceful_shutdown=5, date_header=False, http=DirectBodyProtocol)
     # Jobs in isolated networks reach the API through this socket, bound into each sandbox.
     uvicorn.Server(config).run(sockets=[config.bind_socket(), jobs_socket(settings.data_dir)])
     return 0

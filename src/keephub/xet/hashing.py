@@ -30,7 +30,7 @@ def is_hash_string(value: object) -> bool:
 
 def to_hex(raw: bytes) -> str:
     """The wire form of a raw 32-byte hash."""
-    return b"".join(raw[i : i + 8][::-1] for i in range(0, 32, 8)).hex()
+    return (raw[7::-1] + raw[15:7:-1] + raw[23:15:-1] + raw[31:23:-1]).hex()
 
 
 def from_hex(text: str) -> bytes:

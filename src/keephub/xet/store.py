@@ -124,6 +124,8 @@ class Cas:
                 session.flush()
                 eligible = {hashing.to_hex(c.hash) for c in chunks if hashing.is_global_dedup_eligible(c.hash)}
                 self._index_for_dedup(session, xorb, eligible)
+        # The shard that names it comes next: it finds the index here instead of reading it back.
+        self._cache(XorbEntry(xorb, chunks, size))
         return True
 
     @contextmanager
@@ -161,11 +163,14 @@ class Cas:
             if row is None:
                 return None
             entry = XorbEntry(xorb, formats.unpack_chunk_index(row.chunk_index), row.stored_bytes)
+        self._cache(entry)
+        return entry
+
+    def _cache(self, entry: XorbEntry) -> None:
         with self._cache_lock:
             if len(self._xorb_cache) >= XORB_CACHE_ENTRIES:
                 self._xorb_cache.pop(next(iter(self._xorb_cache)), None)
-            self._xorb_cache[xorb] = entry
-        return entry
+            self._xorb_cache[entry.hash] = entry
 
     # -- shards ---------------------------------------------------------------------------------------
     def register_shard(self, grant: tokens.CasGrant, body: bytes) -> int:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 from keephub.storage.blobs import trim
@@ -89,8 +89,8 @@ class BlobWriter:
     Merkle hash, read through `read_back`; a multipart part, re-hashed when the upload completes). `abort`, or
     a crash, leaves nothing visible; each backend's `sweep_stale` removes what crashes leave behind.
 
-    Each piece is hashed in a pool thread while the backend stores it; a piece's hash finishes before the
-    next piece's starts, which keeps them in order.
+    Each piece is hashed in a pool thread while the backend stores it, and both are done when `write` returns:
+    the caller may reuse the piece's buffer (direct_body.py does).
     """
 
     def __init__(self, key: str, sink: Sink, *, hashed: bool = True) -> None:
@@ -98,32 +98,26 @@ class BlobWriter:
         self._sink = sink
         self._hashed = hashed
         self._digest = hashlib.sha256()
-        self._hashing: Future[None] | None = None
         self._ended = False
         self.size = 0
 
-    def write(self, data: bytes) -> None:
-        self._wait_for_hash()
-        if self._hashed:
-            self._hashing = _hashers.submit(self._digest.update, data)
-        self._sink.write(data)
+    def write(self, data: bytes | memoryview) -> None:
+        hashing = _hashers.submit(self._digest.update, data) if self._hashed else None
+        try:
+            self._sink.write(data)
+        finally:
+            if hashing is not None:
+                hashing.result()
         self.size += len(data)
-
-    def _wait_for_hash(self) -> None:
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
 
     @property
     def sha256(self) -> str:
         if not self._hashed:
             raise RuntimeError("this writer was begun with hashed=False; its caller verifies the content itself")
-        self._wait_for_hash()
         return self._digest.hexdigest()
 
     def read_back(self) -> BinaryIO:
         """The bytes written so far, for a verifier that reads them (only if the store began it with spool)."""
-        self._wait_for_hash()
         return self._sink.read_back()
 
     def commit(self, expected_size: int | None) -> None:
@@ -140,14 +134,12 @@ class BlobWriter:
     def commit_verified(self) -> None:
         """Place the bytes under the key without the sha256 check: the caller has verified them itself."""
         try:
-            self._wait_for_hash()
             self._sink.place()
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Drop the bytes unless committed; idempotent, so callers may abort in a `finally` after committing."""
-        self._wait_for_hash()
         self._sink.discard()
         if not self._ended:
             self._ended = True
