@@ -87,6 +87,7 @@ async def receive_into(request: Request, pending, limit: int,  # type: ignore[no
             writing, written = asyncio.get_running_loop().run_in_executor(_piece_writers, pending.write, piece), piece
         if writing is not None:
             await writing
+            direct.give_back(written)  # type: ignore[arg-type]
     finally:
         await _finish(writing)
         direct.close()

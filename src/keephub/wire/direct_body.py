@@ -161,6 +161,11 @@ class DirectBody:
             return
         self._closed = True
         self._protocol.detach(self)
+        if self._filling is not None:
+            self._free.append(self._filling)
+        for piece in self._full:
+            self._free.append(piece.obj)  # type: ignore[arg-type]
+            piece.release()
         for buffer in self._free:
             _buffers.give(buffer)
         self._free.clear()
