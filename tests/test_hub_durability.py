@@ -344,7 +344,7 @@ def test_a_large_upload_after_100_continue_in_odd_pieces_is_kept_whole_on_a_reus
         for start, end in itertools.pairwise(cuts):
             sock.sendall(data[start:end])
         assert read_response(sock)[0] == 200
-        assert http.get(f"/{repo_id}.git/info/lfs/objects/{oid}").content == data
+        assert http.get(f"/{repo_id}.git/info/lfs/objects/{oid}", follow_redirects=True).content == data
 
         other = os.urandom(5 * 1024 * 1024)
         refused = urlsplit(_upload_href(http, repo_id, sha256(other), len(other) - 1))
