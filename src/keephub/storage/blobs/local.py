@@ -12,7 +12,6 @@ disk rather than the cache. Filesystems without O_DIRECT (tmpfs on older kernels
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import fcntl
 import mmap
@@ -22,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,9 +149,12 @@ class _DirectFile:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
-            self._direct = False
+            self._stop_direct()
             _pwrite_all(self._fd, memoryview(buffer)[:length], offset)
+
+    def _stop_direct(self) -> None:
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        self._direct = False
 
     def finish(self) -> None:
         """Put every byte written so far into the file; later writes are cached ones."""
@@ -169,8 +171,7 @@ class _DirectFile:
         self._on_disk += self._filled
         self._filled = 0
         if self._direct:
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
-            self._direct = False
+            self._stop_direct()
         os.lseek(self._fd, self._on_disk, os.SEEK_SET)
         self._release_buffers()
 
@@ -187,7 +188,7 @@ class _DirectFile:
         if self._writing is not None:
             # An abandoned writer (its upload failed): the piece in flight must not land in a reused descriptor.
             # Its own error, if any, is dropped: the one that abandoned the writer is what the client hears.
-            concurrent.futures.wait([self._writing])
+            wait([self._writing])
             self._writing = None
         if self._fd >= 0:
             os.close(self._fd)
