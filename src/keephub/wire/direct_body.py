@@ -282,8 +282,3 @@ class DirectBodyProtocol(BoundedHttpToolsProtocol):
         if reader.body is not None:
             reader.body.end()
         self.on_message_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._reader is not None and self._reader.body is not None:
-            self._reader.body.disconnect()
-        super().connection_lost(exc)
