@@ -9,6 +9,7 @@ included) and whatever the command returns (a run id).
 
     python peers_driver.py hf-upload ENDPOINT TOKEN REPO FILE=PATH_IN_REPO...
     python peers_driver.py hf-download ENDPOINT TOKEN REPO FILENAME CACHE_DIR [REVISION]
+    python peers_driver.py hf-xet-sink SINK_URL FILE=PATH_IN_REPO...
     python peers_driver.py mlflow-upload TRACKING_URI FILE=ARTIFACT_DIR...
     python peers_driver.py mlflow-download TRACKING_URI RUN_ID ARTIFACT_PATH DEST_DIR
     python peers_driver.py mlflow-small-setup TRACKING_URI SOURCE_DIR MODEL_NAME
@@ -47,6 +48,23 @@ def hf_upload(endpoint: str, token: str, repo: str, *items: str) -> dict:
     return timed_each([
         lambda source=source, target=target: api.upload_file(path_or_fileobj=source, path_in_repo=target,
                                                              repo_id=repo, commit_message=f"save {target}")
+        for source, target in pairs(list(items))
+    ])
+
+
+def hf_xet_sink(sink_url: str, *items: str) -> dict:
+    """hf_xet's part of `hf-upload` alone, each file in its own upload session as `upload_file` makes it (the
+    very function it calls), against xet_sink.py: the client's own ceiling. The Hub calls around it (preupload,
+    commit) are left out: they cost milliseconds."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub._commit_api import _upload_xet_files
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers(token="sink")
+    return timed_each([
+        lambda source=source, target=target: _upload_xet_files(
+            additions=[CommitOperationAdd(path_in_repo=target, path_or_fileobj=source)], repo_type="model",
+            repo_id="sink/ceiling", headers=headers, endpoint=sink_url, revision="main", create_pr=False)
         for source, target in pairs(list(items))
     ])
 
@@ -96,6 +114,7 @@ def mlflow_small_setup(tracking_uri: str, source_dir: str, model_name: str) -> d
 COMMANDS = {
     "hf-upload": hf_upload,
     "hf-download": hf_download,
+    "hf-xet-sink": hf_xet_sink,
     "mlflow-upload": mlflow_upload,
     "mlflow-download": mlflow_download,
     "mlflow-small-setup": mlflow_small_setup,
