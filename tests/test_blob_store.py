@@ -360,6 +360,51 @@ def test_local_writes_fall_back_to_the_page_cache_where_direct_writes_are_refuse
     assert refused == [4096, 4 * 1024 * 1024, 4 * 1024 * 1024]
 
 
+def test_local_writes_from_page_aligned_buffers_go_to_the_disk_with_no_copy(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece in page-aligned writable memory (direct_body.py's buffers) is written to the disk from that memory
+    itself, its whole blocks at least; what follows it (an unaligned tail, a bytes piece) is gathered as before,
+    every byte lands in order, and a filesystem that refuses the direct write gets the same bytes cached."""
+    import errno
+    import fcntl
+    import mmap
+
+    from keephub.storage.blobs import local
+
+    probe = local._DirectFile.create(tmp_path / "probe")
+    if probe is None:
+        pytest.skip("this filesystem has no O_DIRECT: the cached path is all it ever takes")
+    probe.close()
+    real_pwrite = os.pwrite
+    sources: list[object] = []
+    refuse = False
+
+    def record(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        if refuse and fcntl.fcntl(fd, fcntl.F_GETFL) & local._O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        sources.append(memoryview(data).obj)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(local.os, "pwrite", record)
+    store = LocalBlobStore(tmp_path / "blobs")
+    for refuse in (False, True):
+        first, second = mmap.mmap(-1, 8 * 1024 * 1024), mmap.mmap(-1, 4 * 1024 * 1024 + 4096)
+        first.write(os.urandom(len(first)))
+        second.write(os.urandom(len(second)))
+        last = os.urandom(100)
+        data = bytes(first) + bytes(second[:4 * 1024 * 1024 + 5]) + last
+        sources.clear()
+        writer = store.begin(sha(data))
+        writer.write(memoryview(first))
+        writer.write(memoryview(second)[:4 * 1024 * 1024 + 5])
+        writer.write(last)
+        writer.commit(len(data))
+        assert read(store, sha(data)) == data
+        if not refuse:
+            # Straight from `first` and from `second`'s whole blocks; its 5 bytes and `last`: one padded piece.
+            assert sources[:2] == [first, second] and len(sources) == 3 and sources[2] not in (first, second)
+
+
 def test_a_failed_local_write_leaves_nothing_and_the_next_write_works(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk that fills up mid-blob: the writer's error is the disk's own (ENOSPC), nothing is placed, its

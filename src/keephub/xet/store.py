@@ -513,7 +513,8 @@ class Cas:
 class XorbUpload:
     """A xorb being received: each piece is parsed, unpacked and hashed chunk by chunk as it arrives (from the bytes
     already in memory, never read back from disk) while the blob store writes it, and each unpacked chunk extends
-    the session's running sha256 when this upload has its turn."""
+    the session's running sha256 when this upload has its turn. A malformed piece is refused once the store is
+    done with it; nothing of the xorb is kept (the caller aborts the upload)."""
 
     def __init__(self, xorb: str, pending: BlobWriter, ticket: Ticket | None) -> None:
         self.xorb = xorb
@@ -521,12 +522,12 @@ class XorbUpload:
         self.ticket = ticket
         self._reader = formats.XorbReader(ticket.feed if ticket is not None else None)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """A piece of the xorb, parsed and hashed while the blob store writes it (from the same memory: no copy)."""
         try:
-            self._reader.feed(data)
+            self.pending.write(data, alongside=self._reader.feed)
         except FormatError as exc:
             raise BadRequest(f"xorb {self.xorb} rejected, nothing was stored: {exc}")
-        self.pending.write(data)
 
     def verified_chunks(self) -> list[ChunkRecord]:
         """The xorb's chunks, once all its bytes arrived and their Merkle hash is the xorb's; a 400 otherwise."""

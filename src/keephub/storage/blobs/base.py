@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
@@ -21,6 +21,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK = 1024 * 1024
 # sha256 releases the GIL, so a blob's bytes are hashed on another core while the backend stores them.
 _hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="blob-sha256")
+
+
+def _run_each(checks: list[Callable[[bytes | memoryview], None]], data: bytes | memoryview) -> None:
+    for check in checks:
+        check(data)
 
 
 class HashMismatch(ValueError):
@@ -101,13 +106,17 @@ class BlobWriter:
         self._ended = False
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> None:
-        hashing = _hashers.submit(self._digest.update, data) if self._hashed else None
+    def write(self, data: bytes | memoryview, alongside: Callable[[bytes | memoryview], None] | None = None) -> None:
+        """Store a piece; `alongside(data)`, a check of the same bytes by the caller (a xorb's chunks are hashed
+        that way), runs with the sha256 in the pool thread, while the backend stores them. Its error is raised
+        once the store is done with the piece."""
+        checks = [check for check in (self._digest.update if self._hashed else None, alongside) if check]
+        checking = _hashers.submit(_run_each, checks, data) if checks else None
         try:
             self._sink.write(data)
         finally:
-            if hashing is not None:
-                hashing.result()
+            if checking is not None:
+                checking.result()
         self.size += len(data)
 
     @property

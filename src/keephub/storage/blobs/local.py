@@ -12,6 +12,7 @@ disk rather than the cache. Filesystems without O_DIRECT (tmpfs on older kernels
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -75,7 +76,9 @@ class _DirectFile:
 
     A full piece is written by a pool thread while the next one fills (a direct write blocks until the disk has
     the bytes: ~3 ms per 4 MiB here, which a caller hashing the same bytes would otherwise wait out in turn), so
-    two buffers take turns and at most one write is in flight. `finish` writes what is left (padded to the
+    two buffers take turns and at most one write is in flight. A caller whose piece is itself page-aligned memory
+    (direct_body.py's buffers: every large upload) has its whole blocks written from that memory, with no copy,
+    before `write` returns; BlobWriter hashes the same bytes meanwhile. `finish` writes what is left (padded to the
     alignment, then the file cut back to its true size) and turns the file back into a cached one, so that
     whatever is written after it (nothing, in practice) still lands at the right offset. A filesystem that
     refuses a direct write gets the same treatment at once.
@@ -104,13 +107,26 @@ class _DirectFile:
             return None
         return cls(fd)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         self._size += len(view)
         if self._buffer is None:
             _write_all(self._fd, view)
             return
         while view:
+            if self._filled == 0 and len(view) >= _DIRECT_PIECE_BYTES and _page_aligned(view):
+                # The caller's own buffer goes to the disk, with no copy; the write ends before `write` returns.
+                self._wait()
+                whole = len(view) - len(view) % _DIRECT_ALIGN
+                if self._direct:
+                    self._write_piece(view, whole, self._on_disk)
+                    self._on_disk += whole
+                    view = view[whole:]
+                if not self._direct:
+                    self.finish()
+                    _write_all(self._fd, view)
+                    return
+                continue
             taken = min(len(view), _DIRECT_PIECE_BYTES - self._filled)
             self._buffer[self._filled:self._filled + taken] = view[:taken]
             self._filled += taken
@@ -141,7 +157,7 @@ class _DirectFile:
             writing, self._writing = self._writing, None
             writing.result()
 
-    def _write_piece(self, buffer: mmap.mmap, length: int, offset: int) -> None:
+    def _write_piece(self, buffer: mmap.mmap | memoryview, length: int, offset: int) -> None:
         """Write the buffer's first `length` bytes (aligned) at `offset` directly, or cached if the filesystem
         refuses; only one runs at a time for a file."""
         try:
@@ -198,6 +214,14 @@ class _DirectFile:
     @property
     def closed(self) -> bool:
         return self._fd < 0
+
+
+def _page_aligned(view: memoryview) -> bool:
+    """Whether a buffer may be written directly as it is: writable memory (so its address can be known) that
+    starts on a page boundary, as direct_body.py's buffers do."""
+    if view.readonly or not view.c_contiguous:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % _DIRECT_ALIGN == 0
 
 
 def _write_all(fd: int, view: memoryview) -> None:
