@@ -169,6 +169,32 @@ def test_caller_verified_content_is_read_back_then_placed(store: BlobStore) -> N
     assert read(store, key) == data
 
 
+def test_a_check_alongside_the_write_sees_every_piece_and_its_refusal_leaves_nothing(store: BlobStore) -> None:
+    """A xorb's path: the caller's check of each piece runs beside the store's write of it, sees the same bytes in
+    order, and its error comes out of `write` (after the store is done with the piece); aborting then keeps
+    nothing, and the store takes the next blob as usual."""
+    data = os.urandom(PART + 999)
+    seen: list[bytes] = []
+    key = sha(b"a checked merkle hash")
+    writer = store.begin(key, hashed=False)
+    writer.write(data[:1000], alongside=lambda piece: seen.append(bytes(piece)))
+    writer.write(data[1000:], alongside=lambda piece: seen.append(bytes(piece)))
+    writer.commit_verified()
+    assert b"".join(seen) == data and read(store, key) == data
+
+    def refuse(piece: bytes | memoryview) -> None:
+        raise ValueError("chunk 3 at byte 99: sizes are outside the limits")
+
+    refused = sha(b"a refused merkle hash")
+    writer = store.begin(refused, hashed=False)
+    with pytest.raises(ValueError, match="chunk 3"):
+        writer.write(data, alongside=refuse)
+    writer.abort()
+    assert not store.exists(refused) and refused not in set(store.keys())
+    again = os.urandom(5000)
+    assert read(store, put(store, again)) == again
+
+
 def test_multipart_parts(store: BlobStore) -> None:
     upload = uuid.uuid4().hex
     parts = [os.urandom(2000 + n) for n in range(3)]
