@@ -4,36 +4,24 @@ A figure whose target lies beyond what the client itself can do is reported with
 Uploading the same files through hf_xet to this server, which answers the token refresh, reads each xorb and
 shard to its last byte, finds no chunk in its global dedup query and stores nothing, leaves the client's own
 work: chunking, hashing, the sha256, compression, and sending the bytes over loopback. No server that receives
-the bytes can make the upload faster than that. Standard library only; one thread per connection.
+the bytes can make the upload faster than that. The server is the standard library's; one thread per connection.
 
-    python xet_sink.py PORT        (prints "ready" once listening; GET /stats answers the bytes received)
+    python xet_sink.py PORT        (prints "ready" once listening)
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from keephub.devserver import free_port
+
 READ_BYTES = 1024 * 1024
 TOKEN_SECONDS = 3600
-
-
-class _Totals:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.body_bytes = 0
-        self.xorbs = 0
-        self.shards = 0
-
-
-TOTALS = _Totals()
 
 
 class SinkHandler(BaseHTTPRequestHandler):
@@ -48,50 +36,39 @@ class SinkHandler(BaseHTTPRequestHandler):
             self._json({"accessToken": "sink", "exp": int(time.time()) + TOKEN_SECONDS, "casUrl": url},
                        {"X-Xet-Cas-Url": url, "X-Xet-Access-Token": "sink",
                         "X-Xet-Token-Expiration": str(int(time.time()) + TOKEN_SECONDS)})
-        elif self.path == "/stats":
-            with TOTALS.lock:
-                self._json({"body_bytes": TOTALS.body_bytes, "xorbs": TOTALS.xorbs, "shards": TOTALS.shards})
         else:  # the global dedup query: no chunk is known here
             self._json({"error": "not found"}, status=404)
 
     def do_POST(self) -> None:
-        received = self._drain()
+        self._drain()
         path = self.path.split("?", 1)[0]
-        xorb, shard = path.startswith("/v1/xorbs/"), path == "/v1/shards"
-        with TOTALS.lock:
-            TOTALS.body_bytes += received
-            TOTALS.xorbs += xorb
-            TOTALS.shards += shard
-        if xorb:
+        if path.startswith("/v1/xorbs/"):
             self._json({"was_inserted": True})
-        elif shard:
+        elif path == "/v1/shards":
             self._json({"result": 1})
         elif path.endswith("/telemetry"):
             self._json({})
         else:  # what keephub does not serve either (xorb grants, v2 shards): hf_xet falls back to the above
             self._json({"error": "not found"}, status=404)
 
-    def _drain(self) -> int:
+    def _drain(self) -> None:
         """Read the request body to its end (Content-Length or chunked) into one reused buffer."""
         buffer = memoryview(bytearray(READ_BYTES))
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            total = 0
             while size := int(self.rfile.readline().split(b";")[0], 16):
-                total += self._read(buffer, size)
+                self._read(buffer, size)
                 self.rfile.readline()
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass
-            return total
-        return self._read(buffer, int(self.headers.get("content-length") or 0))
+        else:
+            self._read(buffer, int(self.headers.get("content-length") or 0))
 
-    def _read(self, buffer: memoryview, size: int) -> int:
-        left = size
-        while left:
-            got = self.rfile.readinto(buffer[: min(left, len(buffer))])
+    def _read(self, buffer: memoryview, size: int) -> None:
+        while size:
+            got = self.rfile.readinto(buffer[: min(size, len(buffer))])
             if not got:
                 raise ConnectionError("the client closed the connection inside a body")
-            left -= got
-        return size
+            size -= got
 
     def _json(self, answer: dict, extra: dict[str, str] | None = None, status: int = 200) -> None:
         body = json.dumps(answer).encode()
@@ -108,9 +85,7 @@ class XetSink:
     """This file's server in a child process on a free 127.0.0.1 port."""
 
     def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.process = subprocess.Popen([sys.executable, str(Path(__file__)), str(self.port)], stdout=subprocess.PIPE,
                                         text=True)
         assert self.process.stdout is not None
@@ -121,10 +96,6 @@ class XetSink:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/stats", timeout=10) as answer:
-            return json.load(answer)
 
     def stop(self) -> None:
         self.process.terminate()
