@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-import threading
 from collections import deque
 from typing import Any
 
 import httptools
 from starlette.requests import ClientDisconnect
 
+from keephub.wire.buffers import BufferPool
 from keephub.wire.header_limits import BoundedHttpToolsProtocol
 
 EXTENSION = "keephub.direct_body"
@@ -34,30 +34,7 @@ _SPARE_BUFFERS = 2
 _HOLDING_BYTES = 256 * 1024
 
 
-class _BufferPool:
-    """Buffers of one size reused across requests (at most `keep` spare): a fresh one costs a page fault per page.
-    They are page-aligned (anonymous maps), so a blob store may write a piece to the disk straight from its buffer
-    (O_DIRECT), with no copy."""
-
-    def __init__(self, keep: int) -> None:
-        self._keep = keep
-        self._spare: dict[int, list[mmap.mmap]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> mmap.mmap:
-        with self._lock:
-            spare = self._spare.get(size)
-            if spare:
-                return spare.pop()
-        return mmap.mmap(-1, size)
-
-    def give(self, buffer: mmap.mmap) -> None:
-        with self._lock:
-            if sum(len(kept) for kept in self._spare.values()) < self._keep:
-                self._spare.setdefault(len(buffer), []).append(buffer)
-
-
-_buffers = _BufferPool(_SPARE_BUFFERS)
+_buffers = BufferPool(_SPARE_BUFFERS)
 
 
 class DirectBody:

@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from keephub.config import Settings
-from keephub.storage.blobs import BlobStore, BlobWriter, iter_range, trim
+from keephub.storage.blobs import BlobStore, BlobWriter, HashBehind, iter_range, trim
 from keephub.storage.db import Database, insert_for, inserted
 from keephub.storage.schema import (
     Bucket,
@@ -417,18 +417,21 @@ class Cas:
 
     def _rebuilt_sha256(self, terms: list[Term], digest: Any) -> str:
         """`digest` (a sha256 over the file's bytes before `terms`) extended by the terms' bytes rebuilt from the
-        stored xorbs, read in large pieces (chunk hashes were verified on upload, so only the sha256 is computed)."""
+        stored xorbs, read in large pieces (chunk hashes were verified on upload, so only the sha256 is computed);
+        each piece is hashed while the next is read and parsed."""
+        behind = HashBehind(digest, formats.READ_PIECE_BYTES)
         for term in terms:
             xorb = self.xorb(hashing.to_hex(term.xorb))
             if xorb is None:
                 raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
             first, last = xorb.byte_span(term.start, term.end)
-            reader = formats.XorbReader(digest.update, hash_chunks=False)
-            for piece in iter_range(self.xorbs, xorb.hash, first, last - first + 1, formats.READ_PIECE_BYTES):
+            reader = formats.XorbReader(behind.add, hash_chunks=False)
+            for piece in behind.pieces(self.xorbs.open_range(xorb.hash, first, last - first + 1),
+                                       last - first + 1):
                 reader.feed(piece)
             if len(reader.finish()) != term.end - term.start:
                 raise FormatError(f"xorb {xorb.hash} holds other chunks than its index says")
-        return str(digest.hexdigest())
+        return behind.hexdigest()
 
     def read_xorb_range(self, xorb: str, first: int, last: int) -> Iterator[bytes]:
         return iter_range(self.xorbs, xorb, first, last - first + 1)

@@ -14,6 +14,7 @@ from keephub.storage.blobs.base import (
     BlobStoreUnavailable,
     BlobWriter,
     ByteStream,
+    HashBehind,
     HashMismatch,
     SizeMismatch,
     is_sha256,
@@ -23,7 +24,7 @@ from keephub.storage.blobs.base import (
 from keephub.storage.blobs.local import LocalBlobStore
 from keephub.storage.blobs.memory import MemoryBlobStore
 
-__all__ = ["BlobStore", "BlobStoreUnavailable", "BlobStores", "BlobWriter", "ByteStream", "HashMismatch",
+__all__ = ["BlobStore", "BlobStoreUnavailable", "BlobStores", "BlobWriter", "ByteStream", "HashBehind", "HashMismatch",
            "LocalBlobStore", "MemoryBlobStore", "SizeMismatch", "check_blob_settings", "is_sha256", "iter_range",
            "iter_stream", "open_blob_stores"]
 

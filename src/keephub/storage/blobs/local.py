@@ -18,7 +18,6 @@ import fcntl
 import mmap
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from keephub.storage.blobs.base import BlobWriter, ByteStream, check_key, check_part
+from keephub.wire.buffers import BufferPool
 
 _WRITE_BEHIND_BYTES = 8 * 1024 * 1024
 _fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS and Windows
@@ -40,33 +40,7 @@ _DIRECT_ALIGN = 4096
 _SPARE_BUFFERS = 4
 
 
-class _BufferPool:
-    """Page-aligned buffers for direct writes, reused across writers (at most `keep` spare)."""
-
-    def __init__(self, size: int, keep: int) -> None:
-        self._size = size
-        self._keep = keep
-        self._spare: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> mmap.mmap:
-        with self._lock:
-            if self._spare:
-                return self._spare.pop()
-        return mmap.mmap(-1, self._size)
-
-    def give(self, buffer: mmap.mmap) -> None:
-        with self._lock:
-            if len(self._spare) < self._keep:
-                self._spare.append(buffer)
-                return
-        try:
-            buffer.close()
-        except BufferError:  # a view of it is still held (by a traceback being handled): freed with that view
-            pass
-
-
-_direct_buffers = _BufferPool(_DIRECT_PIECE_BYTES, _SPARE_BUFFERS)
+_direct_buffers = BufferPool(_SPARE_BUFFERS)
 # Direct writes release the GIL and mostly wait on the disk: more threads than cores is fine.
 _direct_writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-direct-write")
 
@@ -86,7 +60,7 @@ class _DirectFile:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._buffer: mmap.mmap | None = _direct_buffers.take()
+        self._buffer: mmap.mmap | None = _direct_buffers.take(_DIRECT_PIECE_BYTES)
         self._spare: mmap.mmap | None = None
         self._writing: Future[None] | None = None
         self._filled = 0
@@ -147,7 +121,7 @@ class _DirectFile:
         full, offset = self._buffer, self._on_disk
         self._writing = _direct_writers.submit(self._write_piece, full, _DIRECT_PIECE_BYTES, offset)
         self._on_disk += _DIRECT_PIECE_BYTES
-        self._buffer = self._spare if self._spare is not None else _direct_buffers.take()
+        self._buffer = self._spare if self._spare is not None else _direct_buffers.take(_DIRECT_PIECE_BYTES)
         self._spare = full
         self._filled = 0
 
@@ -307,6 +281,14 @@ class _Window:
         if self._remaining is not None:
             self._remaining -= len(data)
         return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._remaining is not None:
+            buffer = buffer[: self._remaining]
+        got = self._fh.readinto(buffer)
+        if self._remaining is not None:
+            self._remaining -= got
+        return got
 
     def close(self) -> None:
         self._fh.close()
