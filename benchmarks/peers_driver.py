@@ -10,6 +10,7 @@ included) and whatever the command returns (a run id).
     python peers_driver.py hf-upload ENDPOINT TOKEN REPO FILE=PATH_IN_REPO...
     python peers_driver.py hf-download ENDPOINT TOKEN REPO FILENAME CACHE_DIR [REVISION]
     python peers_driver.py hf-xet-sink SINK_URL FILE=PATH_IN_REPO...
+    python peers_driver.py hf-lfs-sink SINK_URL FILE=PATH_IN_REPO...
     python peers_driver.py mlflow-upload TRACKING_URI FILE=ARTIFACT_DIR...
     python peers_driver.py mlflow-download TRACKING_URI RUN_ID ARTIFACT_PATH DEST_DIR
     python peers_driver.py mlflow-small-setup TRACKING_URI SOURCE_DIR MODEL_NAME
@@ -69,6 +70,21 @@ def hf_xet_sink(sink_url: str, *items: str) -> dict:
     ])
 
 
+def hf_lfs_sink(sink_url: str, *items: str) -> dict:
+    """The git-lfs part of `hf-upload` with `HF_HUB_DISABLE_XET=1`, alone, against xet_sink.py: the file's
+    sha256 (what the LFS batch call names it by), then its basic-transfer PUT through huggingface_hub's own
+    function. The calls around it (preupload, the batch, verify, commit) are left out: they cost milliseconds."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.lfs import _upload_single_part
+
+    def upload(source: str, target: str) -> None:
+        operation = CommitOperationAdd(path_in_repo=target, path_or_fileobj=source)
+        _upload_single_part(operation, f"{sink_url}/lfs/{operation.upload_info.sha256.hex()}")
+
+    return timed_each([lambda source=source, target=target: upload(source, target)
+                       for source, target in pairs(list(items))])
+
+
 def hf_download(endpoint: str, token: str, repo: str, filename: str, cache_dir: str, revision: str = "main") -> dict:
     from huggingface_hub import hf_hub_download
 
@@ -115,6 +131,7 @@ COMMANDS = {
     "hf-upload": hf_upload,
     "hf-download": hf_download,
     "hf-xet-sink": hf_xet_sink,
+    "hf-lfs-sink": hf_lfs_sink,
     "mlflow-upload": mlflow_upload,
     "mlflow-download": mlflow_download,
     "mlflow-small-setup": mlflow_small_setup,

@@ -16,9 +16,9 @@ b. A fresh random file of --upload-mib: `upload_file` through hf_xet and through
    (HF_HUB_DISABLE_XET=1), each against MLflow's `log_artifact` of a file as fresh.
 c. That file back down: `hf_hub_download` with hf_xet (the Xet-stored copy) and over plain HTTP (the
    LFS-stored copy) against MLflow's `download_artifacts` (diagnostic).
-Ceilings: for (a) and (b), a third contender in the same turns uploads the same files through the same hf_xet
-code (huggingface_hub's own Xet upload function) to xet_sink.py, a server that reads every byte and keeps
-none: the client's own time. Where it is already over the target, no server can meet the target on this
+Ceilings: for (a) and (b), another contender in the same turns uploads the same files through the same
+client code (huggingface_hub's own Xet upload function; for git-lfs, the file's sha256 and its own PUT
+function) to xet_sink.py, a server that reads every byte and keeps none: the client's own time. Where it is already over the target, no server can meet the target on this
 machine, and the row says so ("target beyond the client"), as the issue asks of such figures.
 d. Small calls over raw REST with the same httpx client: keephub's `model_info` against MLflow's
    `registered-models/get` (a model with one version), and keephub's tree listing of a folder of 100 files
@@ -227,7 +227,7 @@ class Sides:
                                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "300",
                                "HF_HUB_ETAG_TIMEOUT": "60", **({} if xet else {"HF_HUB_DISABLE_XET": "1"})}
         try:
-            server = self.sink.process if args[0] == "hf-xet-sink" else self.keephub.process
+            server = self.sink.process if args[0] in ("hf-xet-sink", "hf-lfs-sink") else self.keephub.process
             return drive(sys.executable, env, server.pid, args)  # type: ignore[union-attr]
         finally:
             shutil.rmtree(env["HF_HOME"], ignore_errors=True)
@@ -388,7 +388,7 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
 
 def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figure], dict[str, str]]:
     """(b) a fresh upload through hf_xet and through git-lfs against MLflow's, (c) the same file back down."""
-    sources = {name: sides.work / f"upload-{name}.bin" for name in ("xet", "lfs", "mlflow", "sink")}
+    sources = {name: sides.work / f"upload-{name}.bin" for name in ("xet", "lfs", "mlflow", "sink", "lfs-sink")}
     last: dict[str, str] = {}
 
     def hf_upload(kind: str) -> Callable[[], Sample]:
@@ -400,6 +400,9 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
 
     def client_alone() -> Sample:
         return sides.hf("hf-xet-sink", sides.sink.url, f"{sources['sink']}=file.bin")
+
+    def lfs_client_alone() -> Sample:
+        return sides.hf("hf-lfs-sink", sides.sink.url, f"{sources['lfs-sink']}=file.bin")
 
     def mlflow_upload() -> Sample:
         sample = sides.ml("mlflow-upload", sides.mlflow.url, f"{sources['mlflow']}=upload")
@@ -414,7 +417,7 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
 
     print(f"b. fresh {size_mib} MiB uploads", flush=True)
     up = in_turns(runs, {"hf_xet": hf_upload("xet"), "git-lfs": hf_upload("lfs"), "mlflow": mlflow_upload,
-                         "hf_xet ceiling": client_alone}, fresh_sources)
+                         "hf_xet ceiling": client_alone, "git-lfs ceiling": lfs_client_alone}, fresh_sources)
     for path in sources.values():
         path.unlink()
 
@@ -445,6 +448,8 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
                 XET_UPLOAD_TARGET),
         at_most(f"fresh {size_mib} MiB upload, git-lfs vs MLflow", median_total(up["git-lfs"]), ml_up, "s",
                 LFS_UPLOAD_TARGET),
+        ceiling("  ceiling: its sha256 and PUT, to a server keeping nothing", median_total(up["git-lfs ceiling"]),
+                ml_up, LFS_UPLOAD_TARGET),
         *(at_most(f"{size_mib} MiB download, {name} vs MLflow", median_total(down[name]), ml_down, "s", None)
           for name in ("hf_xet", "HTTP (LFS-stored)")),
     ]

@@ -1,10 +1,12 @@
-"""A Xet CAS that reads every byte hf_xet uploads and keeps none: the client's own ceiling for Xet uploads.
+"""A Xet CAS and LFS upload target that reads every byte it is sent and keeps none: the client's own ceiling.
 
 A figure whose target lies beyond what the client itself can do is reported with that ceiling (issue 22).
 Uploading the same files through hf_xet to this server, which answers the token refresh, reads each xorb and
 shard to its last byte, finds no chunk in its global dedup query and stores nothing, leaves the client's own
-work: chunking, hashing, the sha256, compression, and sending the bytes over loopback. No server that receives
-the bytes can make the upload faster than that. The server is the standard library's; one thread per connection.
+work: chunking, hashing, the sha256, compression, and sending the bytes over loopback. A PUT (git-lfs's basic
+transfer, where huggingface_hub sends a file once it has its sha256) is read to its end and answered 200. No
+server that receives the bytes can make the upload faster than that. The server is the standard library's; one
+thread per connection.
 
     python xet_sink.py PORT        (prints "ready" once listening)
 """
@@ -50,6 +52,10 @@ class SinkHandler(BaseHTTPRequestHandler):
             self._json({})
         else:  # what keephub does not serve either (xorb grants, v2 shards): hf_xet falls back to the above
             self._json({"error": "not found"}, status=404)
+
+    def do_PUT(self) -> None:
+        self._drain()
+        self._json({})
 
     def _drain(self) -> None:
         """Read the request body to its end (Content-Length or chunked) into one reused buffer."""
