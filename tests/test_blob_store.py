@@ -211,20 +211,22 @@ class SlowDigest:
 
 
 def test_hash_behind_hashes_each_piece_while_the_next_is_read(store: BlobStore) -> None:
-    """A Xet file's sha256 rebuilt from stored ranges: pieces read into two reused buffers, parts of each handed
-    on as the caller parses them, hashed while the next piece is read; the digest covers exactly what was
-    handed on, from every backend (S3's bodies have no `readinto`)."""
+    """A Xet file's sha256 rebuilt from stored ranges: the ranges read one after another into two reused buffers,
+    parts of each piece handed on as the caller parses them, hashed while the next bytes are read; the pieces
+    are the ranges' bytes, and the digest covers exactly what was handed on, as it was when handed on, from
+    every backend (S3's bodies have no `readinto`)."""
     data = os.urandom(300_001)
     key = put(store, data)
     behind = HashBehind(SlowDigest(), 8192)
     expected = hashlib.sha256()
-    for start, length in [(0, 100_000), (100_000, 8192), (123_457, 176_544), (299_999, 2)]:
+    for start, length in [(0, 100_000), (100_000, 8192), (5, 3), (123_457, 176_544), (299_999, 2)]:
+        read = b""
         for piece in behind.pieces(store.open_range(key, start, length), length):
             behind.add(piece[8:])  # what a xorb's chunk headers leave of a piece, in two views
             behind.add(piece[:8])
-        window = data[start : start + length]
-        for offset in range(0, length, 8192):
-            expected.update(window[offset + 8 : offset + 8192] + window[offset : offset + 8])
+            expected.update(bytes(piece[8:]) + bytes(piece[:8]))
+            read += piece
+        assert read == data[start : start + length]
     assert behind.hexdigest() == expected.hexdigest()
 
 

@@ -31,19 +31,21 @@ def _run_each(checks: list[Callable[[bytes | memoryview], None]], data: bytes | 
 
 
 class HashBehind:
-    """Feeds a digest in the hashing pool one piece behind its caller, so the caller reads and parses the next
-    piece while the last one is hashed: rebuilding a Xet file's sha256 from its stored xorbs, the reads and the
-    chunk parsing cost half what the sha256 does, and this way they no longer add to it.
+    """Feeds a digest in the hashing pool one buffer behind its caller, so the caller reads and parses the next
+    bytes while the last are hashed: rebuilding a Xet file's sha256 from its stored xorbs, the reads and the chunk
+    parsing cost half what the sha256 does, and this way they no longer add to it.
 
-    `pieces` reads a stream into two reused buffers in turn; whatever the caller `add`s while it holds a piece
-    (views of it: a xorb's chunk data) is hashed as the caller asks for the next one. Only two buffers are
-    needed because the batch of the piece before is hashed by then: `_flush` waits for it before handing on
-    the next."""
+    `pieces` reads streams one after another into the free space of two reused buffers in turn (a file is often
+    many short ranges of its xorbs: one buffer gathers many of them); whatever the caller `add`s meanwhile (views
+    of those bytes: a xorb's chunk data) goes to the pool once the buffer is full, and is hashed while the other
+    one fills. Two buffers suffice because a buffer is filled again only after its batch is hashed: handing on
+    one batch waits for the one before."""
 
-    def __init__(self, digest: Any, piece_bytes: int) -> None:
+    def __init__(self, digest: Any, buffer_bytes: int) -> None:
         self._digest = digest
-        self._buffers = (_read_buffers.take(piece_bytes), _read_buffers.take(piece_bytes))
+        self._buffers = (_read_buffers.take(buffer_bytes), _read_buffers.take(buffer_bytes))
         self._turn = 0
+        self._filled = 0
         self._batch: list[bytes | memoryview] = []
         self._hashing: Future[None] | None = None
 
@@ -51,34 +53,39 @@ class HashBehind:
         self._batch.append(data)
 
     def pieces(self, stream: ByteStream, length: int) -> Iterator[memoryview]:
-        """Bytes [0, length) of `stream` (closed after), a buffer at a time; each valid until the next."""
+        """Bytes [0, length) of `stream` (closed after), as they are read; each stays valid until `hexdigest`
+        only through what the caller `add`s of it."""
         try:
             while length > 0:
-                buffer = memoryview(self._buffers[self._turn])[:length]
-                self._turn ^= 1
-                got = read_into(stream, buffer)
+                if self._filled == len(self._buffers[self._turn]):
+                    self._hand_on()
+                space = memoryview(self._buffers[self._turn])[self._filled : self._filled + length]
+                got = read_into(stream, space)
                 if not got:
                     return
+                self._filled += got
                 length -= got
-                yield buffer[:got]
-                self._flush()
+                yield space[:got]
         finally:
             stream.close()
 
     def hexdigest(self) -> str:
         """The digest of every piece added; the buffers go back to the pool (a caller that stops early leaves
         them to the garbage collector)."""
-        self._flush()
+        self._hand_on()
         self._wait()
         for buffer in self._buffers:
             _read_buffers.give(buffer)
         return str(self._digest.hexdigest())
 
-    def _flush(self) -> None:
+    def _hand_on(self) -> None:
+        """The current buffer's batch to the pool, once the one before is hashed; then fill the other buffer."""
         batch, self._batch = self._batch, []
         self._wait()
         if batch:
             self._hashing = _hashers.submit(_update_each, self._digest, batch)
+        self._turn ^= 1
+        self._filled = 0
 
     def _wait(self) -> None:
         if self._hashing is not None:
