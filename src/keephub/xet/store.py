@@ -55,6 +55,10 @@ XORB_CACHE_ENTRIES = 32
 # Rebuilt files go out in pieces this large, not chunk by chunk (~64 KiB): each piece costs a hop from the worker
 # thread to the event loop and one ASGI message, which at 64 KiB held a download to a third of the disk's speed.
 STREAM_PIECE_BYTES = 1024 * 1024
+# A file's sha256 rebuilt from its xorbs is read into two buffers this large (kept for the next rebuild, so they
+# stay resident): 2 MiB hashed as fast as 8 MiB in a scratch test (134 against 131 ms for 200 MiB), at a quarter
+# of the memory.
+REBUILD_BUFFER_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -419,7 +423,7 @@ class Cas:
         """`digest` (a sha256 over the file's bytes before `terms`) extended by the terms' bytes rebuilt from the
         stored xorbs, read in large pieces (chunk hashes were verified on upload, so only the sha256 is computed);
         each piece is hashed while the next is read and parsed."""
-        behind = HashBehind(digest, formats.READ_PIECE_BYTES)
+        behind = HashBehind(digest, REBUILD_BUFFER_BYTES)
         for term in terms:
             xorb = self.xorb(hashing.to_hex(term.xorb))
             if xorb is None:

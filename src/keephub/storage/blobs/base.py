@@ -22,7 +22,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK = 1024 * 1024
 # sha256 releases the GIL, so a blob's bytes are hashed on another core while the backend stores them.
 _hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="blob-sha256")
-_read_buffers = BufferPool(keep=4)
+_read_buffers = BufferPool(keep=2)
 
 
 def _run_each(checks: list[Callable[[bytes | memoryview], None]], data: bytes | memoryview) -> None:
