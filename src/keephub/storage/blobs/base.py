@@ -53,8 +53,8 @@ class HashBehind:
         self._batch.append(data)
 
     def pieces(self, stream: ByteStream, length: int) -> Iterator[memoryview]:
-        """Bytes [0, length) of `stream` (closed after), as they are read; each stays valid until `hexdigest`
-        only through what the caller `add`s of it."""
+        """Bytes [0, length) of `stream` (closed after), as they are read. Use each piece before asking for the
+        next; what is `add`ed of it stays intact until it is hashed."""
         try:
             while length > 0:
                 if self._filled == len(self._buffers[self._turn]):
