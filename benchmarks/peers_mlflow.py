@@ -18,8 +18,9 @@ c. That file back down: `hf_hub_download` with hf_xet (the Xet-stored copy) and 
    LFS-stored copy) against MLflow's `download_artifacts` (diagnostic).
 Ceilings: for (a) and (b), another contender in the same turns uploads the same files through the same
 client code (huggingface_hub's own Xet upload function; for git-lfs, the file's sha256 and its own PUT
-function) to xet_sink.py, a server that reads every byte and keeps none: the client's own time. Where it is already over the target, no server can meet the target on this
-machine, and the row says so ("target beyond the client"), as the issue asks of such figures.
+function) to xet_sink.py, a server that reads every byte and keeps none: the client's own time. Where it is
+already over the target, no server can meet the target on this machine, and the row says so ("target beyond
+the client"), as the issue asks of such figures.
 d. Small calls over raw REST with the same httpx client: keephub's `model_info` against MLflow's
    `registered-models/get` (a model with one version), and keephub's tree listing of a folder of 100 files
    against MLflow's `artifacts/list` of a run folder of 100 files; p50 with one thread, req/s with 8.

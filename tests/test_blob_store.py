@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 from seaweedfs import SeaweedFS
 
-from keephub.storage.blobs import BlobStore, HashBehind, HashMismatch, LocalBlobStore, MemoryBlobStore, SizeMismatch
+from keephub.storage.blobs import (
+    BlobStore,
+    HashBehind,
+    HashMismatch,
+    LocalBlobStore,
+    MemoryBlobStore,
+    SizeMismatch,
+)
 from keephub.storage.blobs.s3 import S3BlobStore
 
 # Each test opens the stores it checks (a directory, memory, the session's SeaweedFS), whatever the pass.
@@ -220,13 +227,13 @@ def test_hash_behind_hashes_each_piece_while_the_next_is_read(store: BlobStore) 
     behind = HashBehind(SlowDigest(), 8192)
     expected = hashlib.sha256()
     for start, length in [(0, 100_000), (100_000, 8192), (5, 3), (123_457, 176_544), (299_999, 2)]:
-        read = b""
+        pieces = b""
         for piece in behind.pieces(store.open_range(key, start, length), length):
             behind.add(piece[8:])  # what a xorb's chunk headers leave of a piece, in two views
             behind.add(piece[:8])
             expected.update(bytes(piece[8:]) + bytes(piece[:8]))
-            read += piece
-        assert read == data[start : start + length]
+            pieces += piece
+        assert pieces == data[start : start + length]
     assert behind.hexdigest() == expected.hexdigest()
 
 

@@ -429,9 +429,9 @@ class Cas:
             if xorb is None:
                 raise NotFound(f"xorb {hashing.to_hex(term.xorb)} is missing from this server")
             first, last = xorb.byte_span(term.start, term.end)
+            length = last - first + 1
             reader = formats.XorbReader(behind.add, hash_chunks=False)
-            for piece in behind.pieces(self.xorbs.open_range(xorb.hash, first, last - first + 1),
-                                       last - first + 1):
+            for piece in behind.pieces(self.xorbs.open_range(xorb.hash, first, length), length):
                 reader.feed(piece)
             if len(reader.finish()) != term.end - term.start:
                 raise FormatError(f"xorb {xorb.hash} holds other chunks than its index says")
