@@ -20,7 +20,10 @@ Ceilings: for (a) and (b), another contender in the same turns uploads the same 
 client code (huggingface_hub's own Xet upload function; for git-lfs, the file's sha256 and its own PUT
 function) to xet_sink.py, a server that reads every byte and keeps none: the client's own time. Where it is
 already over the target, no server can meet the target on this machine, and the row says so ("target beyond
-the client"), as the issue asks of such figures.
+the client"), as the issue asks of such figures. For the hf_xet figures, one more contender uploads to
+`xet_sink.py --check`, which does only the hashing a server must do before it accepts anything (each chunk's
+BLAKE3 against the xorb's name, each file's sha256, from memory) and stores nothing: the floor for any server
+that checks what it is sent, as keephub must, on this machine ("target beyond a checking server").
 d. Small calls over raw REST with the same httpx client: keephub's `model_info` against MLflow's
    `registered-models/get` (a model with one version), and keephub's tree listing of a folder of 100 files
    against MLflow's `artifacts/list` of a run folder of 100 files; p50 with one thread, req/s with 8.
@@ -58,6 +61,8 @@ MLFLOW_HEALTH_CHECK_SECONDS = 60
 MIB = 1024 * 1024
 DRIVER = Path(__file__).with_name("peers_driver.py")
 CHECKPOINT_TIME_TARGET = 0.45
+CHECKS = "BLAKE3, sha256"
+CHECKING = "a checking server"
 CHECKPOINT_DISK_TARGET = 0.15
 XET_UPLOAD_TARGET = 0.9
 LFS_UPLOAD_TARGET = 0.7
@@ -221,6 +226,7 @@ class Sides:
     user: str
     mlflow: MlflowServer
     sink: XetSink
+    checker: XetSink  # the checking floor: xet_sink.py --check
 
     def hf(self, *args: str, xet: bool = True) -> Sample:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
@@ -228,7 +234,8 @@ class Sides:
                                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "300",
                                "HF_HUB_ETAG_TIMEOUT": "60", **({} if xet else {"HF_HUB_DISABLE_XET": "1"})}
         try:
-            server = self.sink.process if args[0] in ("hf-xet-sink", "hf-lfs-sink") else self.keephub.process
+            sinks = {sink.url: sink.process for sink in (self.sink, self.checker)}
+            server = sinks.get(args[1], self.keephub.process)
             return drive(sys.executable, env, server.pid, args)  # type: ignore[union-attr]
         finally:
             shutil.rmtree(env["HF_HOME"], ignore_errors=True)
@@ -288,12 +295,12 @@ def at_most(name: str, measured: float, baseline: float, unit: str, target: floa
                   None if target is None else ratio <= target, digits)
 
 
-def ceiling(name: str, measured: float, baseline: float, target: float) -> Figure:
-    """The client's own time for what a figure measures (see the module's docstring), as a diagnostic row that
-    says whether the figure's target is within the client's reach here at all."""
+def ceiling(name: str, measured: float, baseline: float, target: float, reach: str = "the client") -> Figure:
+    """The client's own time for what a figure measures (see the module's docstring), or the checking floor's,
+    as a diagnostic row that says whether the figure's target is within `reach` here at all."""
     ratio = measured / baseline
     return Figure(name, measured, baseline, "s", ratio,
-                  f"target {'beyond' if ratio > target else 'within'} the client", None)
+                  f"target {'beyond' if ratio > target else 'within'} {reach}", None)
 
 
 def runs_note(results: dict[str, list[Sample]]) -> str:
@@ -346,9 +353,9 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
         return sides.hf("hf-upload", sides.keephub.url, sides.token, sides.new_repo("checkpoints"),
                         *(f"{path}=checkpoint-{n}/model.bin" for n, path in enumerate(sources, 1)))
 
-    def client_alone() -> Sample:
-        return sides.hf("hf-xet-sink", sides.sink.url,
-                        *(f"{path}=checkpoint-{n}/model.bin" for n, path in enumerate(sources, 1)))
+    def client_alone(sink: XetSink) -> Callable[[], Sample]:
+        return lambda: sides.hf("hf-xet-sink", sink.url,
+                                *(f"{path}=checkpoint-{n}/model.bin" for n, path in enumerate(sources, 1)))
 
     def mlflow() -> Sample:
         before["mlflow"] = disk_bytes(roots["mlflow"])
@@ -367,8 +374,8 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
 
     print(f"a. {count} checkpoints of {size_mib} MiB, {CHANGED_FRACTION:.0%} changed between saves",
           flush=True)
-    results = in_turns(runs, {"keephub": keephub, "mlflow": mlflow, "ceiling": client_alone}, fresh_checkpoints,
-                       measure_disk)
+    results = in_turns(runs, {"keephub": keephub, "mlflow": mlflow, "ceiling": client_alone(sides.sink),
+                              "checking floor": client_alone(sides.checker)}, fresh_checkpoints, measure_disk)
     shutil.rmtree(folder)
     firsts = {name: statistics.median(s.seconds[0] for s in samples) for name, samples in results.items()}
     laters = {name: statistics.median(statistics.median(s.seconds[1:]) for s in samples)
@@ -379,6 +386,8 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
                 "s", CHECKPOINT_TIME_TARGET),
         ceiling("  ceiling: hf_xet alone, to a server keeping nothing", median_total(results["ceiling"]),
                 median_total(results["mlflow"]), CHECKPOINT_TIME_TARGET),
+        ceiling(f"  floor: to a server that only checks ({CHECKS})", median_total(results["checking floor"]),
+                median_total(results["mlflow"]), CHECKPOINT_TIME_TARGET, CHECKING),
         at_most(f"{label}, disk vs MLflow", statistics.median(disk["keephub"]) / MIB,
                 statistics.median(disk["mlflow"]) / MIB, "MiB", CHECKPOINT_DISK_TARGET, digits=0),
         at_most("  its first, full checkpoint", firsts["keephub"], firsts["mlflow"], "s", None),
@@ -389,7 +398,8 @@ def checkpoint_figures(sides: Sides, runs: int, count: int,
 
 def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figure], dict[str, str]]:
     """(b) a fresh upload through hf_xet and through git-lfs against MLflow's, (c) the same file back down."""
-    sources = {name: sides.work / f"upload-{name}.bin" for name in ("xet", "lfs", "mlflow", "sink", "lfs-sink")}
+    sources = {name: sides.work / f"upload-{name}.bin"
+               for name in ("xet", "lfs", "mlflow", "sink", "checker", "lfs-sink")}
     last: dict[str, str] = {}
 
     def hf_upload(kind: str) -> Callable[[], Sample]:
@@ -399,8 +409,8 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
                             f"{sources[kind]}=file.bin", xet=kind == "xet")
         return upload
 
-    def client_alone() -> Sample:
-        return sides.hf("hf-xet-sink", sides.sink.url, f"{sources['sink']}=file.bin")
+    def client_alone(name: str, sink: XetSink) -> Callable[[], Sample]:
+        return lambda: sides.hf("hf-xet-sink", sink.url, f"{sources[name]}=file.bin")
 
     def lfs_client_alone() -> Sample:
         return sides.hf("hf-lfs-sink", sides.sink.url, f"{sources['lfs-sink']}=file.bin")
@@ -418,7 +428,9 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
 
     print(f"b. fresh {size_mib} MiB uploads", flush=True)
     up = in_turns(runs, {"hf_xet": hf_upload("xet"), "git-lfs": hf_upload("lfs"), "mlflow": mlflow_upload,
-                         "hf_xet ceiling": client_alone, "git-lfs ceiling": lfs_client_alone}, fresh_sources)
+                         "hf_xet ceiling": client_alone("sink", sides.sink),
+                         "hf_xet floor": client_alone("checker", sides.checker), "git-lfs ceiling": lfs_client_alone},
+                  fresh_sources)
     for path in sources.values():
         path.unlink()
 
@@ -447,6 +459,8 @@ def transfer_figures(sides: Sides, runs: int, size_mib: int) -> tuple[list[Figur
                 XET_UPLOAD_TARGET),
         ceiling("  ceiling: hf_xet alone, to a server keeping nothing", median_total(up["hf_xet ceiling"]), ml_up,
                 XET_UPLOAD_TARGET),
+        ceiling(f"  floor: to a server that only checks ({CHECKS})", median_total(up["hf_xet floor"]), ml_up,
+                XET_UPLOAD_TARGET, CHECKING),
         at_most(f"fresh {size_mib} MiB upload, git-lfs vs MLflow", median_total(up["git-lfs"]), ml_up, "s",
                 LFS_UPLOAD_TARGET),
         ceiling("  ceiling: its sha256 and PUT, to a server keeping nothing", median_total(up["git-lfs ceiling"]),
@@ -518,8 +532,8 @@ def mlflow_figures(args: argparse.Namespace, work: Path, keephub: LocalServer, u
                    token: str) -> tuple[list[Figure], dict[str, str]]:
     """All MLflow figures, with an MLflow server of its own for their duration."""
     mlflow = MlflowServer(mlflow_python(args.mlflow_venv), work / "mlflow")
-    sink = XetSink()
-    sides = Sides(work, keephub, token, user, mlflow, sink)
+    sink, checker = XetSink(), XetSink(check=True)
+    sides = Sides(work, keephub, token, user, mlflow, sink, checker)
     figures: list[Figure] = []
     notes = {"MLflow": f"mlflow {MLFLOW_VERSION} from PyPI (its own virtualenv), `mlflow server` defaults "
                        f"({MLFLOW_WORKERS} workers), SQLite backend store, local artifact store served "
@@ -535,4 +549,5 @@ def mlflow_figures(args: argparse.Namespace, work: Path, keephub: LocalServer, u
     finally:
         mlflow.stop()
         sink.stop()
+        checker.stop()
     return figures, notes
