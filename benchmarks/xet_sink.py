@@ -118,6 +118,7 @@ class SinkHandler(BaseHTTPRequestHandler):
             else:
                 self._drain()
         except formats.FormatError as exc:
+            self.close_connection = True  # the body may be unread past the fault
             self._json({"error": str(exc)}, status=400)
             return
         if path.startswith("/v1/xorbs/"):
