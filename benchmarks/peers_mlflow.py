@@ -61,11 +61,12 @@ MLFLOW_HEALTH_CHECK_SECONDS = 60
 MIB = 1024 * 1024
 DRIVER = Path(__file__).with_name("peers_driver.py")
 CHECKPOINT_TIME_TARGET = 0.45
-CHECKS = "BLAKE3, sha256"
-CHECKING = "a checking server"
 CHECKPOINT_DISK_TARGET = 0.15
 XET_UPLOAD_TARGET = 0.9
 LFS_UPLOAD_TARGET = 0.7
+# The checking floor's row (xet_sink.py --check): what it hashes, and whose reach its verdict names.
+CHECKS = "BLAKE3, sha256"
+CHECKING = "a checking server"
 SMALL_CALL_RATE_TARGET = 2.5
 # How each checkpoint differs from the one before: this fraction of its bytes, in this many spread-out
 # regions.
